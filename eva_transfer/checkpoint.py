@@ -1,0 +1,478 @@
+"""Reading, converting and loading EVA checkpoints; one converter for every format and task.
+
+Formats understood:
+  - EVA MIM checkpoints (``{"model": {...}}`` with ``mask_token``, ``lm_head``, patch 14, 16x16 position grid);
+  - timm EVA weights (``k_bias`` buffer, optional separate ``q_proj/k_proj/v_proj``), also wrapped in
+    ``state_dict`` / ``model`` / ``model_ema`` / ``module.`` / ``_orig_mod.``;
+  - Detectron2 ViT weights (one ``qkv.bias`` vector) and fine-tuned Detectron2 / MMSegmentation checkpoints, from
+    which the backbone is extracted (its prefix, such as ``backbone.net.``, is found from the block keys);
+  - this toolkit's own pre-training output.
+
+Steps: unwrap, find and strip the backbone prefix, rename, drop pre-training-only keys (``mask_token``, ``lm_head``,
+classification heads) when the model has no use for them, resize the patch kernel, interpolate the absolute position
+grid, resize relative-position tables. A key that is present in both but cannot be converted raises
+:class:`CheckpointError` naming the file and key; so does a checkpoint of another depth.
+
+The key bias of BEiT-style attention is dropped: adding the same vector to every key adds a per-query constant
+to the logits, which softmax ignores, so the outputs do not change.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .vit import EVAViT
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CheckpointError",
+    "LoadReport",
+    "convert_state_dict",
+    "find_backbone",
+    "load_checkpoint",
+    "read_checkpoint",
+    "resize_patch_kernel",
+    "resize_pos_embed",
+    "resize_rel_pos",
+    "save_checkpoint",
+    "unwrap_state_dict",
+]
+
+PathOrState = Union[str, os.PathLike, Mapping[str, Any]]
+
+#: keys that only pre-training or classification uses, dropped when the model has no such parameter
+_TRAINING_ONLY = re.compile(r"^(mask_token|lm_head\..*|head\..*|fc_norm\..*|norm\..*|cls_token|rope\..*)$")
+#: wrappers searched, in order, for the state dict
+_WRAPPER_KEYS = ("state_dict", "model", "model_ema", "module", "student")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or converted; the message names the file and key."""
+
+
+@dataclass
+class LoadReport:
+    """What a load did. ``resized`` maps a key to ``(from_shape, to_shape, method)``."""
+
+    source: str
+    prefix: str = ""
+    loaded: list[str] = field(default_factory=list)
+    resized: dict[str, tuple[tuple[int, ...], tuple[int, ...], str]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+    renamed: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        def block(title: str, items) -> list[str]:
+            items = list(items)
+            return [f"  {title} ({len(items)}):"] + [f"    {i}" for i in _compress(items)] if items else []
+
+        lines = [f"checkpoint {self.source}" + (f" (backbone prefix '{self.prefix}')" if self.prefix else "")]
+        lines.append(f"  loaded: {len(self.loaded)} tensors")
+        lines += block("resized", [f"{k}: {list(a)} -> {list(b)} ({m})" for k, (a, b, m) in self.resized.items()])
+        lines += block("renamed", [f"{a} -> {b}" for a, b in self.renamed.items()])
+        lines += block("dropped", [f"{k} ({why})" for k, why in self.dropped.items()])
+        lines += block("missing (left at their initial values)", self.missing)
+        lines += block("unexpected (not used by the model)", self.unexpected)
+        return "\n".join(lines)
+
+    __str__ = summary
+
+
+def _compress(keys: list[str]) -> list[str]:
+    """Folds ``blocks.{i}.x`` runs into ``blocks.{0..N}.x`` for readable reports."""
+    groups: dict[str, list[int]] = {}
+    order: list[str] = []
+    for k in keys:
+        m = re.match(r"^(.*?blocks\.)(\d+)(\..*)$", k.split(":")[0])
+        if m and ":" not in k:
+            pat = m.group(1) + "{}" + m.group(3)
+            if pat not in groups:
+                groups[pat] = []
+                order.append(pat)
+            groups[pat].append(int(m.group(2)))
+        else:
+            order.append(k)
+    out = []
+    for k in order:
+        if k in groups:
+            idx = sorted(groups[k])
+            rng = str(idx[0]) if len(idx) == 1 else f"{{{idx[0]}..{idx[-1]}}}" if idx == list(
+                range(idx[0], idx[-1] + 1)) else "{" + ",".join(map(str, idx)) + "}"
+            out.append(k.replace("{}", rng))
+        else:
+            out.append(k)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- reading
+def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
+    """Reads a checkpoint without executing code.
+
+    ``.safetensors`` files are read with safetensors; other files with ``torch.load(weights_only=True)``. A file
+    that needs arbitrary unpickling is refused unless ``allow_pickle=True`` (only for files you trust).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if path.suffix == ".safetensors" or _looks_like_safetensors(head):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"{path}: the file contains Python objects that loading without executing code refuses "
+                f"({str(e).splitlines()[0]}). If you trust this file, pass allow_pickle=True "
+                f"(command line: --allow-pickle), or convert it to safetensors once."
+            ) from e
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({e})") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from e
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    # 8-byte little-endian header length followed by a JSON object
+    return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 32)
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
+    """Writes atomically: to a temporary file in the same folder, then renames over ``path``.
+
+    A ``.safetensors`` path takes a flat dict of tensors; anything else is written with ``torch.save``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import save
+
+                f.write(save({k: v.contiguous() for k, v in obj.items()}))
+            else:
+                buf = io.BytesIO()
+                torch.save(obj, buf)
+                f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def unwrap_state_dict(obj: Any, source: str = "<state dict>", key: Optional[str] = None) -> dict[str, Tensor]:
+    """Finds the tensor dict inside a checkpoint (``state_dict``, ``model``, ``model_ema``, ``module`` wrappers,
+    or ``key`` if given) and strips ``module.`` / ``_orig_mod.`` prefixes. Non-tensor entries are an error."""
+    if key is not None:
+        if not isinstance(obj, Mapping) or key not in obj:
+            have = list(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
+            raise CheckpointError(f"{source}: no entry {key!r} in the checkpoint (top-level keys: {have})")
+        obj = obj[key]
+    while isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
+        inner = next((k for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+        if inner is None:
+            raise CheckpointError(
+                f"{source}: no tensors found; expected a state dict or one wrapped in {list(_WRAPPER_KEYS)} "
+                f"(top-level keys: {list(obj)[:10]})"
+            )
+        obj = obj[inner]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: expected a dict of tensors, found {type(obj).__name__}")
+    out: dict[str, Tensor] = {}
+    for k, v in obj.items():
+        if not isinstance(v, Tensor):
+            raise CheckpointError(
+                f"{source}: entry {k!r} is a {type(v).__name__}, expected a tensor (is this a state dict?)"
+            )
+        for p in ("module.", "_orig_mod."):
+            while k.startswith(p):
+                k = k[len(p) :]
+        out[k] = v
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- resizing
+def resize_patch_kernel(weight: Tensor, size: tuple[int, int], method: str = "bicubic") -> Tensor:
+    """Resizes a ``(C, 3, p, p)`` patch-embedding kernel.
+
+    ``bicubic`` interpolates the kernel as an image (what EVA used for 14->16). ``pinv`` is timm's
+    pseudo-inverse resampling, which keeps the patch embedding's response to resized patches.
+    """
+    if tuple(weight.shape[-2:]) == tuple(size):
+        return weight
+    if method == "bicubic":
+        return F.interpolate(weight.float(), size=size, mode="bicubic", align_corners=False).to(weight.dtype)
+    if method == "pinv":
+        from timm.layers import resample_patch_embed
+
+        return resample_patch_embed(weight.float(), list(size), verbose=False).to(weight.dtype)
+    raise ValueError(f"unknown patch kernel resize method {method!r} (expected 'bicubic' or 'pinv')")
+
+
+def resize_pos_embed(pos: Tensor, grid: tuple[int, int], cls_slot: bool) -> Tensor:
+    """Resizes a ``(1, [1+]G*G, C)`` absolute table (square grid, with or without a CLS slot) to
+    ``(1, [1+]gh*gw, C)``, bicubic on the grid; a CLS slot is kept, added (zeros) or dropped to match."""
+    n = pos.shape[1]
+    src_cls = _has_cls_slot(n)
+    table = pos[:, int(src_cls) :]
+    cls = pos[:, :1] if src_cls else pos.new_zeros(1, 1, pos.shape[2])
+    g = int(round(math.sqrt(table.shape[1])))
+    if g * g != table.shape[1]:
+        raise ValueError(f"position table with {n} slots is not a square grid (with or without a CLS slot)")
+    if (g, g) != tuple(grid):
+        table = table.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
+        table = F.interpolate(table, size=tuple(grid), mode="bicubic", align_corners=False)
+        table = table.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos.dtype)
+    return torch.cat([cls, table], dim=1) if cls_slot else table
+
+
+def _has_cls_slot(n: int) -> bool:
+    r = int(round(math.sqrt(n)))
+    return r * r != n
+
+
+def resize_rel_pos(table: Tensor, length: int, method: str = "linear") -> Tensor:
+    """Resizes an ``(L, D)`` decomposed relative-position table to ``(length, D)``.
+
+    ``linear``: linear interpolation (as at run time). ``geometric``: cubic interpolation on geometrically
+    spaced source offsets, which keeps short-range offsets fine and stretches long-range ones (used for
+    evaluation at larger sizes than trained).
+    """
+    src = table.shape[0]
+    if src == length:
+        return table
+    if method == "linear":
+        out = F.interpolate(table.t()[None].float(), size=length, mode="linear")[0].t()
+        return out.to(table.dtype)
+    if method == "geometric":
+        return _geometric_cubic(table, length)
+    raise ValueError(f"unknown relative-position resize method {method!r} (expected 'linear' or 'geometric')")
+
+
+def _geometric_cubic(table: Tensor, length: int) -> Tensor:
+    import numpy as np
+    from scipy.interpolate import interp1d
+
+    src_half, dst_half = table.shape[0] // 2, length // 2
+    if dst_half <= src_half:
+        return resize_rel_pos(table, length, "linear")
+
+    def span(q: float) -> float:
+        return (1.0 - q**src_half) / (1.0 - q)
+
+    lo, hi = 1.01, 1.5
+    for _ in range(100):  # bisect the ratio so that the source offsets reach the target's extent
+        q = (lo + hi) / 2
+        if span(q) > dst_half:
+            hi = q
+        else:
+            lo = q
+    dis = np.cumsum([q**i for i in range(src_half)])  # source offsets 1, 1+q, 1+q+q^2, ...
+    x = np.concatenate([-dis[::-1], [0.0], dis])
+    t = np.arange(-dst_half, dst_half + 0.1, 1.0)
+    vals = table.detach().float().cpu().numpy()
+    f = interp1d(x, vals, axis=0, kind="cubic", fill_value="extrapolate")
+    return torch.from_numpy(f(t)).to(table.dtype)
+
+
+# ------------------------------------------------------------------------------------------------ conversion
+def find_backbone(model: nn.Module) -> EVAViT:
+    """The EVA ViT inside ``model`` (``model`` itself, or its only :class:`EVAViT` submodule)."""
+    if isinstance(model, EVAViT):
+        return model
+    found = [m for m in model.modules() if isinstance(m, EVAViT)]
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one EVAViT inside {type(model).__name__}, found {len(found)}")
+    return found[0]
+
+
+def _find_prefix(sd: Mapping[str, Tensor], source: str) -> str:
+    """The prefix under which the ViT's blocks live (``''``, ``backbone.net.``, ``visual.``, ...)."""
+    prefixes = {k[: k.index("blocks.0.")] for k in sd if re.search(r"(^|\.)blocks\.0\.", k)}
+    if not prefixes:
+        raise CheckpointError(
+            f"{source}: no ViT blocks found (expected keys like 'blocks.0.attn.qkv.weight', "
+            f"first keys: {list(sd)[:5]})"
+        )
+    if len(prefixes) > 1:
+        # nested modules that also have 'blocks' (a decoder, a teacher): the shortest prefix with a patch embed
+        with_embed = [p for p in prefixes if f"{p}patch_embed.proj.weight" in sd]
+        if len(with_embed) == 1:
+            return with_embed[0]
+        raise CheckpointError(
+            f"{source}: several ViT block sets found under prefixes {sorted(prefixes)}; pass prefix= to choose"
+        )
+    return prefixes.pop()
+
+
+def _rename(sd: dict[str, Tensor], report: LoadReport) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for k, v in sd.items():
+        m = re.match(r"^(blocks\.\d+\.attn\.)(.*)$", k)
+        if m:
+            base, rest = m.groups()
+            if rest == "k_bias":
+                report.dropped[k] = "key bias: no effect on attention"
+                continue
+            if rest == "qkv.bias":  # Detectron2 / plain ViT layout: one bias for q, k and v
+                c = v.shape[0] // 3
+                out[base + "q_bias"], out[base + "v_bias"] = v[:c], v[2 * c :]
+                report.renamed[k] = f"{base}q_bias + {base}v_bias (k part dropped: no effect on attention)"
+                continue
+            if rest in ("q_proj.weight", "k_proj.weight", "v_proj.weight"):
+                continue  # fused below
+            if rest in ("q_proj.bias", "v_proj.bias"):
+                out[base + rest[0] + "_bias"] = v
+                report.renamed[k] = base + rest[0] + "_bias"
+                continue
+            if rest == "k_proj.bias":
+                report.dropped[k] = "key bias: no effect on attention"
+                continue
+        out[k] = v
+    for k in list(sd):
+        if k.endswith("attn.q_proj.weight"):
+            base = k[: -len("q_proj.weight")]
+            parts = [sd.get(base + f"{n}_proj.weight") for n in "qkv"]
+            if any(p is None for p in parts):
+                raise CheckpointError(f"{report.source}: {base}q_proj/k_proj/v_proj are not all present")
+            out[base + "qkv.weight"] = torch.cat(parts, dim=0)
+            report.renamed[base + "{q,k,v}_proj.weight"] = base + "qkv.weight"
+    for k in out:
+        if re.search(r"(^|\.)gamma(_\d)?$", k) or ".ls1." in k or ".ls2." in k:
+            raise CheckpointError(f"{report.source}: key {k!r} is a layer scale, which EVA-01 backbones do not have")
+    return out
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, Tensor],
+    model: nn.Module,
+    source: str = "<state dict>",
+    prefix: Optional[str] = None,
+    patch_resize: str = "bicubic",
+    rel_pos_resize: str = "linear",
+) -> tuple[dict[str, Tensor], LoadReport]:
+    """Converts a backbone state dict to ``model``'s layout (``model``: an :class:`EVAViT` or a module holding one;
+    a model on the meta device works, for shapes only).
+
+    Returns the converted dict (backbone-relative keys) and a report. Raises :class:`CheckpointError` for a
+    checkpoint of another width or depth, or any key whose shape cannot be converted.
+    """
+    vit = find_backbone(model)
+    report = LoadReport(source=source)
+    sd = dict(state_dict)
+    report.prefix = _find_prefix(sd, source) if prefix is None else prefix
+    if report.prefix:
+        report.unexpected += [k for k in sd if not k.startswith(report.prefix)]
+        sd = {k[len(report.prefix) :]: v for k, v in sd.items() if k.startswith(report.prefix)}
+    sd = _rename(sd, report)
+    target = vit.state_dict()
+
+    ckpt_blocks = {int(m.group(1)) for k in sd if (m := re.match(r"^blocks\.(\d+)\.", k))}
+    if ckpt_blocks and (max(ckpt_blocks) + 1 != vit.depth or len(ckpt_blocks) != vit.depth):
+        raise CheckpointError(
+            f"{source}: the checkpoint has {len(ckpt_blocks)} blocks (blocks.{min(ckpt_blocks)}.."
+            f"blocks.{max(ckpt_blocks)}), the model expects depth {vit.depth} "
+            f"(first differing key: blocks.{vit.depth if max(ckpt_blocks) >= vit.depth else max(ckpt_blocks) + 1}.*)"
+        )
+
+    out: dict[str, Tensor] = {}
+    for k, v in sd.items():
+        if k not in target:
+            if _TRAINING_ONLY.match(k):
+                report.dropped[k] = "pre-training/classification only; the model has no such parameter"
+            else:
+                report.unexpected.append(k)
+            continue
+        want = tuple(target[k].shape)
+        have = tuple(v.shape)
+        if have == want:
+            out[k] = v
+            report.loaded.append(k)
+            continue
+        try:
+            if k == "patch_embed.proj.weight" and have[:2] == want[:2]:
+                out[k] = resize_patch_kernel(v, want[-2:], patch_resize)
+                report.resized[k] = (have, want, f"patch kernel, {patch_resize}")
+            elif k == "pos_embed" and v.dim() == 3 and have[2] == want[2]:
+                out[k] = resize_pos_embed(v, vit.pos_grid, vit.pos_cls_slot)
+                report.resized[k] = (have, want, "position grid, bicubic")
+            elif re.search(r"attn\.rel_pos_[hw]$", k) and v.dim() == 2 and have[1] == want[1]:
+                out[k] = resize_rel_pos(v, want[0], rel_pos_resize)
+                report.resized[k] = (have, want, f"relative position, {rel_pos_resize}")
+            else:
+                raise ValueError("no conversion between these shapes")
+        except ValueError as e:
+            raise CheckpointError(
+                f"{source}: key {k!r} has shape {list(have)}, the model expects {list(want)} ({e}); "
+                f"is this checkpoint for another backbone width or layout?"
+            ) from e
+        report.loaded.append(k)
+    report.missing = [k for k in target if k not in out]
+    if not out:
+        raise CheckpointError(f"{source}: no key matches the backbone (first keys: {list(state_dict)[:5]})")
+    return out, report
+
+
+def load_checkpoint(
+    model: nn.Module,
+    checkpoint: PathOrState,
+    *,
+    key: Optional[str] = None,
+    prefix: Optional[str] = None,
+    patch_resize: str = "bicubic",
+    rel_pos_resize: str = "linear",
+    allow_pickle: bool = False,
+    verbose: bool = True,
+) -> LoadReport:
+    """Loads backbone weights into the :class:`EVAViT` of ``model`` from a file or an in-memory checkpoint.
+
+    Args:
+        checkpoint: a path (``.pth``/``.pt``/``.bin``/``.safetensors``) or a (possibly wrapped) state dict.
+        key: the checkpoint entry holding the state dict; found automatically when omitted.
+        prefix: the backbone's key prefix in the checkpoint; found automatically when omitted.
+        patch_resize: ``bicubic`` (EVA) or ``pinv`` (timm) for a patch kernel of another size.
+        rel_pos_resize: ``linear`` or ``geometric`` for relative-position tables of another length.
+        allow_pickle: read a file that needs arbitrary unpickling (only for files you trust).
+        verbose: print the report.
+    Returns:
+        The :class:`LoadReport`: loaded, resized, dropped, missing and unexpected keys.
+    """
+    if isinstance(checkpoint, Mapping):
+        source, obj = "<state dict>", checkpoint
+    else:
+        source, obj = str(checkpoint), read_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    sd = unwrap_state_dict(obj, source, key)
+    converted, report = convert_state_dict(sd, model, source, prefix, patch_resize, rel_pos_resize)
+    vit = find_backbone(model)
+    result = vit.load_state_dict(converted, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys  # convert_state_dict keeps model keys only
+    if verbose:
+        print(report.summary())
+    logger.info("%s", report.summary())
+    return report

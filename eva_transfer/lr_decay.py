@@ -1,0 +1,87 @@
+"""Layer-wise learning-rate decay for any model that contains the EVA ViT.
+
+Layer ids: patch/position embeddings (and CLS/mask tokens) are layer 0, block ``i`` is layer ``i + 1``, and
+every other parameter, of the backbone or of the task model around it (pyramid, heads, queries, level
+embeddings), is layer ``depth + 1``. The lr scale of layer ``l`` is ``rate ** (depth + 1 - l)``: task-head
+parameters get the full learning rate.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Optional
+
+from torch import nn
+
+from .vit import EVAViT
+
+__all__ = ["layer_id_for_name", "lr_scale_for_name", "backbone_prefix", "param_groups_layer_decay"]
+
+_EMBED = ("patch_embed", "pos_embed", "cls_token", "mask_token")
+
+
+def layer_id_for_name(name: str, depth: int) -> int:
+    """Layer id of a backbone-relative parameter name (``blocks.3.attn.qkv.weight`` -> 4)."""
+    if name.startswith(_EMBED):
+        return 0
+    m = re.match(r"^blocks\.(\d+)\.", name)
+    if m:
+        return int(m.group(1)) + 1
+    return depth + 1
+
+
+def lr_scale_for_name(name: str, rate: float, depth: int, prefix: str = "") -> float:
+    """Lr scale of a parameter of the full model; names outside ``prefix`` (the backbone's) get 1.0."""
+    if not name.startswith(prefix):
+        return 1.0
+    return rate ** (depth + 1 - layer_id_for_name(name[len(prefix) :], depth))
+
+
+def backbone_prefix(model: nn.Module) -> tuple[str, EVAViT]:
+    """Name prefix (with trailing dot, or empty) and module of the only EVA ViT inside ``model``."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, EVAViT)]
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one EVAViT inside {type(model).__name__}, found {len(found)}")
+    name, vit = found[0]
+    return (name + "." if name else ""), vit
+
+
+def _no_decay(name: str, param, extra: Iterable[str]) -> bool:
+    return param.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "mask_token")) or "rel_pos" in name or any(
+        re.search(p, name) for p in extra
+    )
+
+
+def param_groups_layer_decay(
+    model: nn.Module,
+    base_lr: float,
+    weight_decay: float,
+    decay_rate: float,
+    no_decay_patterns: Iterable[str] = (),
+    depth: Optional[int] = None,
+) -> list[dict]:
+    """Optimizer parameter groups with layer-wise lr decay and no weight decay on 1-D parameters, embeddings and
+    relative-position tables (plus names matching ``no_decay_patterns``, regular expressions).
+
+    Each group holds ``params``, ``lr`` (``base_lr * lr_scale``), ``lr_scale``, ``weight_decay``, ``layer_id`` and
+    ``param_names``. Frozen parameters are left out.
+    """
+    prefix, vit = backbone_prefix(model)
+    depth = vit.depth if depth is None else depth
+    patterns = tuple(no_decay_patterns)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        layer = layer_id_for_name(name[len(prefix) :], depth) if name.startswith(prefix) else depth + 1
+        no_wd = _no_decay(name, p, patterns)
+        g = groups.get((layer, no_wd))
+        if g is None:
+            scale = decay_rate ** (depth + 1 - layer)
+            g = groups[(layer, no_wd)] = dict(
+                params=[], param_names=[], lr=base_lr * scale, lr_scale=scale,
+                weight_decay=0.0 if no_wd else weight_decay, layer_id=layer,
+            )
+        g["params"].append(p)
+        g["param_names"].append(name)
+    return [groups[k] for k in sorted(groups)]

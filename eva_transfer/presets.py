@@ -1,0 +1,103 @@
+"""Named backbone presets.
+
+Each preset is a plain dict of :class:`~eva_transfer.vit.EVAViT` arguments; ``build_backbone(name, **overrides)``
+builds one. ``*_det`` presets are the detection variant (patch 16, windowed attention with global attention in
+every 4th block, decomposed relative position, no CLS token, no final norm). The others are the plain
+pre-training / segmentation layout (global attention, CLS token, final norm).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any
+
+from .vit import EVAViT
+
+__all__ = ["PRESETS", "build_backbone", "preset_config", "every_kth_block"]
+
+
+def every_kth_block(depth: int, k: int = 4) -> tuple[int, ...]:
+    """Indexes of blocks k-1, 2k-1, ...: the global blocks of the windowed layout (3, 7, ..., 39 for 40/4)."""
+    return tuple(range(k - 1, depth, k))
+
+
+def _shape(depth: int, dim: int, heads: int, mlp: int, patch: int) -> dict[str, Any]:
+    return dict(depth=depth, embed_dim=dim, num_heads=heads, mlp_dim=mlp, patch_size=patch)
+
+
+def _plain(shape: dict[str, Any], drop_path: float, img: int = 224) -> dict[str, Any]:
+    # CLS token and a CLS slot in the position table, global attention, final norm: the MIM layout.
+    return dict(shape, img_size=img, use_cls_token=True, pos_cls_slot=True, final_norm=True,
+                drop_path_rate=drop_path)
+
+
+def _det(shape: dict[str, Any], drop_path: float, pos_grid: int, img: int = 1024, window: int = 16,
+         global_every: int = 4) -> dict[str, Any]:
+    return dict(
+        shape,
+        img_size=img,
+        pos_grid=pos_grid,
+        pos_cls_slot=True,
+        use_cls_token=False,
+        window_size=window,
+        global_block_indexes=every_kth_block(shape["depth"], global_every),
+        use_rel_pos=True,
+        final_norm=False,
+        drop_path_rate=drop_path,
+    )
+
+
+_G = _shape(40, 1408, 16, 6144, 14)
+_L = _shape(24, 1024, 16, 4096, 16)
+_B = _shape(12, 768, 12, 3072, 16)
+_TINY = _shape(4, 64, 4, 128, 16)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # EVA-g (paper Table 3a): 1.0B encoder, patch 14, 16x16 position grid at 224
+    "eva_g": _plain(_G, drop_path=0.1),
+    # detection: patch kernel resized 14->16, position grid kept at 16x16 and interpolated at run time
+    "eva_g_det": _det(dict(_G, patch_size=16), drop_path=0.6, pos_grid=16, img=1280),
+    # segmentation: global attention at 896, no CLS token
+    "eva_g_seg": dict(_plain(dict(_G, patch_size=16), drop_path=0.5, img=896), use_cls_token=False,
+                      pos_grid=16, final_norm=False),
+    "eva_l": _plain(_L, drop_path=0.1),
+    "eva_l_det": _det(_L, drop_path=0.4, pos_grid=14),
+    "eva_l_seg": dict(_plain(_L, drop_path=0.3, img=512), use_cls_token=False, pos_grid=14, final_norm=False),
+    "eva_b": _plain(_B, drop_path=0.1),
+    "eva_b_det": _det(_B, drop_path=0.1, pos_grid=14),
+    "eva_b_seg": dict(_plain(_B, drop_path=0.1, img=512), use_cls_token=False, pos_grid=14, final_norm=False),
+    # CPU-sized presets that exercise the same code
+    "eva_tiny": _plain(_TINY, drop_path=0.0, img=64),
+    "eva_tiny_det": _det(_TINY, drop_path=0.0, pos_grid=4, img=128, window=4, global_every=2),
+    "eva_tiny_seg": dict(_plain(_TINY, drop_path=0.0, img=64), use_cls_token=False, pos_grid=4, final_norm=False),
+}
+
+_ARGS = set(inspect.signature(EVAViT.__init__).parameters) - {"self"}
+
+
+def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The constructor arguments of preset ``name`` with ``overrides`` applied (unknown keys are an error)."""
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(f"unknown backbone preset {name!r}{hint} (known: {', '.join(sorted(PRESETS))})")
+    unknown = set(overrides) - _ARGS
+    if unknown:
+        bad = sorted(unknown)[0]
+        close = difflib.get_close_matches(bad, _ARGS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise TypeError(f"unknown EVAViT argument(s) {sorted(unknown)} for preset {name!r}{hint}")
+    cfg = dict(PRESETS[name])
+    cfg.update(overrides)
+    if "depth" in overrides and "global_block_indexes" not in overrides and cfg.get("window_size", 0) > 0:
+        # keep the interleaving rule when only the depth changes
+        every = PRESETS[name]["global_block_indexes"]
+        k = every[1] - every[0] if len(every) > 1 else every[0] + 1
+        cfg["global_block_indexes"] = every_kth_block(cfg["depth"], k)
+    return cfg
+
+
+def build_backbone(name: str, **overrides: Any) -> EVAViT:
+    """Builds the EVA ViT preset ``name`` (see :data:`PRESETS`), e.g. ``build_backbone("eva_g_det", img_size=1024)``."""
+    return EVAViT(**preset_config(name, **overrides))

@@ -1,0 +1,114 @@
+"""Stand-ins for third-party components that a packaging route leaves out.
+
+Each patch is applied only when the real component is missing, and records why:
+
+- ``detectron2._C``: the compiled extension. Pure-Python installs of Detectron2 lack it, and
+  ``import detectron2.layers`` fails without it. Nothing this project uses needs it (RoIAlign and NMS come
+  from torchvision); the stand-in raises ``NotImplementedError`` naming the missing function when called
+  (deformable conv, rotated boxes, the C++ COCO evaluator).
+- ``mmcv._ext``: mmcv's compiled ops. ``mmcv-lite`` lacks them and ``import mmcv.ops`` fails; with the stand-in,
+  the pure-PyTorch paths of mmcv.ops (point_sample, multi-scale deformable attention on CPU) import and run.
+- ``lvis`` on NumPy 2: lvis-api 0.5.3 uses ``np.float``, removed in NumPy 2.0; its evaluator module is given a
+  NumPy view that still has the alias.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+import types
+
+logger = logging.getLogger(__name__)
+
+#: names of the stand-ins applied in this process, with the reason
+APPLIED: dict[str, str] = {}
+
+
+class _MissingExtension(types.ModuleType):
+    """A module whose every public attribute is a function raising ``NotImplementedError``."""
+
+    def __init__(self, name: str, hint: str):
+        super().__init__(name)
+        self.__file__ = f"<stand-in for {name}>"
+        self._hint = hint
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+
+        def missing(*args, **kwargs):
+            raise NotImplementedError(
+                f"{self.__name__}.{attr} needs the compiled extension, which this install lacks. {self._hint}"
+            )
+
+        missing.__name__ = attr
+        return missing
+
+
+def _real_import_fails(module: str) -> str | None:
+    """Returns why ``module`` cannot be imported, or None if it imports."""
+    try:
+        importlib.import_module(module)
+    except (ImportError, OSError) as e:  # OSError: a binary built for another torch/CUDA
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def apply_detectron2() -> bool:
+    """Registers a stand-in ``detectron2._C`` if detectron2 is installed without a loadable one."""
+    if "detectron2._C" in sys.modules or importlib.util.find_spec("detectron2") is None:
+        return False
+    reason = _real_import_fails("detectron2._C")
+    if reason is None:
+        return False
+    sys.modules["detectron2._C"] = _MissingExtension(
+        "detectron2._C", "Build Detectron2 from source to use deformable conv, rotated boxes or the C++ COCO evaluator."
+    )
+    import detectron2
+
+    detectron2._C = sys.modules["detectron2._C"]
+    APPLIED["detectron2._C"] = reason
+    logger.info("detectron2._C is not loadable (%s); using a stand-in", reason)
+    return True
+
+
+def apply_mmcv() -> bool:
+    """Registers a stand-in ``mmcv._ext`` if mmcv is installed without its compiled ops (mmcv-lite)."""
+    if "mmcv._ext" in sys.modules or importlib.util.find_spec("mmcv") is None:
+        return False
+    reason = _real_import_fails("mmcv._ext")
+    if reason is None:
+        return False
+    sys.modules["mmcv._ext"] = _MissingExtension(
+        "mmcv._ext", "Install the full mmcv build for compiled ops; the pure-PyTorch paths work without it."
+    )
+    APPLIED["mmcv._ext"] = reason
+    logger.info("mmcv._ext is not loadable (%s); using a stand-in", reason)
+    return True
+
+
+def apply_lvis_numpy() -> bool:
+    """Gives lvis-api's evaluator the ``np.float`` alias when NumPy no longer has it."""
+    import numpy as np
+
+    if hasattr(np, "float") or importlib.util.find_spec("lvis") is None:
+        return False
+    lvis_eval = importlib.import_module("lvis.eval")
+    if getattr(lvis_eval.np, "float", None) is float:
+        return False
+    view = types.ModuleType("numpy")
+    view.__dict__.update(np.__dict__)
+    view.float = float
+    lvis_eval.np = view
+    APPLIED["lvis.np.float"] = f"numpy {np.__version__} has no np.float"
+    return True
+
+
+def apply() -> dict[str, str]:
+    """Applies every stand-in that is needed; returns the applied ones with their reasons."""
+    apply_detectron2()
+    apply_mmcv()
+    apply_lvis_numpy()
+    return dict(APPLIED)
