@@ -360,7 +360,7 @@ class EVAViT(nn.Module):
             self.pos_grid = None
             self.pos_embed = None
 
-        dpr = [float(r) for r in torch.linspace(0, drop_path_rate, depth)]
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, 0 to the rate
         feat_grid = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.blocks = nn.ModuleList(
             Block(

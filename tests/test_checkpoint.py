@@ -1,0 +1,189 @@
+"""Checkpoint conversion: formats, resizing, reports and errors."""
+
+import argparse
+import re
+
+import pytest
+import torch
+from timm.models import eva as timm_eva
+
+from eva_transfer import CheckpointError, build_backbone, load_checkpoint, read_checkpoint, save_checkpoint
+from eva_transfer.checkpoint import resize_patch_kernel, resize_rel_pos
+
+
+def _mim_state_dict(depth=4, dim=64, heads=4, mlp=128, patch=14, grid=4, vocab=32):
+    """A random checkpoint in the EVA MIM layout (what EVA's pre-training writes), tiny shapes."""
+    g = torch.Generator().manual_seed(3)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g) * 0.05
+
+    sd = {
+        "cls_token": r(1, 1, dim),
+        "mask_token": r(1, 1, dim),
+        "pos_embed": r(1, grid * grid + 1, dim),
+        "patch_embed.proj.weight": r(dim, 3, patch, patch),
+        "patch_embed.proj.bias": r(dim),
+        "norm.weight": 1 + r(dim),
+        "norm.bias": r(dim),
+        "lm_head.weight": r(vocab, dim),
+        "lm_head.bias": r(vocab),
+    }
+    for i in range(depth):
+        p = f"blocks.{i}."
+        sd.update({
+            p + "norm1.weight": 1 + r(dim), p + "norm1.bias": r(dim),
+            p + "attn.qkv.weight": r(3 * dim, dim), p + "attn.q_bias": r(dim), p + "attn.v_bias": r(dim),
+            p + "attn.proj.weight": r(dim, dim), p + "attn.proj.bias": r(dim),
+            p + "norm2.weight": 1 + r(dim), p + "norm2.bias": r(dim),
+            p + "mlp.fc1.weight": r(mlp, dim), p + "mlp.fc1.bias": r(mlp),
+            p + "mlp.fc2.weight": r(dim, mlp), p + "mlp.fc2.bias": r(dim),
+        })
+    return sd
+
+
+@pytest.fixture
+def mim_file(tmp_path):
+    path = tmp_path / "eva_mim.pth"
+    torch.save({"model": _mim_state_dict(), "epoch": 3}, path)
+    return path
+
+
+def test_mim_checkpoint_features_equal_timm(mim_file):
+    ours = build_backbone("eva_tiny", patch_size=14, img_size=56).eval()
+    report = load_checkpoint(ours, mim_file, verbose=False)
+    assert report.missing == []
+    assert set(report.dropped) >= {"lm_head.weight", "lm_head.bias", "mask_token"}
+    ref = timm_eva.Eva(img_size=56, patch_size=14, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
+                       num_classes=0, use_fc_norm=False).eval()
+    sd = timm_eva.checkpoint_filter_fn(torch.load(mim_file, weights_only=True), ref)
+    # timm maps the MIM final norm to its pooled-feature norm; the token features compared here use it as `norm`
+    sd = {k.replace("fc_norm.", "norm."): v for k, v in sd.items()}
+    missing, _ = ref.load_state_dict(sd, strict=False)
+    assert not [k for k in missing if "k_bias" not in k]
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        assert (ours.forward_tokens(x) - ref.forward_features(x)).abs().max() <= 1e-5
+
+
+def test_mim_checkpoint_into_detection_variant(mim_file, capsys):
+    det = build_backbone("eva_tiny_det")
+    report = load_checkpoint(det, mim_file)
+    out = capsys.readouterr().out
+    # only the zero-initialised relative-position tables, which pre-training never has, stay at their init
+    assert report.missing and all(re.search(r"attn\.rel_pos_[hw]$", k) for k in report.missing)
+    assert report.resized["patch_embed.proj.weight"][:2] == ((64, 3, 14, 14), (64, 3, 16, 16))
+    assert "norm.weight" in report.dropped and "cls_token" in report.dropped
+    assert "resized" in out and "patch_embed.proj.weight" in out and "blocks.{0..3}.attn.rel_pos_h" in out
+    sd = torch.load(mim_file, weights_only=True)["model"]
+    expected = torch.nn.functional.interpolate(sd["patch_embed.proj.weight"], size=(16, 16), mode="bicubic",
+                                               align_corners=False)
+    assert torch.allclose(det.patch_embed.proj.weight, expected)
+    assert torch.equal(det.blocks[2].attn.qkv.weight, sd["blocks.2.attn.qkv.weight"])
+
+
+def test_wrapped_and_prefixed_formats(tmp_path):
+    src = build_backbone("eva_tiny_det")
+    sd = {f"module.backbone.net.{k}": v for k, v in src.state_dict().items()}
+    sd["module.roi_heads.box_predictor.cls_score.weight"] = torch.zeros(3, 4)
+    for wrapper in ("model", "state_dict", "model_ema"):
+        dst = build_backbone("eva_tiny_det")
+        report = load_checkpoint(dst, {wrapper: sd, "iteration": 7}, verbose=False)
+        assert report.prefix == "backbone.net."
+        assert report.missing == [] and report.unexpected == ["roi_heads.box_predictor.cls_score.weight"]
+        for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+            assert torch.equal(a, b), k
+
+
+def test_safetensors_roundtrip_and_atomic_save(tmp_path):
+    src = build_backbone("eva_tiny")
+    path = tmp_path / "w.safetensors"
+    save_checkpoint(src.state_dict(), path)
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temporary left behind
+    dst = build_backbone("eva_tiny")
+    assert load_checkpoint(dst, path, verbose=False).missing == []
+    assert torch.equal(dst.pos_embed, src.pos_embed)
+
+
+def test_pinv_patch_resize_keeps_response():
+    """timm's pseudo-inverse resampling: a resized patch through the resized kernel gives the original response."""
+    w = torch.randn(8, 3, 14, 14)
+    w16 = resize_patch_kernel(w, (16, 16), "pinv")
+    patch = torch.randn(1, 3, 14, 14)
+    big = torch.nn.functional.interpolate(patch, size=(16, 16), mode="bicubic", antialias=True)
+    a = torch.einsum("ochw,bchw->bo", w, patch)
+    b = torch.einsum("ochw,bchw->bo", w16, big)
+    assert torch.allclose(a, b, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="bicubic"):
+        resize_patch_kernel(w, (16, 16), "nearest")
+
+
+def test_rel_pos_resize_modes():
+    table = torch.randn(7, 16)
+    lin = resize_rel_pos(table, 13, "linear")
+    geo = resize_rel_pos(table, 13, "geometric")
+    assert lin.shape == geo.shape == (13, 16)
+    # both keep the zero offset, in the middle
+    assert torch.allclose(geo[6], table[3], atol=1e-5)
+    assert torch.allclose(lin[6], table[3], atol=1e-5)
+    assert not torch.allclose(lin, geo)
+    det = build_backbone("eva_tiny_det", img_size=128)
+    big = build_backbone("eva_tiny_det", img_size=192)
+    report = load_checkpoint(big, det.state_dict(), rel_pos_resize="geometric", verbose=False)
+    key = "blocks.1.attn.rel_pos_h"
+    assert report.resized[key] == ((15, 16), (23, 16), "relative position, geometric")
+
+
+def test_other_depth_is_an_error(tmp_path):
+    path = tmp_path / "deep.pth"
+    torch.save({"model": _mim_state_dict(depth=6)}, path)
+    with pytest.raises(CheckpointError, match=r"deep\.pth.*6 blocks.*depth 4.*blocks\.4"):
+        load_checkpoint(build_backbone("eva_tiny"), path, verbose=False)
+
+
+def test_other_width_is_an_error(tmp_path):
+    path = tmp_path / "wide.pth"
+    torch.save({"model": _mim_state_dict(dim=96, heads=4, mlp=192)}, path)
+    with pytest.raises(CheckpointError, match=r"wide\.pth: key 'cls_token' has shape \[1, 1, 96\].*\[1, 1, 64\]"):
+        load_checkpoint(build_backbone("eva_tiny"), path, verbose=False)
+
+
+def test_non_tensor_entry_is_an_error(tmp_path):
+    sd = _mim_state_dict()
+    sd["blocks.0.attn.q_bias"] = [0.0] * 64
+    path = tmp_path / "bad.pth"
+    torch.save({"model": sd}, path)
+    with pytest.raises(CheckpointError, match=r"bad\.pth: entry 'blocks\.0\.attn\.q_bias' is a list, expected a tensor"):
+        load_checkpoint(build_backbone("eva_tiny"), path, verbose=False)
+
+
+def test_truncated_and_missing_files(tmp_path, mim_file):
+    data = mim_file.read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cut\.pth: corrupt or truncated"):
+        read_checkpoint(cut)
+    cut_st = tmp_path / "cut.safetensors"
+    save_checkpoint(_mim_state_dict(), cut_st)
+    cut_st.write_bytes(cut_st.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"cut\.safetensors"):
+        read_checkpoint(cut_st)
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.pth"):
+        load_checkpoint(build_backbone("eva_tiny"), tmp_path / "nowhere.pth")
+
+
+def test_code_executing_pickle_is_refused(tmp_path):
+    # EVA's training checkpoints carry the run's argparse.Namespace, which only full unpickling restores
+    path = tmp_path / "legacy.pth"
+    torch.save({"model": _mim_state_dict(), "args": argparse.Namespace(lr=1e-3)}, path)
+    with pytest.raises(CheckpointError, match="allow_pickle=True"):
+        read_checkpoint(path)
+    # the opt-in for a trusted file works
+    report = load_checkpoint(build_backbone("eva_tiny", patch_size=14, img_size=56), path, allow_pickle=True,
+                             verbose=False)
+    assert report.missing == []
+
+
+def test_no_backbone_in_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no ViT blocks found"):
+        load_checkpoint(build_backbone("eva_tiny"), {"head.weight": torch.zeros(2, 2)}, verbose=False)

@@ -1,0 +1,59 @@
+"""Layer-wise lr decay for a model that contains the backbone."""
+
+import pytest
+import torch
+from torch import nn
+
+from eva_transfer import SimpleFeaturePyramid, build_backbone, param_groups_layer_decay
+from eva_transfer.lr_decay import layer_id_for_name, lr_scale_for_name
+
+
+class Detector(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Module()
+        self.backbone.net = build_backbone("eva_tiny_det")
+        self.backbone.pyramid = SimpleFeaturePyramid(64, out_channels=32)
+        self.queries = nn.Embedding(10, 32)
+        self.level_embed = nn.Parameter(torch.zeros(4, 32))
+        self.head = nn.Linear(32, 5)
+
+
+def test_layer_ids():
+    assert layer_id_for_name("patch_embed.proj.weight", 40) == 0
+    assert layer_id_for_name("pos_embed", 40) == 0
+    assert layer_id_for_name("blocks.0.norm1.weight", 40) == 1
+    assert layer_id_for_name("blocks.39.mlp.fc2.bias", 40) == 40
+    assert layer_id_for_name("norm.weight", 40) == 41
+    assert lr_scale_for_name("backbone.net.blocks.39.mlp.fc2.bias", 0.9, 40, "backbone.net.") == pytest.approx(0.9)
+    assert lr_scale_for_name("backbone.net.pos_embed", 0.9, 40, "backbone.net.") == pytest.approx(0.9**41)
+
+
+def test_param_groups():
+    model = Detector()
+    groups = param_groups_layer_decay(model, base_lr=1e-4, weight_decay=0.1, decay_rate=0.5)
+    by_name = {n: g for g in groups for n in g["param_names"]}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    depth = 4
+    assert by_name["backbone.net.patch_embed.proj.weight"]["lr"] == pytest.approx(1e-4 * 0.5 ** (depth + 1))
+    assert by_name["backbone.net.blocks.2.attn.qkv.weight"]["lr"] == pytest.approx(1e-4 * 0.5 ** (depth - 2))
+    # task-head parameters (pyramid, queries, level embeddings, head) get the full learning rate
+    for name in ("backbone.pyramid.simfp_2.0.weight", "queries.weight", "level_embed", "head.weight"):
+        assert by_name[name]["lr"] == pytest.approx(1e-4), name
+    # no weight decay on biases, norms, embeddings and relative-position tables
+    for name in ("backbone.net.pos_embed", "backbone.net.blocks.1.attn.rel_pos_h", "backbone.net.blocks.0.norm1.weight",
+                 "head.bias", "backbone.net.blocks.0.attn.q_bias"):
+        assert by_name[name]["weight_decay"] == 0.0, name
+    assert by_name["backbone.net.blocks.0.attn.qkv.weight"]["weight_decay"] == 0.1
+    assert by_name["queries.weight"]["weight_decay"] == 0.1
+    nd = param_groups_layer_decay(model, 1e-4, 0.1, 0.5, no_decay_patterns=[r"^queries\."])
+    assert {n: g for g in nd for n in g["param_names"]}["queries.weight"]["weight_decay"] == 0.0
+    opt = torch.optim.AdamW(groups)  # the groups are valid optimizer input
+    assert len(opt.param_groups) == len(groups)
+
+
+def test_frozen_parameters_left_out():
+    model = Detector()
+    model.backbone.net.patch_embed.requires_grad_(False)
+    names = [n for g in param_groups_layer_decay(model, 1e-4, 0.1, 0.9) for n in g["param_names"]]
+    assert not any("patch_embed" in n for n in names)
