@@ -43,6 +43,7 @@ __all__ = [
     "CheckpointError",
     "LoadReport",
     "convert_state_dict",
+    "extract_backbone",
     "find_backbone",
     "load_checkpoint",
     "read_checkpoint",
@@ -369,6 +370,21 @@ def _rename(sd: dict[str, Tensor], report: LoadReport) -> dict[str, Tensor]:
     return out
 
 
+def extract_backbone(
+    state_dict: Mapping[str, Tensor], source: str = "<state dict>", prefix: Optional[str] = None
+) -> tuple[dict[str, Tensor], LoadReport]:
+    """The ViT's weights from any supported checkpoint (a fine-tuned detector or segmentor too), with
+    backbone-relative names in this toolkit's layout, no resizing. Keys outside the backbone are reported as
+    unexpected."""
+    report = LoadReport(source=source)
+    sd = dict(state_dict)
+    report.prefix = _find_prefix(sd, source) if prefix is None else prefix
+    if report.prefix:
+        report.unexpected += [k for k in sd if not k.startswith(report.prefix)]
+        sd = {k[len(report.prefix) :]: v for k, v in sd.items() if k.startswith(report.prefix)}
+    return _rename(sd, report), report
+
+
 def convert_state_dict(
     state_dict: Mapping[str, Tensor],
     model: nn.Module,
@@ -384,13 +400,7 @@ def convert_state_dict(
     checkpoint of another width or depth, or any key whose shape cannot be converted.
     """
     vit = find_backbone(model)
-    report = LoadReport(source=source)
-    sd = dict(state_dict)
-    report.prefix = _find_prefix(sd, source) if prefix is None else prefix
-    if report.prefix:
-        report.unexpected += [k for k in sd if not k.startswith(report.prefix)]
-        sd = {k[len(report.prefix) :]: v for k, v in sd.items() if k.startswith(report.prefix)}
-    sd = _rename(sd, report)
+    sd, report = extract_backbone(state_dict, source, prefix)
     target = vit.state_dict()
 
     ckpt_blocks = {int(m.group(1)) for k in sd if (m := re.match(r"^blocks\.(\d+)\.", k))}

@@ -187,3 +187,35 @@ def test_code_executing_pickle_is_refused(tmp_path):
 def test_no_backbone_in_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="no ViT blocks found"):
         load_checkpoint(build_backbone("eva_tiny"), {"head.weight": torch.zeros(2, 2)}, verbose=False)
+
+
+def test_convert_tool(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "convert_checkpoint.py"
+    src = tmp_path / "mim.pth"
+    torch.save({"model": _mim_state_dict()}, src)
+    out = tmp_path / "det.safetensors"
+    run = subprocess.run([sys.executable, str(tool), str(src), str(out), "--preset", "eva_tiny_det",
+                          "--output-prefix", "backbone.net."], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "patch_embed.proj.weight: [64, 3, 14, 14] -> [64, 3, 16, 16]" in run.stdout
+    det = build_backbone("eva_tiny_det")
+    report = load_checkpoint(det, out, verbose=False)
+    assert report.prefix == "backbone.net."
+    assert all("rel_pos" in k for k in report.missing)
+
+    # extracting the backbone from a fine-tuned detector checkpoint, then a bad file
+    fine = tmp_path / "model_final.pth"
+    torch.save({"model": {f"backbone.net.{k}": v for k, v in det.state_dict().items()} |
+                {"roi_heads.x.weight": torch.zeros(1)}, "iteration": 10}, fine)
+    extracted = tmp_path / "backbone.pth"
+    run = subprocess.run([sys.executable, str(tool), str(fine), str(extracted)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    sd = torch.load(extracted, weights_only=True)["model"]
+    assert set(sd) == set(det.state_dict())
+    run = subprocess.run([sys.executable, str(tool), str(tmp_path / "missing.pth"), str(extracted)],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "missing.pth" in run.stderr
