@@ -1,0 +1,331 @@
+"""Your own COCO- or LVIS-format dataset in Detectron2: validation, loading and registration.
+
+``register_dataset(name, json_file, image_root, fmt)`` is the one call a user makes. It reads and checks the
+annotation file once (errors name the file and the entry), then registers a loader in ``DatasetCatalog`` and the
+metadata Detectron2's components read in ``MetadataCatalog``:
+
+- ``thing_classes``, ``thing_dataset_id_to_contiguous_id`` (contiguous ids follow sorted dataset ids),
+- ``evaluator_type`` ("coco" / "lvis"), ``json_file``, ``image_root``,
+- ``class_image_count``: ``[{"id": dataset_id, "image_count": n}, ...]`` as ``get_fed_loss_cls_weights`` reads it
+  (from the categories' ``image_count`` when every category has one, else counted from the annotations),
+- ``class_frequency`` (LVIS "r"/"c"/"f", or derived from the image counts), ``num_images``,
+  ``num_images_without_annotations``.
+
+Image paths: COCO ``file_name`` is relative to ``image_root``; LVIS images without ``file_name`` are found from
+``coco_url`` as ``image_root/<split folder>/<file>`` (the last two parts of the url), like Detectron2's LVIS loader.
+
+Images without annotations stay in the loaded list (evaluation needs them); training drops them through
+Detectron2's ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``, and registration logs how many there are.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+from projects import compat
+
+compat.apply_detectron2()
+
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.structures import BoxMode  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("coco", "lvis")
+
+
+class DatasetError(ValueError):
+    """An annotation file that cannot be used; the message names the file and the entry."""
+
+
+def _fail(json_file, what: str):
+    raise DatasetError(f"{json_file}: {what}")
+
+
+def read_annotation_json(json_file: str | os.PathLike) -> dict:
+    """Parses a COCO/LVIS annotation file and checks its top-level layout."""
+    path = Path(json_file)
+    if not path.is_file():
+        raise DatasetError(f"{json_file}: annotation file not found")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{json_file}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        _fail(
+            json_file,
+            f"expected a JSON object with 'images', 'annotations', 'categories', got {type(data).__name__}",
+        )
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            _fail(json_file, f"missing or non-list key '{key}' (expected a COCO/LVIS instances file)")
+    if not data["images"]:
+        _fail(json_file, "'images' is empty: a dataset needs at least one image")
+    if not data["categories"]:
+        _fail(json_file, "'categories' is empty: a dataset needs at least one category")
+    return data
+
+
+def image_path(img: dict, image_root: str | os.PathLike, fmt: str) -> str:
+    """Where the file of image record ``img`` lies (see the module docstring for the conventions)."""
+    if img.get("file_name"):
+        return os.path.join(image_root, img["file_name"])
+    if fmt == "lvis" and img.get("coco_url"):
+        split_folder, name = str(img["coco_url"]).rstrip("/").split("/")[-2:]
+        return os.path.join(image_root, split_folder, name)
+    raise KeyError("file_name" if fmt == "coco" else "file_name' or 'coco_url")
+
+
+def _check_polygons(json_file, ann, segm):
+    if isinstance(segm, list):
+        for poly in segm:
+            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+                _fail(
+                    json_file,
+                    f"annotation id {ann['id']}: a polygon needs an even number >= 6 of coordinates, "
+                    f"got {len(poly) if isinstance(poly, list) else type(poly).__name__}",
+                )
+    elif isinstance(segm, dict):
+        if "counts" not in segm or "size" not in segm:
+            _fail(json_file, f"annotation id {ann['id']}: an RLE segmentation needs 'counts' and 'size'")
+    else:
+        _fail(json_file, f"annotation id {ann['id']}: segmentation must be polygons (list) or RLE (dict)")
+
+
+def validate_dataset(data: dict, json_file, image_root, fmt: str, check_files: bool = True) -> None:
+    """Checks ids, references, boxes, polygons and (optionally) that every image file exists.
+
+    Raises:
+        DatasetError: naming ``json_file`` and the offending image / annotation / category.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    cat_ids = set()
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+            _fail(json_file, f"categories[{i}] needs 'id' and 'name'")
+        if cat["id"] in cat_ids:
+            _fail(json_file, f"category id {cat['id']} appears twice in 'categories'")
+        cat_ids.add(cat["id"])
+        if fmt == "lvis" and cat.get("frequency", "f") not in ("r", "c", "f"):
+            _fail(
+                json_file,
+                f"category id {cat['id']}: frequency must be 'r', 'c' or 'f', got {cat['frequency']!r}",
+            )
+
+    img_ids = set()
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or "id" not in img:
+            _fail(json_file, f"images[{i}] has no 'id'")
+        if img["id"] in img_ids:
+            _fail(json_file, f"image id {img['id']} appears twice in 'images'")
+        img_ids.add(img["id"])
+        for key in ("height", "width"):
+            if not isinstance(img.get(key), int) or img[key] <= 0:
+                _fail(
+                    json_file,
+                    f"image id {img['id']}: '{key}' must be a positive integer, got {img.get(key)!r}",
+                )
+        try:
+            path = image_path(img, image_root, fmt)
+        except KeyError as e:
+            _fail(json_file, f"image id {img['id']} has no '{e.args[0]}' to locate its file")
+        if check_files and not os.path.isfile(path):
+            _fail(json_file, f"image id {img['id']}: file not found: {path}")
+        if fmt == "lvis":
+            for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+                unknown = set(img.get(key, [])) - cat_ids
+                if unknown:
+                    _fail(
+                        json_file, f"image id {img['id']}: {key} has unknown category ids {sorted(unknown)}"
+                    )
+
+    ann_ids = set()
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or "id" not in ann:
+            _fail(json_file, f"annotations[{i}] has no 'id'")
+        if ann["id"] in ann_ids:
+            _fail(json_file, f"annotation id {ann['id']} appears twice in 'annotations'")
+        ann_ids.add(ann["id"])
+        if ann.get("image_id") not in img_ids:
+            _fail(
+                json_file, f"annotation id {ann['id']}: image_id {ann.get('image_id')!r} is not in 'images'"
+            )
+        if ann.get("category_id") not in cat_ids:
+            _fail(
+                json_file,
+                f"annotation id {ann['id']}: unknown category_id {ann.get('category_id')!r} "
+                f"(not in 'categories', which has {len(cat_ids)} ids)",
+            )
+        box = ann.get("bbox")
+        if (
+            not isinstance(box, (list, tuple))
+            or len(box) != 4
+            or not all(isinstance(v, (int, float)) for v in box)
+        ):
+            _fail(json_file, f"annotation id {ann['id']}: bbox must be [x, y, width, height], got {box!r}")
+        if not all(math.isfinite(v) for v in box):
+            _fail(json_file, f"annotation id {ann['id']}: bbox has a non-finite value: {box}")
+        if box[2] < 0 or box[3] < 0:
+            _fail(
+                json_file,
+                f"annotation id {ann['id']}: bbox has negative size (width {box[2]}, height {box[3]})",
+            )
+        if "segmentation" in ann:
+            _check_polygons(json_file, ann, ann["segmentation"])
+
+
+def category_image_counts(data: dict) -> dict:
+    """{category id: number of images with at least one annotation of it} counted from the annotations."""
+    images_per_cat: dict = {c["id"]: set() for c in data["categories"]}
+    for ann in data["annotations"]:
+        images_per_cat[ann["category_id"]].add(ann["image_id"])
+    return {k: len(v) for k, v in images_per_cat.items()}
+
+
+def frequency_from_image_count(count: int) -> str:
+    """LVIS's frequency groups: rare in 1-10 training images, common in 11-100, frequent in more."""
+    return "r" if count <= 10 else "c" if count <= 100 else "f"
+
+
+def dataset_metadata(data: dict, json_file, image_root, fmt: str) -> dict:
+    """Metadata Detectron2 reads (see the module docstring)."""
+    cats = sorted(data["categories"], key=lambda c: c["id"])
+    if all(isinstance(c.get("image_count"), int) for c in cats):
+        image_counts = {c["id"]: c["image_count"] for c in cats}
+        count_source = "categories"
+    else:
+        image_counts = category_image_counts(data)
+        count_source = "annotations"
+    annotated = {a["image_id"] for a in data["annotations"]}
+    return {
+        "thing_classes": [c["name"] for c in cats],
+        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
+        "evaluator_type": fmt,
+        "json_file": str(json_file),
+        "image_root": str(image_root),
+        "class_image_count": [{"id": c["id"], "image_count": image_counts[c["id"]]} for c in cats],
+        "class_image_count_source": count_source,
+        "class_frequency": [
+            c.get("frequency") or frequency_from_image_count(image_counts[c["id"]]) for c in cats
+        ],
+        "num_images": len(data["images"]),
+        "num_images_without_annotations": sum(img["id"] not in annotated for img in data["images"]),
+    }
+
+
+def _segmentation_for_detectron2(segm):
+    if isinstance(segm, dict) and isinstance(segm.get("counts"), list):
+        from pycocotools import mask as mask_util
+
+        # uncompressed RLE: Detectron2's mappers expect the compressed form
+        return mask_util.frPyObjects(segm, *segm["size"])
+    return segm
+
+
+def dataset_dicts_from_json(data: dict, image_root, fmt: str, id_map: dict | None = None) -> list[dict]:
+    """Detectron2's standard dataset dicts (boxes XYWH_ABS, contiguous category ids), one per image, sorted by id.
+
+    LVIS records also carry ``neg_category_ids`` / ``not_exhaustive_category_ids`` (dataset ids, as Detectron2's
+    LVIS loader keeps them).
+    """
+    if id_map is None:
+        id_map = {c["id"]: i for i, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))}
+    anns_per_image: dict = {img["id"]: [] for img in data["images"]}
+    for ann in data["annotations"]:
+        anns_per_image[ann["image_id"]].append(ann)
+    records = []
+    for img in sorted(data["images"], key=lambda x: x["id"]):
+        record = {
+            "file_name": image_path(img, image_root, fmt),
+            "height": img["height"],
+            "width": img["width"],
+            "image_id": img["id"],
+        }
+        if fmt == "lvis":
+            record["neg_category_ids"] = list(img.get("neg_category_ids", []))
+            record["not_exhaustive_category_ids"] = list(img.get("not_exhaustive_category_ids", []))
+        objs = []
+        for ann in anns_per_image[img["id"]]:
+            obj = {
+                "bbox": list(ann["bbox"]),
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": id_map[ann["category_id"]],
+                "iscrowd": int(ann.get("iscrowd", 0)),
+            }
+            if "segmentation" in ann:
+                obj["segmentation"] = _segmentation_for_detectron2(ann["segmentation"])
+            objs.append(obj)
+        record["annotations"] = objs
+        records.append(record)
+    return records
+
+
+def load_dataset_dicts(json_file, image_root, fmt: str = "coco", check_files: bool = True) -> list[dict]:
+    """Reads, validates and converts an annotation file to Detectron2 dataset dicts (all images kept)."""
+    data = read_annotation_json(json_file)
+    validate_dataset(data, json_file, image_root, fmt, check_files=check_files)
+    return dataset_dicts_from_json(data, image_root, fmt)
+
+
+def register_dataset(name: str, json_file, image_root, fmt: str = "coco", check_files: bool = True) -> dict:
+    """Registers a COCO- or LVIS-format dataset under ``name`` in Detectron2's catalogs; returns its metadata.
+
+    Args:
+        name: dataset name used in configs (``DATASETS.TRAIN`` / ``dataloader.train.dataset.names``).
+        json_file: COCO instances json or LVIS v1 json.
+        image_root: folder the image paths are relative to (see the module docstring for LVIS).
+        fmt: "coco" or "lvis"; picks the evaluator and the image-path convention.
+        check_files: check that every image file exists (one ``stat`` per image).
+
+    Raises:
+        DatasetError: the file is unusable (message names the file and the entry).
+        ValueError: ``name`` is already registered or ``fmt`` is unknown.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if name in DatasetCatalog.list():
+        raise ValueError(
+            f"dataset {name!r} is already registered; call DatasetCatalog.remove({name!r}) first"
+        )
+    json_file, image_root = str(json_file), str(image_root)
+    data = read_annotation_json(json_file)
+    validate_dataset(data, json_file, image_root, fmt, check_files=check_files)
+    meta = dataset_metadata(data, json_file, image_root, fmt)
+    DatasetCatalog.register(
+        name, functools.partial(load_dataset_dicts, json_file, image_root, fmt, check_files=False)
+    )
+    MetadataCatalog.get(name).set(**meta)
+    logger.info(
+        "Registered %s dataset %r: %d images, %d annotations, %d classes (image counts from %s), from %s",
+        fmt.upper(),
+        name,
+        meta["num_images"],
+        len(data["annotations"]),
+        len(meta["thing_classes"]),
+        meta["class_image_count_source"],
+        json_file,
+    )
+    if meta["num_images_without_annotations"]:
+        logger.info(
+            "%r: %d of %d images have no annotations; evaluation keeps them, training skips them "
+            "(DATALOADER.FILTER_EMPTY_ANNOTATIONS)",
+            name,
+            meta["num_images_without_annotations"],
+            meta["num_images"],
+        )
+    return meta
+
+
+def unregister_dataset(name: str) -> None:
+    """Removes ``name`` from both catalogs (tests and notebooks re-register under the same name)."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
