@@ -1,0 +1,221 @@
+"""Multi-scale deformable attention in pure PyTorch (no compiled extension), on CPU and GPU, any input size.
+
+Semantics are those of Deformable DETR / mmcv's ``multi_scale_deformable_attn``: every query, in every head,
+samples ``P`` points on each of ``L`` value maps by bilinear interpolation (zero outside the map, pixel centres at
+``(i + 0.5) / size``, i.e. ``grid_sample(..., align_corners=False, padding_mode="zeros")``) and returns their sum
+weighted by the attention weights.
+
+Instead of one ``grid_sample`` per level followed by a stack and a weighted sum (which materialises
+``B x Q x heads x L x P x D`` sampled values, and a second copy for the product), every bilinear corner becomes
+an (index, weight) pair - weight = attention weight x bilinear weight, zero for a corner outside its map - and one
+``embedding_bag`` call gathers and sums the value rows directly. Autograd gives the gradients of the value (through
+the gathered rows), and of the attention weights and sampling locations (through the per-corner weights). Only
+``B x Q x heads x L x P x 4`` scalars are kept for the backward pass, never a ``x D`` tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["MSDeformAttn", "ms_deform_attn", "reference_points", "level_start_index"]
+
+
+def level_start_index(spatial_shapes: Tensor) -> Tensor:
+    """``(L, 2)`` level sizes ``(H, W)`` -> ``(L,)`` offsets of each level in the flattened value sequence."""
+    areas = spatial_shapes[:, 0] * spatial_shapes[:, 1]
+    return torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+
+
+def reference_points(shapes: Sequence[tuple[int, int]], device=None, dtype=torch.float32) -> Tensor:
+    """Normalised pixel centres of every position of the grids ``shapes``, concatenated in order.
+
+    Returns:
+        ``(1, sum(H*W), 1, 2)`` points ``(x, y)`` in ``(0, 1)``; the level axis broadcasts over the levels sampled.
+    """
+    points = []
+    for h, w in shapes:
+        y, x = torch.meshgrid(
+            (torch.arange(h, device=device, dtype=dtype) + 0.5) / h,
+            (torch.arange(w, device=device, dtype=dtype) + 0.5) / w,
+            indexing="ij",
+        )
+        points.append(torch.stack([x.reshape(-1), y.reshape(-1)], dim=-1))
+    return torch.cat(points, dim=0)[None, :, None, :]
+
+
+def _check_shapes(value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor, attention_weights: Tensor):
+    if value.dim() != 4:
+        raise ValueError(f"value must be (B, S, heads, C/heads), got shape {tuple(value.shape)}")
+    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
+        raise ValueError(
+            f"sampling_locations must be (B, Q, heads, L, P, 2), got shape {tuple(sampling_locations.shape)}"
+        )
+    b, s, heads, _ = value.shape
+    _, q, heads_l, levels, points, _ = sampling_locations.shape
+    if spatial_shapes.dim() != 2 or spatial_shapes.shape != (levels, 2):
+        raise ValueError(f"spatial_shapes must be ({levels}, 2) for {levels} levels, got {tuple(spatial_shapes.shape)}")
+    if sampling_locations.shape[0] != b or heads_l != heads:
+        raise ValueError(
+            f"sampling_locations {tuple(sampling_locations.shape)} does not match value {tuple(value.shape)} "
+            "in batch or heads"
+        )
+    if tuple(attention_weights.shape) != (b, q, heads, levels, points):
+        raise ValueError(
+            f"attention_weights must be {(b, q, heads, levels, points)}, got {tuple(attention_weights.shape)}"
+        )
+    total = int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())
+    if total != s:
+        raise ValueError(f"value has {s} positions but spatial_shapes {spatial_shapes.tolist()} sum to {total}")
+
+
+def ms_deform_attn(
+    value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """Multi-scale deformable attention.
+
+    Args:
+        value: ``(B, S, heads, D)``, the ``L`` maps flattened row-major and concatenated (``S = sum(H_l * W_l)``).
+        spatial_shapes: ``(L, 2)`` integer ``(H_l, W_l)``.
+        sampling_locations: ``(B, Q, heads, L, P, 2)`` normalised ``(x, y)``; ``[0, 1]`` spans a map, points
+            outside read zeros.
+        attention_weights: ``(B, Q, heads, L, P)``.
+    Returns:
+        ``(B, Q, heads * D)``.
+    """
+    _check_shapes(value, spatial_shapes, sampling_locations, attention_weights)
+    b, s, heads, d = value.shape
+    q, levels, points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    shapes = spatial_shapes.to(device=value.device, dtype=torch.long)
+    starts = level_start_index(shapes)
+    height = shapes[:, 0].view(levels, 1)
+    width = shapes[:, 1].view(levels, 1)
+
+    # pixel coordinates, align_corners=False: pixel centre i sits at (i + 0.5) / size; at least float32 precision
+    compute_dtype = torch.promote_types(sampling_locations.dtype, torch.float32)
+    loc = sampling_locations.to(compute_dtype)
+    x = loc[..., 0] * width - 0.5  # (B, Q, heads, L, P)
+    y = loc[..., 1] * height - 0.5
+    x0 = torch.floor(x)
+    y0 = torch.floor(y)
+    fx = x - x0
+    fy = y - y0
+    x0 = x0.long()
+    y0 = y0.long()
+    # corners in the order (y0, x0), (y0, x1), (y1, x0), (y1, x1)
+    cx = torch.stack([x0, x0 + 1, x0, x0 + 1], dim=-1)  # (B, Q, heads, L, P, 4)
+    cy = torch.stack([y0, y0, y0 + 1, y0 + 1], dim=-1)
+    wx = torch.stack([1 - fx, fx, 1 - fx, fx], dim=-1)
+    wy = torch.stack([1 - fy, 1 - fy, fy, fy], dim=-1)
+    h_l = height.view(levels, 1, 1)
+    w_l = width.view(levels, 1, 1)
+    inside = (cx >= 0) & (cx < w_l) & (cy >= 0) & (cy < h_l)
+    weights = wx * wy * attention_weights.to(compute_dtype).unsqueeze(-1) * inside
+
+    # rows of value viewed as (B * S * heads, D): row = (b * S + s) * heads + head
+    pos = starts.view(levels, 1, 1) + cy.clamp(min=0) * w_l + cx.clamp(min=0)
+    pos = torch.where(inside, pos, torch.zeros_like(pos))
+    batch = torch.arange(b, device=value.device).view(b, 1, 1, 1, 1, 1)
+    head = torch.arange(heads, device=value.device).view(1, 1, heads, 1, 1, 1)
+    rows = (batch * s + pos) * heads + head
+    index_dtype = torch.int32 if b * s * heads < 2**31 else torch.long
+
+    # bags ordered (b, q, head): the (B * Q * heads, D) result is already the (B, Q, heads * D) layout
+    out = F.embedding_bag(
+        rows.reshape(b * q * heads, levels * points * 4).to(index_dtype),
+        value.reshape(b * s * heads, d),
+        mode="sum",
+        per_sample_weights=weights.reshape(b * q * heads, levels * points * 4).to(value.dtype),
+    )
+    return out.view(b, q, heads * d)
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention module (Deformable DETR / ViT-Adapter layout).
+
+    Args:
+        d_model: query and output width.
+        n_levels: number of value maps.
+        n_heads: attention heads; must divide ``int(d_model * value_ratio)``.
+        n_points: sampling points per head and level.
+        value_ratio: the value projection's width relative to ``d_model`` (ViT-Adapter samples a narrower value).
+    """
+
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
+                 value_ratio: float = 1.0):
+        super().__init__()
+        value_dim = int(d_model * value_ratio)
+        if value_dim % n_heads:
+            raise ValueError(
+                f"the value width {value_dim} (d_model {d_model} x value_ratio {value_ratio}) is not divisible by "
+                f"{n_heads} heads"
+            )
+        self.d_model = d_model
+        self.n_levels = n_levels
+        self.n_heads = n_heads
+        self.n_points = n_points
+        self.value_dim = value_dim
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, value_dim)
+        self.output_proj = nn.Linear(value_dim, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Offsets start on a ring of directions, one per head, the k-th point k steps out; uniform attention."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(self.n_heads, dtype=torch.float64) * (2.0 * math.pi / self.n_heads)
+        grid = torch.stack([angles.cos(), angles.sin()], dim=-1)
+        grid = grid / grid.abs().max(-1, keepdim=True)[0]
+        grid = grid.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)
+        grid = grid * torch.arange(1, self.n_points + 1, dtype=torch.float64).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.flatten())
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.zeros_(self.value_proj.bias)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.zeros_(self.output_proj.bias)
+
+    def forward(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        value_input: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Optional[Tensor] = None,
+        padding_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """
+        Args:
+            query: ``(B, Q, d_model)``.
+            reference_points: ``(B or 1, Q, L or 1, 2)`` normalised ``(x, y)``; offsets are in pixels of each level.
+            value_input: ``(B, S, d_model)``, the levels flattened and concatenated.
+            spatial_shapes: ``(L, 2)`` long ``(H_l, W_l)``.
+            level_start_index: ``(L,)``; implied by ``spatial_shapes`` (accepted for the usual call signature).
+            padding_mask: optional ``(B, S)`` bool, True at padded positions (their value is zeroed).
+        Returns:
+            ``(B, Q, d_model)``.
+        """
+        b, q, _ = query.shape
+        s = value_input.shape[1]
+        if spatial_shapes.shape[0] != self.n_levels:
+            raise ValueError(f"this module samples {self.n_levels} levels, spatial_shapes has {spatial_shapes.shape[0]}")
+        if reference_points.dim() != 4 or reference_points.shape[-1] != 2:
+            raise ValueError(f"reference_points must be (B, Q, L, 2), got {tuple(reference_points.shape)}")
+        value = self.value_proj(value_input)
+        if padding_mask is not None:
+            value = value.masked_fill(padding_mask[..., None], 0.0)
+        value = value.view(b, s, self.n_heads, self.value_dim // self.n_heads)
+        offsets = self.sampling_offsets(query).view(b, q, self.n_heads, self.n_levels, self.n_points, 2)
+        weights = self.attention_weights(query).view(b, q, self.n_heads, self.n_levels * self.n_points)
+        weights = weights.softmax(-1).view(b, q, self.n_heads, self.n_levels, self.n_points)
+        # offsets are in pixels of each level: normalise by (W_l, H_l)
+        normalizer = spatial_shapes.flip(-1).to(offsets.dtype)
+        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        return self.output_proj(ms_deform_attn(value, spatial_shapes, locations, weights))
