@@ -3,9 +3,9 @@
 Tokens flow through the blocks as ``(B, N, C)`` sequences together with their patch grid ``(H, W)``, so the
 same blocks serve a CLS-token model (pre-training, classification-style features) and a windowed,
 relative-position model (detection). Window attention pads the grid to a multiple of the window and crops
-afterwards. Attention runs through ``torch.nn.functional.scaled_dot_product_attention``; decomposed relative
-position is folded into the query/key vectors (see :func:`attention_with_rel_pos`) so that no ``N x N`` bias is
-materialised and the fused kernels stay usable.
+afterwards. Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels on GPU);
+decomposed relative position enters it as an additive bias built from two small tensors, in query chunks on large
+grids (see :func:`attention_with_rel_pos`).
 """
 
 from __future__ import annotations
@@ -77,19 +77,24 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: Tensor) -> Tensor:
     return rel_pos[relative.long()]
 
 
+#: attention logits materialised at once (per call) before the queries are processed in chunks
+MAX_BIAS_ELEMENTS = 1 << 25
+
+
 def attention_with_rel_pos(
     q: Tensor, k: Tensor, v: Tensor, hw: tuple[int, int], rel_pos_h: Tensor, rel_pos_w: Tensor, scale: float
 ) -> Tensor:
-    """Softmax attention with decomposed relative position (ViTDet/MViTv2), without an ``N x N`` bias.
+    """Softmax attention with decomposed relative position (ViTDet/MViTv2 layout).
 
-    The bias ``q_i . R_h[h_i - h_j] + q_i . R_w[w_i - w_j]`` equals a dot product of ``[rel_h_i, rel_w_i]``
-    with the one-hot row/column codes of key ``j``. Appending those to the scaled queries and to the keys gives
-    exactly ``scale * q.k + bias`` inside one ``scaled_dot_product_attention`` call (scale 1).
+    The bias ``q_i . R_h[h_i - h_j] + q_i . R_w[w_i - w_j]`` (unscaled queries) is built from two small tensors
+    and passed to ``scaled_dot_product_attention`` as an additive mask, so the fused kernel computes the softmax
+    without a separate logits tensor. Large grids are processed in query chunks so that at most
+    :data:`MAX_BIAS_ELEMENTS` bias values exist at a time.
 
     Args:
         q, k, v: ``(B, heads, H*W, D)``.
         hw: the grid ``(H, W)`` of queries and keys.
-        rel_pos_h, rel_pos_w: ``(L, D)`` tables.
+        rel_pos_h, rel_pos_w: ``(L, D)`` tables (resized linearly when ``L != 2 * side - 1``).
     Returns:
         ``(B, heads, H*W, D)``.
     """
@@ -98,42 +103,17 @@ def attention_with_rel_pos(
     rh = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # (h, h, d)
     rw = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # (w, w, d)
     r_q = q.reshape(b, nh, h, w, d)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh).reshape(b, nh, n, h)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).reshape(b, nh, n, w)
-    eye_h = torch.eye(h, dtype=q.dtype, device=q.device)
-    eye_w = torch.eye(w, dtype=q.dtype, device=q.device)
-    key_h = eye_h[:, None, :].expand(h, w, h).reshape(1, 1, n, h).expand(b, nh, n, h)
-    key_w = eye_w[None, :, :].expand(h, w, w).reshape(1, 1, n, w).expand(b, nh, n, w)
-    extra = h + w
-    pad = (-(d + extra)) % 8  # fused kernels prefer head sizes that are multiples of 8
-    q_aug = [q * scale, rel_h, rel_w]
-    k_aug = [k, key_h, key_w]
-    if pad:
-        zeros = q.new_zeros(b, nh, n, pad)
-        q_aug.append(zeros)
-        k_aug.append(zeros)
-    q2 = torch.cat(q_aug, dim=-1)
-    k2 = torch.cat(k_aug, dim=-1)
-    if v.shape[-1] != q2.shape[-1] and not _sdpa_accepts_value_dim(q2, v):
-        v2 = F.pad(v, (0, q2.shape[-1] - d))
-        return F.scaled_dot_product_attention(q2, k2, v2, scale=1.0)[..., :d]
-    return F.scaled_dot_product_attention(q2, k2, v, scale=1.0)
-
-
-_VALUE_DIM_OK: dict[tuple[str, torch.dtype], bool] = {}
-
-
-def _sdpa_accepts_value_dim(q: Tensor, v: Tensor) -> bool:
-    """Whether SDPA on this device accepts a value head size different from the query's (checked once)."""
-    key = (q.device.type, q.dtype)
-    if key not in _VALUE_DIM_OK:
-        try:
-            a = torch.zeros(1, 1, 2, 16, device=q.device, dtype=q.dtype)
-            F.scaled_dot_product_attention(a, a, torch.zeros(1, 1, 2, 8, device=q.device, dtype=q.dtype))
-            _VALUE_DIM_OK[key] = True
-        except RuntimeError:
-            _VALUE_DIM_OK[key] = False
-    return _VALUE_DIM_OK[key]
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh).reshape(b, nh, n, h, 1)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).reshape(b, nh, n, 1, w)
+    rows = max(1, MAX_BIAS_ELEMENTS // (b * nh * n))
+    if rows >= n:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=(rel_h + rel_w).view(b, nh, n, n), scale=scale)
+    outs = []
+    for s in range(0, n, rows):
+        e = min(n, s + rows)
+        bias = (rel_h[:, :, s:e] + rel_w[:, :, s:e]).view(b, nh, e - s, n)
+        outs.append(F.scaled_dot_product_attention(q[:, :, s:e], k, v, attn_mask=bias, scale=scale))
+    return torch.cat(outs, dim=2)
 
 
 def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:

@@ -64,3 +64,27 @@ def test_windowed_relpos_matches_detectron2(img):
         got = ours(x)
     assert got.shape == expected.shape == (2, 64, img[0] // 16, img[1] // 16)
     assert (got - expected).abs().max().item() <= 1e-4
+
+
+def test_windowed_relpos_gradients_match_detectron2(monkeypatch):
+    """Training parity: the same loss gives the same gradients; the query-chunked global attention too."""
+    import eva_transfer.vit as vit
+
+    monkeypatch.setattr(vit, "MAX_BIAS_ELEMENTS", 2000)  # forces several query chunks in the global blocks
+    ref = _randomize(_d2_vit(img_size=128, patch_size=16, use_rel_pos=True, window_size=4,
+                             window_block_indexes=(0, 2), pretrain_img_size=64))
+    ours = build_backbone("eva_tiny_det", img_size=128).eval()
+    load_checkpoint(ours, ref.state_dict(), verbose=False)
+    x = torch.randn(2, 3, 112, 144)
+    (ref(x)["last_feat"] ** 2).sum().backward()
+    (ours(x) ** 2).sum().backward()
+    ref_grads = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        if name.endswith(("q_bias", "v_bias")):
+            g = ref_grads[name.replace(name.split(".")[-1], "qkv.bias")].grad
+            c = g.shape[0] // 3
+            expected = g[:c] if name.endswith("q_bias") else g[2 * c :]
+        else:
+            expected = ref_grads[name].grad
+        scale = expected.abs().max().clamp_min(1e-6)
+        assert ((p.grad - expected).abs().max() / scale) <= 1e-4, name
