@@ -1,0 +1,290 @@
+"""The fast evaluator equals pycocotools / lvis-api on the same results; boundary AP against an OpenCV reference."""
+
+import copy
+import json
+import logging
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from projects import compat
+
+compat.apply()
+
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from lvis import LVIS, LVISEval, LVISResults  # noqa: E402
+from pycocotools import mask as mask_util  # noqa: E402
+from pycocotools.coco import COCO  # noqa: E402
+from pycocotools.cocoeval import COCOeval  # noqa: E402
+
+from projects.detection.data import make_synthetic_dataset, register_dataset, unregister_dataset  # noqa: E402
+from projects.detection.evaluation import COCOEvaluator, LVISEvaluator, build_evaluator  # noqa: E402
+from projects.detection.evaluation.fast_eval import evaluate_results, limit_detections_per_image  # noqa: E402
+from projects.detection.evaluation.synthetic_predictions import make_predictions  # noqa: E402
+
+logging.getLogger("lvis").setLevel(logging.WARNING)
+TOL = 1e-6
+
+
+def _for_iou_type(results, iou_type):
+    """What Detectron2 hands the official tools: boxes for "bbox", masks (area and box from the mask) otherwise."""
+    drop = "segmentation" if iou_type == "bbox" else "bbox"
+    return [{k: v for k, v in r.items() if k != drop} for r in copy.deepcopy(results)]
+
+
+@pytest.fixture(scope="module")
+def coco_case(tmp_path_factory):
+    """COCO ground truth with crowd regions, an 'ignore' flag, an image without objects; noisy results."""
+    root = tmp_path_factory.mktemp("coco_eval")
+    path = make_synthetic_dataset(root, "val", 24, image_size=(96, 128), fmt="coco", num_classes=5, seed=3)
+    gt = json.loads(path.read_text())
+    gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] != 7]  # an image with no objects
+    for a in gt["annotations"][::9]:  # crowd regions, as uncompressed RLE like COCO's
+        h, w = 96, 128
+        m = mask_util.decode(mask_util.merge(mask_util.frPyObjects(a["segmentation"], h, w)))
+        counts, prev, run = [], 0, 0
+        for v in m.reshape(-1, order="F"):
+            if v != prev:
+                counts.append(run)
+                prev, run = v, 0
+            run += 1
+        counts.append(run)
+        a.update(iscrowd=1, segmentation={"counts": counts, "size": [h, w]})
+    gt["annotations"][4]["ignore"] = 1  # pycocotools lets iscrowd decide; so must we
+    path.write_text(json.dumps(gt))
+    results = make_predictions(gt, dets_per_image=40, seed=4)
+    assert any(a["iscrowd"] for a in gt["annotations"])
+    return path, gt, results
+
+
+@pytest.fixture(scope="module")
+def lvis_case(tmp_path_factory):
+    """LVIS ground truth with negative and not-exhaustive categories; more than 300 results on some images."""
+    root = tmp_path_factory.mktemp("lvis_eval")
+    path = make_synthetic_dataset(root, "val", 30, image_size=(112, 96), fmt="lvis", num_classes=8, seed=5)
+    gt = json.loads(path.read_text())
+    rng = np.random.default_rng(0)
+    for img in gt["images"]:
+        present = sorted({a["category_id"] for a in gt["annotations"] if a["image_id"] == img["id"]})
+        if present and rng.random() < 0.4:
+            img["not_exhaustive_category_ids"] = [int(rng.choice(present))]
+    path.write_text(json.dumps(gt))
+    results = make_predictions(gt, dets_per_image=25, seed=6)
+    # 300 confident false positives on three images push their true detections past the 300 cap
+    extra = make_predictions({**gt, "images": gt["images"][:3]}, dets_per_image=300, seed=7, miss_rate=1.0)
+    results += [dict(r, score=0.99) for r in extra]
+    assert any(img["neg_category_ids"] for img in gt["images"])
+    return path, gt, results
+
+
+def _pycocotools(path, results, iou_type):
+    coco_gt = COCO(str(path))
+    coco_dt = coco_gt.loadRes(_for_iou_type(results, iou_type))
+    ev = COCOeval(coco_gt, coco_dt, iou_type)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return dict(zip(("AP", "AP50", "AP75", "APs", "APm", "APl"), ev.stats[:6]))
+
+
+def _lvis_api(path, results, iou_type, evaluator_class=LVISEval):
+    lvis_gt = LVIS(str(path))
+    lvis_dt = LVISResults(
+        lvis_gt, _for_iou_type(results, "bbox" if iou_type == "bbox" else "segm"), max_dets=300
+    )
+    ev = evaluator_class(lvis_gt, lvis_dt, "bbox" if iou_type == "bbox" else "segm")
+    ev.run()
+    return dict(ev.get_results())
+
+
+def _assert_equal(fast, ref, keys):
+    for k in keys:
+        assert fast[k] == pytest.approx(ref[k], abs=TOL), (k, fast[k], ref[k])
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_coco_equals_pycocotools(coco_case, iou_type):
+    path, _, results = coco_case
+    fast = evaluate_results(path, results, iou_type, "coco")
+    ref = _pycocotools(path, results, iou_type)
+    _assert_equal(fast, ref, ref)
+    assert 0.05 < fast["AP"] < 0.95  # neither trivial nor broken: the comparison means something
+
+
+def test_crowd_regions_matter(coco_case):
+    """Without its crowd flags the ground truth scores differently, and the fast evaluator follows pycocotools."""
+    path, gt, results = coco_case
+    plain = copy.deepcopy(gt)
+    for a in plain["annotations"]:
+        a["iscrowd"] = 0
+    plain_path = path.with_name("no_crowd.json")
+    plain_path.write_text(json.dumps(plain))
+    fast_crowd = evaluate_results(path, results, "segm", "coco")
+    fast_plain = evaluate_results(plain_path, results, "segm", "coco")
+    assert abs(fast_crowd["AP"] - fast_plain["AP"]) > 1e-3
+    _assert_equal(fast_plain, _pycocotools(plain_path, results, "segm"), ("AP", "AP50", "APs"))
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_lvis_equals_lvis_api(lvis_case, iou_type):
+    path, _, results = lvis_case
+    fast = evaluate_results(path, results, iou_type, "lvis")
+    ref = _lvis_api(path, results, iou_type)
+    _assert_equal(fast, ref, ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"))
+    assert all(fast[k] > 0 for k in ("APr", "APc", "APf"))
+
+
+def test_lvis_rules_change_the_numbers(lvis_case):
+    """Negative / not-exhaustive categories and the 300 cap each change AP; the comparison above covers them."""
+    path, gt, results = lvis_case
+    base = evaluate_results(path, results, "bbox", "lvis")["AP"]
+    no_neg = copy.deepcopy(gt)
+    for img in no_neg["images"]:
+        img["neg_category_ids"] = []
+    no_nel = copy.deepcopy(gt)
+    for img in no_nel["images"]:
+        img["not_exhaustive_category_ids"] = []
+    assert evaluate_results(no_neg, results, "bbox", "lvis")["AP"] != pytest.approx(base, abs=1e-4)
+    assert evaluate_results(no_nel, results, "bbox", "lvis")["AP"] != pytest.approx(base, abs=1e-4)
+    assert evaluate_results(path, results, "bbox", "lvis", max_dets_per_image=1000)["AP"] != pytest.approx(
+        base, abs=1e-6
+    )
+    kept = limit_detections_per_image(results, 300)
+    assert max(np.unique([r["image_id"] for r in kept], return_counts=True)[1]) == 300
+
+
+def _boundary(mask, ratio=0.02):
+    """The Boundary IoU paper's boundary: the mask minus its erosion by ratio x diagonal pixels (OpenCV)."""
+    h, w = mask.shape
+    d = max(1, int(round(ratio * np.sqrt(h * h + w * w))))
+    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=d)[1 : h + 1, 1 : w + 1]
+    return mask - eroded
+
+
+def _iou_matrix(a, b):
+    a = np.stack([m.reshape(-1) for m in a]).astype(np.float64)
+    b = np.stack([m.reshape(-1) for m in b]).astype(np.float64)
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+class _BoundaryLVISEval(LVISEval):
+    """lvis-api with the LVIS 2021 challenge IoU: min(mask IoU, boundary IoU)."""
+
+    def compute_iou(self, img_id, cat_id):
+        gt, dt = self._get_gt_dt(img_id, cat_id)
+        if len(gt) == 0 or len(dt) == 0:
+            return []
+        dt = [dt[i] for i in np.argsort([-d["score"] for d in dt], kind="mergesort")]
+        g = [mask_util.decode(x["segmentation"]) for x in gt]
+        d = [mask_util.decode(x["segmentation"]) for x in dt]
+        mask_iou = _iou_matrix(d, g)
+        boundary_iou = _iou_matrix([_boundary(m) for m in d], [_boundary(m) for m in g])
+        return np.minimum(mask_iou, boundary_iou)
+
+
+def test_lvis_boundary_ap_equals_reference(lvis_case):
+    path, _, results = lvis_case
+    few = [r for r in results if r["image_id"] <= 12]  # the reference is slow Python
+    fast = evaluate_results(path, few, "boundary", "lvis", img_ids=range(1, 13))
+    lvis_gt = LVIS(str(path))
+    lvis_dt = LVISResults(lvis_gt, _for_iou_type(few, "segm"), max_dets=300)
+    ev = _BoundaryLVISEval(lvis_gt, lvis_dt, "segm")
+    ev.params.img_ids = list(range(1, 13))
+    ev.run()
+    ref = ev.get_results()
+    _assert_equal(fast, ref, ("AP", "AP50", "AP75", "APs", "APm", "APr", "APc", "APf"))
+    # boundary IoU is stricter than mask IoU
+    assert fast["AP"] < evaluate_results(path, few, "segm", "lvis", img_ids=range(1, 13))["AP"]
+
+
+@pytest.fixture
+def registered():
+    names = []
+    yield names
+    for name in names:
+        unregister_dataset(name)
+
+
+def _instances(gt, image, results):
+    """Detectron2 ``Instances`` carrying the given COCO-format results of one image (contiguous class ids)."""
+    h, w = image["height"], image["width"]
+    mine = [r for r in results if r["image_id"] == image["id"]]
+    inst = Instances((h, w))
+    boxes = torch.tensor([r["bbox"] for r in mine], dtype=torch.float64).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    inst.pred_boxes = Boxes(boxes.float())
+    inst.scores = torch.tensor([r["score"] for r in mine], dtype=torch.float32)
+    inst.pred_classes = torch.tensor([r["category_id"] - 1 for r in mine], dtype=torch.int64)
+    masks = [mask_util.decode(r["segmentation"]) for r in mine]
+    inst.pred_masks = (
+        torch.from_numpy(np.stack(masks).astype(bool)) if masks else torch.zeros(0, h, w, dtype=bool)
+    )
+    return inst
+
+
+def test_detectron2_evaluator_perfect_and_noisy(coco_case, registered, tmp_path):
+    path, gt, results = coco_case
+    registered.append("eval_coco")
+    register_dataset("eval_coco", path, path.parent.parent / "val")
+    evaluator = build_evaluator("eval_coco", output_dir=str(tmp_path))
+    assert isinstance(evaluator, COCOEvaluator)
+
+    # the ground truth itself, as predictions: 100 AP for boxes and masks
+    perfect = []
+    for a in gt["annotations"]:
+        if a["iscrowd"]:
+            continue
+        rle = mask_util.merge(mask_util.frPyObjects(a["segmentation"], 96, 128))
+        perfect.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": a["bbox"],
+                "score": 1.0,
+                "segmentation": rle,
+            }
+        )
+    evaluator.reset()
+    for img in gt["images"]:
+        evaluator.process([{"image_id": img["id"]}], [{"instances": _instances(gt, img, perfect)}])
+    out = evaluator.evaluate()
+    assert out["bbox"]["AP"] == pytest.approx(100.0) and out["segm"]["AP"] == pytest.approx(100.0)
+    assert "boundary" not in out and np.isnan(out["bbox"]["APl"])
+
+    # noisy predictions through process(): equal to evaluate_results on the same json the evaluator saved
+    evaluator.reset()
+    for img in gt["images"]:
+        evaluator.process([{"image_id": img["id"]}], [{"instances": _instances(gt, img, results)}])
+    out = evaluator.evaluate()
+    saved = json.loads((tmp_path / "coco_instances_results.json").read_text())
+    assert len(saved) == len(results)
+    for task in ("bbox", "segm"):
+        ref = _pycocotools(path, saved, task)
+        for k in ("AP", "AP50", "AP75", "APs", "APm"):
+            assert out[task][k] == pytest.approx(100 * ref[k], abs=1e-4)
+    assert sum(k.startswith("AP-") for k in out["bbox"]) == 5
+
+
+def test_lvis_evaluator_reports_boundary(lvis_case, registered):
+    path, gt, results = lvis_case
+    registered.append("eval_lvis")
+    register_dataset("eval_lvis", path, path.parent.parent, fmt="lvis")
+    evaluator = build_evaluator("eval_lvis")
+    assert isinstance(evaluator, LVISEvaluator) and evaluator.max_dets_per_image == 300
+    few = [r for r in results if r["image_id"] <= 6]
+    for img in gt["images"][:6]:
+        evaluator.process([{"image_id": img["id"]}], [{"instances": _instances(gt, img, few)}])
+    out = evaluator.evaluate(img_ids=range(1, 7))
+    assert set(out) == {"bbox", "segm", "boundary"}
+    for k in ("AP", "APr", "APc", "APf"):
+        assert k in out["boundary"]
+
+
+def test_evaluator_needs_a_registered_json():
+    with pytest.raises(ValueError, match="json_file"):
+        COCOEvaluator("never_registered_dataset")
