@@ -73,6 +73,90 @@ def _check_shapes(value: Tensor, spatial_shapes: Tensor, sampling_locations: Ten
         raise ValueError(f"value has {s} positions but spatial_shapes {spatial_shapes.tolist()} sum to {total}")
 
 
+class _BilinearCorners(torch.autograd.Function):
+    """Weights of the four bilinear corners of every sampling point, times its attention weight.
+
+    Forward: ``locations (..., L, P, 2)`` normalised, ``attention (..., L, P)``, level ``width``/``height``
+    ``(L, 1)`` -> ``weights (..., L, P, 4)`` (zero for a corner outside its map; corners ordered (y0, x0),
+    (y0, x1), (y1, x0), (y1, x1)), integer top-left corners ``x0, y0 (..., L, P)`` and ``inside (..., L, P, 4)``.
+    The backward pass is written out (a handful of ``(..., L, P)`` operations) rather than recorded op by op.
+    """
+
+    @staticmethod
+    def forward(ctx, locations: Tensor, attention: Tensor, width: Tensor, height: Tensor):
+        # pixel coordinates, align_corners=False: pixel centre i sits at (i + 0.5) / size. Points more than a pixel
+        # outside read zeros whatever their distance, so clamping there changes nothing and keeps integers small.
+        x = torch.minimum((locations[..., 0] * width - 0.5).clamp_(min=-2.0), width + 1)
+        y = torch.minimum((locations[..., 1] * height - 0.5).clamp_(min=-2.0), height + 1)
+        x0 = torch.floor(x)
+        y0 = torch.floor(y)
+        fx = x.sub_(x0)
+        fy = y.sub_(y0)
+        x0 = x0.to(torch.int32)
+        y0 = y0.to(torch.int32)
+        w_l = width.to(torch.int32)
+        h_l = height.to(torch.int32)
+        x0_in = (x0 >= 0) & (x0 < w_l)
+        x1_in = (x0 >= -1) & (x0 < w_l - 1)
+        y0_in = (y0 >= 0) & (y0 < h_l)
+        y1_in = (y0 >= -1) & (y0 < h_l - 1)
+        inside = torch.stack([y0_in & x0_in, y0_in & x1_in, y1_in & x0_in, y1_in & x1_in], dim=-1)
+        gx = 1 - fx
+        gy_a = (1 - fy) * attention
+        fy_a = fy * attention
+        weights = torch.stack([gy_a * gx, gy_a * fx, fy_a * gx, fy_a * fx], dim=-1).mul_(inside)
+        ctx.save_for_backward(fx, fy, inside, attention, width, height)
+        ctx.mark_non_differentiable(x0, y0, inside)
+        return weights, x0, y0, inside
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_weights: Tensor, *_):
+        fx, fy, inside, attention, width, height = ctx.saved_tensors
+        g00, g01, g10, g11 = (grad_weights * inside).unbind(-1)
+        gx = 1 - fx
+        gy = 1 - fy
+        grad_attention = gy * (g00 * gx + g01 * fx) + fy * (g10 * gx + g11 * fx)
+        grad_fx = (gy * (g01 - g00) + fy * (g11 - g10)) * attention
+        grad_fy = (gx * (g10 - g00) + fx * (g11 - g01)) * attention
+        grad_locations = torch.stack([grad_fx * width, grad_fy * height], dim=-1)
+        return grad_locations, grad_attention, None, None
+
+
+class _WeightedRowSum(torch.autograd.Function):
+    """``out[n] = sum_k weights[n, k] * table[rows[n, k]]``: ``table (R, D)``, ``rows``/``weights (N, K)`` ->
+    ``(N, D)``, by ``embedding_bag``. The table's gradient is the transposed sum, a sparse ``(R, N)`` matrix times
+    the output gradient (no sort, no ``N x K x D`` intermediate)."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
+        ctx.save_for_backward(table, rows, weights)
+        return F.embedding_bag(rows, table, mode="sum", per_sample_weights=weights)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        table, rows, weights = ctx.saved_tensors
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            n, k = rows.shape
+            bags = torch.arange(n, device=rows.device).repeat_interleave(k)
+            # float32 accumulation also for half-precision tables
+            acc = torch.promote_types(table.dtype, torch.float32)
+            transposed = torch.sparse_coo_tensor(
+                torch.stack([rows.reshape(-1).long(), bags]), weights.reshape(-1).to(acc), (table.shape[0], n),
+                check_invariants=False,
+            )
+            grad_table = torch.sparse.mm(transposed, grad.to(acc)).to(table.dtype)
+        if ctx.needs_input_grad[2]:
+            # d out[n] / d weights[n, k] = table[rows[n, k]]: embedding_bag's own weight gradient (a gather-dot)
+            with torch.enable_grad():
+                w = weights.detach().requires_grad_()
+                out = F.embedding_bag(rows, table.detach(), mode="sum", per_sample_weights=w)
+                (grad_weights,) = torch.autograd.grad(out, w, grad)
+        return grad_table, None, grad_weights
+
+
 def ms_deform_attn(
     value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor, attention_weights: Tensor
 ) -> Tensor:
@@ -89,47 +173,33 @@ def ms_deform_attn(
     """
     _check_shapes(value, spatial_shapes, sampling_locations, attention_weights)
     b, s, heads, d = value.shape
-    q, levels, points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    q, levels = sampling_locations.shape[1], sampling_locations.shape[3]
     shapes = spatial_shapes.to(device=value.device, dtype=torch.long)
-    starts = level_start_index(shapes)
-    height = shapes[:, 0].view(levels, 1)
-    width = shapes[:, 1].view(levels, 1)
-
-    # pixel coordinates, align_corners=False: pixel centre i sits at (i + 0.5) / size; at least float32 precision
+    # coordinates in at least float32 (a half-precision location is off by a pixel on large maps)
     compute_dtype = torch.promote_types(sampling_locations.dtype, torch.float32)
-    loc = sampling_locations.to(compute_dtype)
-    x = loc[..., 0] * width - 0.5  # (B, Q, heads, L, P)
-    y = loc[..., 1] * height - 0.5
-    x0 = torch.floor(x)
-    y0 = torch.floor(y)
-    fx = x - x0
-    fy = y - y0
-    x0 = x0.long()
-    y0 = y0.long()
-    # corners in the order (y0, x0), (y0, x1), (y1, x0), (y1, x1)
-    cx = torch.stack([x0, x0 + 1, x0, x0 + 1], dim=-1)  # (B, Q, heads, L, P, 4)
-    cy = torch.stack([y0, y0, y0 + 1, y0 + 1], dim=-1)
-    wx = torch.stack([1 - fx, fx, 1 - fx, fx], dim=-1)
-    wy = torch.stack([1 - fy, 1 - fy, fy, fy], dim=-1)
-    h_l = height.view(levels, 1, 1)
-    w_l = width.view(levels, 1, 1)
-    inside = (cx >= 0) & (cx < w_l) & (cy >= 0) & (cy < h_l)
-    weights = wx * wy * attention_weights.to(compute_dtype).unsqueeze(-1) * inside
+    width = shapes[:, 1].view(levels, 1).to(compute_dtype)
+    height = shapes[:, 0].view(levels, 1).to(compute_dtype)
+    weights, x0, y0, inside = _BilinearCorners.apply(
+        sampling_locations.to(compute_dtype), attention_weights.to(compute_dtype), width, height
+    )
 
-    # rows of value viewed as (B * S * heads, D): row = (b * S + s) * heads + head
-    pos = starts.view(levels, 1, 1) + cy.clamp(min=0) * w_l + cx.clamp(min=0)
-    pos = torch.where(inside, pos, torch.zeros_like(pos))
-    batch = torch.arange(b, device=value.device).view(b, 1, 1, 1, 1, 1)
-    head = torch.arange(heads, device=value.device).view(1, 1, heads, 1, 1, 1)
-    rows = (batch * s + pos) * heads + head
+    # rows of value viewed as (B * S * heads, D): row = (b * S + position) * heads + head
     index_dtype = torch.int32 if b * s * heads < 2**31 else torch.long
+    w_l = shapes[:, 1].view(levels, 1).to(index_dtype)
+    starts = level_start_index(shapes).view(levels, 1).to(index_dtype)
+    batch_head = (
+        torch.arange(b, device=value.device, dtype=index_dtype).view(b, 1, 1, 1, 1) * (s * heads)
+        + torch.arange(heads, device=value.device, dtype=index_dtype).view(1, 1, heads, 1, 1)
+    )
+    top_left = (y0.to(index_dtype) * w_l + x0 + starts) * heads + batch_head  # (B, Q, heads, L, P)
+    corner_step = torch.stack([torch.zeros_like(w_l), torch.ones_like(w_l), w_l, w_l + 1], dim=-1) * heads
+    rows = torch.where(inside, top_left.unsqueeze(-1) + corner_step, 0)  # (B, Q, heads, L, P, 4)
 
     # bags ordered (b, q, head): the (B * Q * heads, D) result is already the (B, Q, heads * D) layout
-    out = F.embedding_bag(
-        rows.reshape(b * q * heads, levels * points * 4).to(index_dtype),
+    out = _WeightedRowSum.apply(
         value.reshape(b * s * heads, d),
-        mode="sum",
-        per_sample_weights=weights.reshape(b * q * heads, levels * points * 4).to(value.dtype),
+        rows.reshape(b * q * heads, -1),
+        weights.reshape(b * q * heads, -1).to(value.dtype),
     )
     return out.view(b, q, heads * d)
 
