@@ -1,0 +1,177 @@
+"""Pre-training configuration: a schema of known keys, config files that inherit, and command-line overrides.
+
+A config file is a small Python file defining ``config = dict(...)`` (nested dicts) and optionally
+``_base_ = "other.py"`` (relative to the file); it overrides the keys of its base, which overrides
+:data:`DEFAULTS`. Command-line overrides are ``section.key=value`` with Python literals (``optim.lr=5e-4``,
+``data.root='/data/imgs'``, ``model.backbone_overrides={'depth': 2}``). Any key not in the schema is an error that
+suggests the nearest known key.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import runpy
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+__all__ = ["DEFAULTS", "FREE_FORM", "ConfigError", "load_config", "merge", "parse_override", "flatten_keys"]
+
+#: every key a pre-training config may set, with its default
+DEFAULTS: dict[str, Any] = dict(
+    model=dict(
+        backbone="eva_g",  # an eva_transfer backbone preset in the pre-training layout (CLS token, final norm)
+        target_dim=None,  # lm_head width; None follows the teacher, a number is checked against it
+        drop_path_rate=0.1,
+        use_act_checkpoint=False,
+        backbone_overrides={},  # further EVAViT arguments
+    ),
+    teacher=dict(
+        family="timm",  # "timm" or "open_clip"
+        name="vit_large_patch14_clip_224.openai",
+        pretrained=True,
+        checkpoint=None,  # a local weights file instead of the hub
+        img_size=None,  # teacher input size; the student's crop when None
+        kwargs={},
+        mean=None,  # the teacher's own (CLIP) normalisation when None
+        std=None,
+    ),
+    mask=dict(
+        num_patches=None,  # patches masked per image; ratio * grid when None
+        ratio=0.4,
+        min_patches=16,
+        max_patches=None,
+        min_aspect=0.3,
+        max_aspect=None,  # 1 / min_aspect when None
+        max_tries=10,
+    ),
+    data=dict(
+        root=None,
+        list_file=None,
+        img_size=224,
+        scale=(0.2, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        hflip=0.5,
+        interpolation="bicubic",
+        mean=(0.485, 0.456, 0.406),  # the student's input normalisation
+        std=(0.229, 0.224, 0.225),
+        workers=8,
+    ),
+    optim=dict(
+        lr=1e-3,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        weight_decay=0.05,
+        clip_grad=3.0,
+        zero=False,  # shard optimizer state across processes (torch ZeroRedundancyOptimizer, ZeRO stage 1)
+    ),
+    schedule=dict(
+        epochs=150,
+        warmup_epochs=2,
+        total_steps=None,  # overrides epochs when set
+        warmup_steps=None,  # overrides warmup_epochs when set
+        warmup_lr=1e-6,
+        min_lr=1e-5,
+    ),
+    train=dict(
+        batch_size=4096,  # global, over all processes
+        amp="fp16",  # "fp16" (dynamic loss scaling), "bf16" or "none"; off on CPU
+        seed=0,
+        output_dir="output/pretrain",
+        resume="auto",  # "auto" (the output folder's last checkpoint), a path, or None
+        checkpoint_every=1000,  # steps
+        keep_checkpoints=1,
+        log_every=20,
+        tensorboard=True,
+        export="backbone.safetensors",  # written in output_dir at the end
+        device=None,  # "cuda"/"cpu"; cuda when available
+    ),
+)
+
+#: sections whose content is passed through as-is (any key allowed)
+FREE_FORM = {"model.backbone_overrides", "teacher.kwargs"}
+
+
+class ConfigError(ValueError):
+    """A config file or override that names an unknown key or cannot be read."""
+
+
+def flatten_keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.append(key)
+        if isinstance(v, dict) and key not in FREE_FORM:
+            out += flatten_keys(v, key + ".")
+    return out
+
+
+def _unknown(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, flatten_keys(DEFAULTS), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"{where}: unknown config key {key!r}{hint}")
+
+
+def merge(base: dict, update: dict, where: str, prefix: str = "") -> dict:
+    """``base`` with ``update`` merged in recursively; keys must exist in ``base`` (except free-form sections)."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        key = f"{prefix}{k}"
+        if k not in out:
+            raise _unknown(key, where)
+        if isinstance(out[k], dict) and key not in FREE_FORM:
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where}: {key!r} is a section; give a dict or set {key}.<field>")
+            out[k] = merge(out[k], v, where, key + ".")
+        elif key in FREE_FORM:
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where}: {key!r} takes a dict, got {v!r}")
+            out[k] = {**out[k], **copy.deepcopy(v)}
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _read_file(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config inheritance loops: {' -> '.join(map(str, seen + (path,)))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    ns = runpy.run_path(str(path))
+    cfg = ns.get("config")
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: a config file must define config = dict(...)")
+    base = ns.get("_base_")
+    if base is None:
+        return merge(DEFAULTS, cfg, str(path))
+    parent = _read_file(path.parent / base, seen + (path,))
+    return merge(parent, cfg, str(path))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=5e-4"`` -> ``(["optim", "lr"], 0.0005)``; values are Python literals, else plain strings."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    if raw.strip().lower() in ("true", "false", "none", "null"):
+        value = {"true": True, "false": False}.get(raw.strip().lower())
+    return key.split("."), value
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> dict:
+    """The full config: :data:`DEFAULTS` <- config file chain <- ``overrides`` (``key=value`` strings)."""
+    cfg = copy.deepcopy(DEFAULTS) if path is None else _read_file(Path(path))
+    for text in overrides:
+        keys, value = parse_override(text)
+        update: Any = value
+        for k in reversed(keys):
+            update = {k: update}
+        cfg = merge(cfg, update, f"override {text!r}")
+    return cfg

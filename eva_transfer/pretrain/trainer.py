@@ -1,0 +1,369 @@
+"""The masked-image-modelling training loop.
+
+One process per device (``torchrun`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``; multi-node works
+the same way), DistributedDataParallel over the student, the frozen teacher replicated. The loss is normalised by
+the number of masked patches of the whole global batch, so N processes with a global batch G follow the same loss
+curve as one process with G. Optional ZeRO stage-1 optimizer-state sharding through PyTorch's
+``ZeroRedundancyOptimizer``. Mixed precision: bf16, or fp16 with dynamic loss scaling (CUDA only).
+
+Resumption: checkpoints hold the student, optimizer, loss scaler and step; the data order, augmentation, masks and
+drop-path draws are functions of ``(seed, step)``, so a resumed run continues the same schedule on the same batches.
+SIGINT/SIGTERM finish the current step, write a checkpoint and return.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ..checkpoint import read_checkpoint, save_checkpoint
+from ..lr_decay import param_groups_layer_decay
+from .data import GlobalBatchSampler, MIMDataset, collate, list_images
+from .masking import BlockMaskGenerator
+from .student import MIMStudent, build_student, export_state_dict, masked_cosine_loss
+from .teacher import CLIPTeacher, build_teacher, check_target_width
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["train", "lr_at_step", "build_models", "mim_loss", "StepRecord"]
+
+StepRecord = dict  # {"step", "epoch", "loss", "lr", "grad_norm", "skipped", "images_per_s", "eta_s"}
+
+
+def lr_at_step(step: int, total: int, warmup: int, lr: float, warmup_lr: float, min_lr: float) -> float:
+    """Linear warm-up from ``warmup_lr`` to ``lr`` over ``warmup`` steps, then cosine from ``lr`` to ``min_lr``
+    at ``total`` (step ``s`` uses the value at ``s``; the first step of training is 0)."""
+    if step < warmup:
+        return warmup_lr + (lr - warmup_lr) * step / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    return (images - mean) / std
+
+
+def mim_loss(
+    student: nn.Module,
+    teacher: CLIPTeacher,
+    images: Tensor,
+    mask: Tensor,
+    mean: Tensor,
+    std: Tensor,
+    grid: tuple[int, int],
+    normalizer: Optional[float] = None,
+    amp_dtype: Optional[torch.dtype] = None,
+) -> Tensor:
+    """The training objective for one batch.
+
+    Args:
+        student: a :class:`MIMStudent` (possibly DDP-wrapped).
+        images: ``(B, 3, S, S)`` crops in ``[0, 1]``; the student and the teacher normalise them their own way.
+        mask: ``(B, N)`` bool; mean, std: ``(1, 3, 1, 1)`` student normalisation; grid: the student's patch grid.
+        normalizer: see :func:`masked_cosine_loss`.
+    Returns:
+        scalar fp32 loss.
+    """
+    autocast = (
+        torch.autocast(device_type=images.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    )
+    with autocast:
+        targets = teacher(images, grid)
+        pred = student(_normalize(images, mean, std), mask)
+    return masked_cosine_loss(pred, targets, mask, normalizer)
+
+
+def build_models(cfg: dict, device: torch.device) -> tuple[MIMStudent, CLIPTeacher]:
+    """Teacher and student from a config; the student head follows (or is checked against) the teacher."""
+    t = cfg["teacher"]
+    teacher = build_teacher(
+        family=t["family"], name=t["name"], pretrained=t["pretrained"], checkpoint=t["checkpoint"],
+        img_size=t["img_size"], kwargs=t["kwargs"], mean=t["mean"], std=t["std"],
+    )
+    m = cfg["model"]
+    target_dim = m["target_dim"] if m["target_dim"] is not None else teacher.out_dim
+    check_target_width(target_dim, teacher)
+    student = build_student(
+        m["backbone"], target_dim, drop_path_rate=m["drop_path_rate"],
+        use_act_checkpoint=m["use_act_checkpoint"], **m["backbone_overrides"],
+    )
+    return student.to(device), teacher.to(device)
+
+
+# ------------------------------------------------------------------------------------------ distributed set-up
+def _init_distributed(device_pref: Optional[str]) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device_pref is None else device_pref.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("train.device='cuda' but no CUDA device is available")
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return rank, world, device
+
+
+def _amp_dtype(name: str, device: torch.device) -> Optional[torch.dtype]:
+    if name not in ("fp16", "bf16", "none", None):
+        raise ValueError(f"train.amp must be 'fp16', 'bf16' or 'none', got {name!r}")
+    if name in ("none", None) or device.type != "cuda":
+        return None  # mixed precision is a GPU feature here; CPU trains in fp32
+    return torch.float16 if name == "fp16" else torch.bfloat16
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checkpoints after the current step and returns."""
+
+    def __init__(self):
+        self.set = False
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.set:  # a second signal: give up immediately
+            raise KeyboardInterrupt
+        logger.warning("signal %d: finishing this step, writing a checkpoint, then stopping", signum)
+        self.set = True
+
+    def __enter__(self):
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, self._handler)
+        except ValueError:  # not the main thread: no handlers
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+
+# -------------------------------------------------------------------------------------------------- training
+def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> dict:
+    """Runs pre-training as configured (see :mod:`eva_transfer.pretrain.config`).
+
+    ``callbacks`` are called with each step's record on every process. Returns a summary:
+    ``{"history": [StepRecord...], "step", "total_steps", "interrupted", "skipped_images", "export",
+    "checkpoint"}``.
+    """
+    tcfg, dcfg, ocfg, scfg = cfg["train"], cfg["data"], cfg["optim"], cfg["schedule"]
+    rank, world, device = _init_distributed(tcfg["device"])
+    is_main = rank == 0
+    out_dir = Path(tcfg["output_dir"])
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(tcfg["seed"])
+
+    torch.manual_seed(seed)  # identical initial weights on every process (DDP also broadcasts them)
+    student, teacher = build_models(cfg, device)
+    vit = student.backbone
+    grid = (dcfg["img_size"] // vit.patch_size, dcfg["img_size"] // vit.patch_size)
+    mk = cfg["mask"]
+    masker = BlockMaskGenerator(
+        grid, num_masked=mk["num_patches"], mask_ratio=mk["ratio"], min_patches=mk["min_patches"],
+        max_patches=mk["max_patches"], min_aspect=mk["min_aspect"], max_aspect=mk["max_aspect"],
+        max_tries=mk["max_tries"],
+    )
+    paths = list_images(dcfg["root"], dcfg["list_file"])
+    dataset = MIMDataset(
+        paths, dcfg["img_size"], masker, scale=tuple(dcfg["scale"]), ratio=tuple(dcfg["ratio"]),
+        hflip=dcfg["hflip"], interpolation=dcfg["interpolation"], seed=seed,
+    )
+    global_batch = int(tcfg["batch_size"])
+    steps_per_epoch = GlobalBatchSampler(len(dataset), global_batch, rank, world, seed).batches_per_epoch
+    total_steps = scfg["total_steps"] or int(scfg["epochs"] * steps_per_epoch)
+    warmup_steps = scfg["warmup_steps"] if scfg["warmup_steps"] is not None else int(
+        scfg["warmup_epochs"] * steps_per_epoch)
+
+    groups = param_groups_layer_decay(student, ocfg["lr"], ocfg["weight_decay"], decay_rate=1.0)
+    for g in groups:
+        g.pop("param_names", None)
+    adamw = dict(lr=ocfg["lr"], betas=tuple(ocfg["betas"]), eps=ocfg["eps"])
+    if ocfg["zero"]:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        if world == 1:
+            logger.info("optim.zero with one process: nothing to shard")
+        if not dist.is_initialized():
+            raise RuntimeError("optim.zero needs torch.distributed (launch with torchrun)")
+        optimizer = ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, **adamw)
+    else:
+        optimizer = torch.optim.AdamW(groups, **adamw)
+    amp_dtype = _amp_dtype(tcfg["amp"], device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    start_step = 0
+    resume_path = _resume_path(tcfg["resume"], out_dir)
+    if resume_path is not None:
+        ckpt = read_checkpoint(resume_path)
+        student.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_step = int(ckpt["step"])
+        if is_main:
+            print(f"[pretrain] resumed from {resume_path} at step {start_step}/{total_steps}", flush=True)
+
+    model: nn.Module = student
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda"
+                                                    else None)
+    model.train()
+    mean = torch.tensor(dcfg["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(dcfg["std"], device=device).view(1, 3, 1, 1)
+
+    writer = _tensorboard(out_dir) if (is_main and tcfg["tensorboard"]) else None
+    log_file = open(out_dir / "log.jsonl", "a") if is_main else None
+    if is_main:
+        print(f"[pretrain] {len(dataset)} images, {steps_per_epoch} steps/epoch, {total_steps} steps "
+              f"(warm-up {warmup_steps}), global batch {global_batch} on {world} process(es), {device}, "
+              f"amp={amp_dtype}, zero={bool(ocfg['zero'])}", flush=True)
+
+    history: list[StepRecord] = []
+    skipped_total = 0
+    step = start_step
+    interrupted = False
+    t_start = time.time()
+    with _StopFlag() as stop:
+        while step < total_steps and not interrupted:
+            epoch, first = divmod(step, steps_per_epoch)
+            dataset.set_epoch(epoch)
+            sampler = GlobalBatchSampler(len(dataset), global_batch, rank, world, seed, epoch, first)
+            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=dcfg["workers"], collate_fn=collate,
+                                pin_memory=device.type == "cuda")
+            for batch in loader:
+                lr = lr_at_step(step, total_steps, warmup_steps, ocfg["lr"], scfg["warmup_lr"], scfg["min_lr"])
+                for g in optimizer.param_groups:
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
+                torch.manual_seed(_step_seed(seed, step, rank))  # drop path draws are a function of the step
+                images = batch["image"].to(device, non_blocking=True)
+                mask = batch["mask"].to(device, non_blocking=True)
+                counts = torch.tensor([float(mask.sum()), float(batch["skipped"])], device=device)
+                if world > 1:
+                    dist.all_reduce(counts)
+                normalizer = counts[0].item() / world
+                loss = mim_loss(model, teacher, images, mask, mean, std, grid, normalizer, amp_dtype)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), ocfg["clip_grad"])
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+
+                stats = torch.tensor([loss.detach().float().item(), float(stop.set)], device=device)
+                if world > 1:
+                    dist.all_reduce(stats)
+                global_loss = stats[0].item() / world  # each rank's loss is world x its share of the mean
+                if not math.isfinite(global_loss) and amp_dtype != torch.float16:
+                    raise FloatingPointError(
+                        f"loss is {global_loss} at step {step} (lr {lr:.3g}); lower optim.lr, raise "
+                        f"schedule.warmup_epochs, or resume from the last checkpoint"
+                    )
+                step += 1
+                skipped_total += int(counts[1].item())
+                elapsed = time.time() - t_start
+                rate = (step - start_step) / max(elapsed, 1e-9)
+                record: StepRecord = dict(
+                    step=step, epoch=epoch, loss=global_loss, lr=lr, grad_norm=float(grad_norm),
+                    skipped=skipped_total, images_per_s=rate * global_batch, eta_s=(total_steps - step) / rate,
+                )
+                history.append(record)
+                if is_main:
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                    if writer is not None:
+                        for k in ("loss", "lr", "grad_norm"):
+                            writer.add_scalar(f"train/{k}", record[k], step)
+                    if step % tcfg["log_every"] == 0 or step == total_steps or step == start_step + 1:
+                        print(_progress(record, total_steps), flush=True)
+                for cb in callbacks:
+                    cb(record)
+                if stats[1].item() > 0 or stop.set:
+                    interrupted = True
+                if interrupted or step % tcfg["checkpoint_every"] == 0 or step == total_steps:
+                    _save_training_state(out_dir, student, optimizer, scaler, step, cfg, is_main,
+                                         tcfg["keep_checkpoints"])
+                if interrupted or step >= total_steps:
+                    break
+
+    if writer is not None:
+        writer.close()
+    if log_file is not None:
+        log_file.close()
+    export_path = None
+    if step >= total_steps and tcfg["export"]:
+        export_path = out_dir / tcfg["export"]
+        if is_main:
+            save_checkpoint(export_state_dict(student), export_path)
+            print(f"[pretrain] backbone written to {export_path}", flush=True)
+    if world > 1:
+        dist.barrier()
+    if is_main:
+        msg = "interrupted" if interrupted else "finished"
+        print(f"[pretrain] {msg} at step {step}/{total_steps}; {skipped_total} unreadable image(s) skipped",
+              flush=True)
+    return dict(history=history, step=step, total_steps=total_steps, interrupted=interrupted,
+                skipped_images=skipped_total, export=str(export_path) if export_path else None,
+                checkpoint=str(out_dir / "last.pth"))
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 1009 + rank) % (2**63)
+
+
+def _progress(r: StepRecord, total: int) -> str:
+    eta = int(r["eta_s"])
+    return (f"[pretrain] step {r['step']}/{total} epoch {r['epoch']} loss {r['loss']:.4f} lr {r['lr']:.3e} "
+            f"grad {r['grad_norm']:.3f} {r['images_per_s']:.1f} img/s eta {eta // 3600}:{eta // 60 % 60:02d}:"
+            f"{eta % 60:02d}" + (f" skipped {r['skipped']}" if r["skipped"] else ""))
+
+
+def _resume_path(resume: Optional[str], out_dir: Path) -> Optional[Path]:
+    if resume in (None, False, "", "none"):
+        return None
+    if resume == "auto":
+        p = out_dir / "last.pth"
+        return p if p.is_file() else None
+    p = Path(resume)
+    if not p.is_file():
+        raise FileNotFoundError(f"train.resume: checkpoint not found: {p}")
+    return p
+
+
+def _save_training_state(out_dir: Path, student: MIMStudent, optimizer, scaler, step: int, cfg: dict,
+                         is_main: bool, keep: int) -> None:
+    if hasattr(optimizer, "consolidate_state_dict"):  # ZeRO: gather the shards on rank 0 (a collective)
+        optimizer.consolidate_state_dict(to=0)
+    if not is_main:
+        return
+    state = dict(model=student.state_dict(), optimizer=optimizer.state_dict(),
+                 scaler=scaler.state_dict() if scaler.is_enabled() else None, step=step, config=cfg)
+    save_checkpoint(state, out_dir / "last.pth")
+    if keep > 1:
+        save_checkpoint(state, out_dir / f"checkpoint_{step:08d}.pth")
+        old = sorted(out_dir.glob("checkpoint_*.pth"))[: -(keep - 1)]
+        for p in old:
+            p.unlink()
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logger.info("tensorboard is not installed; logging to log.jsonl only")
+        return None
+    return SummaryWriter(str(out_dir / "tb"))
