@@ -1,0 +1,248 @@
+#!/usr/bin/env python
+"""Speed and peak memory of the EVA backbone against the reference implementations, in one run.
+
+Compares, at ViT-B shapes with identical weights (loaded through the checkpoint converter):
+  - global attention: this backbone vs timm's ``Eva`` (224 batch 8, 1024 batch 1);
+  - windowed + relative position + simple feature pyramid: this backbone + pyramid vs Detectron2's ``ViT`` +
+    ``SimpleFeaturePyramid`` (ViTDet-B layout: window 14, global blocks 2, 5, 8, 11; 1024 batch 1);
+and prints time ratios (reference / ours, > 1 means ours is faster), peak-memory ratios, achieved GFLOP/s next to
+the machine's measured fp32 matmul rate, and how forward time grows with input size.
+
+Runs alternate between implementations (ours, reference, ours, ...) and the minimum is reported. Peak memory is
+measured in a fresh subprocess per case (CPU: growth of the resident-set high-water mark; GPU:
+``torch.cuda.max_memory_allocated``).
+
+  python tools/benchmark_backbone.py                 # everything (about 30-40 min on 2 CPU cores)
+  python tools/benchmark_backbone.py --quick         # smaller sizes, one repeat
+  python tools/benchmark_backbone.py --cases det_1024 --backward
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import projects.compat as compat  # noqa: E402
+from eva_transfer import SimpleFeaturePyramid, build_backbone, load_checkpoint  # noqa: E402
+
+VITDET_B = dict(window_size=14, global_block_indexes=(2, 5, 8, 11))
+
+
+# ------------------------------------------------------------------------------------------------- models
+def make_pair(case: str, size: int, device: str):
+    """(ours, reference, flops) for a case: ``global`` or ``det``; both hold the same weights."""
+    torch.manual_seed(0)
+    if case == "global":
+        from timm.models.eva import Eva
+
+        ref = Eva(img_size=size, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+                  num_classes=0, use_fc_norm=False)
+        ours = build_backbone("eva_b", img_size=size)
+        load_checkpoint(ours, ref.state_dict(), verbose=False)
+        ref_fn, ours_fn = ref.forward_features, ours.forward_tokens
+    elif case == "det":
+        compat.apply_detectron2()
+        from detectron2.modeling import SimpleFeaturePyramid as D2Pyramid
+        from detectron2.modeling import ViT
+        from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+
+        windowed = tuple(i for i in range(12) if i not in VITDET_B["global_block_indexes"])
+        vit = ViT(img_size=size, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+                  use_rel_pos=True, window_size=VITDET_B["window_size"], window_block_indexes=windowed)
+        ref = D2Pyramid(vit, "last_feat", 256, scale_factors=(4.0, 2.0, 1.0, 0.5), top_block=LastLevelMaxPool(),
+                        norm="LN", square_pad=size)
+        net = build_backbone("eva_b_det", img_size=size, **VITDET_B)
+        load_checkpoint(net, ref.state_dict(), verbose=False)
+        pyramid = SimpleFeaturePyramid(768, out_channels=256)
+        pyramid.load_state_dict({k: v for k, v in ref.state_dict().items() if k.startswith("simfp_")})
+        ours = torch.nn.ModuleDict({"net": net, "pyramid": pyramid})
+
+        def ours_fn(x):
+            return pyramid(net(x))
+
+        ref_fn = ref
+    else:
+        raise ValueError(case)
+    for m in (ours, ref):
+        m.to(device).eval()
+    return ours_fn, ref_fn, ours, ref, backbone_flops(case, size)
+
+
+def backbone_flops(case: str, size: int) -> float:
+    """Forward FLOPs (2 per multiply-add) of the ViT-B backbone at ``size`` x ``size`` (pyramid not counted)."""
+    c, mlp, depth, grid = 768, 3072, 12, size // 16
+    n = grid * grid + (1 if case == "global" else 0)
+    linear = 2 * n * (4 * c * c + 2 * c * mlp)
+    flops = 2 * n * c * 3 * 16 * 16
+    for i in range(depth):
+        if case == "det" and i not in VITDET_B["global_block_indexes"]:
+            ws = VITDET_B["window_size"]
+            side = -(-grid // ws) * ws
+            attn = 4 * (side // ws) ** 2 * ws**4 * c
+        else:
+            attn = 4 * n * n * c
+        flops += linear + attn
+    return float(flops)
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_once(fn, module, x, backward: bool, device: str) -> float:
+    sync(device)
+    t = time.perf_counter()
+    if backward:
+        module.train()
+        out = fn(x)
+        loss = sum((o.float() ** 2).mean() for o in (out.values() if isinstance(out, dict) else [out]))
+        loss.backward()
+        module.zero_grad(set_to_none=True)
+        module.eval()
+    else:
+        with torch.no_grad():
+            fn(x)
+    sync(device)
+    return time.perf_counter() - t
+
+
+def time_pair(case, size, batch, backward, repeats, device):
+    ours_fn, ref_fn, ours, ref, flops = make_pair(case, size, device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    times = {"ours": [], "ref": []}
+    run_once(ours_fn, ours, x[:1], backward, device)  # warm-up
+    run_once(ref_fn, ref, x[:1], backward, device)
+    for _ in range(repeats):  # alternate so that drift in the machine's speed hits both alike
+        times["ours"].append(run_once(ours_fn, ours, x, backward, device))
+        times["ref"].append(run_once(ref_fn, ref, x, backward, device))
+    return min(times["ours"]), min(times["ref"]), flops * batch * (3 if backward else 1)
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory_child(case, size, batch, backward, which, device) -> int:
+    """Runs in a subprocess: peak extra memory (bytes) of one forward (+backward) of one implementation."""
+    ours_fn, ref_fn, ours, ref, _ = make_pair(case, size, device)
+    fn, module = (ours_fn, ours) if which == "ours" else (ref_fn, ref)
+    if which == "ours":
+        del ref, ref_fn
+    else:
+        del ours, ours_fn
+    gc.collect()
+    x = torch.randn(batch, 3, size, size, device=device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run_once(fn, module, x, backward, device)
+        return torch.cuda.max_memory_allocated() - base
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the resident-set high-water mark (VmHWM) to the current size
+    base = _proc_status_kb("VmRSS")
+    run_once(fn, module, x, backward, device)
+    return (_proc_status_kb("VmHWM") - base) * 1024
+
+
+def peak_memory(case, size, batch, backward, which, device) -> int:
+    cmd = [sys.executable, __file__, "--child", json.dumps([case, size, batch, backward, which, device])]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def matmul_rate(device: str) -> float:
+    n = 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+# -------------------------------------------------------------------------------------------------- main
+CASES = {
+    "global_224": ("global", 224, 8, "timm Eva"),
+    "global_1024": ("global", 1024, 1, "timm Eva"),
+    "det_1024": ("det", 1024, 1, "Detectron2 ViT + SimpleFeaturePyramid"),
+}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--backward", action="store_true", help="also time forward+backward")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--sizes", nargs="*", type=int, default=[512, 768, 1024, 1280], help="scaling sweep sizes")
+    p.add_argument("--quick", action="store_true", help="sizes 256/512 instead of 224/1024, one repeat")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(peak_memory_child(*json.loads(args.child)))
+        return
+    device = args.device
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    rate = matmul_rate(device)
+    print(f"measured fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s (2048^3)")
+    rows = []
+    for name in args.cases:
+        case, size, batch, ref_name = CASES[name]
+        if args.quick:
+            size, args.repeats = (256 if size == 224 else 512), 1
+        for backward in ([False, True] if args.backward else [False]):
+            t_ours, t_ref, flops = time_pair(case, size, batch, backward, args.repeats, device)
+            mode = "fwd+bwd" if backward else "fwd"
+            row = dict(case=name, size=size, batch=batch, mode=mode, ref=ref_name, ours_s=t_ours, ref_s=t_ref,
+                       speedup=t_ref / t_ours, ours_gflops=flops / t_ours / 1e9, ref_gflops=flops / t_ref / 1e9)
+            if not args.no_memory:
+                row["ours_mem_gb"] = peak_memory(case, size, batch, backward, "ours", device) / 1e9
+                row["ref_mem_gb"] = peak_memory(case, size, batch, backward, "ref", device) / 1e9
+                row["mem_ratio"] = row["ours_mem_gb"] / max(row["ref_mem_gb"], 1e-9)
+            rows.append(row)
+            mem = (f"  peak {row['ours_mem_gb']:.2f} GB vs {row['ref_mem_gb']:.2f} GB (x{row['mem_ratio']:.2f})"
+                   if "mem_ratio" in row else "")
+            print(f"{name:12s} {mode:7s} ours {t_ours:7.2f} s  {ref_name} {t_ref:7.2f} s  speed-up x{row['speedup']:.2f}"
+                  f"  ours {row['ours_gflops']:.0f} GFLOP/s ({100 * row['ours_gflops'] * 1e9 / rate:.0f}% of matmul)"
+                  f"{mem}")
+    if args.sizes:
+        print("\nforward time vs input size (ours, batch 1; window 14 / all-global; ratio to the first size)")
+        sizes = [s for s in args.sizes if not args.quick or s <= 768]
+        for case in ("det", "global"):
+            base = None
+            for size in sizes:
+                ours_fn, _, ours, _, flops = make_pair(case, size, device)
+                x = torch.randn(1, 3, size, size, device=device)
+                run_once(ours_fn, ours, x, False, device)
+                t = min(run_once(ours_fn, ours, x, False, device) for _ in range(max(1, args.repeats - 1)))
+                base = base or t
+                print(f"  {case:6s} {size:5d}: {t:7.2f} s  x{t / base:5.2f}  ({flops / t / 1e9:.0f} GFLOP/s)")
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
