@@ -51,6 +51,7 @@ __all__ = [
     "resize_pos_embed",
     "resize_rel_pos",
     "save_checkpoint",
+    "write_bytes_atomic",
     "unwrap_state_dict",
 ]
 
@@ -160,24 +161,15 @@ def _looks_like_safetensors(head: bytes) -> bool:
     return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 32)
 
 
-def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
-    """Writes atomically: to a temporary file in the same folder, then renames over ``path``.
-
-    A ``.safetensors`` path takes a flat dict of tensors; anything else is written with ``torch.save``.
-    """
+def write_bytes_atomic(data: bytes | memoryview, path: str | os.PathLike) -> None:
+    """Writes ``data`` to ``path`` through a temporary file in the same folder and a rename: a reader (or a job
+    resumed after a kill) sees the old file or the complete new one, never a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import save
-
-                f.write(save({k: v.contiguous() for k, v in obj.items()}))
-            else:
-                buf = io.BytesIO()
-                torch.save(obj, buf)
-                f.write(buf.getbuffer())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -185,6 +177,22 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
+    """Writes a checkpoint atomically (see :func:`write_bytes_atomic`).
+
+    A ``.safetensors`` path takes a flat dict of tensors; anything else is written with ``torch.save``.
+    """
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import save
+
+        data = save({k: v.contiguous() for k, v in obj.items()})
+    else:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        data = buf.getbuffer()
+    write_bytes_atomic(data, path)
 
 
 def unwrap_state_dict(obj: Any, source: str = "<state dict>", key: Optional[str] = None) -> dict[str, Tensor]:
