@@ -1,0 +1,23 @@
+"""Tiny COCO-recipe detector on synthetic COCO-format shapes: trains on a CPU in minutes.
+
+The synthetic data (6 classes, 2-5 objects of several sizes per 128 px image) is written under
+``dataloader.synthetic_root`` on first use.
+"""
+
+from .common.tiny import shrink_to_tiny
+from .eva_g_coco_1280 import dataloader, lr_multiplier, model, optimizer, train
+
+shrink_to_tiny(model, dataloader, optimizer, train)
+dataloader.datasets = [
+    dict(name="synthetic_coco_train", fmt="coco",
+         synthetic=dict(root="${dataloader.synthetic_root}/coco", split="train", num_images=600, seed=0)),
+    dict(name="synthetic_coco_val", fmt="coco",
+         synthetic=dict(root="${dataloader.synthetic_root}/coco", split="val", num_images=60, seed=1)),
+]
+dataloader.train.dataset.names = "synthetic_coco_train"
+dataloader.test.dataset.names = "synthetic_coco_val"
+model.roi_heads.num_classes = 6
+train.max_iter = 1200
+lr_multiplier.steps = [1000]
+lr_multiplier.warmup_iters = 100
+train.output_dir = "./output/tiny_coco"

@@ -1,0 +1,135 @@
+"""Checkpoints of the EVA detector: atomic saves, safe reads, backbone conversion and class transfer.
+
+:class:`EVADetectionCheckpointer` is Detectron2's ``DetectionCheckpointer`` with four changes:
+
+- files are written atomically (``eva_transfer.save_checkpoint``) and carry the model's class names;
+- files are read without arbitrary unpickling (``eva_transfer.read_checkpoint``), in any of the wrappings the
+  core understands (``model``, ``state_dict``, ``model_ema``, ``module.`` ...);
+- a backbone-only checkpoint (EVA MIM, timm, this toolkit's pre-training) goes through the core converter
+  (``eva_transfer.load_checkpoint``), which prints what it loaded, resized and dropped; the ViT part of a full
+  detector checkpoint (``backbone.net.*``, ViTDet/EVA layout) goes through the same converter, so a checkpoint
+  of another backbone is a clear :class:`~eva_transfer.checkpoint.CheckpointError`;
+- class-specific head rows are mapped to the model's classes by name (Objects365 -> COCO/LVIS), see
+  :mod:`projects.detection.class_transfer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any, Mapping, Optional, Sequence
+
+from detectron2.checkpoint import DetectionCheckpointer
+from fvcore.common.checkpoint import _IncompatibleKeys
+
+from eva_transfer.checkpoint import (
+    CheckpointError,
+    convert_state_dict,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    unwrap_state_dict,
+)
+from eva_transfer.lr_decay import backbone_prefix
+
+from .class_transfer import transfer_class_rows
+
+__all__ = ["EVADetectionCheckpointer", "CheckpointError"]
+
+logger = logging.getLogger(__name__)
+
+
+class EVADetectionCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` for models holding one EVA ViT.
+
+    Args:
+        model: the detector (unwrapped from DDP).
+        save_dir: where :meth:`save` writes.
+        thing_classes: the model's class names (saved with every checkpoint; the target of class transfer).
+        source_classes: class names of the checkpoint to load when it does not carry them itself.
+        class_synonyms: extra ``{target class: [other names]}`` for class matching (e.g. LVIS synonyms).
+        load_options: options of the core converter (``patch_resize``, ``rel_pos_resize``).
+        checkpointables: optimizer, scheduler, ... as in Detectron2.
+    """
+
+    def __init__(self, model, save_dir: str = "", *, thing_classes: Optional[Sequence[str]] = None,
+                 source_classes: Optional[Sequence[str]] = None,
+                 class_synonyms: Optional[Mapping[str, Sequence[str]]] = None,
+                 load_options: Optional[Mapping[str, Any]] = None, save_to_disk: Optional[bool] = None,
+                 **checkpointables):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.thing_classes = list(thing_classes) if thing_classes is not None else None
+        self.source_classes = list(source_classes) if source_classes is not None else None
+        self.class_synonyms = dict(class_synonyms or {})
+        self.load_options = dict(load_options or {})
+        self.last_load_reports: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------------------ saving
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        if self.thing_classes is not None:
+            data["thing_classes"] = list(self.thing_classes)
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        save_checkpoint(data, path)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".last_checkpoint.", dir=self.save_dir)
+        with os.fdopen(fd, "w") as f:
+            f.write(last_filename_basename)
+        os.replace(tmp, os.path.join(self.save_dir, "last_checkpoint"))
+
+    # ------------------------------------------------------------------------------------------------ loading
+    def _torch_load(self, f: str) -> dict[str, Any]:
+        obj = read_checkpoint(f)
+        if isinstance(obj, dict) and isinstance(obj.get("model"), Mapping) and any(
+            k.startswith("backbone.") for k in obj["model"]
+        ):
+            return obj  # a detector checkpoint (this toolkit's or Detectron2's)
+        return {"model": unwrap_state_dict(obj, f), "__backbone_only__": True, "__source__": f}
+
+    def _load_model(self, checkpoint: dict[str, Any]):
+        prefix, _ = backbone_prefix(self.model)
+        sd = checkpoint["model"]
+        source = checkpoint.pop("__source__", "<checkpoint>")
+        if checkpoint.pop("__backbone_only__", False) and not any(k.startswith(prefix) for k in sd):
+            report = load_checkpoint(self.model, sd, verbose=True, **self.load_options)
+            self.last_load_reports = {"backbone": report}
+            loaded = {prefix + k for k in report.loaded}
+            missing = [k for k in self.model.state_dict() if k not in loaded]
+            checkpoint.pop("model")
+            return _IncompatibleKeys(missing_keys=missing, unexpected_keys=list(report.unexpected),
+                                     incorrect_shapes=[])
+
+        vit_keys = [k for k in sd if k.startswith(prefix)]
+        if not vit_keys:
+            raise CheckpointError(
+                f"{source}: no backbone keys under {prefix!r}; is this a checkpoint of another detector "
+                f"(first keys: {list(sd)[:5]})?"
+            )
+        converted, report = convert_state_dict(
+            {k: sd[k] for k in vit_keys}, self.model, source, prefix=prefix, **self.load_options
+        )
+        print(report.summary())
+        new_sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
+        new_sd.update({prefix + k: v for k, v in converted.items()})
+        source_classes = checkpoint.pop("thing_classes", None) or self.source_classes
+        reports = {"backbone": report}
+        if self.thing_classes is not None:
+            class_report = transfer_class_rows(
+                new_sd, self.model.state_dict(), source_classes, self.thing_classes, self.class_synonyms
+            )
+            if class_report.keys:
+                print(class_report.summary())
+                reports["classes"] = class_report
+        self.last_load_reports = reports
+        checkpoint["model"] = new_sd
+        return super()._load_model(checkpoint)

@@ -1,0 +1,137 @@
+"""Test-time post-processing options: Soft-NMS and maskness rescoring.
+
+Both are plain functions on tensors, used by :class:`projects.detection.roi_heads.EVACascadeROIHeads` when its
+config enables them; Detectron2's own inference is not modified.
+"""
+
+from __future__ import annotations
+
+import torch
+from detectron2.layers import batched_nms
+from detectron2.structures import Boxes, Instances
+from torch import Tensor
+from torchvision.ops import box_iou
+
+__all__ = ["soft_nms", "batched_soft_nms", "detection_inference", "maskness", "rescore_by_maskness"]
+
+
+def soft_nms(
+    boxes: Tensor, scores: Tensor, iou_threshold: float = 0.6, method: str = "linear", sigma: float = 0.5,
+    score_floor: float = 1e-3,
+) -> tuple[Tensor, Tensor]:
+    """Soft-NMS (Bodla et al. 2017) over one set of boxes.
+
+    Repeatedly takes the highest-scoring box and decays the scores of the others by their IoU with it:
+    ``linear``: ``s *= 1 - iou`` where ``iou > iou_threshold``; ``gaussian``: ``s *= exp(-iou^2 / sigma)``.
+    Boxes whose score falls below ``score_floor`` are dropped.
+
+    Args:
+        boxes: ``(N, 4)`` x1y1x2y2. scores: ``(N,)``.
+    Returns:
+        ``keep`` ``(K,)`` indexes into the input, in selection order (non-increasing decayed score), and the
+        decayed scores ``(K,)``.
+    """
+    if method not in ("linear", "gaussian"):
+        raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {method!r}")
+    n = boxes.shape[0]
+    if n == 0:
+        return boxes.new_zeros(0, dtype=torch.long), scores.new_zeros(0)
+    iou = box_iou(boxes.float(), boxes.float())
+    current = scores.float().clone()
+    alive = current >= score_floor
+    keep, kept_scores = [], []
+    neg_inf = torch.tensor(float("-inf"), device=scores.device)
+    while bool(alive.any()):
+        i = int(torch.where(alive, current, neg_inf).argmax())
+        keep.append(i)
+        kept_scores.append(current[i])
+        alive[i] = False
+        overlap = iou[i]
+        if method == "linear":
+            decay = torch.where(overlap > iou_threshold, 1.0 - overlap, torch.ones_like(overlap))
+        else:
+            decay = torch.exp(-(overlap * overlap) / sigma)
+        current = torch.where(alive, current * decay, current)
+        alive &= current >= score_floor
+    return torch.tensor(keep, dtype=torch.long, device=boxes.device), torch.stack(kept_scores).to(scores.dtype)
+
+
+def batched_soft_nms(
+    boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float = 0.6, method: str = "linear",
+    sigma: float = 0.5, score_floor: float = 1e-3,
+) -> tuple[Tensor, Tensor]:
+    """:func:`soft_nms` applied per class (``classes``: ``(N,)`` ints); boxes of different classes never interact.
+
+    Returns ``keep`` sorted by decayed score (descending) and the decayed scores.
+    """
+    if boxes.numel() == 0:
+        return boxes.new_zeros(0, dtype=torch.long), scores.new_zeros(0)
+    keeps, new_scores = [], []
+    for c in torch.unique(classes):
+        idx = torch.nonzero(classes == c).squeeze(1)
+        k, s = soft_nms(boxes[idx], scores[idx], iou_threshold, method, sigma, score_floor)
+        keeps.append(idx[k])
+        new_scores.append(s)
+    keep, new_scores = torch.cat(keeps), torch.cat(new_scores)
+    order = new_scores.argsort(descending=True, stable=True)
+    return keep[order], new_scores[order]
+
+
+def detection_inference(
+    boxes: Tensor, scores: Tensor, image_size: tuple[int, int], score_thresh: float, nms_thresh: float,
+    topk: int, soft_nms_cfg: dict | None = None,
+) -> Instances:
+    """Per-image detections from class-agnostic boxes and class probabilities, with NMS or Soft-NMS.
+
+    Args:
+        boxes: ``(R, 4)`` (class-agnostic) or ``(R, 4K)`` predicted boxes.
+        scores: ``(R, K + 1)`` probabilities, background last.
+        soft_nms_cfg: ``dict(method=, iou_threshold=, sigma=, score_floor=)`` to use Soft-NMS; None: hard NMS.
+    Returns:
+        ``Instances`` with ``pred_boxes``, ``scores``, ``pred_classes`` (at most ``topk`` if ``topk >= 0``).
+    """
+    valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
+    boxes, scores = boxes[valid], scores[valid, :-1]
+    num_reg = boxes.shape[1] // 4
+    b = Boxes(boxes.reshape(-1, 4))
+    b.clip(image_size)
+    boxes = b.tensor.view(-1, num_reg, 4)
+    mask = scores > score_thresh
+    inds = mask.nonzero()
+    boxes = boxes[inds[:, 0], 0] if num_reg == 1 else boxes[mask]
+    scores = scores[mask]
+    classes = inds[:, 1]
+    if soft_nms_cfg is None:
+        keep = batched_nms(boxes, scores, classes, nms_thresh)
+    else:
+        keep, scores_kept = batched_soft_nms(boxes, scores, classes, **soft_nms_cfg)
+        scores = scores.clone()
+        scores[keep] = scores_kept
+    if topk >= 0:
+        keep = keep[:topk]
+    result = Instances(image_size)
+    result.pred_boxes = Boxes(boxes[keep])
+    result.scores = scores[keep]
+    result.pred_classes = classes[keep]
+    return result
+
+
+def maskness(mask_probs: Tensor, threshold: float = 0.5) -> Tensor:
+    """Mean foreground probability of each mask over its pixels above ``threshold``.
+
+    Args:
+        mask_probs: ``(N, [1,] H, W)`` probabilities in [0, 1].
+    Returns:
+        ``(N,)``; 0 for a mask without any pixel above the threshold.
+    """
+    p = mask_probs.flatten(1).float()
+    fg = (p > threshold).float()
+    return (p * fg).sum(1) / fg.sum(1).clamp(min=1.0)
+
+
+def rescore_by_maskness(instances: Instances, threshold: float = 0.5) -> Instances:
+    """Multiplies ``scores`` by :func:`maskness` of ``pred_masks`` (probabilities) and re-sorts by the new score."""
+    if len(instances) == 0:
+        return instances
+    instances.scores = instances.scores * maskness(instances.pred_masks, threshold).to(instances.scores.dtype)
+    return instances[instances.scores.argsort(descending=True, stable=True)]

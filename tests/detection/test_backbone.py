@@ -1,0 +1,67 @@
+"""The EVA detection backbone: Detectron2 interface, and equality with Detectron2's own ViTDet backbone when a
+ViTDet-layout checkpoint is loaded (names ``backbone.net.*`` / ``backbone.simfp_*``)."""
+
+from functools import partial
+
+import pytest
+import torch
+from detectron2.modeling import SimpleFeaturePyramid, ViT
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from torch import nn
+
+import projects.detection  # noqa: F401
+from projects.detection.backbone import EVADetectionBackbone, build_eva_det_backbone
+from projects.detection.checkpoint import EVADetectionCheckpointer
+
+
+class Detector(nn.Module):
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+
+def _vitdet_reference(square_pad=128):
+    # the eva_tiny_det layout in Detectron2's classes: windows of 4 in blocks 0 and 2, global blocks 1 and 3
+    net = ViT(img_size=128, patch_size=16, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, qkv_bias=True,
+              norm_layer=partial(nn.LayerNorm, eps=1e-6), window_size=4, window_block_indexes=[0, 2],
+              use_rel_pos=True, pretrain_img_size=64, pretrain_use_cls_token=True, out_feature="last_feat")
+    return SimpleFeaturePyramid(net, "last_feat", out_channels=32, scale_factors=(4.0, 2.0, 1.0, 0.5),
+                                top_block=LastLevelMaxPool(), norm="LN", square_pad=square_pad)
+
+
+def test_interface():
+    bb = build_eva_det_backbone("eva_tiny_det", out_channels=32, square_pad=128)
+    shapes = bb.output_shape()
+    assert list(shapes) == ["p2", "p3", "p4", "p5", "p6"]
+    assert [s.stride for s in shapes.values()] == [4, 8, 16, 32, 64]
+    assert all(s.channels == 32 for s in shapes.values())
+    assert bb.size_divisibility == 64
+    assert bb.padding_constraints == {"size_divisibility": 64, "square_size": 128}
+    out = bb(torch.randn(2, 3, 128, 64))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "p2": (2, 32, 32, 16), "p3": (2, 32, 16, 8), "p4": (2, 32, 8, 4), "p5": (2, 32, 4, 2), "p6": (2, 32, 2, 1)}
+    with pytest.raises(ValueError, match="multiple of 64"):
+        bb(torch.randn(1, 3, 96, 64))
+    with pytest.raises(TypeError, match="EVAViT"):
+        EVADetectionBackbone(nn.Linear(2, 2))
+
+
+def test_vitdet_checkpoint_loads_and_matches_detectron2(tmp_path):
+    ref = _vitdet_reference().eval()
+    with torch.no_grad():
+        for p in ref.parameters():  # random everything, including relative positions and the q/k/v biases
+            p.normal_(0, 0.2)
+    path = tmp_path / "vitdet.pth"
+    torch.save({"model": {"backbone." + k: v for k, v in ref.state_dict().items()}}, path)
+
+    ours = Detector(build_eva_det_backbone("eva_tiny_det", out_channels=32, square_pad=128)).eval()
+    assert ({k[len("backbone."):] for k in ours.state_dict()} - set(ref.state_dict())) == {
+        f"net.blocks.{i}.attn.{b}_bias" for i in range(4) for b in "qv"}
+    incompatible = EVADetectionCheckpointer(ours).load(str(path))
+    assert incompatible == {}  # nothing left over
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        want, got = ref(x), ours.backbone(x)
+    assert list(got) == list(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-4)

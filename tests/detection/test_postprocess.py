@@ -1,0 +1,92 @@
+"""Soft-NMS and maskness rescoring against hand-computed results; hard-NMS inference against Detectron2's."""
+
+import math
+
+import pytest
+import torch
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
+from detectron2.structures import Boxes, Instances
+
+import projects.detection  # noqa: F401
+from projects.detection.postprocess import (
+    batched_soft_nms,
+    detection_inference,
+    maskness,
+    rescore_by_maskness,
+    soft_nms,
+)
+
+A, B, C, D = [0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 5], [20, 20, 30, 30]
+
+
+def test_soft_nms_linear_hand_computed():
+    # IoU(A,B) = 90/110 > 0.6 -> B decays to 0.8 * (1 - 9/11); IoU(A,C) = 0.5 and IoU(C,B) = 45/105 stay below 0.6
+    boxes = torch.tensor([B, A, D, C], dtype=torch.float)
+    scores = torch.tensor([0.8, 0.9, 0.5, 0.7])
+    keep, new = soft_nms(boxes, scores, iou_threshold=0.6, method="linear", score_floor=1e-3)
+    assert keep.tolist() == [1, 3, 2, 0]
+    torch.testing.assert_close(new, torch.tensor([0.9, 0.7, 0.5, 0.8 * (1 - 90 / 110)]))
+    # the floor drops the decayed box
+    keep, _ = soft_nms(boxes, scores, iou_threshold=0.6, score_floor=0.2)
+    assert keep.tolist() == [1, 3, 2]
+
+
+def test_soft_nms_duplicate_removed_and_chained_decay():
+    # a duplicate (IoU 1) goes to score 0 and is dropped by the floor; a box overlapping two kept boxes decays twice
+    boxes = torch.tensor([A, A, [0, 0, 10, 12], [0, 0, 10, 14]], dtype=torch.float)
+    scores = torch.tensor([0.9, 0.85, 0.8, 0.75])
+    keep, new = soft_nms(boxes, scores, iou_threshold=0.6, score_floor=1e-3)
+    i_ac, i_ad, i_cd = 100 / 120, 100 / 140, 120 / 140
+    s_c = 0.8 * (1 - i_ac)
+    s_d = 0.75 * (1 - i_ad)
+    # after A: C = 0.1333, D = 0.2143 -> D is next and decays C by (1 - i_cd)
+    assert keep.tolist() == [0, 3, 2]
+    torch.testing.assert_close(new, torch.tensor([0.9, s_d, s_c * (1 - i_cd)]))
+
+
+def test_soft_nms_gaussian_and_classes():
+    boxes = torch.tensor([A, B], dtype=torch.float)
+    scores = torch.tensor([0.9, 0.8])
+    _, new = soft_nms(boxes, scores, method="gaussian", sigma=0.5)
+    torch.testing.assert_close(new, torch.tensor([0.9, 0.8 * math.exp(-((90 / 110) ** 2) / 0.5)]))
+    # different classes never decay each other
+    keep, new = batched_soft_nms(boxes, scores, torch.tensor([0, 1]))
+    assert keep.tolist() == [0, 1]
+    torch.testing.assert_close(new, scores)
+    with pytest.raises(ValueError, match="linear"):
+        soft_nms(boxes, scores, method="hard")
+
+
+def test_hard_nms_inference_matches_detectron2():
+    torch.manual_seed(1)
+    r, k = 60, 5
+    xy = torch.rand(r, 2) * 80
+    boxes = torch.cat([xy, xy + 10 + torch.rand(r, 2) * 40], 1)
+    scores = torch.softmax(torch.randn(r, k + 1) * 3, 1)
+    ours = detection_inference(boxes, scores, (100, 120), 0.05, 0.5, 20)
+    ref, _ = fast_rcnn_inference_single_image(boxes, scores, (100, 120), 0.05, 0.5, 20)
+    torch.testing.assert_close(ours.pred_boxes.tensor, ref.pred_boxes.tensor)
+    torch.testing.assert_close(ours.scores, ref.scores)
+    assert ours.pred_classes.tolist() == ref.pred_classes.tolist()
+    soft = detection_inference(boxes, scores, (100, 120), 0.05, 0.5, 100, dict(iou_threshold=0.6))
+    assert len(soft) >= len(ours)  # soft-NMS keeps (decayed) overlapping boxes
+    assert torch.all(soft.scores[:-1] >= soft.scores[1:])
+
+
+def test_maskness_hand_computed_and_resorted():
+    probs = torch.tensor(
+        [
+            [[0.9, 0.6], [0.2, 0.4]],  # pixels > 0.5: 0.9, 0.6 -> 0.75
+            [[0.3, 0.1], [0.2, 0.4]],  # none -> 0
+            [[1.0, 0.55], [0.8, 0.7]],  # all -> 0.7625
+        ]
+    )[:, None]
+    torch.testing.assert_close(maskness(probs), torch.tensor([0.75, 0.0, 0.7625]))
+    inst = Instances((2, 2))
+    inst.pred_boxes = Boxes(torch.zeros(3, 4))
+    inst.scores = torch.tensor([0.9, 0.8, 0.5])
+    inst.pred_classes = torch.tensor([0, 1, 2])
+    inst.pred_masks = probs
+    out = rescore_by_maskness(inst)
+    torch.testing.assert_close(out.scores, torch.tensor([0.675, 0.38125, 0.0]))
+    assert out.pred_classes.tolist() == [0, 2, 1]

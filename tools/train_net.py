@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Train or evaluate an EVA detector from a LazyConfig file (Detectron2 conventions).
+
+    tools/train_net.py --config-file configs/detection/eva_g_coco_1280.py --num-gpus 8 \
+        train.init_checkpoint=output/eva_g_o365/model_final.pth
+    tools/train_net.py --config-file configs/detection/tiny_coco.py                  # CPU, minutes
+    tools/train_net.py --config-file CFG --resume                                   # continue an interrupted run
+    tools/train_net.py --config-file CFG --eval-only train.init_checkpoint=model.pth
+
+Several machines: ``--num-machines M --machine-rank R --dist-url tcp://HOST:PORT`` on each. On a machine without
+GPUs, ``--num-gpus N`` starts N CPU processes (gloo).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import projects.detection  # noqa: E402,F401  (stand-ins and registrations first)
+
+# isort: split
+from detectron2.engine import default_argument_parser, launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from projects.detection.engine import (  # noqa: E402
+    ConfigKeyError,
+    do_eval_only,
+    do_train,
+    load_config,
+    setup_datasets,
+    setup_run,
+)
+from projects.detection.registration import prepare_config_datasets  # noqa: E402
+
+
+def main(args):
+    cfg = load_config(args.config_file, args.opts)
+    setup_run(cfg, args)
+    setup_datasets(cfg)
+    if args.eval_only:
+        return do_eval_only(cfg)
+    do_train(cfg, resume=args.resume)
+    comm.synchronize()
+
+
+def cli(argv=None):
+    args = default_argument_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+    except ConfigKeyError as e:
+        sys.exit(f"error: {e}")
+    # write synthetic datasets once, before worker processes start
+    prepare_config_datasets(OmegaConf.to_container(cfg.dataloader.get("datasets", []), resolve=True))
+    del cfg
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    cli()
