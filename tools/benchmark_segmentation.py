@@ -1,0 +1,330 @@
+"""Speed and memory of the segmentation core against mmcv's PyTorch path, in one run.
+
+1. Multi-scale deformable attention (``eva_transfer.ms_deform_attn``) against
+   ``mmcv.ops.multi_scale_deform_attn.multi_scale_deformable_attn_pytorch`` on the ViT-Adapter's real shapes:
+   the injector (ViT tokens sample the 1/8, 1/16, 1/32 levels) and the extractor (the three levels sample the
+   1/16 ViT grid) at each input size; forward and forward+backward time, peak memory of forward+backward, and the
+   largest output/gradient difference.
+2. The whole ViT-Adapter's forward (inference) and training step (forward+backward), with either function
+   inside, time and peak memory.
+
+Widths default to EVA-g's (1408, 16 heads, value ratio 0.5, 4 points); the adapter defaults to EVA-g's width with
+4 ViT blocks (``--depth``) so that it runs on a CPU. Timings interleave the two implementations and report medians
+of wall-clock time (and, on CPU, of process CPU time, which other processes on the machine disturb less). Peak
+memory (measured in a fresh process per implementation) is ``torch.cuda.max_memory_allocated`` on GPU; on CPU the
+rise of the peak resident size over the size before the measured call (Linux: /proc/self/clear_refs, VmHWM).
+
+    python tools/benchmark_segmentation.py                      # both parts, 512 and 896
+    python tools/benchmark_segmentation.py --sizes 512 --skip-adapter
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from eva_transfer.adapter import build_vit_adapter  # noqa: E402
+from projects.compat import apply_mmcv  # noqa: E402
+
+mda = importlib.import_module("eva_transfer.ms_deform_attn")
+
+apply_mmcv()
+from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch  # noqa: E402
+
+IMPLEMENTATIONS = {"mmcv": multi_scale_deformable_attn_pytorch, "ours": mda.ms_deform_attn}
+
+
+# ------------------------------------------------------------------------------------------------ shapes
+def attention_shapes(size: int, kind: str) -> dict:
+    """Level shapes and query count of the adapter's injector or extractor for a ``size x size`` input."""
+    levels = [(-(-size // s), -(-size // s)) for s in (8, 16, 32)]
+    vit = [(size // 16, size // 16)]
+    if kind == "injector":
+        return dict(shapes=levels, queries=vit[0][0] * vit[0][1])
+    return dict(shapes=vit, queries=sum(h * w for h, w in levels))
+
+
+def make_inputs(case: dict, device: str, requires_grad: bool):
+    g = torch.Generator().manual_seed(0)
+    shapes = torch.tensor(case["shapes"], dtype=torch.long)
+    s = int((shapes[:, 0] * shapes[:, 1]).sum())
+    b, q, heads, d, p, levels = case["batch"], case["queries"], case["heads"], case["head_dim"], 4, len(shapes)
+    value = torch.randn(b, s, heads, d, generator=g)
+    # reference point plus offsets of a few pixels, as in the adapter; some points fall outside their map
+    loc = torch.rand(b, q, heads, levels, p, 2, generator=g) * 1.2 - 0.1
+    weights = torch.rand(b, q, heads, levels, p, generator=g).softmax(-1)
+    tensors = [t.to(device).requires_grad_(requires_grad) for t in (value, loc, weights)]
+    return tensors[0], shapes.to(device), tensors[1], tensors[2]
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def _sync(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved_times(fns: dict, device: str, repeat: int) -> dict:
+    """Median wall and CPU seconds of each callable, run alternately after one warm-up each."""
+    for fn in fns.values():
+        fn()
+    _sync(device)
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            _sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            _sync(device)
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
+
+
+def attention_runner(impl, inputs, backward: bool):
+    value, shapes, loc, weights = inputs
+    grad = None
+
+    def run():
+        nonlocal grad
+        if not backward:
+            with torch.no_grad():
+                return impl(value, shapes, loc, weights)
+        out = impl(value, shapes, loc, weights)
+        if grad is None:
+            grad = torch.randn_like(out)
+        return torch.autograd.grad(out, (value, loc, weights), grad)
+
+    return run
+
+
+def attention_difference(inputs) -> tuple[float, float]:
+    """Largest |ours - mmcv| of the output, and of the three gradients relative to the largest magnitude."""
+    value, shapes, loc, weights = inputs
+    grad = None
+    results = {}
+    for name, impl in IMPLEMENTATIONS.items():
+        out = impl(value, shapes, loc, weights)
+        if grad is None:
+            grad = torch.randn_like(out)
+        results[name] = [out.detach(), *torch.autograd.grad(out, (value, loc, weights), grad)]
+    out_err = float((results["ours"][0] - results["mmcv"][0]).abs().max())
+    grad_err = max(
+        float((a - r).abs().max()) / max(1.0, float(r.abs().max()))
+        for a, r in zip(results["ours"][1:], results["mmcv"][1:])
+    )
+    return out_err, grad_err
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def measure_peak(build, device: str) -> int:
+    """Bytes the measured call needs above what ``build`` left allocated (``build`` returns the call)."""
+    fn = build()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak resident size to the current one
+    base = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - base) * 1024
+
+
+def peak_in_child(spec: dict, device: str) -> int:
+    """Runs one memory measurement in a fresh process. On CPU, a fixed allocator threshold makes every block
+    over 128 KiB its own mapping, returned when freed, so the resident size follows the live tensors."""
+    if device.startswith("cuda"):
+        return _child_measure(spec, device)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    cmd = [sys.executable, __file__, "--child", json.dumps(spec), "--device", device]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def _child_measure(spec: dict, device: str) -> int:
+    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    if spec["what"] == "attention":
+        impl = IMPLEMENTATIONS[spec["impl"]]
+
+        def build():
+            inputs = make_inputs(spec["case"], device, requires_grad=True)
+            grad = torch.randn(spec["case"]["batch"], spec["case"]["queries"],
+                               spec["case"]["heads"] * spec["case"]["head_dim"], device=device)
+
+            def run():
+                out = impl(*inputs)
+                torch.autograd.grad(out, (inputs[0], inputs[2], inputs[3]), grad)
+
+            return run
+    else:
+        def build():
+            model, x = build_adapter(spec["adapter"], spec["size"], device)
+            use_implementation(spec["impl"])
+            train = spec["what"] == "adapter_train"
+            model.train(train)
+
+            def run():
+                if train:
+                    sum(o.float().mean() for o in model(x)).backward()
+                else:
+                    with torch.no_grad():
+                        model(x)
+
+            return run
+
+    return measure_peak(build, device)
+
+
+# ------------------------------------------------------------------------------------------------ adapter
+def use_implementation(name: str):
+    """Points the adapter's deformable attention at one implementation (the module calls it by global name)."""
+    mda.ms_deform_attn = IMPLEMENTATIONS[name]
+
+
+def build_adapter(cfg: dict, size: int, device: str):
+    torch.manual_seed(0)
+    model = build_vit_adapter(cfg["preset"], adapter=dict(deform_num_heads=cfg["heads"]), depth=cfg["depth"],
+                              img_size=size)
+    return model.to(device), torch.randn(cfg["batch"], 3, size, size, device=device)
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _fmt_ms(t: float) -> str:
+    return f"{t * 1e3:9.1f}"
+
+
+def _fmt_mib(b: int) -> str:
+    return f"{b / 2**20:8.1f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 896])
+    parser.add_argument("--width", type=int, default=1408, help="ViT width of the attention cases (EVA-g: 1408)")
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--value-ratio", type=float, default=0.5)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--preset", default="eva_g_seg", help="adapter backbone preset")
+    parser.add_argument("--depth", type=int, default=4, help="ViT blocks of the adapter (EVA-g has 40)")
+    parser.add_argument("--adapter-sizes", type=int, nargs="+", default=None, help="default: --sizes")
+    parser.add_argument("--skip-adapter", action="store_true")
+    parser.add_argument("--skip-train", action="store_true", help="adapter: inference only")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child is not None:
+        print(_child_measure(json.loads(args.child), args.device))
+        return
+
+    torch.set_num_threads(args.threads)
+    device = args.device
+    head_dim = int(args.width * args.value_ratio) // args.heads
+    print(f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'}), "
+          f"torch {torch.__version__}, {args.threads} threads, median of {args.repeat}")
+    print(f"deformable attention: width {args.width}, {args.heads} heads x {head_dim} (value ratio "
+          f"{args.value_ratio}), 4 points, batch {args.batch}")
+    header = (f"{'case':<18}{'Q':>7}{'S':>7} | {'fwd mmcv':>9}{'ours':>9}{'ratio':>7} | "
+              f"{'f+b mmcv':>9}{'ours':>9}{'ratio':>7} | {'MiB mmcv':>8}{'ours':>8}{'ratio':>7} | max diff out / grad")
+    print(header)
+    print("-" * len(header))
+    summary = []
+    for size in args.sizes:
+        for kind in ("injector", "extractor"):
+            case = dict(attention_shapes(size, kind), batch=args.batch, heads=args.heads, head_dim=head_dim)
+            s = sum(h * w for h, w in case["shapes"])
+            inputs = make_inputs(case, device, requires_grad=True)
+            out_err, grad_err = attention_difference(inputs)
+            fwd = interleaved_times({k: attention_runner(f, inputs, False) for k, f in IMPLEMENTATIONS.items()},
+                                    device, args.repeat)
+            both = interleaved_times({k: attention_runner(f, inputs, True) for k, f in IMPLEMENTATIONS.items()},
+                                     device, args.repeat)
+            del inputs
+            mem = {k: peak_in_child(dict(what="attention", impl=k, case=case, threads=args.threads), device)
+                   for k in IMPLEMENTATIONS}
+            r_f = fwd["mmcv"][0] / fwd["ours"][0]
+            r_b = both["mmcv"][0] / both["ours"][0]
+            r_m = mem["ours"] / max(mem["mmcv"], 1)
+            summary.append((f"{kind}@{size}", r_f, r_b, r_m))
+            print(f"{kind + '@' + str(size):<18}{case['queries']:>7}{s:>7} | {_fmt_ms(fwd['mmcv'][0])}"
+                  f"{_fmt_ms(fwd['ours'][0])}{r_f:>6.2f}x | {_fmt_ms(both['mmcv'][0])}{_fmt_ms(both['ours'][0])}"
+                  f"{r_b:>6.2f}x | {_fmt_mib(mem['mmcv'])}{_fmt_mib(mem['ours'])}{r_m:>6.2f}x | "
+                  f"{out_err:.1e} / {grad_err:.1e}")
+            if device == "cpu":
+                print(f"{'  (CPU time)':<32} | {_fmt_ms(fwd['mmcv'][1])}{_fmt_ms(fwd['ours'][1])}"
+                      f"{fwd['mmcv'][1] / fwd['ours'][1]:>6.2f}x | {_fmt_ms(both['mmcv'][1])}"
+                      f"{_fmt_ms(both['ours'][1])}{both['mmcv'][1] / both['ours'][1]:>6.2f}x |")
+    print("times in ms; ratio = mmcv time / ours (higher is faster), memory ratio = ours / mmcv (lower is less); "
+          "grad diff relative to the largest gradient magnitude")
+
+    if not args.skip_adapter:
+        cfg = dict(preset=args.preset, depth=args.depth, heads=args.heads, batch=args.batch)
+        print(f"\nViT-Adapter on {args.preset} with {args.depth} blocks (width as the preset), "
+              f"{args.heads} deformable heads, batch {args.batch}")
+        header = (f"{'case':<18} | {'ms mmcv':>9}{'ours':>9}{'ratio':>7} | {'MiB mmcv':>9}{'ours':>9}{'ratio':>7}")
+        print(header)
+        print("-" * len(header))
+        modes = ["adapter_infer"] + ([] if args.skip_train else ["adapter_train"])
+        for size in args.adapter_sizes or args.sizes:
+            model, x = build_adapter(cfg, size, device)
+            for mode in modes:
+                train = mode == "adapter_train"
+                model.train(train)
+
+                def runner(name, model=model, x=x, train=train):
+                    def run():
+                        use_implementation(name)
+                        if train:
+                            model.zero_grad(set_to_none=True)
+                            sum(o.float().mean() for o in model(x)).backward()
+                        else:
+                            with torch.no_grad():
+                                model(x)
+
+                    return run
+
+                times = interleaved_times({k: runner(k) for k in IMPLEMENTATIONS}, device, max(2, args.repeat // 2))
+                mem = {k: peak_in_child(dict(what=mode, impl=k, adapter=cfg, size=size, threads=args.threads),
+                                        device) for k in IMPLEMENTATIONS}
+                use_implementation("ours")
+                label = f"{'train step' if train else 'forward'}@{size}"
+                r_t = times["mmcv"][0] / times["ours"][0]
+                r_m = mem["ours"] / max(mem["mmcv"], 1)
+                summary.append((f"adapter {label}", r_t, r_t, r_m))
+                print(f"{label:<18} | {_fmt_ms(times['mmcv'][0])}{_fmt_ms(times['ours'][0])}{r_t:>6.2f}x | "
+                      f"{_fmt_mib(mem['mmcv']):>9}{_fmt_mib(mem['ours']):>9}{r_m:>6.2f}x")
+            del model, x
+    worst = min(min(r[1], r[2]) for r in summary)
+    print(f"\nslowest speed-up over mmcv's PyTorch path: {worst:.2f}x; "
+          f"largest memory ratio: {max(r[3] for r in summary):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
