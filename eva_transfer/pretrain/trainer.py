@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint import read_checkpoint, save_checkpoint
+from ..checkpoint import read_checkpoint, save_checkpoint, write_bytes_atomic
 from ..lr_decay import param_groups_layer_decay
 from .data import GlobalBatchSampler, MIMDataset, collate, list_images
 from .masking import BlockMaskGenerator
@@ -161,7 +161,9 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
     "checkpoint"}``.
     """
     tcfg, dcfg, ocfg, scfg = cfg["train"], cfg["data"], cfg["optim"], cfg["schedule"]
+    owns_group = not dist.is_initialized()
     rank, world, device = _init_distributed(tcfg["device"])
+    owns_group = owns_group and dist.is_initialized()
     is_main = rank == 0
     out_dir = Path(tcfg["output_dir"])
     if is_main:
@@ -216,6 +218,8 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
             scaler.load_state_dict(ckpt["scaler"])
         start_step = int(ckpt["step"])
         if is_main:
+            _warn_if_schedule_changed(ckpt.get("config") or {}, cfg, world)
+            _truncate_log(out_dir / "log.jsonl", start_step)  # steps after the checkpoint are trained again
             print(f"[pretrain] resumed from {resume_path} at step {start_step}/{total_steps}", flush=True)
 
     model: nn.Module = student
@@ -226,7 +230,7 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
     mean = torch.tensor(dcfg["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(dcfg["std"], device=device).view(1, 3, 1, 1)
 
-    writer = _tensorboard(out_dir) if (is_main and tcfg["tensorboard"]) else None
+    writer = _tensorboard(out_dir, start_step) if (is_main and tcfg["tensorboard"]) else None
     log_file = open(out_dir / "log.jsonl", "a") if is_main else None
     if is_main:
         print(f"[pretrain] {len(dataset)} images, {steps_per_epoch} steps/epoch, {total_steps} steps "
@@ -312,6 +316,8 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
             print(f"[pretrain] backbone written to {export_path}", flush=True)
     if world > 1:
         dist.barrier()
+        if owns_group:
+            dist.destroy_process_group()
     if is_main:
         msg = "interrupted" if interrupted else "finished"
         print(f"[pretrain] {msg} at step {step}/{total_steps}; {skipped_total} unreadable image(s) skipped",
@@ -360,10 +366,36 @@ def _save_training_state(out_dir: Path, student: MIMStudent, optimizer, scaler, 
             p.unlink()
 
 
-def _tensorboard(out_dir: Path):
+def _tensorboard(out_dir: Path, start_step: int):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         logger.info("tensorboard is not installed; logging to log.jsonl only")
         return None
-    return SummaryWriter(str(out_dir / "tb"))
+    return SummaryWriter(str(out_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drops the records after ``step`` that an interrupted run wrote past its last checkpoint."""
+    if not path.is_file():
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError):
+            continue
+    if len(keep) != len(lines):
+        write_bytes_atomic("".join(keep).encode(), path)
+
+
+def _warn_if_schedule_changed(old: dict, new: dict, world: int) -> None:
+    for section, key in (("train", "batch_size"), ("train", "seed"), ("schedule", "epochs"),
+                         ("schedule", "total_steps"), ("optim", "lr"), ("data", "img_size")):
+        a, b = old.get(section, {}).get(key), new[section][key]
+        if section in old and a != b:
+            logger.warning("resuming with %s.%s=%r (the checkpoint was trained with %r): the schedule or data "
+                           "order differs from the interrupted run", section, key, b, a)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -94,6 +95,9 @@ def test_resume_continues_the_same_schedule(tmp_path, image_folder, tiny_config,
     for step, (loss, lr) in resumed.items():
         assert lr == reference[step][1]
         assert loss == pytest.approx(reference[step][0], abs=1e-6), step
+    # the log keeps one record per step: those the crashed run wrote after its checkpoint are replaced
+    with open(tmp_path / "b" / "log.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == list(range(1, 17))
 
     # Ctrl-C at step 4: the step finishes, a checkpoint is written at 4, the rerun continues from there
     cfg = load_config(tiny_config, tiny_overrides(image_folder, tmp_path / "c", **common))
