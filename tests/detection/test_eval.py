@@ -288,3 +288,31 @@ def test_lvis_evaluator_reports_boundary(lvis_case, registered):
 def test_evaluator_needs_a_registered_json():
     with pytest.raises(ValueError, match="json_file"):
         COCOEvaluator("never_registered_dataset")
+
+
+def test_empty_results_score_zero(coco_case):
+    path, _, _ = coco_case
+    metrics = evaluate_results(path, [], "bbox", "coco")
+    assert metrics["AP"] == 0.0
+
+
+def test_results_for_unknown_images_are_an_error(coco_case):
+    path, _, results = coco_case
+    with pytest.raises(ValueError, match=r"image ids not in the ground truth: \[4242\]"):
+        evaluate_results(path, results[:5] + [dict(results[0], image_id=4242)], "bbox", "coco")
+
+
+def test_benchmark_runs_and_agrees(tmp_path):
+    from projects.detection.evaluation.benchmark import run_eval_benchmark
+
+    report = run_eval_benchmark(
+        num_images=12,
+        dets_per_image=20,
+        num_classes=6,
+        image_size=(64, 64),
+        iou_types=("bbox",),
+        workdir=tmp_path,
+        verbose=False,
+    )
+    for key in ("lvis/bbox", "coco/bbox"):
+        assert report[key]["max_abs_diff"] < TOL and report[key]["speedup"] > 0

@@ -17,14 +17,15 @@ Metrics are fractions in [0, 1], -1 where undefined (no ground truth in that gro
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
-from collections import defaultdict
 from typing import Iterable
 
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
+from faster_coco_eval.core import mask as mask_util
 
 logger = logging.getLogger(__name__)
 
@@ -63,36 +64,115 @@ def load_ground_truth(gt) -> COCO:
 
 
 def limit_detections_per_image(results: Iterable[dict], max_dets: int) -> list[dict]:
-    """Keeps the ``max_dets`` highest-scoring results of each image (stable: ties keep input order)."""
-    per_image: dict = defaultdict(list)
-    for r in results:
-        per_image[r["image_id"]].append(r)
-    kept = []
-    for anns in per_image.values():
-        if len(anns) > max_dets:
-            anns = sorted(anns, key=lambda a: a["score"], reverse=True)[:max_dets]
-        kept.extend(anns)
-    return kept
+    """Keeps the ``max_dets`` highest-scoring results of each image (ties: earlier first), in input order."""
+    results = list(results)
+    image_ids = np.array([r["image_id"] for r in results], np.int64)
+    keep = _top_k_per_image(image_ids, np.array([r["score"] for r in results], np.float64), max_dets)
+    return [results[i] for i in np.flatnonzero(keep)]
 
 
-def prepare_results(
-    results: Iterable[dict], iou_type: str, max_dets_per_image: int | None = None
-) -> list[dict]:
-    """Copies of the results fit for ``iou_type``: boxes only for "bbox", masks only for "segm"/"boundary"."""
+def _top_k_per_image(image_ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Boolean (N,): whether a result is among the ``k`` best of its image (stable sort by score, descending)."""
+    n = len(image_ids)
+    order = np.lexsort((np.arange(n), -scores, image_ids))
+    sorted_ids = image_ids[order]
+    group_start = np.r_[0, np.flatnonzero(np.diff(sorted_ids)) + 1]
+    rank = np.arange(n) - np.repeat(group_start, np.diff(np.r_[group_start, n]))
+    keep = np.zeros(n, bool)
+    keep[order] = rank < k
+    return keep
+
+
+def _lvis_listed(coco_gt: COCO, image_ids: np.ndarray, cat_ids: np.ndarray) -> np.ndarray:
+    """Boolean (N,): whether the category of a result is verified for its image (present or negative).
+
+    lvis-api evaluates a result only for such categories; dropping the others early saves the evaluator the work.
+    """
+    cats = np.array(sorted(coco_gt.cats), np.int64)
+    num_cats = len(cats)
+
+    def codes(img, cat):
+        idx = np.clip(np.searchsorted(cats, cat), 0, num_cats - 1)
+        return np.where(cats[idx] == cat, img * num_cats + idx, -1)
+
+    gt_anns = coco_gt.dataset["annotations"]
+    listed = [
+        codes(
+            np.array([a["image_id"] for a in gt_anns], np.int64),
+            np.array([a["category_id"] for a in gt_anns]),
+        )
+    ]
+    for img in coco_gt.dataset["images"]:
+        neg = img.get("neg_category_ids")
+        if neg:
+            listed.append(codes(np.full(len(neg), img["id"], np.int64), np.asarray(neg, np.int64)))
+    result_codes = codes(image_ids, cat_ids)
+    return (result_codes >= 0) & np.isin(result_codes, np.concatenate(listed))
+
+
+def _result_columns(results: list[dict], geometry: str, iou_type: str):
+    """Lists (image ids, category ids, scores, geometries) of the results; clear error on a missing key."""
+    try:
+        return tuple([r[key] for r in results] for key in ("image_id", "category_id", "score", geometry))
+    except KeyError:
+        for i, r in enumerate(results):
+            missing = [k for k in ("image_id", "category_id", "score", geometry) if k not in r]
+            if missing:
+                raise KeyError(
+                    f"result {i} (image_id {r.get('image_id')}) has no {missing}, needed for {iou_type} evaluation"
+                ) from None
+        raise
+
+
+def select_results(coco_gt: COCO, results, iou_type: str, style: str, max_dets_per_image: int) -> COCO:
+    """The results as a faster-coco-eval ``COCO`` after the reference tool's pre-evaluation rules.
+
+    What ``loadRes`` builds, without its per-result Python work: box results get area w*h; mask results get area
+    and box from the mask (compressed RLE). LVIS: the ``max_dets_per_image`` best results per image are kept
+    (lvis-api's ``LVISResults``), then results of categories neither present nor negative in their image are
+    dropped (lvis-api ignores them).
+    """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
-    drop = "segmentation" if iou_type == "bbox" else "bbox"
-    prepared = []
-    for i, r in enumerate(results):
-        need = "bbox" if iou_type == "bbox" else "segmentation"
-        if need not in r:
-            raise KeyError(
-                f"result {i} (image_id {r.get('image_id')}) has no '{need}', needed for {iou_type} evaluation"
-            )
-        prepared.append({k: v for k, v in r.items() if k != drop})
-    if max_dets_per_image is not None:
-        prepared = limit_detections_per_image(prepared, max_dets_per_image)
-    return prepared
+    geometry = "bbox" if iou_type == "bbox" else "segmentation"
+    img, cat, score, geom = _result_columns(list(results), geometry, iou_type)
+    image_ids = np.array(img, np.int64)
+    unknown = set(np.unique(image_ids).tolist()) - set(coco_gt.imgs)
+    if unknown:
+        raise ValueError(f"results refer to image ids not in the ground truth: {sorted(unknown)[:10]}")
+    if style == "lvis" and len(img):
+        keep = _top_k_per_image(image_ids, np.array(score, np.float64), max_dets_per_image)
+        keep &= _lvis_listed(coco_gt, image_ids, np.array(cat, np.int64))
+        idx = np.flatnonzero(keep).tolist()
+        img, cat, score, geom = ([col[i] for i in idx] for col in (img, cat, score, geom))
+    if iou_type == "bbox":
+        anns = [
+            {
+                "image_id": i,
+                "category_id": c,
+                "score": s,
+                "bbox": b,
+                "area": b[2] * b[3],
+                "iscrowd": 0,
+                "id": k,
+            }
+            for k, (i, c, s, b) in enumerate(zip(img, cat, score, geom), 1)
+        ]
+    else:
+        # the box of a mask result is not used by mask or boundary IoU; the area decides its area range
+        areas = mask_util.area(list(geom)).tolist() if len(geom) else []
+        anns = [
+            {"image_id": i, "category_id": c, "score": s, "segmentation": m, "area": a, "iscrowd": 0, "id": k}
+            for k, (i, c, s, m, a) in enumerate(zip(img, cat, score, geom, areas), 1)
+        ]
+    res = COCO(print_function=logger.debug)
+    res.dataset = {
+        "images": coco_gt.dataset["images"],
+        "categories": coco_gt.dataset["categories"],
+        "annotations": anns,
+    }
+    res.createIndex()
+    return res
 
 
 def evaluate_results(
@@ -129,9 +209,21 @@ def evaluate_results(
     if max_dets_per_image is None:
         max_dets_per_image = LVIS_MAX_DETS if lvis else 100
     coco_gt = load_ground_truth(gt)
-    dets = prepare_results(results, iou_type, max_dets_per_image if lvis else None)
-    # loadRes writes area / id / iscrowd into the results it gets: they are our copies
-    coco_dt = coco_gt.loadRes(dets)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # hundreds of thousands of small dicts: collections would cost more than the evaluation
+    try:
+        metrics, evaluator = _evaluate(
+            coco_gt, results, iou_type, style, max_dets_per_image, dilation_ratio, img_ids
+        )
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return (metrics, evaluator) if return_evaluator else metrics
+
+
+def _evaluate(coco_gt, results, iou_type, style, max_dets_per_image, dilation_ratio, img_ids):
+    lvis = style == "lvis"
+    coco_dt = select_results(coco_gt, results, iou_type, style, max_dets_per_image)
     evaluator = COCOeval_faster(
         coco_gt,
         coco_dt,
@@ -148,15 +240,13 @@ def evaluate_results(
     evaluator.summarize()
     stats = evaluator.stats_as_dict
     names = LVIS_METRICS if lvis else COCO_METRICS
-    metrics = {name: float(stats[_STAT_KEYS[name]]) for name in names}
-    return (metrics, evaluator) if return_evaluator else metrics
+    return {name: float(stats[_STAT_KEYS[name]]) for name in names}, evaluator
 
 
 def per_category_ap(evaluator: COCOeval_faster) -> dict:
     """{category id: AP over IoU 0.5:0.95, all areas, the last max-dets} (-1 without ground truth)."""
-    precision = evaluator.eval[
-        "precision"
-    ]  # (T iou thresholds, R recall points, K categories, A areas, M max dets)
+    # (T iou thresholds, R recall points, K categories, A area ranges, M max-dets values)
+    precision = evaluator.eval["precision"]
     out = {}
     for k, cat_id in enumerate(evaluator.params.catIds):
         p = precision[:, :, k, 0, -1]
