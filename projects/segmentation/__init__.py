@@ -1,0 +1,43 @@
+"""MMSegmentation plug-in: EVA ViT-Adapter backbone, layer-decay optimizer constructor, checked datasets.
+
+Importing this package registers everything in mmseg's / mmengine's registries; configs do it with
+``custom_imports = dict(imports=["projects.segmentation"])``. The packaging stand-ins come first: mmcv-lite has
+no compiled ops, so ``mmcv._ext`` is stood in for and mmcv's GPU deformable attention is routed to the core's
+pure-PyTorch op (both only when the compiled ops are missing).
+"""
+
+from projects.compat import apply_mmcv
+
+apply_mmcv()
+
+from . import mmcv_lite  # noqa: E402
+
+mmcv_lite.apply()
+
+import mmdet.models  # noqa: E402,F401  (mmdet's Mask2Former parts register under the "mmdet" scope)
+
+from .backbone import EVAViTAdapter, norm_layer_from_cfg  # noqa: E402
+from .checkpoint_io import AtomicLocalBackend, load_local_checkpoint  # noqa: E402
+from .datasets import (  # noqa: E402
+    CheckedADE20KDataset,
+    CheckedCOCOStuffDataset,
+    CheckedSegDataset,
+    DatasetFileError,
+    LoadCheckedAnnotations,
+    SyntheticADEDataset,
+)
+from .optimizer import LayerDecayOptimWrapperConstructor  # noqa: E402
+
+__all__ = [
+    "EVAViTAdapter",
+    "norm_layer_from_cfg",
+    "CheckedADE20KDataset",
+    "CheckedCOCOStuffDataset",
+    "CheckedSegDataset",
+    "DatasetFileError",
+    "LoadCheckedAnnotations",
+    "SyntheticADEDataset",
+    "LayerDecayOptimWrapperConstructor",
+    "AtomicLocalBackend",
+    "load_local_checkpoint",
+]

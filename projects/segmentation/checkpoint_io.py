@@ -1,0 +1,62 @@
+"""How the runner writes and reads its checkpoints: atomic writes, and loads that work with ``weights_only``.
+
+- Writes: mmengine writes checkpoints with a plain ``open(path, "wb")``, so a job killed mid-write leaves a
+  truncated ``iter_N.pth`` that ``--resume`` then picks up. The ``atomic_local`` file backend writes through a
+  temporary file and a rename (:func:`eva_transfer.checkpoint.write_bytes_atomic`): a checkpoint, and
+  ``last_checkpoint``, is the old one or the complete new one. Configs select it with
+  ``default_hooks.checkpoint.backend_args=dict(backend="atomic_local")``.
+- Reads: since torch 2.6 ``torch.load`` defaults to ``weights_only=True`` and refuses mmengine's own checkpoints
+  (the message hub pickles ``HistoryBuffer`` objects holding NumPy arrays and their statistics methods).
+  :func:`load_local_checkpoint` replaces mmengine's loader for local paths: it keeps ``weights_only=True`` and
+  allows exactly those types, instead of falling back to unrestricted unpickling.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os.path as osp
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from mmengine.fileio import LocalBackend, register_backend
+from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.runner import CheckpointLoader
+
+from eva_transfer.checkpoint import write_bytes_atomic
+
+__all__ = ["AtomicLocalBackend", "RUNNER_CHECKPOINT_GLOBALS", "load_local_checkpoint"]
+
+
+@register_backend("atomic_local", force=True)
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend with atomic ``put`` / ``put_text``."""
+
+    def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
+        write_bytes_atomic(obj, filepath)
+
+    def put_text(self, obj: str, filepath: Union[str, Path], encoding: str = "utf-8") -> None:
+        write_bytes_atomic(obj.encode(encoding), filepath)
+
+
+def _numpy_globals() -> list:
+    core = getattr(np, "_core", None) or np.core  # NumPy 2 / 1
+    types = [np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
+    types += [type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "b1")]  # NumPy 2 dtypes
+    return types
+
+
+#: the non-tensor types inside the runner's checkpoints (message hub, meta); ``getattr`` fetches
+#: HistoryBuffer's statistics methods, and only allow-listed results may be called
+RUNNER_CHECKPOINT_GLOBALS = [HistoryBuffer, builtins.getattr, *_numpy_globals()]
+
+
+@CheckpointLoader.register_scheme(prefixes="", force=True)
+def load_local_checkpoint(filename: str, map_location=None):
+    """mmengine's local checkpoint loader, with ``weights_only=True`` and the runner's own types allowed."""
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f"checkpoint {filename!r} does not exist")
+    with torch.serialization.safe_globals(RUNNER_CHECKPOINT_GLOBALS):
+        return torch.load(filename, map_location=map_location, weights_only=True)

@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""Evaluates a trained segmentor (mIoU through mmseg's IoUMetric) on the config's test set.
+
+    python tools/test_seg.py CONFIG CHECKPOINT                 # the config's inference (sliding window for EVA)
+    python tools/test_seg.py CONFIG CHECKPOINT --tta           # multi-scale + flip (the config's tta_pipeline)
+    python tools/test_seg.py CONFIG CHECKPOINT --show-dir vis  # also write prediction overlays
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmengine.config import DictAction  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+import projects.segmentation  # noqa: E402,F401
+from projects.segmentation.cli import load_config  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("checkpoint", help="a segmentor checkpoint written by tools/train_seg.py")
+    p.add_argument("--work-dir")
+    p.add_argument("--tta", action="store_true", help="multi-scale + flip testing")
+    p.add_argument("--show-dir", help="write images with the predicted segmentation drawn on them here")
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, default=None)
+    p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def build_runner(args: argparse.Namespace) -> Runner:
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint {args.checkpoint!r} does not exist")
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+    if args.tta:
+        if "tta_pipeline" not in cfg or "tta_model" not in cfg:
+            raise KeyError(f"--tta needs tta_pipeline and tta_model in {args.config}")
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    if args.show_dir:
+        vis = cfg.default_hooks.get("visualization")
+        if vis is None:
+            raise KeyError(f"--show-dir needs default_hooks.visualization in {args.config}")
+        vis.draw = True
+        vis.interval = 1
+        cfg.visualizer.save_dir = args.show_dir
+    return Runner.from_cfg(cfg)
+
+
+def main(argv=None) -> dict:
+    runner = build_runner(parse_args(argv))
+    return runner.test()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Trains a segmentation config on mmengine's Runner.
+
+    python tools/train_seg.py configs/segmentation/eva_tiny_mask2former_synthetic.py \
+        --cfg-options train_dataloader.dataset.data_root=data/synthetic_ade
+    python tools/train_seg.py CONFIG --resume                 # continue from work_dir's last checkpoint
+    torchrun --nproc-per-node 8 tools/train_seg.py CONFIG --launcher pytorch
+
+Overrides in --cfg-options must name existing keys (a typo is an error); add a new key with a leading '+'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmengine.config import DictAction  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+import projects.segmentation  # noqa: E402,F401  (registers the plug-in before the config is built)
+from projects.segmentation.cli import load_config  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="config file")
+    p.add_argument("--work-dir", help="where logs and checkpoints go (default: work_dirs/<config name>)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="resume training: from work_dir's last checkpoint, or from CHECKPOINT")
+    p.add_argument("--amp", action="store_true", help="mixed-precision training (AmpOptimWrapper)")
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
+                   help="override config keys, e.g. train_cfg.max_iters=1000 optim_wrapper.optimizer.lr=1e-4")
+    p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def build_runner(args: argparse.Namespace) -> Runner:
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    if args.amp:
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+    if args.resume == "auto":
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return Runner.from_cfg(cfg)
+
+
+def main(argv=None) -> Runner:
+    runner = build_runner(parse_args(argv))
+    runner.train()
+    return runner
+
+
+if __name__ == "__main__":
+    main()
