@@ -93,7 +93,7 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         if isinstance(obj, dict) and isinstance(obj.get("model"), Mapping) and any(
             k.startswith("backbone.") for k in obj["model"]
         ):
-            return obj  # a detector checkpoint (this toolkit's or Detectron2's)
+            return dict(obj, __source__=f)  # a detector checkpoint (this toolkit's or Detectron2's)
         return {"model": unwrap_state_dict(obj, f), "__backbone_only__": True, "__source__": f}
 
     def _load_model(self, checkpoint: dict[str, Any]):

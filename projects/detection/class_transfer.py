@@ -111,14 +111,14 @@ def is_class_specific(key: str) -> bool:
     return bool(_CLASS_KEYS.search(key)) and key.startswith("roi_heads.")
 
 
-def _rows_per_class(n_rows: int, num_classes: int) -> tuple[int, int] | None:
-    """(rows per class, extra trailing rows) for a parameter with ``n_rows`` rows, or None if not class-indexed."""
-    if n_rows == num_classes + 1:
-        return 1, 1  # logits with background last
-    if n_rows == num_classes:
-        return 1, 0  # mask predictor, sigmoid logits
-    if n_rows == 4 * num_classes:
-        return 4, 0  # class-specific box deltas
+def _layout(key: str, n_rows: int, num_classes: int) -> tuple[int, int] | None:
+    """(rows per class, trailing rows) of a class-specific parameter, or None when it is class-agnostic."""
+    if ".cls_score." in key:
+        return (1, 1) if n_rows == num_classes + 1 else None  # logits, background last
+    if ".bbox_pred." in key:
+        return (4, 0) if n_rows == 4 * num_classes and n_rows != 4 else None  # 4 rows: class-agnostic deltas
+    if ".predictor." in key:
+        return (1, 0) if n_rows == num_classes and n_rows != 1 else None  # 1 row: class-agnostic mask
     return None
 
 
@@ -135,28 +135,31 @@ def transfer_class_rows(
         target_classes: the target model's class names.
     """
     report = ClassTransferReport()
-    ks, kt = (len(source_classes) if source_classes is not None else None), len(target_classes)
+    kt = len(target_classes)
+    if source_classes is not None:
+        ks = len(source_classes)
+    else:
+        logits = [v for k, v in state_dict.items() if is_class_specific(k) and ".cls_score." in k]
+        ks = logits[0].shape[0] - 1 if logits else kt
     matches = match_classes(source_classes, target_classes, target_synonyms) if source_classes else {}
+    same_space = source_classes is not None and list(source_classes) == list(target_classes)
     for key in [k for k in state_dict if is_class_specific(k) and k in model_state]:
         src, dst = state_dict[key], model_state[key]
-        if src.shape == dst.shape and source_classes is not None and list(source_classes) == list(target_classes):
+        if same_space and src.shape == dst.shape:
             continue
-        layout_t = _rows_per_class(dst.shape[0], kt)
-        if layout_t is None:
-            continue  # class-agnostic (e.g. 4-row box deltas)
-        if ks is None:
-            ks = src.shape[0] - layout_t[1] if layout_t[0] == 1 else src.shape[0] // 4
-        layout_s = _rows_per_class(src.shape[0], ks)
-        if layout_s is None or layout_s != layout_t or src.shape[1:] != dst.shape[1:]:
+        layout = _layout(key, dst.shape[0], kt)
+        if layout is None:
+            continue
+        if _layout(key, src.shape[0], ks) != layout or src.shape[1:] != dst.shape[1:]:
             raise ValueError(
                 f"class-specific parameter {key!r}: checkpoint shape {list(src.shape)} does not fit "
                 f"{ks} source classes for the model's {list(dst.shape)} ({kt} classes)"
             )
-        r = layout_t[0]
+        r = layout[0]
         new = dst.detach().clone().to(src.dtype)
         for j, i in matches.items():
             new[j * r : (j + 1) * r] = src[i * r : (i + 1) * r]
-        if layout_t[1]:
+        if layout[1]:
             new[-1] = src[-1]  # background
         state_dict[key] = new
         report.keys.append(key)

@@ -66,6 +66,8 @@ def check_override_keys(cfg: DictConfig, overrides: Iterable[str]) -> None:
             continue
         if OmegaConf.select(cfg, key, default=_MISSING, throw_on_resolution_failure=False) is not _MISSING:
             continue
+        if _target_accepts(cfg, key):
+            continue
         known = known if known is not None else config_keys(cfg)
         close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
         parent = key.rsplit(".", 1)[0] if "." in key else ""
@@ -77,6 +79,27 @@ def check_override_keys(cfg: DictConfig, overrides: Iterable[str]) -> None:
 
 
 _MISSING = object()
+
+
+def _target_accepts(cfg: DictConfig, key: str) -> bool:
+    """Whether ``key`` is a new argument of a LazyCall node whose target takes it (by name or ``**kwargs``)."""
+    import inspect
+
+    from detectron2.utils.registry import locate
+
+    if "." not in key:
+        return False
+    parent_key, arg = key.rsplit(".", 1)
+    parent = OmegaConf.select(cfg, parent_key, default=None, throw_on_resolution_failure=False)
+    if not isinstance(parent, DictConfig) or "_target_" not in parent:
+        return False
+    target = parent._target_
+    target = locate(target) if isinstance(target, str) else target
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    return arg in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
 def setup_run(cfg: DictConfig, args=None) -> None:

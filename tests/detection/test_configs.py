@@ -1,0 +1,125 @@
+"""The config tree: every recipe loads and saves (no lambdas), the published settings (SPEC section 3) are what
+the recipes build, overrides of unknown keys fail with a suggestion, and yacs users can build the backbone."""
+
+import glob
+import math
+import os
+import re
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.modeling import build_backbone as d2_build_backbone
+
+from projects.detection.backbone import add_eva_config
+from projects.detection.engine import ConfigKeyError, load_config
+
+from .conftest import REPO, TINY_COCO
+
+CONFIGS = sorted(glob.glob(str(REPO / "configs/detection/*.py")))
+
+
+def cfg_of(name, *overrides):
+    return load_config(str(REPO / f"configs/detection/{name}.py"), list(overrides))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_loads_and_saves(path, tmp_path):
+    cfg = LazyConfig.load(path)
+    assert set(cfg) == {"model", "dataloader", "optimizer", "lr_multiplier", "train"}
+    LazyConfig.save(cfg, str(tmp_path / "cfg.yaml"))  # fails on lambdas and other unsavable objects
+    again = LazyConfig.load(str(tmp_path / "cfg.yaml"))
+    assert again.train.max_iter == cfg.train.max_iter and again.model.backbone.net.name == cfg.model.backbone.net.name
+
+
+def test_coco_recipe_is_the_published_one():
+    cfg = cfg_of("eva_g_coco_1280")
+    with torch.device("meta"):
+        model = instantiate(cfg.model)
+    net = model.backbone.net
+    assert (net.depth, net.embed_dim, net.num_heads, net.patch_size, net.window_size) == (40, 1408, 16, 16, 16)
+    assert net.global_block_indexes == tuple(range(3, 40, 4)) and net.use_act_checkpoint
+    assert math.isclose(net.blocks[-1].drop_path.drop_prob, 0.6)
+    assert model.backbone.padding_constraints["square_size"] == 1280
+    rh = model.roi_heads
+    assert rh.num_cascade_stages == 3 and rh.num_classes == 80
+    assert [p.box2box_transform.weights for p in rh.box_predictor] == [(10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15)]
+    assert [m.thresholds[1] for m in rh.proposal_matchers] == [0.5, 0.6, 0.7]
+    assert all(p.bbox_pred.out_features == 4 for p in rh.box_predictor)  # class-agnostic
+    head = rh.box_head[0]
+    assert [type(c.norm).__name__ for c in head.conv_norm_relus] == ["LayerNorm"] * 4 and len(head.fcs) == 1
+    assert len(rh.mask_head.conv_norm_relus) == 4 and rh.batch_size_per_image == 512 and rh.positive_fraction == 0.25
+    assert rh.soft_nms == dict(method="linear", iou_threshold=0.6, sigma=0.5, score_floor=1e-3)
+    assert rh.maskness_rescoring
+    rpn = model.proposal_generator
+    assert [list(a) for a in rpn.anchor_generator.cell_anchors][0].__len__() == 3
+    aug = instantiate(cfg.dataloader.train.mapper.augmentations)
+    assert [type(a).__name__ for a in aug] == ["RandomFlip", "ResizeScale", "FixedSizeCrop"]
+    assert (aug[1].min_scale, aug[1].max_scale, aug[2].crop_size) == (0.1, 2.0, (1280, 1280))
+    assert cfg.dataloader.train.total_batch_size == 64
+    o = cfg.optimizer
+    assert (o.lr, tuple(o.betas), o.weight_decay, o.params.decay_rate) == (2.5e-5, (0.9, 0.999), 0.1, 0.9)
+    assert cfg.train.max_iter == 45000 and list(cfg.lr_multiplier.steps) == [40000]
+    assert cfg.lr_multiplier.warmup_iters == 500 and cfg.train.amp.enabled
+    sched = instantiate(cfg.lr_multiplier)
+    assert sched(0.5 / 45000) < 0.5 and sched(39999 / 45000) == 1.0 and math.isclose(sched(40001 / 45000), 0.1)
+    assert cfg_of("eva_g_coco_1536_test").dataloader.image_size == 1536
+
+
+def test_lvis_and_o365_recipes():
+    cfg = cfg_of("eva_g_lvis_1280")
+    assert cfg.model.roi_heads.num_classes == 1203 and cfg.train.max_iter == 75000
+    for p in cfg.model.roi_heads.box_predictors:
+        assert p.use_sigmoid_ce and p.use_fed_loss and p.fed_loss_num_classes == 50
+        assert p.get_fed_loss_cls_weights.freq_weight_power == 0.5
+        assert (p.test_score_thresh, p.test_topk_per_image) == (0.02, 300)
+    assert cfg.dataloader.train.sampler.repeat_factors.repeat_thresh == 0.001
+    assert cfg.model.roi_heads.soft_nms is None and cfg.optimizer.lr == 2.5e-5
+    cfg = cfg_of("eva_g_lvis_1536_test")
+    assert [(p.test_score_thresh, p.test_topk_per_image) for p in cfg.model.roi_heads.box_predictors] == [
+        (0.001, 1000)] * 3
+    assert cfg.train.checkpoint_load.rel_pos_resize == "geometric" and cfg.dataloader.image_size == 1536
+    o365 = cfg_of("eva_g_o365_1024")
+    assert (o365.optimizer.lr, o365.dataloader.train.total_batch_size, o365.model.roi_heads.num_classes) == (
+        1e-4, 128, 365)
+    assert (o365.dataloader.image_size, o365.train.stop_iter, o365.train.max_iter) == (1024, 320000, 380000)
+    stage2 = cfg_of("eva_g_o365_1280")
+    assert (stage2.dataloader.image_size, stage2.train.stop_iter, stage2.train.max_iter) == (1280, None, 380000)
+    assert cfg_of("vit_b_coco").model.backbone.net.name == "eva_b_det"
+    assert cfg_of("vit_l_coco").model.backbone.net.name == "eva_l_det"
+
+
+def test_published_values_appear_once_in_the_tree():
+    def code(path):  # without docstrings and comments, which quote the values
+        return re.sub(r"#.*", "", re.sub(r'""".*?"""', "", open(path).read(), flags=re.S))
+
+    text = {p: code(p) for p in glob.glob(str(REPO / "configs/detection/**/*.py"), recursive=True)}
+    for literal in ["2.5e-5", "45000", "40000", "75000", "380000", "320000", "repeat_thresh=0.001",
+                    "freq_weight_power=0.5", "fed_loss_num_classes = 50", "(0.9, 0.999)", "weight_decay=0.1",
+                    "decay_rate=0.9", "warmup_iters=500", "iou_threshold=0.6", "min_scale=0.1, max_scale=2.0"]:
+        hits = [(os.path.basename(p), t.count(literal)) for p, t in text.items() if literal in t]
+        assert len(hits) == 1 and hits[0][1] == 1, (literal, hits)
+
+
+def test_override_typo_is_a_clear_error():
+    with pytest.raises(ConfigKeyError, match=r"'train\.max_iters'.*Did you mean 'train\.max_iter'"):
+        load_config(TINY_COCO, ["train.max_iters=10"])
+    with pytest.raises(ConfigKeyError, match="optimizer.lrr"):
+        load_config(TINY_COCO, ["optimizer.lrr=1"])
+    # new arguments of a called target are fine (checked by the target itself), as is +key
+    cfg = load_config(TINY_COCO, ["model.backbone.net.drop_path_rate=0.2", "+train.note=x", "train.max_iter=7"])
+    assert cfg.train.max_iter == 7 and cfg.model.backbone.net.drop_path_rate == 0.2
+    with pytest.raises(TypeError, match="did you mean 'drop_path_rate'"):
+        instantiate(load_config(TINY_COCO, ["model.backbone.net.drop_path_rat=0.2"]).model.backbone)
+
+
+def test_yacs_backbone():
+    cfg = get_cfg()
+    add_eva_config(cfg)
+    cfg.MODEL.BACKBONE.NAME = "build_eva_backbone"
+    cfg.MODEL.EVA.PRESET = "eva_tiny_det"
+    cfg.MODEL.EVA.SQUARE_PAD = 128
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    bb = d2_build_backbone(cfg)
+    assert [s.stride for s in bb.output_shape().values()] == [4, 8, 16, 32, 64]
+    assert bb.padding_constraints["square_size"] == 128 and bb.net.embed_dim == 64
