@@ -82,6 +82,7 @@ DEFAULTS: dict[str, Any] = dict(
         resume="auto",  # "auto" (the output folder's last checkpoint), a path, or None
         checkpoint_every=1000,  # steps
         keep_checkpoints=1,
+        max_steps_per_run=None,  # checkpoint and exit after this many steps (time-limited or preemptible jobs)
         log_every=20,
         tensorboard=True,
         export="backbone.safetensors",  # written in output_dir at the end

@@ -195,13 +195,12 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
     for g in groups:
         g.pop("param_names", None)
     adamw = dict(lr=ocfg["lr"], betas=tuple(ocfg["betas"]), eps=ocfg["eps"])
-    if ocfg["zero"]:
+    use_zero = bool(ocfg["zero"]) and world > 1
+    if ocfg["zero"] and not use_zero and is_main:
+        print("[pretrain] optim.zero: one process, nothing to shard; using plain AdamW", flush=True)
+    if use_zero:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
-        if world == 1:
-            logger.info("optim.zero with one process: nothing to shard")
-        if not dist.is_initialized():
-            raise RuntimeError("optim.zero needs torch.distributed (launch with torchrun)")
         optimizer = ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, **adamw)
     else:
         optimizer = torch.optim.AdamW(groups, **adamw)
@@ -235,7 +234,7 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
     if is_main:
         print(f"[pretrain] {len(dataset)} images, {steps_per_epoch} steps/epoch, {total_steps} steps "
               f"(warm-up {warmup_steps}), global batch {global_batch} on {world} process(es), {device}, "
-              f"amp={amp_dtype}, zero={bool(ocfg['zero'])}", flush=True)
+              f"amp={amp_dtype}, zero={use_zero}", flush=True)
 
     history: list[StepRecord] = []
     skipped_total = 0
@@ -296,7 +295,8 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
                         print(_progress(record, total_steps), flush=True)
                 for cb in callbacks:
                     cb(record)
-                if stats[1].item() > 0 or stop.set:
+                run_limit = tcfg["max_steps_per_run"]
+                if stats[1].item() > 0 or stop.set or (run_limit and step - start_step >= run_limit):
                     interrupted = True
                 if interrupted or step % tcfg["checkpoint_every"] == 0 or step == total_steps:
                     _save_training_state(out_dir, student, optimizer, scaler, step, cfg, is_main,

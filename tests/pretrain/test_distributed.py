@@ -36,11 +36,16 @@ def test_two_processes_match_one(tmp_path, image_folder, tiny_config, tiny_overr
     extra = {"schedule.total_steps": STEPS, "schedule.warmup_steps": 2, "model.drop_path_rate": 0.0,
              "train.batch_size": 16}
     single = train(load_config(tiny_config, tiny_overrides(image_folder, tmp_path / "one", **extra)))["history"]
-    two = _torchrun(tiny_config, tiny_overrides(image_folder, tmp_path / "two", **extra, **{"optim.zero": zero}),
-                    tmp_path)
+    overrides = tiny_overrides(image_folder, tmp_path / "two", **extra, **{"optim.zero": zero})
+    if zero:
+        # stop after 3 steps and resume: the sharded optimizer state is consolidated, saved and restored
+        first = _torchrun(tiny_config, overrides + ["train.max_steps_per_run=3"], tmp_path)
+        assert [r["step"] for r in first] == [1, 2, 3]
+    two = _torchrun(tiny_config, overrides, tmp_path)
     assert [r["step"] for r in two] == list(range(1, STEPS + 1))
+    print(f"max |loss difference| over {STEPS} steps: {max(abs(a['loss'] - b['loss']) for a, b in zip(single, two)):.2e}")
     for a, b in zip(single, two):
         assert b["lr"] == a["lr"]
         # same samples, same masks; only the order of floating-point reductions differs
-        assert b["loss"] == pytest.approx(a["loss"], abs=2e-5), (a, b)
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), (a, b)
     assert single[-1]["loss"] < single[0]["loss"] - 0.3  # the compared curve moves

@@ -142,7 +142,9 @@ def test_mixed_precision_path(tmp_path, image_folder, tiny_config, tiny_override
     from eva_transfer.pretrain import trainer
 
     monkeypatch.setattr(trainer, "_amp_dtype", lambda name, device: dtype)
-    cfg = load_config(tiny_config, tiny_overrides(image_folder, tmp_path / "run", **{"schedule.total_steps": 4}))
+    # optim.zero (the EVA-g setting) with a single process falls back to plain AdamW
+    cfg = load_config(tiny_config, tiny_overrides(image_folder, tmp_path / "run", **{"schedule.total_steps": 4,
+                                                                                    "optim.zero": True}))
     summary = train(cfg)
     losses = [r["loss"] for r in summary["history"]]
     assert len(losses) == 4 and all(np.isfinite(losses)) and losses[-1] < losses[0]
