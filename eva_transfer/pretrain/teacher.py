@@ -57,6 +57,9 @@ class CLIPTeacher(nn.Module):
             for attr in ("conv1", "ln_post", "transformer"):
                 if not hasattr(tower, attr):
                     raise TypeError(f"teacher {self.name}: an open_clip vision tower with {attr!r} is expected")
+            if getattr(tower, "attn_pool", None) is not None:
+                raise TypeError(f"teacher {self.name}: an attention-pooled tower (CoCa style) has no per-patch "
+                                f"outputs; use a CLIP ViT with token or average pooling")
             self.patch_size = _pair(tower.conv1.kernel_size)[0]
             self.img_size = tuple(_pair(tower.image_size))
             proj = getattr(tower, "proj", None)
@@ -87,6 +90,8 @@ class CLIPTeacher(nn.Module):
         finally:
             tower.output_tokens = previous
         tokens = out[1]  # (B, N, C) after ln_post (open_clip applies it before pooling by default)
+        if tokens.shape[1] == grid[0] * grid[1] + 1:  # pool_type 'none' keeps the class token
+            tokens = tokens[:, 1:]
         if getattr(tower, "final_ln_after_pool", False):
             tokens = tower.ln_post(tokens)
         if tower.proj is not None:

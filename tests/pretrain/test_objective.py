@@ -114,3 +114,52 @@ def test_open_clip_teacher_needs_the_package():
             build_teacher(family="open_clip", name="ViT-L-14", pretrained=False)
     else:
         pytest.skip("open_clip is installed")
+
+
+class _OpenCLIPLikeTower(torch.nn.Module):
+    """The interface of open_clip's vision ``VisionTransformer`` (conv1, class token, ln_pre, transformer, ln_post
+    applied before pooling unless ``final_ln_after_pool``, ``proj`` after it, ``output_tokens``), for a test
+    without the package."""
+
+    def __init__(self, width=24, out=12, patch=16, image=64, final_ln_after_pool=False):
+        super().__init__()
+        self.image_size, self.grid_size = (image, image), (image // patch, image // patch)
+        self.output_tokens, self.final_ln_after_pool = False, final_ln_after_pool
+        self.conv1 = torch.nn.Conv2d(3, width, patch, patch, bias=False)
+        self.class_embedding = torch.nn.Parameter(torch.randn(width))
+        self.ln_pre = torch.nn.LayerNorm(width)
+        self.transformer = torch.nn.TransformerEncoderLayer(width, 2, 48, batch_first=True)
+        self.ln_post = torch.nn.LayerNorm(width)
+        self.proj = torch.nn.Parameter(torch.randn(width, out))
+        torch.nn.init.normal_(self.ln_post.bias)
+
+    def forward(self, x):
+        x = self.conv1(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
+        x = self.transformer(self.ln_pre(x))
+        if self.final_ln_after_pool:
+            pooled, tokens = self.ln_post(x[:, 0]), x[:, 1:]
+        else:
+            x = self.ln_post(x)
+            pooled, tokens = x[:, 0], x[:, 1:]
+        pooled = pooled @ self.proj
+        return (pooled, tokens) if self.output_tokens else pooled
+
+
+@pytest.mark.parametrize("final_ln_after_pool", [False, True])
+def test_open_clip_style_tower_tokens(final_ln_after_pool):
+    from eva_transfer.pretrain import CLIPTeacher
+    from eva_transfer.pretrain.teacher import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    tower = _OpenCLIPLikeTower(final_ln_after_pool=final_ln_after_pool)
+    teacher = CLIPTeacher(tower, "open_clip", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    assert (teacher.out_dim, teacher.patch_size, teacher.img_size) == (12, 16, (64, 64))
+    images = torch.rand(2, 3, 64, 64)
+    out = teacher(images)
+    assert out.shape == (2, 16, 12) and tower.output_tokens is False
+    # reference: every token through the final norm and the projection, the way the pooled embedding is made
+    with torch.no_grad():
+        x = tower.conv1(teacher.normalize(images)).flatten(2).transpose(1, 2)
+        x = torch.cat([tower.class_embedding.expand(2, 1, -1), x], dim=1)
+        ref = tower.ln_post(tower.transformer(tower.ln_pre(x)))[:, 1:] @ tower.proj
+    torch.testing.assert_close(out, ref)
