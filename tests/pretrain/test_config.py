@@ -70,3 +70,22 @@ def test_lr_schedule():
     assert lr_at_step(100, **kw) == pytest.approx(1e-5)
     values = [lr_at_step(s, **kw) for s in range(10, 101)]
     assert all(a >= b for a, b in zip(values, values[1:])) and not math.isnan(values[-1])
+
+
+def test_eva_g_student_and_teacher_shapes():
+    # built on the meta device: shapes only, no memory
+    import torch
+
+    from eva_transfer.pretrain import build_student, build_teacher
+
+    cfg = load_config(EVA_G)
+    with torch.device("meta"):
+        student = build_student(cfg["model"]["backbone"], cfg["model"]["target_dim"])
+        teacher = build_teacher(name=cfg["teacher"]["name"], pretrained=False)
+    encoder = sum(p.numel() for p in student.backbone.parameters())
+    assert abs(encoder / 1e6 - 1011) < 1, encoder  # the paper's 1011M-parameter encoder
+    assert tuple(student.lm_head.weight.shape) == (768, 1408)
+    assert teacher.out_dim == 768 and teacher.patch_size == 14 and teacher.img_size == (224, 224)
+    # same 16x16 grid for student and teacher at 224: the targets need no interpolation
+    assert 224 // student.backbone.patch_size == 224 // teacher.patch_size == 16
+    assert tuple(teacher.tower.pretrained_cfg["mean"]) == (0.48145466, 0.4578275, 0.40821073)
