@@ -64,6 +64,7 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         self.class_synonyms = dict(class_synonyms or {})
         self.load_options = dict(load_options or {})
         self.last_load_reports: dict[str, Any] = {}
+        self.loaded_thing_classes: Optional[list[str]] = None  # class names stored in the last loaded file
 
     # ------------------------------------------------------------------------------------------------ saving
     def save(self, name: str, **kwargs: Any) -> None:
@@ -121,7 +122,8 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         print(report.summary())
         new_sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
         new_sd.update({prefix + k: v for k, v in converted.items()})
-        source_classes = checkpoint.pop("thing_classes", None) or self.source_classes
+        self.loaded_thing_classes = checkpoint.pop("thing_classes", None)
+        source_classes = self.loaded_thing_classes or self.source_classes
         reports = {"backbone": report}
         if self.thing_classes is not None:
             class_report = transfer_class_rows(

@@ -8,7 +8,7 @@ import detectron2.data.transforms as T
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-__all__ = ["lsj_train_augmentations", "test_augmentations", "step_schedule", "build_evaluator"]
+__all__ = ["lsj_train_augmentations", "test_augmentations", "step_schedule"]
 
 
 def lsj_train_augmentations(image_size: int, min_scale: float, max_scale: float) -> list:
@@ -39,19 +39,3 @@ def step_schedule(max_iter: int, steps: Sequence[int], warmup_iters: int, warmup
         warmup_length=warmup_iters / max_iter,
     )
 
-
-def build_evaluator(dataset_name: str, output_dir: str):
-    """The evaluator for a registered dataset: the plug-in's fast COCO/LVIS evaluators when installed,
-    Detectron2's otherwise (chosen by the dataset's ``evaluator_type``)."""
-    try:
-        from projects.detection.evaluation import build_evaluator as build_fast
-    except ImportError:
-        build_fast = None
-    if build_fast is not None:
-        return build_fast(dataset_name, output_dir)
-    from detectron2.data import MetadataCatalog
-    from detectron2.evaluation import COCOEvaluator, LVISEvaluator
-
-    kind = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
-    cls = LVISEvaluator if kind == "lvis" else COCOEvaluator
-    return cls(dataset_name, output_dir=output_dir)

@@ -62,17 +62,40 @@ def batched_soft_nms(
 ) -> tuple[Tensor, Tensor]:
     """:func:`soft_nms` applied per class (``classes``: ``(N,)`` ints); boxes of different classes never interact.
 
-    Returns ``keep`` sorted by decayed score (descending) and the decayed scores.
+    All classes advance together (one selection per class per step), so the loop runs as many steps as the
+    largest class has boxes. Returns ``keep`` sorted by decayed score (descending) and the decayed scores.
     """
-    if boxes.numel() == 0:
+    if method not in ("linear", "gaussian"):
+        raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {method!r}")
+    n = boxes.shape[0]
+    if n == 0:
         return boxes.new_zeros(0, dtype=torch.long), scores.new_zeros(0)
-    keeps, new_scores = [], []
-    for c in torch.unique(classes):
-        idx = torch.nonzero(classes == c).squeeze(1)
-        k, s = soft_nms(boxes[idx], scores[idx], iou_threshold, method, sigma, score_floor)
-        keeps.append(idx[k])
-        new_scores.append(s)
-    keep, new_scores = torch.cat(keeps), torch.cat(new_scores)
+    _, cls = torch.unique(classes, return_inverse=True)
+    num_cls = int(cls.max()) + 1
+    same = cls[:, None] == cls[None, :]
+    iou = box_iou(boxes.float(), boxes.float()) * same
+    current = scores.float().clone()
+    alive = current >= score_floor
+    index = torch.arange(n, device=boxes.device)
+    keep, kept_scores = [], []
+    while bool(alive.any()):
+        masked = torch.where(alive, current, torch.full_like(current, float("-inf")))
+        best = torch.full((num_cls,), float("-inf"), device=boxes.device).scatter_reduce(0, cls, masked, "amax")
+        is_best = alive & (masked == best[cls])
+        first = torch.full((num_cls,), n, device=boxes.device).scatter_reduce(
+            0, cls, torch.where(is_best, index, torch.full_like(index, n)), "amin")
+        chosen = first[first < n]
+        keep.append(chosen)
+        kept_scores.append(current[chosen])
+        alive[chosen] = False
+        overlap = iou[first.clamp(max=n - 1)[cls], index]  # IoU with the box chosen for the same class
+        if method == "linear":
+            decay = torch.where(overlap > iou_threshold, 1.0 - overlap, torch.ones_like(overlap))
+        else:
+            decay = torch.exp(-(overlap * overlap) / sigma)
+        current = torch.where(alive, current * decay, current)
+        alive &= current >= score_floor
+    keep, new_scores = torch.cat(keep), torch.cat(kept_scores).to(scores.dtype)
     order = new_scores.argsort(descending=True, stable=True)
     return keep[order], new_scores[order]
 

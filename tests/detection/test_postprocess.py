@@ -57,6 +57,20 @@ def test_soft_nms_gaussian_and_classes():
         soft_nms(boxes, scores, method="hard")
 
 
+def test_batched_soft_nms_equals_per_class_soft_nms():
+    torch.manual_seed(2)
+    xy = torch.rand(80, 2) * 50
+    boxes = torch.cat([xy, xy + 5 + torch.rand(80, 2) * 30], 1)
+    scores, classes = torch.rand(80), torch.randint(0, 4, (80,))
+    keep, new = batched_soft_nms(boxes, scores, classes, iou_threshold=0.3)
+    for c in range(4):
+        idx = torch.nonzero(classes == c).squeeze(1)
+        k, s = soft_nms(boxes[idx], scores[idx], iou_threshold=0.3)
+        mine = classes[keep] == c
+        assert keep[mine].tolist() == idx[k].tolist()
+        torch.testing.assert_close(new[mine], s)
+
+
 def test_hard_nms_inference_matches_detectron2():
     torch.manual_seed(1)
     r, k = 60, 5

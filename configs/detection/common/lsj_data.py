@@ -14,7 +14,8 @@ from detectron2.data import (
 )
 from omegaconf import OmegaConf
 
-from projects.detection.config_helpers import build_evaluator, lsj_train_augmentations, test_augmentations
+from projects.detection.config_helpers import lsj_train_augmentations, test_augmentations
+from projects.detection.evaluation import build_evaluator
 
 dataloader = OmegaConf.create()
 dataloader.image_size = 1280
