@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
+
 from projects.detection.class_frequency import FedLossClassWeights, category_image_counts, repeat_factors
 from projects.detection.data import make_synthetic_dataset, register_dataset, unregister_dataset
 
