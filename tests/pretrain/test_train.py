@@ -124,8 +124,10 @@ def test_unreadable_images_are_counted_and_empty_data_fails(tmp_path, make_image
     (folder / "img_0003.png").write_bytes(b"not a png")
     (folder / "img_0011.png").write_bytes(b"")
     cfg = load_config(tiny_config, tiny_overrides(folder, tmp_path / "run", **{"schedule.total_steps": 4,
-                                                                              "train.batch_size": 8}))
+                                                                              "train.batch_size": 8,
+                                                                              "train.tensorboard": True}))
     summary = train(cfg)
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
     # 4 steps of 8 = 2 epochs of 16 images, each file read once per epoch: 2 bad files x 2 epochs
     assert summary["skipped_images"] == 4
     assert summary["history"][-1]["skipped"] == 4
