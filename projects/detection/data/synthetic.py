@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from eva_transfer.checkpoint import write_bytes_atomic
+
 SHAPES = ("rectangle", "ellipse", "triangle", "diamond", "hexagon", "cross", "star", "trapezoid")
 # well separated hues (RGB); classes beyond len(SHAPES) * len(COLOURS) reuse pairs
 COLOURS = {
@@ -313,10 +315,5 @@ def make_synthetic_dataset(
 
 
 def write_json_atomic(obj, path: str | Path) -> None:
-    """Writes ``obj`` as JSON to ``path`` through a temporary file and a rename, so a reader never sees half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    tmp.replace(path)
+    """Writes ``obj`` as JSON to ``path`` atomically (the core's ``write_bytes_atomic``)."""
+    write_bytes_atomic(json.dumps(obj).encode(), path)

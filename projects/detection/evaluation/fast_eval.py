@@ -74,11 +74,16 @@ def limit_detections_per_image(results: Iterable[dict], max_dets: int) -> list[d
 def _top_k_per_image(image_ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     """Boolean (N,): whether a result is among the ``k`` best of its image (stable sort by score, descending)."""
     n = len(image_ids)
-    order = np.lexsort((np.arange(n), -scores, image_ids))
+    keep = np.ones(n, bool)
+    uniq, inverse, counts = np.unique(image_ids, return_inverse=True, return_counts=True)
+    crowded = counts[inverse] > k  # only images with more than k results need sorting
+    if not crowded.any():
+        return keep
+    sub = np.flatnonzero(crowded)
+    order = sub[np.lexsort((sub, -scores[sub], image_ids[sub]))]
     sorted_ids = image_ids[order]
     group_start = np.r_[0, np.flatnonzero(np.diff(sorted_ids)) + 1]
-    rank = np.arange(n) - np.repeat(group_start, np.diff(np.r_[group_start, n]))
-    keep = np.zeros(n, bool)
+    rank = np.arange(len(order)) - np.repeat(group_start, np.diff(np.r_[group_start, len(order)]))
     keep[order] = rank < k
     return keep
 
@@ -110,41 +115,45 @@ def _lvis_listed(coco_gt: COCO, image_ids: np.ndarray, cat_ids: np.ndarray) -> n
     return (result_codes >= 0) & np.isin(result_codes, np.concatenate(listed))
 
 
-def _result_columns(results: list[dict], geometry: str, iou_type: str):
-    """Lists (image ids, category ids, scores, geometries) of the results; clear error on a missing key."""
-    try:
-        return tuple([r[key] for r in results] for key in ("image_id", "category_id", "score", geometry))
-    except KeyError:
-        for i, r in enumerate(results):
-            missing = [k for k in ("image_id", "category_id", "score", geometry) if k not in r]
-            if missing:
-                raise KeyError(
-                    f"result {i} (image_id {r.get('image_id')}) has no {missing}, needed for {iou_type} evaluation"
-                ) from None
-        raise
+def _check_keys(results: list[dict], keys: tuple[str, ...], iou_type: str) -> None:
+    for i, r in enumerate(results):
+        missing = [k for k in keys if k not in r]
+        if missing:
+            raise KeyError(
+                f"result {i} (image_id {r.get('image_id')}) has no {missing}, needed for {iou_type} evaluation"
+            )
 
 
 def select_results(coco_gt: COCO, results, iou_type: str, style: str, max_dets_per_image: int) -> COCO:
     """The results as a faster-coco-eval ``COCO`` after the reference tool's pre-evaluation rules.
 
-    What ``loadRes`` builds, without its per-result Python work: box results get area w*h; mask results get area
-    and box from the mask (compressed RLE). LVIS: the ``max_dets_per_image`` best results per image are kept
+    What ``loadRes`` builds, without its per-result Python work: box results get area w*h, mask results (compressed
+    RLE) the mask's area, which decides their area range. LVIS: the ``max_dets_per_image`` best results per image are kept
     (lvis-api's ``LVISResults``), then results of categories neither present nor negative in their image are
     dropped (lvis-api ignores them).
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
     geometry = "bbox" if iou_type == "bbox" else "segmentation"
-    img, cat, score, geom = _result_columns(list(results), geometry, iou_type)
-    image_ids = np.array(img, np.int64)
-    unknown = set(np.unique(image_ids).tolist()) - set(coco_gt.imgs)
-    if unknown:
-        raise ValueError(f"results refer to image ids not in the ground truth: {sorted(unknown)[:10]}")
-    if style == "lvis" and len(img):
-        keep = _top_k_per_image(image_ids, np.array(score, np.float64), max_dets_per_image)
-        keep &= _lvis_listed(coco_gt, image_ids, np.array(cat, np.int64))
-        idx = np.flatnonzero(keep).tolist()
-        img, cat, score, geom = ([col[i] for i in idx] for col in (img, cat, score, geom))
+    keys = ("image_id", "category_id", "score", geometry)
+    results = list(results)
+    try:
+        image_ids = np.array([r["image_id"] for r in results], np.int64)
+        unknown = set(np.unique(image_ids).tolist()) - set(coco_gt.imgs)
+        if unknown:
+            raise ValueError(f"results refer to image ids not in the ground truth: {sorted(unknown)[:10]}")
+        if style == "lvis" and results:
+            keep = _lvis_listed(coco_gt, image_ids, np.array([r["category_id"] for r in results], np.int64))
+            crowded = np.bincount(np.unique(image_ids, return_inverse=True)[1]).max() > max_dets_per_image
+            if crowded:
+                keep &= _top_k_per_image(
+                    image_ids, np.array([r["score"] for r in results], np.float64), max_dets_per_image
+                )
+            results = [results[i] for i in np.flatnonzero(keep).tolist()]
+        img, cat, score, geom = ([r[key] for r in results] for key in keys)
+    except KeyError:
+        _check_keys(results, keys, iou_type)
+        raise
     if iou_type == "bbox":
         anns = [
             {
