@@ -185,6 +185,28 @@ def do_test(cfg: DictConfig, model) -> dict:
     return results
 
 
+class _StagedCheckpointer(hooks.PeriodicCheckpointer):
+    """Periodic checkpoints; ``model_final`` only when the planned ``max_iter`` is reached. A run that stops
+    earlier (``train.stop_iter``) ends with ``model_{iter}`` instead, which ``--resume`` continues from."""
+
+    def __init__(self, checkpointer, period: int, planned_iter: int, **kwargs):
+        super().__init__(checkpointer, period, **kwargs)
+        self.planned_iter = planned_iter
+
+    def before_train(self):
+        self.max_iter = self.planned_iter
+
+    def after_train(self):
+        finished = self.trainer.iter >= self.trainer.max_iter  # the loop ran to its end (no exception)
+        last = self.trainer.iter - 1
+        if finished and last + 1 < self.planned_iter and (last + 1) % self.period:
+            self.trainer.iter = last  # the trainer's saved state must name the last finished iteration
+            try:
+                self.checkpointer.save(f"{self.file_prefix}_{last:07d}", iteration=last)
+            finally:
+                self.trainer.iter = last + 1
+
+
 def do_train(cfg: DictConfig, resume: bool = False):
     """Trains ``cfg.model`` from ``train.init_checkpoint`` (or resumes ``train.output_dir``); evaluates at the
     end (and every ``train.eval_period`` iterations if > 0). Returns the trainer."""
@@ -209,7 +231,8 @@ def do_train(cfg: DictConfig, resume: bool = False):
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=LRMultiplier(optim, instantiate(cfg.lr_multiplier), max_iter)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            _StagedCheckpointer(checkpointer, planned_iter=max_iter, **cfg.train.checkpointer)
+            if comm.is_main_process() else None,
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, unwrapped))
             if cfg.train.eval_period >= 0 else None,
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, stop_iter), period=cfg.train.log_period)
