@@ -241,73 +241,76 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
     step = start_step
     interrupted = False
     t_start = time.time()
-    with _StopFlag() as stop:
-        while step < total_steps and not interrupted:
-            epoch, first = divmod(step, steps_per_epoch)
-            dataset.set_epoch(epoch)
-            sampler = GlobalBatchSampler(len(dataset), global_batch, rank, world, seed, epoch, first)
-            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=dcfg["workers"], collate_fn=collate,
-                                pin_memory=device.type == "cuda")
-            for batch in loader:
-                lr = lr_at_step(step, total_steps, warmup_steps, ocfg["lr"], scfg["warmup_lr"], scfg["min_lr"])
-                for g in optimizer.param_groups:
-                    g["lr"] = lr * g.get("lr_scale", 1.0)
-                torch.manual_seed(_step_seed(seed, step, rank))  # drop path draws are a function of the step
-                images = batch["image"].to(device, non_blocking=True)
-                mask = batch["mask"].to(device, non_blocking=True)
-                counts = torch.tensor([float(mask.sum()), float(batch["skipped"])], device=device)
-                if world > 1:
-                    dist.all_reduce(counts)
-                normalizer = counts[0].item() / world
-                loss = mim_loss(model, teacher, images, mask, mean, std, grid, normalizer, amp_dtype)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), ocfg["clip_grad"])
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+    try:
+        with _StopFlag() as stop:
+            while step < total_steps and not interrupted:
+                epoch, first = divmod(step, steps_per_epoch)
+                dataset.set_epoch(epoch)
+                sampler = GlobalBatchSampler(len(dataset), global_batch, rank, world, seed, epoch, first)
+                loader = DataLoader(dataset, batch_sampler=sampler, num_workers=dcfg["workers"], collate_fn=collate,
+                                    pin_memory=device.type == "cuda")
+                for batch in loader:
+                    lr = lr_at_step(step, total_steps, warmup_steps, ocfg["lr"], scfg["warmup_lr"], scfg["min_lr"])
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr * g.get("lr_scale", 1.0)
+                    torch.manual_seed(_step_seed(seed, step, rank))  # drop path draws are a function of the step
+                    images = batch["image"].to(device, non_blocking=True)
+                    mask = batch["mask"].to(device, non_blocking=True)
+                    counts = torch.tensor([float(mask.sum()), float(batch["skipped"])], device=device)
+                    if world > 1:
+                        dist.all_reduce(counts)
+                    normalizer = counts[0].item() / world
+                    loss = mim_loss(model, teacher, images, mask, mean, std, grid, normalizer, amp_dtype)
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), ocfg["clip_grad"])
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
 
-                stats = torch.tensor([loss.detach().float().item(), float(stop.set)], device=device)
-                if world > 1:
-                    dist.all_reduce(stats)
-                global_loss = stats[0].item() / world  # each rank's loss is world x its share of the mean
-                if not math.isfinite(global_loss) and amp_dtype != torch.float16:
-                    raise FloatingPointError(
-                        f"loss is {global_loss} at step {step} (lr {lr:.3g}); lower optim.lr, raise "
-                        f"schedule.warmup_epochs, or resume from the last checkpoint"
+                    stats = torch.tensor([loss.detach().float().item(), float(stop.set)], device=device)
+                    if world > 1:
+                        dist.all_reduce(stats)
+                    global_loss = stats[0].item() / world  # each rank's loss is world x its share of the mean
+                    if not math.isfinite(global_loss) and amp_dtype != torch.float16:
+                        raise FloatingPointError(
+                            f"loss is {global_loss} at step {step} (lr {lr:.3g}); lower optim.lr, raise "
+                            f"schedule.warmup_epochs, or resume from the last checkpoint"
+                        )
+                    step += 1
+                    skipped_total += int(counts[1].item())
+                    elapsed = time.time() - t_start
+                    rate = (step - start_step) / max(elapsed, 1e-9)
+                    record: StepRecord = dict(
+                        step=step, epoch=epoch, loss=global_loss, lr=lr, grad_norm=float(grad_norm),
+                        skipped=skipped_total, images_per_s=rate * global_batch, eta_s=(total_steps - step) / rate,
                     )
-                step += 1
-                skipped_total += int(counts[1].item())
-                elapsed = time.time() - t_start
-                rate = (step - start_step) / max(elapsed, 1e-9)
-                record: StepRecord = dict(
-                    step=step, epoch=epoch, loss=global_loss, lr=lr, grad_norm=float(grad_norm),
-                    skipped=skipped_total, images_per_s=rate * global_batch, eta_s=(total_steps - step) / rate,
-                )
-                history.append(record)
-                if is_main:
-                    log_file.write(json.dumps(record) + "\n")
-                    log_file.flush()
-                    if writer is not None:
-                        for k in ("loss", "lr", "grad_norm"):
-                            writer.add_scalar(f"train/{k}", record[k], step)
-                    if step % tcfg["log_every"] == 0 or step == total_steps or step == start_step + 1:
-                        print(_progress(record, total_steps), flush=True)
-                for cb in callbacks:
-                    cb(record)
-                run_limit = tcfg["max_steps_per_run"]
-                if stats[1].item() > 0 or stop.set or (run_limit and step - start_step >= run_limit):
-                    interrupted = True
-                if interrupted or step % tcfg["checkpoint_every"] == 0 or step == total_steps:
-                    _save_training_state(out_dir, student, optimizer, scaler, step, cfg, is_main,
-                                         tcfg["keep_checkpoints"])
-                if interrupted or step >= total_steps:
-                    break
-
-    if writer is not None:
-        writer.close()
-    if log_file is not None:
-        log_file.close()
+                    history.append(record)
+                    if is_main:
+                        log_file.write(json.dumps(record) + "\n")
+                        log_file.flush()
+                        if writer is not None:
+                            for k in ("loss", "lr", "grad_norm"):
+                                writer.add_scalar(f"train/{k}", record[k], step)
+                        if step % tcfg["log_every"] == 0 or step == total_steps or step == start_step + 1:
+                            print(_progress(record, total_steps), flush=True)
+                    for cb in callbacks:
+                        cb(record)
+                    run_limit = tcfg["max_steps_per_run"]
+                    # several processes decide on the reduced flag so that they all stop at the same step
+                    signalled = stats[1].item() > 0 or (world == 1 and stop.set)
+                    if signalled or (run_limit and step - start_step >= run_limit):
+                        interrupted = True
+                    if interrupted or step % tcfg["checkpoint_every"] == 0 or step == total_steps:
+                        _save_training_state(out_dir, student, optimizer, scaler, step, cfg, is_main,
+                                             tcfg["keep_checkpoints"])
+                    if interrupted or step >= total_steps:
+                        break
+    finally:
+        if writer is not None:
+            writer.close()
+        if log_file is not None:
+            log_file.close()
     export_path = None
     if step >= total_steps and tcfg["export"]:
         export_path = out_dir / tcfg["export"]
