@@ -154,3 +154,18 @@ def test_mixed_precision_path(tmp_path, image_folder, tiny_config, tiny_override
     assert (state["scaler"] is not None) == (dtype == torch.float16)
     if dtype == torch.float16:
         assert state["scaler"]["scale"] > 0
+
+
+def test_patch14_export_converts_into_the_patch16_detection_backbone(tmp_path):
+    # the EVA-g situation at tiny scale: pre-trained with 14 px patches on a 16x16 grid, detection uses 16 px
+    from eva_transfer import save_checkpoint
+    from eva_transfer.pretrain import build_student, export_state_dict
+
+    student = build_student("eva_tiny", 32, patch_size=14, img_size=224)
+    save_checkpoint(export_state_dict(student), tmp_path / "backbone.safetensors")
+    det = build_backbone("eva_tiny_det")
+    report = load_checkpoint(det, tmp_path / "backbone.safetensors", verbose=False)
+    assert set(report.resized) == {"patch_embed.proj.weight", "pos_embed"}
+    assert report.resized["patch_embed.proj.weight"][:2] == ((64, 3, 14, 14), (64, 3, 16, 16))
+    assert all("rel_pos" in k for k in report.missing) and not report.unexpected
+    assert det(torch.rand(1, 3, 128, 128)).shape == (1, 64, 8, 8)
