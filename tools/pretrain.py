@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""EVA masked image modelling with CLIP teacher features.
+r"""EVA masked image modelling with CLIP teacher features.
 
 Single process:   python tools/pretrain.py --config configs/pretrain/eva_tiny_cpu.py data.root=/data/images
 Several GPUs:     torchrun --nproc_per_node 8 tools/pretrain.py --config configs/pretrain/eva_g_clip_l14.py \
