@@ -89,3 +89,15 @@ def test_eva_g_student_and_teacher_shapes():
     # same 16x16 grid for student and teacher at 224: the targets need no interpolation
     assert 224 // student.backbone.patch_size == 224 // teacher.patch_size == 16
     assert tuple(teacher.tower.pretrained_cfg["mean"]) == (0.48145466, 0.4578275, 0.40821073)
+
+
+def test_the_package_imports_no_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys, eva_transfer.pretrain; "
+            "bad = sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'detectron2', 'mmcv', 'mmseg', 'mmdet', 'mmengine', 'open_clip', 'projects', 'tensorboard'}); "
+            "print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
