@@ -185,6 +185,18 @@ def do_test(cfg: DictConfig, model) -> dict:
     return results
 
 
+def wrap_ddp(model, device: str, *, fp16_compression: bool = False, **kwargs):
+    """DistributedDataParallel when several processes run: Detectron2's wrapper on GPU, a plain one on the CPU
+    (gloo; Detectron2's names a GPU device id)."""
+    if comm.get_world_size() == 1:
+        return model
+    if device.startswith("cuda"):
+        return create_ddp_model(model, fp16_compression=fp16_compression, **kwargs)
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, **kwargs)
+
+
 class _StagedCheckpointer(hooks.PeriodicCheckpointer):
     """Periodic checkpoints; ``model_final`` only when the planned ``max_iter`` is reached. A run that stops
     earlier (``train.stop_iter``) ends with ``model_{iter}`` instead, which ``--resume`` continues from."""
@@ -218,7 +230,7 @@ def do_train(cfg: DictConfig, resume: bool = False):
     del cfg.optimizer.params.model
     train_loader = instantiate(cfg.dataloader.train)
     device = resolve_device(cfg)
-    model = create_ddp_model(model, **cfg.train.ddp)
+    model = wrap_ddp(model, device, **cfg.train.ddp)
     if cfg.train.amp.enabled and device.startswith("cuda"):
         trainer = AMPTrainer(model, train_loader, optim)
     else:
