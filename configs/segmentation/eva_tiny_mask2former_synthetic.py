@@ -40,8 +40,8 @@ param_scheduler = [
     dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=20),
     dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=20),
 ]
-train_cfg = dict(max_iters=300, val_interval=300)
-default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=100),
+train_cfg = dict(max_iters=150, val_interval=150)
+default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=50),
                      visualization=dict(type="SegVisualizationHook"))
 env_cfg = dict(cudnn_benchmark=False)
 randomness = dict(seed=0)

@@ -1,0 +1,49 @@
+"""Shared helpers of the segmentation tests: the plug-in registered, tools loaded as modules, tiny-config overrides."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.registry import DefaultScope
+
+import projects.segmentation  # noqa: F401  (stand-ins and registration before any mmseg model import)
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_CONFIG = str(ROOT / "configs/segmentation/eva_tiny_mask2former_synthetic.py")
+CONFIG_DIR = ROOT / "configs/segmentation"
+
+
+def load_tool(name: str):
+    """Imports ``tools/<name>.py`` as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"seg_tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def data_options(root) -> list[str]:
+    """``--cfg-options`` pointing the tiny config's three dataloaders at ``root``."""
+    return [f"{k}.dataset.data_root={root}" for k in ("train_dataloader", "val_dataloader", "test_dataloader")]
+
+
+@pytest.fixture(autouse=True)
+def _mmseg_scope():
+    """Registries resolve names in mmseg's scope, as the configs' ``default_scope`` makes them in the tools."""
+    import mmseg.datasets  # noqa: F401
+    import mmseg.models  # noqa: F401
+
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny models run faster on one thread than on two: their ops are too small to split, and on a loaded
+    machine (CI runs jobs side by side) the second thread's waiting costs 10-20x the time."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
