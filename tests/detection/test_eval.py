@@ -316,3 +316,16 @@ def test_benchmark_runs_and_agrees(tmp_path):
     )
     for key in ("lvis/bbox", "coco/bbox"):
         assert report[key]["max_abs_diff"] < TOL and report[key]["speedup"] > 0
+
+
+def test_lvis_metadata_without_id_map_uses_one_based_ids():
+    """Detectron2's built-in LVIS metadata has no id map; its category ids are contiguous ids + 1."""
+    from detectron2.data import MetadataCatalog
+
+    MetadataCatalog.get("lvis_like_builtin").set(
+        json_file="unused.json", thing_classes=["a", "b", "c"], evaluator_type="lvis"
+    )
+    try:
+        assert build_evaluator("lvis_like_builtin").contiguous_to_dataset_id == {0: 1, 1: 2, 2: 3}
+    finally:
+        MetadataCatalog.remove("lvis_like_builtin")

@@ -82,9 +82,12 @@ class _FastEvaluator(DatasetEvaluator):
         self.dilation_ratio = dilation_ratio
         self.class_names = list(meta.thing_classes)
         id_map = getattr(meta, "thing_dataset_id_to_contiguous_id", None)
-        self.contiguous_to_dataset_id = (
-            {v: k for k, v in id_map.items()} if id_map else {i: i for i in range(len(self.class_names))}
-        )
+        if id_map:
+            self.contiguous_to_dataset_id = {v: k for k, v in id_map.items()}
+        else:
+            # Detectron2's built-in LVIS metadata has no id map: LVIS category ids are the contiguous ids + 1
+            offset = 1 if self.style == "lvis" else 0
+            self.contiguous_to_dataset_id = {i: i + offset for i in range(len(self.class_names))}
         self._gt = None
         self.reset()
 
