@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmengine.config import DictAction  # noqa: E402
+from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import projects.segmentation  # noqa: E402,F401  (registers the plug-in before the config is built)
@@ -38,7 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_runner(args: argparse.Namespace) -> Runner:
+def make_config(args: argparse.Namespace) -> Config:
+    """The run's config: the file, checked overrides, work dir, launcher, AMP and resume settings."""
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
@@ -49,11 +50,11 @@ def build_runner(args: argparse.Namespace) -> Runner:
     elif args.resume:
         cfg.resume = True
         cfg.load_from = args.resume
-    return Runner.from_cfg(cfg)
+    return cfg
 
 
 def main(argv=None) -> Runner:
-    runner = build_runner(parse_args(argv))
+    runner = Runner.from_cfg(make_config(parse_args(argv)))
     runner.train()
     return runner
 

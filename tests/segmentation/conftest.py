@@ -29,7 +29,7 @@ def data_options(root) -> list[str]:
     return [f"{k}.dataset.data_root={root}" for k in ("train_dataloader", "val_dataloader", "test_dataloader")]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _mmseg_scope():
     """Registries resolve names in mmseg's scope, as the configs' ``default_scope`` makes them in the tools."""
     import mmseg.datasets  # noqa: F401
