@@ -239,6 +239,11 @@ class ViTAdapter(nn.Module):
                 f"interaction_indexes {interaction_indexes} must cover blocks 0..{backbone.depth - 1} in order, "
                 "each exactly once"
             )
+        if add_vit_feature and len(interaction_indexes) != len(OUTPUT_STRIDES):
+            raise ValueError(
+                f"add_vit_feature adds one interaction's ViT map to each of the {len(OUTPUT_STRIDES)} outputs; got "
+                f"{len(interaction_indexes)} interactions"
+            )
         self.backbone = backbone
         self.embed_dim = dim
         self.interaction_indexes = interaction_indexes

@@ -157,6 +157,9 @@ def test_bad_arguments_are_explained():
         ViTAdapter(build_backbone("eva_tiny_det"))
     with pytest.raises(ValueError, match="cover blocks 0..3"):
         _adapter(interaction_indexes=[(0, 1), (3, 3)])
+    with pytest.raises(ValueError, match="got 2 interactions"):
+        _adapter(interaction_indexes=[(0, 1), (2, 3)])
+    assert len(_adapter(interaction_indexes=[(0, 1), (2, 3)], add_vit_feature=False).interactions) == 2
     with pytest.raises(ValueError, match="not divisible by 3 heads"):
         _adapter(deform_num_heads=3)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
