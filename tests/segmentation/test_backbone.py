@@ -1,0 +1,60 @@
+"""The registered EVAViTAdapter: checkpoint through the shared converter, normalisation choice, any input size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mmseg.registry import MODELS
+from torch import nn
+
+from eva_transfer import build_backbone
+from eva_transfer.checkpoint import save_checkpoint
+
+TINY = dict(type="EVAViTAdapter", backbone="eva_tiny_seg", adapter=dict(conv_inplane=16, deform_num_heads=4))
+
+
+def test_init_checkpoint_loads_backbone_through_shared_converter(tmp_path, capsys):
+    # an EVA MIM-style checkpoint of the tiny ViT: CLS token, mask token and final norm are dropped by the converter
+    source = build_backbone("eva_tiny")
+    path = tmp_path / "mim.pth"
+    save_checkpoint({"model": source.state_dict()}, path)
+    model = MODELS.build(dict(TINY, init_checkpoint=str(path), norm_cfg=dict(type="GN", num_groups=8)))
+    model.init_weights()
+    vit = model.adapter.backbone
+    for name, p in vit.named_parameters():
+        if name in source.state_dict() and not name.startswith("pos_embed"):
+            torch.testing.assert_close(p, source.state_dict()[name], msg=name)
+    assert "EVAViTAdapter: backbone weights from" in capsys.readouterr().out
+
+    # same outputs as the same weights set directly
+    direct = MODELS.build(dict(TINY, norm_cfg=dict(type="GN", num_groups=8)))
+    direct.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    model.eval(), direct.eval()
+    for a, b in zip(model(x), direct(x)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("norm_cfg, kind", [(dict(type="BN"), nn.BatchNorm2d),
+                                            (dict(type="GN", num_groups=8), nn.GroupNorm)])
+def test_normalisation_from_config(norm_cfg, kind):
+    model = MODELS.build(dict(TINY, norm_cfg=norm_cfg))
+    norms = [m for m in model.adapter.norms]
+    assert norms and all(type(m) is kind for m in norms)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())  # SyncBN only via the runner
+
+
+def test_input_not_divisible_by_32():
+    model = MODELS.build(dict(TINY, norm_cfg=dict(type="GN", num_groups=8))).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 70, 50))
+    assert [tuple(o.shape) for o in outs] == [(1, 64, 18, 13), (1, 64, 9, 7), (1, 64, 5, 4), (1, 64, 3, 2)]
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="out_indices"):
+        MODELS.build(dict(TINY, out_indices=(0, 4)))
+    with pytest.raises(ValueError, match="norm_cfg"):
+        MODELS.build(dict(TINY, adapter=dict(TINY["adapter"], norm_layer=nn.BatchNorm2d)))
+    with pytest.raises(KeyError, match="eva_tiny_sge"):
+        MODELS.build(dict(TINY, backbone="eva_tiny_sge"))
