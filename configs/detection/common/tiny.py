@@ -24,7 +24,7 @@ def shrink_to_tiny(model, dataloader, optimizer, train):
     dataloader.image_size = 128
     dataloader.train.mapper.augmentations.min_scale = 0.5
     dataloader.train.mapper.augmentations.max_scale = 1.5
-    dataloader.train.total_batch_size = 8
+    dataloader.train.total_batch_size = 16
     dataloader.train.num_workers = 1
     dataloader.test.num_workers = 1
     dataloader.synthetic_root = "./datasets/synthetic"
@@ -33,5 +33,5 @@ def shrink_to_tiny(model, dataloader, optimizer, train):
     optimizer.weight_decay = 0.05
     train.init_checkpoint = ""
     train.device = "cpu"
-    train.checkpointer.period = 200
+    train.checkpointer.period = 100
     train.log_period = 20

@@ -1,0 +1,42 @@
+"""tools/demo.py: an image and a folder in, one PNG with drawn detections per image out."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+from detectron2.config import instantiate
+from PIL import Image
+
+from projects.detection.checkpoint import EVADetectionCheckpointer
+from projects.detection.engine import load_config
+
+from .conftest import REPO, TINY_COCO
+
+
+def _demo_module():
+    spec = importlib.util.spec_from_file_location("demo_tool", REPO / "tools/demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_draws_pngs(tmp_path):
+    model = instantiate(load_config(TINY_COCO).model)
+    with_names = EVADetectionCheckpointer(model, str(tmp_path), thing_classes=[f"c{i}" for i in range(6)])
+    with_names.save("tiny")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("a.png", (100, 140)), ("b.jpg", (128, 128))):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / name)
+    single = tmp_path / "single.png"
+    Image.fromarray(rng.integers(0, 255, (90, 90, 3), dtype=np.uint8)).save(single)
+
+    written = _demo_module().main(["--config-file", TINY_COCO, "--checkpoint", str(tmp_path / "tiny.pth"),
+                                   "--input", str(single), str(folder), "--output", str(tmp_path / "out"),
+                                   "--score", "0.0"])
+    assert sorted(p.name for p in written) == ["a.png", "b.png", "single.png"]
+    assert Image.open(tmp_path / "out/a.png").size == (140, 100)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        _demo_module().main(["--config-file", TINY_COCO, "--checkpoint", str(tmp_path / "tiny.pth"),
+                             "--input", str(tmp_path / "missing.png"), "--output", str(tmp_path / "out")])
