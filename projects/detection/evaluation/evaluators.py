@@ -159,7 +159,8 @@ class _FastEvaluator(DatasetEvaluator):
             res = {k: (v * 100 if v >= 0 else math.nan) for k, v in metrics.items()}
             dataset_to_contiguous = {v: k for k, v in self.contiguous_to_dataset_id.items()}
             for cat_id, ap in fast_eval.per_category_ap(evaluator).items():
-                name = self.class_names[dataset_to_contiguous[cat_id]]
+                index = dataset_to_contiguous.get(cat_id)
+                name = self.class_names[index] if index is not None else str(cat_id)
                 res[f"AP-{name}"] = ap * 100 if ap >= 0 else math.nan
             logger.info(
                 "%s %s: %s",

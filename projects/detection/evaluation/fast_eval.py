@@ -4,10 +4,11 @@
 (``style="lvis"``) report for the same results; tests check equality to 1e-6. What this module adds on top of
 faster-coco-eval is what the official tools do outside their evaluation loop:
 
-- the results are prepared per IoU type as Detectron2's evaluators do: box results lose their masks, mask results
-  lose their boxes (so a mask's area and box come from the mask);
+- the results are taken per IoU type as Detectron2's evaluators hand them over: box results are evaluated by their
+  box, mask results by their mask, whose area (which decides the area range) comes from the mask;
 - LVIS keeps the ``max_dets_per_image`` (300) highest-scoring results per image over all categories, ties kept in
-  input order (lvis-api's rule), and evaluates at that single max-detections value;
+  input order (lvis-api's rule), and evaluates at that single max-detections value; results of categories neither
+  present nor negative in their image are dropped before evaluation (lvis-api ignores them);
 - boundary AP (the LVIS 2021 challenge metric): the IoU of a pair is min(mask IoU, boundary IoU), the boundary
   being the mask minus its erosion by ``dilation_ratio`` x image diagonal pixels (at least 1). faster-coco-eval
   computes it in C++; neither pycocotools nor lvis-api has it (the tests compare against an OpenCV version).
@@ -50,7 +51,10 @@ BOUNDARY_DILATION_RATIO = 0.02
 
 
 def load_ground_truth(gt) -> COCO:
-    """A faster-coco-eval ``COCO`` from a json path, an annotation dict or an existing ``COCO``."""
+    """A faster-coco-eval ``COCO`` from a json path, an annotation dict or an existing ``COCO``.
+
+    A dict is used in place: the evaluator adds keys (``ignore``, ``rle``) to its annotations.
+    """
     if isinstance(gt, COCO):
         return gt
     if isinstance(gt, (str, os.PathLike)):
@@ -127,10 +131,10 @@ def _check_keys(results: list[dict], keys: tuple[str, ...], iou_type: str) -> No
 def select_results(coco_gt: COCO, results, iou_type: str, style: str, max_dets_per_image: int) -> COCO:
     """The results as a faster-coco-eval ``COCO`` after the reference tool's pre-evaluation rules.
 
-    What ``loadRes`` builds, without its per-result Python work: box results get area w*h, mask results (compressed
-    RLE) the mask's area, which decides their area range. LVIS: the ``max_dets_per_image`` best results per image are kept
-    (lvis-api's ``LVISResults``), then results of categories neither present nor negative in their image are
-    dropped (lvis-api ignores them).
+    What ``loadRes`` builds, without its per-result Python work: box results get area w*h, mask results
+    (compressed RLE) the mask's area, which decides their area range. LVIS: the ``max_dets_per_image`` best
+    results per image are kept (lvis-api's ``LVISResults``), then results of categories neither present nor
+    negative in their image are dropped (lvis-api ignores them).
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
