@@ -66,6 +66,19 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda v, lo, w: ms_deform_attn(v, shapes, lo, w), inputs)
 
 
+def test_bfloat16_follows_the_float32_result():
+    value, shapes, loc, weights = _inputs(*CASES[0])
+    low = [t.bfloat16().requires_grad_() for t in (value, loc, weights)]
+    out = ms_deform_attn(low[0], shapes, low[1], low[2])
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in low)
+    # coordinates are computed in float32, so only the inputs' own rounding shows
+    v32, loc32, w32 = (t.detach().float() for t in low)
+    expected = ms_deform_attn(v32, shapes, loc32, w32)
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+
+
 def test_points_far_outside_read_zero():
     value, shapes, loc, weights = _inputs(1, 6, 2, 4, 3, [(5, 4), (3, 3)])
     far = loc.clone()
