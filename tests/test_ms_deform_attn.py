@@ -36,6 +36,7 @@ def _assert_equal(ours, ref, tol, name):
     """Max difference <= tol, scaled by the reference's largest magnitude when that exceeds 1: location gradients
     reach ~40 here (a pixel is 1/W of the normalised range), where float32 rounding of any implementation - mmcv's
     own against a float64 run included - is ~2e-5 absolute."""
+    ours, ref = ours.detach(), ref.detach()
     scale = max(1.0, float(ref.abs().max()))
     err = float((ours - ref).abs().max())
     assert err <= tol * scale, f"{name}: max difference {err:.3g} > {tol:g} x {scale:.3g}"
