@@ -21,7 +21,7 @@ import projects.segmentation  # noqa: E402,F401  (mmcv-lite stand-ins before mms
 from mmseg.apis import inference_model, init_model  # noqa: E402
 # isort: on
 
-from projects.segmentation.cli import load_config  # noqa: E402
+from projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
 
 
 def colourise(labels: np.ndarray, palette) -> np.ndarray:
@@ -69,4 +69,7 @@ def main(argv=None) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ConfigOverrideError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")

@@ -18,7 +18,7 @@ from mmengine.config import DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import projects.segmentation  # noqa: E402,F401
-from projects.segmentation.cli import load_config  # noqa: E402
+from projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,6 +40,10 @@ def build_runner(args: argparse.Namespace) -> Runner:
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from = args.checkpoint
     cfg.resume = False
+    # testing needs only the test set: the training and validation data may be absent
+    for key in ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler", "val_dataloader", "val_cfg",
+                "val_evaluator"):
+        cfg[key] = None
     if args.tta:
         if "tta_pipeline" not in cfg or "tta_model" not in cfg:
             raise KeyError(f"--tta needs tta_pipeline and tta_model in {args.config}")
@@ -53,6 +57,8 @@ def build_runner(args: argparse.Namespace) -> Runner:
         vis.draw = True
         vis.interval = 1
         cfg.visualizer.save_dir = args.show_dir
+        # visualizers are per-name singletons: a fresh name, so an earlier one (in the same process) is not reused
+        cfg.visualizer.name = f"show_dir:{Path(args.show_dir).resolve()}"
     return Runner.from_cfg(cfg)
 
 
@@ -62,4 +68,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ConfigOverrideError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")

@@ -21,7 +21,7 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import projects.segmentation  # noqa: E402,F401  (registers the plug-in before the config is built)
-from projects.segmentation.cli import load_config  # noqa: E402
+from projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,4 +60,7 @@ def main(argv=None) -> Runner:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ConfigOverrideError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")

@@ -60,3 +60,14 @@ def test_infer_writes_colour_coded_prediction(trained, tmp_path):
     np.testing.assert_array_equal(png, np.asarray(SYNTHETIC_PALETTE, np.uint8)[labels])
     labelled = truth >= 0
     assert (labels[labelled] == truth[labelled]).mean() > 0.8
+
+
+def test_tta_and_show_dir(trained, tmp_path):
+    test = load_tool("test_seg")
+    show = tmp_path / "show"
+    metrics = test.main([TINY_CONFIG, str(trained["checkpoint"]), "--tta", "--show-dir", str(show),
+                         "--work-dir", str(tmp_path / "work"),
+                         "--cfg-options", f"test_dataloader.dataset.data_root={trained['root']}"])
+    print(f"held-out mIoU with multi-scale + flip: {metrics['mIoU']:.2f}")
+    assert metrics["mIoU"] >= MIN_MIOU
+    assert len(list(show.rglob("*.png"))) == 16  # one drawing per held-out image
