@@ -58,3 +58,14 @@ def test_bad_arguments_are_named():
         MODELS.build(dict(TINY, adapter=dict(TINY["adapter"], norm_layer=nn.BatchNorm2d)))
     with pytest.raises(KeyError, match="eva_tiny_sge"):
         MODELS.build(dict(TINY, backbone="eva_tiny_sge"))
+
+
+def test_runner_sync_bn_option_converts_the_adapter_norms():
+    """What the runner does with ``sync_bn="torch"`` when training is distributed."""
+    from mmengine.model import convert_sync_batchnorm, revert_sync_batchnorm
+
+    model = convert_sync_batchnorm(MODELS.build(dict(TINY, norm_cfg=dict(type="BN"))), "torch")
+    assert all(isinstance(m, nn.SyncBatchNorm) for m in model.adapter.norms)
+    assert not any(type(m) is nn.BatchNorm2d for m in model.modules())
+    reverted = revert_sync_batchnorm(model)  # what it does on one device
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in reverted.modules())
