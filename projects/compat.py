@@ -8,6 +8,8 @@ Each patch is applied only when the real component is missing, and records why:
   (deformable conv, rotated boxes, the C++ COCO evaluator).
 - ``mmcv._ext``: mmcv's compiled ops. ``mmcv-lite`` lacks them and ``import mmcv.ops`` fails; with the stand-in,
   the pure-PyTorch paths of mmcv.ops (point_sample, multi-scale deformable attention on CPU) import and run.
+  mmcv's ``MultiScaleDeformableAttention`` calls the compiled op whenever its input is on CUDA; with the stand-in
+  that call is routed to the core's pure-PyTorch ``eva_transfer.ms_deform_attn`` (same semantics, any device).
 - ``lvis`` on NumPy 2: lvis-api 0.5.3 uses ``np.float``, removed in NumPy 2.0; its evaluator module is given a
   NumPy view that still has the alias.
 """
@@ -15,6 +17,7 @@ Each patch is applied only when the real component is missing, and records why:
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import logging
 import sys
@@ -32,6 +35,8 @@ class _MissingExtension(types.ModuleType):
     def __init__(self, name: str, hint: str):
         super().__init__(name)
         self.__file__ = f"<stand-in for {name}>"
+        # a spec without a loader: importlib/pkgutil queries (mmengine asks whether full mmcv is there) get "no"
+        self.__spec__ = importlib.machinery.ModuleSpec(name, None)
         self._hint = hint
 
     def __getattr__(self, attr: str):
@@ -75,7 +80,10 @@ def apply_detectron2() -> bool:
 
 
 def apply_mmcv() -> bool:
-    """Registers a stand-in ``mmcv._ext`` if mmcv is installed without its compiled ops (mmcv-lite)."""
+    """Registers a stand-in ``mmcv._ext`` if mmcv is installed without its compiled ops (mmcv-lite), and routes
+    mmcv's CUDA deformable-attention call to the core's pure-PyTorch op."""
+    if "mmcv._ext" in APPLIED:
+        return True
     if "mmcv._ext" in sys.modules or importlib.util.find_spec("mmcv") is None:
         return False
     reason = _real_import_fails("mmcv._ext")
@@ -86,7 +94,23 @@ def apply_mmcv() -> bool:
     )
     APPLIED["mmcv._ext"] = reason
     logger.info("mmcv._ext is not loadable (%s); using a stand-in", reason)
+    msda = importlib.import_module("mmcv.ops.multi_scale_deform_attn")
+    msda.MultiScaleDeformableAttnFunction = CoreDeformAttnFunction
+    APPLIED["mmcv.ops.MultiScaleDeformableAttnFunction"] = "CUDA deformable attention uses eva_transfer.ms_deform_attn"
     return True
+
+
+class CoreDeformAttnFunction:
+    """Stands for ``mmcv.ops.multi_scale_deform_attn.MultiScaleDeformableAttnFunction`` (its ``apply``)."""
+
+    @staticmethod
+    def apply(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step):
+        """value (B, S, heads, C/heads), spatial_shapes (L, 2) as (h, w), sampling_locations
+        (B, Q, heads, L, P, 2) in [0, 1] as (x, y), attention_weights (B, Q, heads, L, P) -> (B, Q, C).
+        ``level_start_index`` and ``im2col_step`` only matter to the compiled kernel."""
+        from eva_transfer.ms_deform_attn import ms_deform_attn
+
+        return ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights)
 
 
 def apply_lvis_numpy() -> bool:

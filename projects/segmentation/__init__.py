@@ -10,10 +10,6 @@ from projects.compat import apply_mmcv
 
 apply_mmcv()
 
-from . import mmcv_lite  # noqa: E402
-
-mmcv_lite.apply()
-
 import mmdet.models  # noqa: E402,F401  (mmdet's Mask2Former parts register under the "mmdet" scope)
 
 from .backbone import EVAViTAdapter, norm_layer_from_cfg  # noqa: E402

@@ -9,15 +9,15 @@ from mmcv.ops import multi_scale_deform_attn as msda
 from mmengine.utils.dl_utils import mmcv_full_available
 
 import projects.compat as compat
-from projects.segmentation import mmcv_lite
+import projects.segmentation  # noqa: F401  (applies the stand-ins as a user's import does)
 
 needs_lite = pytest.mark.skipif("mmcv._ext" not in compat.APPLIED, reason="a full mmcv build is installed")
 
 
 @needs_lite
 def test_compiled_function_is_replaced_only_in_mmcv_module():
-    assert mmcv_lite.apply() is True  # idempotent
-    assert msda.MultiScaleDeformableAttnFunction is mmcv_lite.CoreDeformAttnFunction
+    assert compat.apply_mmcv() is True  # idempotent
+    assert msda.MultiScaleDeformableAttnFunction is compat.CoreDeformAttnFunction
     assert "mmcv.ops.MultiScaleDeformableAttnFunction" in compat.APPLIED
 
 
@@ -38,7 +38,7 @@ def test_routed_function_equals_mmcv_pytorch_path(shapes):
     weights = torch.rand(b, q, heads, len(shapes), points, dtype=torch.float64).softmax(-1).requires_grad_()
     starts = torch.cat([spatial.new_zeros(1), (spatial[:, 0] * spatial[:, 1]).cumsum(0)[:-1]])
 
-    out = mmcv_lite.CoreDeformAttnFunction.apply(value, spatial, starts, loc, weights, 64)
+    out = compat.CoreDeformAttnFunction.apply(value, spatial, starts, loc, weights, 64)
     ref = msda.multi_scale_deformable_attn_pytorch(value, spatial, loc, weights)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     grad = torch.randn_like(ref)
