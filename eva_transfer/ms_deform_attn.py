@@ -7,10 +7,12 @@ weighted by the attention weights.
 
 Instead of one ``grid_sample`` per level followed by a stack and a weighted sum (which materialises
 ``B x Q x heads x L x P x D`` sampled values, and a second copy for the product), every bilinear corner becomes
-an (index, weight) pair - weight = attention weight x bilinear weight, zero for a corner outside its map - and one
-``embedding_bag`` call gathers and sums the value rows directly. Autograd gives the gradients of the value (through
-the gathered rows), and of the attention weights and sampling locations (through the per-corner weights). Only
-``B x Q x heads x L x P x 4`` scalars are kept for the backward pass, never a ``x D`` tensor.
+a (row, weight) pair - weight = attention weight x bilinear weight, zero for a corner outside its map - and one
+``embedding_bag`` call gathers and sums the value rows directly, with no per-level loop. The backward pass is
+written out: the location and attention gradients follow from the corner weights' gradients in a few element-wise
+operations, the value gradient is the transposed sum (a sparse matrix product), and the corner weights' gradient is
+``embedding_bag``'s gather-dot. Only ``B x Q x heads x L x P x 4`` scalars are kept for the backward pass, never a
+``x D`` tensor per sample.
 """
 
 from __future__ import annotations
