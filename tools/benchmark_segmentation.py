@@ -12,7 +12,8 @@ Widths default to EVA-g's (1408, 16 heads, value ratio 0.5, 4 points); the adapt
 4 ViT blocks (``--depth``) so that it runs on a CPU. Timings interleave the two implementations and report medians
 of wall-clock time (and, on CPU, of process CPU time, which other processes on the machine disturb less). Peak
 memory (measured in a fresh process per implementation) is ``torch.cuda.max_memory_allocated`` on GPU; on CPU the
-rise of the peak resident size over the size before the measured call (Linux: /proc/self/clear_refs, VmHWM).
+rise of the peak resident size over the size before the measured call (Linux: /proc/self/clear_refs, VmHWM),
+after one unmeasured call.
 
     python tools/benchmark_segmentation.py                      # both parts, 512 and 896
     python tools/benchmark_segmentation.py --sizes 512 --skip-adapter
@@ -152,8 +153,10 @@ def _status_kib(field: str) -> int:
 
 
 def measure_peak(build, device: str) -> int:
-    """Bytes the measured call needs above what ``build`` left allocated (``build`` returns the call)."""
+    """Bytes the measured call needs above what ``build`` left allocated (``build`` returns the call). The call
+    runs once before the measurement, so that one-time costs (kernel code paged in, caches) are left out."""
     fn = build()
+    fn()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -323,7 +326,7 @@ def main():
 
                     return run
 
-                times = interleaved_times({k: runner(k) for k in IMPLEMENTATIONS}, device, max(2, args.repeat // 2))
+                times = interleaved_times({k: runner(k) for k in IMPLEMENTATIONS}, device, args.repeat)
                 mem = {k: peak_in_child(dict(what=mode, impl=k, adapter=cfg, size=size, threads=args.threads),
                                         device) for k in IMPLEMENTATIONS}
                 use_implementation("ours")
