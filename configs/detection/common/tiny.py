@@ -29,7 +29,7 @@ def shrink_to_tiny(model, dataloader, optimizer, train):
     dataloader.test.num_workers = 1
     dataloader.synthetic_root = "./datasets/synthetic"
 
-    optimizer.lr = 4e-4
+    optimizer.lr = 8e-4
     optimizer.weight_decay = 0.05
     train.init_checkpoint = ""
     train.device = "cpu"
