@@ -78,51 +78,49 @@ def _check_shapes(value: Tensor, spatial_shapes: Tensor, sampling_locations: Ten
 class _BilinearCorners(torch.autograd.Function):
     """Weights of the four bilinear corners of every sampling point, times its attention weight.
 
-    Forward: ``locations (..., L, P, 2)`` normalised, ``attention (..., L, P)``, level ``width``/``height``
-    ``(L, 1)`` -> ``weights (..., L, P, 4)`` (zero for a corner outside its map; corners ordered (y0, x0),
-    (y0, x1), (y1, x0), (y1, x1)), integer top-left corners ``x0, y0 (..., L, P)`` and ``inside (..., L, P, 4)``.
-    The backward pass is written out (a handful of ``(..., L, P)`` operations) rather than recorded op by op.
+    Forward: ``locations (..., L, P, 2)`` normalised, ``attention (..., L, P)``, level sizes ``size (L, 1, 2)``
+    as ``(W, H)`` -> ``weights (..., L, P, 4)`` (zero for a corner outside its map; corners ordered (y0, x0),
+    (y0, x1), (y1, x0), (y1, x1)), integer top-left corners ``corner (..., L, P, 2)`` as ``(x0, y0)`` and
+    ``inside (..., L, P, 4)``. x and y are handled together; the backward pass is written out (a handful of
+    ``(..., L, P)`` operations) rather than recorded op by op.
     """
 
     @staticmethod
-    def forward(ctx, locations: Tensor, attention: Tensor, width: Tensor, height: Tensor):
+    def forward(ctx, locations: Tensor, attention: Tensor, size: Tensor):
         # pixel coordinates, align_corners=False: pixel centre i sits at (i + 0.5) / size. Points more than a pixel
         # outside read zeros whatever their distance, so clamping there changes nothing and keeps integers small.
-        x = torch.minimum((locations[..., 0] * width - 0.5).clamp_(min=-2.0), width + 1)
-        y = torch.minimum((locations[..., 1] * height - 0.5).clamp_(min=-2.0), height + 1)
-        x0 = torch.floor(x)
-        y0 = torch.floor(y)
-        fx = x.sub_(x0)
-        fy = y.sub_(y0)
-        x0 = x0.to(torch.int32)
-        y0 = y0.to(torch.int32)
-        w_l = width.to(torch.int32)
-        h_l = height.to(torch.int32)
-        x0_in = (x0 >= 0) & (x0 < w_l)
-        x1_in = (x0 >= -1) & (x0 < w_l - 1)
-        y0_in = (y0 >= 0) & (y0 < h_l)
-        y1_in = (y0 >= -1) & (y0 < h_l - 1)
+        xy = torch.minimum((locations * size - 0.5).clamp_(min=-2.0), size + 1)
+        corner = torch.floor(xy)
+        frac = xy.sub_(corner)  # (..., 2): fx, fy
+        corner = corner.to(torch.int32)
+        limit = size.to(torch.int32)
+        low_in = (corner >= 0) & (corner < limit)  # x0 / y0 inside
+        high_in = (corner >= -1) & (corner < limit - 1)  # x1 / y1 inside
+        x0_in, y0_in = low_in.unbind(-1)
+        x1_in, y1_in = high_in.unbind(-1)
         inside = torch.stack([y0_in & x0_in, y0_in & x1_in, y1_in & x0_in, y1_in & x1_in], dim=-1)
+        fx, fy = frac.unbind(-1)
         gx = 1 - fx
         gy_a = (1 - fy) * attention
         fy_a = fy * attention
         weights = torch.stack([gy_a * gx, gy_a * fx, fy_a * gx, fy_a * fx], dim=-1).mul_(inside)
-        ctx.save_for_backward(fx, fy, inside, attention, width, height)
-        ctx.mark_non_differentiable(x0, y0, inside)
-        return weights, x0, y0, inside
+        ctx.save_for_backward(frac, inside, attention, size)
+        ctx.mark_non_differentiable(corner, inside)
+        return weights, corner, inside
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_weights: Tensor, *_):
-        fx, fy, inside, attention, width, height = ctx.saved_tensors
+        frac, inside, attention, size = ctx.saved_tensors
+        fx, fy = frac.unbind(-1)
         g00, g01, g10, g11 = (grad_weights * inside).unbind(-1)
         gx = 1 - fx
         gy = 1 - fy
         grad_attention = gy * (g00 * gx + g01 * fx) + fy * (g10 * gx + g11 * fx)
-        grad_fx = (gy * (g01 - g00) + fy * (g11 - g10)) * attention
-        grad_fy = (gx * (g10 - g00) + fx * (g11 - g01)) * attention
-        grad_locations = torch.stack([grad_fx * width, grad_fy * height], dim=-1)
-        return grad_locations, grad_attention, None, None
+        grad_fx = gy * (g01 - g00) + fy * (g11 - g10)
+        grad_fy = gx * (g10 - g00) + fx * (g11 - g01)
+        grad_locations = torch.stack([grad_fx, grad_fy], dim=-1).mul_(attention.unsqueeze(-1) * size)
+        return grad_locations, grad_attention, None
 
 
 class _WeightedRowSum(torch.autograd.Function):
@@ -179,10 +177,9 @@ def ms_deform_attn(
     shapes = spatial_shapes.to(device=value.device, dtype=torch.long)
     # coordinates in at least float32 (a half-precision location is off by a pixel on large maps)
     compute_dtype = torch.promote_types(sampling_locations.dtype, torch.float32)
-    width = shapes[:, 1].view(levels, 1).to(compute_dtype)
-    height = shapes[:, 0].view(levels, 1).to(compute_dtype)
-    weights, x0, y0, inside = _BilinearCorners.apply(
-        sampling_locations.to(compute_dtype), attention_weights.to(compute_dtype), width, height
+    size = shapes.flip(-1).view(levels, 1, 2).to(compute_dtype)  # (W, H) per level
+    weights, corner, inside = _BilinearCorners.apply(
+        sampling_locations.to(compute_dtype), attention_weights.to(compute_dtype), size
     )
 
     # rows of value viewed as (B * S * heads, D): row = (b * S + position) * heads + head
@@ -193,7 +190,8 @@ def ms_deform_attn(
         torch.arange(b, device=value.device, dtype=index_dtype).view(b, 1, 1, 1, 1) * (s * heads)
         + torch.arange(heads, device=value.device, dtype=index_dtype).view(1, 1, heads, 1, 1)
     )
-    top_left = (y0.to(index_dtype) * w_l + x0 + starts) * heads + batch_head  # (B, Q, heads, L, P)
+    x0, y0 = corner.to(index_dtype).unbind(-1)
+    top_left = (y0 * w_l + x0 + starts) * heads + batch_head  # (B, Q, heads, L, P)
     corner_step = torch.stack([torch.zeros_like(w_l), torch.ones_like(w_l), w_l, w_l + 1], dim=-1) * heads
     rows = torch.where(inside, top_left.unsqueeze(-1) + corner_step, 0)  # (B, Q, heads, L, P, 4)
 
