@@ -285,7 +285,10 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(b, q, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(b, q, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(b, q, self.n_heads, self.n_levels, self.n_points)
-        # offsets are in pixels of each level: normalise by (W_l, H_l)
-        normalizer = spatial_shapes.flip(-1).to(offsets.dtype)
-        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        # offsets are in pixels of each level: normalise by (W_l, H_l). In float32 even under mixed precision: a
+        # half-precision location is off by a fraction of a pixel on large maps.
+        normalizer = spatial_shapes.flip(-1).to(torch.float32)
+        locations = reference_points.float()[:, :, None, :, None, :] + (
+            offsets.float() / normalizer[None, None, None, :, None, :]
+        )
         return self.output_proj(ms_deform_attn(value, spatial_shapes, locations, weights))

@@ -80,6 +80,21 @@ def test_bfloat16_follows_the_float32_result():
     torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
 
 
+def test_module_under_autocast_keeps_locations_in_float32():
+    attn = MSDeformAttn(32, n_levels=2, n_heads=4, n_points=2, value_ratio=0.5)
+    shapes = torch.tensor([[40, 50], [20, 25]])
+    query = torch.randn(1, 6, 32, requires_grad=True)
+    value = torch.randn(1, 2500, 32)
+    ref = torch.rand(1, 6, 1, 2)
+    expected = attn(query, ref, value, shapes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(query, ref, value, shapes)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert query.grad is not None and torch.isfinite(query.grad).all()
+    torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=5e-2)
+
+
 def test_points_far_outside_read_zero():
     value, shapes, loc, weights = _inputs(1, 6, 2, 4, 3, [(5, 4), (3, 3)])
     far = loc.clone()
