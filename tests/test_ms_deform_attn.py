@@ -80,7 +80,16 @@ def test_bfloat16_follows_the_float32_result():
     torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
 
 
-def test_module_under_autocast_keeps_locations_in_float32():
+def test_module_under_autocast_keeps_locations_in_float32(monkeypatch):
+    import eva_transfer.ms_deform_attn as module
+
+    seen = []
+
+    def recording(value, spatial_shapes, sampling_locations, attention_weights):
+        seen.append(sampling_locations.dtype)
+        return ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights)
+
+    monkeypatch.setattr(module, "ms_deform_attn", recording)
     attn = MSDeformAttn(32, n_levels=2, n_heads=4, n_points=2, value_ratio=0.5)
     shapes = torch.tensor([[40, 50], [20, 25]])
     query = torch.randn(1, 6, 32, requires_grad=True)
@@ -90,6 +99,7 @@ def test_module_under_autocast_keeps_locations_in_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = attn(query, ref, value, shapes)
     assert out.dtype == torch.bfloat16
+    assert seen == [torch.float32, torch.float32]
     out.float().sum().backward()
     assert query.grad is not None and torch.isfinite(query.grad).all()
     torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=5e-2)
