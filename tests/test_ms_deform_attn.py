@@ -80,7 +80,7 @@ def test_bfloat16_follows_the_float32_result():
     torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
 
 
-def test_module_under_autocast_keeps_locations_in_float32(monkeypatch):
+def test_module_under_autocast(monkeypatch):
     import eva_transfer.ms_deform_attn as module
 
     seen = []
