@@ -1,5 +1,6 @@
 """eva-transfer: the framework-free core (EVA ViT backbone, pyramid, adapter, checkpoints, lr decay)."""
 
+from .adapter import ViTAdapter, build_vit_adapter
 from .checkpoint import CheckpointError, LoadReport, load_checkpoint, read_checkpoint, save_checkpoint
 from .lr_decay import layer_id_for_name, param_groups_layer_decay
 from .presets import PRESETS, build_backbone
@@ -14,7 +15,9 @@ __all__ = [
     "EVAViT",
     "LoadReport",
     "SimpleFeaturePyramid",
+    "ViTAdapter",
     "build_backbone",
+    "build_vit_adapter",
     "layer_id_for_name",
     "load_checkpoint",
     "param_groups_layer_decay",

@@ -172,12 +172,6 @@ class InteractionBlock(nn.Module):
         self.extra_extractors = nn.ModuleList(extractor(0.0) for _ in range(n_extra_extractors))
 
 
-def _drop_path_rate(backbone: EVAViT) -> float:
-    """The stochastic-depth rate of the backbone's last block (the rate it was built with)."""
-    drop = getattr(backbone.blocks[-1], "drop_path", None)
-    return float(getattr(drop, "drop_prob", 0.0))
-
-
 class ViTAdapter(nn.Module):
     """ViT-Adapter around an :class:`~eva_transfer.vit.EVAViT` (dense prediction at strides 4..32).
 
@@ -249,7 +243,7 @@ class ViTAdapter(nn.Module):
         self.interaction_indexes = interaction_indexes
         self.add_vit_feature = add_vit_feature
         self.use_act_checkpoint = backbone.use_act_checkpoint if use_act_checkpoint is None else use_act_checkpoint
-        drop_path = _drop_path_rate(backbone) if drop_path_rate is None else drop_path_rate
+        drop_path = backbone.drop_path_rate if drop_path_rate is None else drop_path_rate
 
         self.level_embed = nn.Parameter(torch.zeros(3, dim))
         self.spm = SpatialPriorModule(conv_inplane, dim, norm_layer)

@@ -324,6 +324,7 @@ class EVAViT(nn.Module):
         self.window_size = window_size
         self.global_block_indexes = global_block_indexes
         self.pos_cls_slot = pos_cls_slot
+        self.drop_path_rate = drop_path_rate
         self.use_act_checkpoint = use_act_checkpoint
         mlp_dim = mlp_dim or 4 * embed_dim
 
