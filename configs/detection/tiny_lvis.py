@@ -18,7 +18,7 @@ dataloader.test.dataset.names = "synthetic_lvis_val"
 model.roi_heads.num_classes = 12
 for _predictor in model.roi_heads.box_predictors:
     _predictor.fed_loss_num_classes = 6  # of 12 classes, as LVIS's 50 of 1203 keeps a sampled subset
-train.max_iter = 250
-lr_multiplier.steps = [210]
+train.max_iter = 350
+lr_multiplier.steps = [300]
 lr_multiplier.warmup_iters = 50
 train.output_dir = "./output/tiny_lvis"
