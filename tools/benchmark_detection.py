@@ -77,18 +77,9 @@ def synthetic_batch(n: int, size: int, num_classes: int, seed: int = 0) -> list[
     return batch
 
 
-def timed(fn, repeat: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def bench_config(name: str, image_size: int | None, batch: int, repeat: int) -> dict:
-    overrides = ["train.device=cpu"]
+    # activation checkpointing off in both (Detectron2's needs fairscale; it only trades time for memory)
+    overrides = ["train.device=cpu", "model.backbone.net.use_act_checkpoint=False"]
     if image_size:
         overrides += [f"dataloader.image_size={image_size}"]
     cfg = load_config(os.path.join(REPO, "configs/detection", f"{name}.py"), overrides)
@@ -102,21 +93,33 @@ def bench_config(name: str, image_size: int | None, batch: int, repeat: int) -> 
         x = torch.randn(1, 3, size, size)
         a, b = ours.eval().backbone(x), ref.eval().backbone(x)
         row["max_abs_diff"] = max(float((a[k] - b[k]).abs().max()) for k in a)
-    for label, model in (("ours", ours), ("detectron2", ref)):
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    models = {"ours": ours, "detectron2": ref}
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in models.items()}
 
-        def step(model=model, opt=opt):
-            with EventStorage(0):
-                loss = sum(model(data).values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    def train_step(label):
+        model = models[label].train()
+        with EventStorage(0):
+            loss = sum(model(data).values())
+        opts[label].zero_grad()
+        loss.backward()
+        opts[label].step()
 
-        row[f"train_s_{label}"] = timed(step, repeat)
-        model.eval()
+    def infer(label):
         with torch.no_grad():
-            row[f"infer_s_{label}"] = timed(lambda model=model: model(data[:1]), repeat)
+            models[label].eval()(data[:1])
+
+    # alternate the two models in every round so that load changes on a shared machine hit both alike
+    for kind, fn in (("train", train_step), ("infer", infer)):
+        for label in models:
+            fn(label)  # warm-up
+        best = {label: float("inf") for label in models}
+        for _ in range(repeat):
+            for label in models:
+                t = time.perf_counter()
+                fn(label)
+                best[label] = min(best[label], time.perf_counter() - t)
+        for label in models:
+            row[f"{kind}_s_{label}"] = best[label]
     return row
 
 
