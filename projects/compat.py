@@ -32,12 +32,13 @@ APPLIED: dict[str, str] = {}
 class _MissingExtension(types.ModuleType):
     """A module whose every public attribute is a function raising ``NotImplementedError``."""
 
-    def __init__(self, name: str, hint: str):
+    def __init__(self, name: str, hint: str, **attributes):
         super().__init__(name)
         self.__file__ = f"<stand-in for {name}>"
         # a spec without a loader: importlib/pkgutil queries (mmengine asks whether full mmcv is there) get "no"
         self.__spec__ = importlib.machinery.ModuleSpec(name, None)
         self._hint = hint
+        self.__dict__.update(attributes)
 
     def __getattr__(self, attr: str):
         if attr.startswith("__"):
@@ -69,7 +70,12 @@ def apply_detectron2() -> bool:
     if reason is None:
         return False
     sys.modules["detectron2._C"] = _MissingExtension(
-        "detectron2._C", "Build Detectron2 from source to use deformable conv, rotated boxes or the C++ COCO evaluator."
+        "detectron2._C",
+        "Build Detectron2 from source to use deformable conv, rotated boxes or the C++ COCO evaluator.",
+        # the environment report (detectron2.utils.collect_env, default_setup) asks for these
+        get_compiler_version=lambda: "not built (pure-Python install)",
+        get_cuda_version=lambda: "not built (pure-Python install)",
+        has_cuda=lambda: False,
     )
     import detectron2
 

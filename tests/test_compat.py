@@ -78,3 +78,15 @@ def test_lvis_numpy_alias():
         print("ok")
     """)
     assert out == "ok"
+
+
+def test_detectron2_environment_report_runs_with_stand_in():
+    out = _run("""
+        import projects.compat as c
+        c.apply_detectron2()
+        from detectron2.utils.collect_env import collect_env_info
+        info = collect_env_info()
+        assert "detectron2" in info
+        print("ok")
+    """)
+    assert out == "ok"
