@@ -15,6 +15,14 @@ from torchvision.ops import box_iou
 __all__ = ["soft_nms", "batched_soft_nms", "detection_inference", "maskness", "rescore_by_maskness"]
 
 
+def _soft_nms_decay(overlap: Tensor, method: str, iou_threshold: float, sigma: float) -> Tensor:
+    """Score multiplier for boxes overlapping the kept one: linear (``1 - IoU`` above the threshold) or
+    gaussian (``exp(-IoU^2 / sigma)``)."""
+    if method == "linear":
+        return torch.where(overlap > iou_threshold, 1.0 - overlap, torch.ones_like(overlap))
+    return torch.exp(-(overlap * overlap) / sigma)
+
+
 def soft_nms(
     boxes: Tensor, scores: Tensor, iou_threshold: float = 0.6, method: str = "linear", sigma: float = 0.5,
     score_floor: float = 1e-3,
@@ -47,11 +55,7 @@ def soft_nms(
         kept_scores.append(current[i])
         alive[i] = False
         overlap = iou[i]
-        if method == "linear":
-            decay = torch.where(overlap > iou_threshold, 1.0 - overlap, torch.ones_like(overlap))
-        else:
-            decay = torch.exp(-(overlap * overlap) / sigma)
-        current = torch.where(alive, current * decay, current)
+        current = torch.where(alive, current * _soft_nms_decay(overlap, method, iou_threshold, sigma), current)
         alive &= current >= score_floor
     return torch.tensor(keep, dtype=torch.long, device=boxes.device), torch.stack(kept_scores).to(scores.dtype)
 
@@ -89,11 +93,7 @@ def batched_soft_nms(
         kept_scores.append(current[chosen])
         alive[chosen] = False
         overlap = iou[first.clamp(max=n - 1)[cls], index]  # IoU with the box chosen for the same class
-        if method == "linear":
-            decay = torch.where(overlap > iou_threshold, 1.0 - overlap, torch.ones_like(overlap))
-        else:
-            decay = torch.exp(-(overlap * overlap) / sigma)
-        current = torch.where(alive, current * decay, current)
+        current = torch.where(alive, current * _soft_nms_decay(overlap, method, iou_threshold, sigma), current)
         alive &= current >= score_floor
     keep, new_scores = torch.cat(keep), torch.cat(kept_scores).to(scores.dtype)
     order = new_scores.argsort(descending=True, stable=True)
