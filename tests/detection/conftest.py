@@ -16,6 +16,17 @@ TINY_LVIS = str(REPO / "configs/detection/tiny_lvis.py")
 TRAIN_NET = str(REPO / "tools/train_net.py")
 
 
+@pytest.fixture
+def registered():
+    """A list a test appends dataset names to; they are unregistered afterwards."""
+    from projects.detection.data import unregister_dataset
+
+    names = []
+    yield names
+    for name in names:
+        unregister_dataset(name)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """Root for the tiny configs' synthetic datasets (``dataloader.synthetic_root``), written on first use."""

@@ -24,7 +24,6 @@ from projects.detection.data import (  # noqa: E402
     DatasetError,
     make_synthetic_dataset,
     register_dataset,
-    unregister_dataset,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,14 +39,6 @@ def coco_json(tmp_path_factory):
 def lvis_json(tmp_path_factory):
     root = tmp_path_factory.mktemp("lvis")
     return make_synthetic_dataset(root, "val", 40, image_size=(96, 96), fmt="lvis", num_classes=8, seed=2)
-
-
-@pytest.fixture
-def registered():
-    names = []
-    yield names
-    for name in names:
-        unregister_dataset(name)
 
 
 def test_coco_output_loads_with_pycocotools(coco_json):

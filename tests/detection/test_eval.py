@@ -19,7 +19,7 @@ from pycocotools import mask as mask_util  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
-from projects.detection.data import make_synthetic_dataset, register_dataset, unregister_dataset  # noqa: E402
+from projects.detection.data import make_synthetic_dataset, register_dataset  # noqa: E402
 from projects.detection.evaluation import COCOEvaluator, LVISEvaluator, build_evaluator  # noqa: E402
 from projects.detection.evaluation.fast_eval import evaluate_results, limit_detections_per_image  # noqa: E402
 from projects.detection.evaluation.synthetic_predictions import make_predictions  # noqa: E402
@@ -200,14 +200,6 @@ def test_lvis_boundary_ap_equals_reference(lvis_case):
     _assert_equal(fast, ref, ("AP", "AP50", "AP75", "APs", "APm", "APr", "APc", "APf"))
     # boundary IoU is stricter than mask IoU
     assert fast["AP"] < evaluate_results(path, few, "segm", "lvis", img_ids=range(1, 13))["AP"]
-
-
-@pytest.fixture
-def registered():
-    names = []
-    yield names
-    for name in names:
-        unregister_dataset(name)
 
 
 def _instances(gt, image, results):
