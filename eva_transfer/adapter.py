@@ -59,7 +59,9 @@ def interaction_ranges(depth: int, n: int = 4) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1] - 1) for i in range(n)]
 
 
-def _conv_norm_act(in_ch: int, out_ch: int, stride: int, norm_layer: Callable[[int], nn.Module]) -> list[nn.Module]:
+def _conv_norm_act(
+    in_ch: int, out_ch: int, stride: int, norm_layer: Callable[[int], nn.Module]
+) -> list[nn.Module]:
     return [nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False), norm_layer(out_ch), nn.ReLU(inplace=True)]
 
 
@@ -70,7 +72,12 @@ class SpatialPriorModule(nn.Module):
     previous one halved: stride ``s`` has ``ceil(H / s)`` rows.
     """
 
-    def __init__(self, inplanes: int = 64, embed_dim: int = 384, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
+    def __init__(
+        self,
+        inplanes: int = 64,
+        embed_dim: int = 384,
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+    ):
         super().__init__()
         self.stem = nn.Sequential(
             *_conv_norm_act(3, inplanes, 2, norm_layer),
@@ -121,8 +128,16 @@ class ConvFFN(nn.Module):
 class Injector(nn.Module):
     """ViT tokens attend to the spatial features; the result enters the tokens through the gate ``gamma``."""
 
-    def __init__(self, dim: int, num_heads: int, n_points: int, n_levels: int, value_ratio: float,
-                 token_norm: TokenNorm, init_values: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        n_points: int,
+        n_levels: int,
+        value_ratio: float,
+        token_norm: TokenNorm,
+        init_values: float = 0.0,
+    ):
         super().__init__()
         self.query_norm = token_norm(dim)
         self.feat_norm = token_norm(dim)
@@ -138,8 +153,17 @@ class Injector(nn.Module):
 class Extractor(nn.Module):
     """Spatial features attend to the ViT tokens, then a convolutional FFN (both residual)."""
 
-    def __init__(self, dim: int, num_heads: int, n_points: int, value_ratio: float, token_norm: TokenNorm,
-                 with_cffn: bool = True, cffn_ratio: float = 0.25, drop_path: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        n_points: int,
+        value_ratio: float,
+        token_norm: TokenNorm,
+        with_cffn: bool = True,
+        cffn_ratio: float = 0.25,
+        drop_path: float = 0.0,
+    ):
         super().__init__()
         self.query_norm = token_norm(dim)
         self.feat_norm = token_norm(dim)
@@ -150,8 +174,14 @@ class Extractor(nn.Module):
             self.ffn_norm = token_norm(dim)
             self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, query: Tensor, ref: Tensor, feat: Tensor, vit_shape: Tensor,
-                query_shapes: Sequence[tuple[int, int]]) -> Tensor:
+    def forward(
+        self,
+        query: Tensor,
+        ref: Tensor,
+        feat: Tensor,
+        vit_shape: Tensor,
+        query_shapes: Sequence[tuple[int, int]],
+    ) -> Tensor:
         """``query``: ``(B, S, C)`` spatial features on ``query_shapes``; ``feat``: ``(B, N, C)`` ViT tokens."""
         query = query + self.attn(self.query_norm(query), ref, self.feat_norm(feat), vit_shape)
         if self.with_cffn:
@@ -162,11 +192,24 @@ class Extractor(nn.Module):
 class InteractionBlock(nn.Module):
     """Injector, a range of ViT blocks (run by the adapter), extractor(s)."""
 
-    def __init__(self, dim: int, num_heads: int, n_points: int, value_ratio: float, token_norm: TokenNorm,
-                 with_cffn: bool, cffn_ratio: float, init_values: float, drop_path: float, n_extra_extractors: int):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        n_points: int,
+        value_ratio: float,
+        token_norm: TokenNorm,
+        with_cffn: bool,
+        cffn_ratio: float,
+        init_values: float,
+        drop_path: float,
+        n_extra_extractors: int,
+    ):
         super().__init__()
         self.injector = Injector(dim, num_heads, n_points, 3, value_ratio, token_norm, init_values)
-        extractor = partial(Extractor, dim, num_heads, n_points, value_ratio, token_norm, with_cffn, cffn_ratio)
+        extractor = partial(
+            Extractor, dim, num_heads, n_points, value_ratio, token_norm, with_cffn, cffn_ratio
+        )
         self.extractor = extractor(drop_path)
         # extra extractors refine the spatial features once more without stochastic depth
         self.extra_extractors = nn.ModuleList(extractor(0.0) for _ in range(n_extra_extractors))
@@ -242,15 +285,27 @@ class ViTAdapter(nn.Module):
         self.embed_dim = dim
         self.interaction_indexes = interaction_indexes
         self.add_vit_feature = add_vit_feature
-        self.use_act_checkpoint = backbone.use_act_checkpoint if use_act_checkpoint is None else use_act_checkpoint
+        self.use_act_checkpoint = (
+            backbone.use_act_checkpoint if use_act_checkpoint is None else use_act_checkpoint
+        )
         drop_path = backbone.drop_path_rate if drop_path_rate is None else drop_path_rate
 
         self.level_embed = nn.Parameter(torch.zeros(3, dim))
         self.spm = SpatialPriorModule(conv_inplane, dim, norm_layer)
         n = len(interaction_indexes)
         self.interactions = nn.ModuleList(
-            InteractionBlock(dim, heads, n_points, deform_ratio, token_norm, with_cffn, cffn_ratio, init_values,
-                             drop_path, 2 if use_extra_extractor and i == n - 1 else 0)
+            InteractionBlock(
+                dim,
+                heads,
+                n_points,
+                deform_ratio,
+                token_norm,
+                with_cffn,
+                cffn_ratio,
+                init_values,
+                drop_path,
+                2 if use_extra_extractor and i == n - 1 else 0,
+            )
             for i in range(n)
         )
         self.up = nn.ConvTranspose2d(dim, dim, 2, 2)
@@ -324,8 +379,10 @@ class ViTAdapter(nn.Module):
                 c = self._maybe_checkpoint(extractor, c, ref_c, patches, shape_vit, spatial_shapes)
             vit_maps.append(self.backbone.tokens_to_map(tokens, hw))
 
-        maps = [f.transpose(1, 2).reshape(b, self.embed_dim, hh, ww)
-                for f, (hh, ww) in zip(c.split([hh * ww for hh, ww in spatial_shapes], dim=1), spatial_shapes)]
+        maps = [
+            f.transpose(1, 2).reshape(b, self.embed_dim, hh, ww)
+            for f, (hh, ww) in zip(c.split([hh * ww for hh, ww in spatial_shapes], dim=1), spatial_shapes)
+        ]
         c2, c3, c4 = maps
         up = self.up(c2)
         c1 = c1 + up[..., : c1.shape[-2], : c1.shape[-1]]

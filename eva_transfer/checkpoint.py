@@ -87,7 +87,9 @@ class LoadReport:
 
         lines = [f"checkpoint {self.source}" + (f" (backbone prefix '{self.prefix}')" if self.prefix else "")]
         lines.append(f"  loaded: {len(self.loaded)} tensors")
-        lines += block("resized", [f"{k}: {list(a)} -> {list(b)} ({m})" for k, (a, b, m) in self.resized.items()])
+        lines += block(
+            "resized", [f"{k}: {list(a)} -> {list(b)} ({m})" for k, (a, b, m) in self.resized.items()]
+        )
         lines += block("renamed", [f"{a} -> {b}" for a, b in self.renamed.items()])
         lines += block("dropped", [f"{k} ({why})" for k, why in self.dropped.items()])
         lines += block("missing (left at their initial values)", self.missing)
@@ -115,8 +117,13 @@ def _compress(keys: list[str]) -> list[str]:
     for k in order:
         if k in groups:
             idx = sorted(groups[k])
-            rng = str(idx[0]) if len(idx) == 1 else f"{{{idx[0]}..{idx[-1]}}}" if idx == list(
-                range(idx[0], idx[-1] + 1)) else "{" + ",".join(map(str, idx)) + "}"
+            rng = (
+                str(idx[0])
+                if len(idx) == 1
+                else f"{{{idx[0]}..{idx[-1]}}}"
+                if idx == list(range(idx[0], idx[-1] + 1))
+                else "{" + ",".join(map(str, idx)) + "}"
+            )
             out.append(k.replace("{}", rng))
         else:
             out.append(k)
@@ -374,7 +381,9 @@ def _rename(sd: dict[str, Tensor], report: LoadReport) -> dict[str, Tensor]:
             report.renamed[base + "{q,k,v}_proj.weight"] = base + "qkv.weight"
     for k in out:
         if re.search(r"(^|\.)gamma(_\d)?$", k) or ".ls1." in k or ".ls2." in k:
-            raise CheckpointError(f"{report.source}: key {k!r} is a layer scale, which EVA-01 backbones do not have")
+            raise CheckpointError(
+                f"{report.source}: key {k!r} is a layer scale, which EVA-01 backbones do not have"
+            )
     return out
 
 

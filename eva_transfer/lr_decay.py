@@ -47,8 +47,11 @@ def backbone_prefix(model: nn.Module) -> tuple[str, EVAViT]:
 
 
 def _no_decay(name: str, param, extra: Iterable[str]) -> bool:
-    return param.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "mask_token")) or "rel_pos" in name or any(
-        re.search(p, name) for p in extra
+    return (
+        param.ndim <= 1
+        or name.endswith(("pos_embed", "cls_token", "mask_token"))
+        or "rel_pos" in name
+        or any(re.search(p, name) for p in extra)
     )
 
 
@@ -79,8 +82,12 @@ def param_groups_layer_decay(
         if g is None:
             scale = decay_rate ** (depth + 1 - layer)
             g = groups[(layer, no_wd)] = dict(
-                params=[], param_names=[], lr=base_lr * scale, lr_scale=scale,
-                weight_decay=0.0 if no_wd else weight_decay, layer_id=layer,
+                params=[],
+                param_names=[],
+                lr=base_lr * scale,
+                lr_scale=scale,
+                weight_decay=0.0 if no_wd else weight_decay,
+                layer_id=layer,
             )
         g["params"].append(p)
         g["param_names"].append(name)

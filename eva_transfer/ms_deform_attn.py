@@ -50,7 +50,9 @@ def reference_points(shapes: Sequence[tuple[int, int]], device=None, dtype=torch
     return torch.cat(points, dim=0)[None, :, None, :]
 
 
-def _check_shapes(value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor, attention_weights: Tensor):
+def _check_shapes(
+    value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor, attention_weights: Tensor
+):
     if value.dim() != 4:
         raise ValueError(f"value must be (B, S, heads, C/heads), got shape {tuple(value.shape)}")
     if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
@@ -60,7 +62,9 @@ def _check_shapes(value: Tensor, spatial_shapes: Tensor, sampling_locations: Ten
     b, s, heads, _ = value.shape
     _, q, heads_l, levels, points, _ = sampling_locations.shape
     if spatial_shapes.dim() != 2 or spatial_shapes.shape != (levels, 2):
-        raise ValueError(f"spatial_shapes must be ({levels}, 2) for {levels} levels, got {tuple(spatial_shapes.shape)}")
+        raise ValueError(
+            f"spatial_shapes must be ({levels}, 2) for {levels} levels, got {tuple(spatial_shapes.shape)}"
+        )
     if sampling_locations.shape[0] != b or heads_l != heads:
         raise ValueError(
             f"sampling_locations {tuple(sampling_locations.shape)} does not match value {tuple(value.shape)} "
@@ -72,7 +76,9 @@ def _check_shapes(value: Tensor, spatial_shapes: Tensor, sampling_locations: Ten
         )
     total = int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())
     if total != s:
-        raise ValueError(f"value has {s} positions but spatial_shapes {spatial_shapes.tolist()} sum to {total}")
+        raise ValueError(
+            f"value has {s} positions but spatial_shapes {spatial_shapes.tolist()} sum to {total}"
+        )
 
 
 class _BilinearCorners(torch.autograd.Function):
@@ -144,7 +150,9 @@ class _WeightedRowSum(torch.autograd.Function):
             # float32 accumulation also for half-precision tables
             acc = torch.promote_types(table.dtype, torch.float32)
             transposed = torch.sparse_coo_tensor(
-                torch.stack([rows.reshape(-1).long(), bags]), weights.reshape(-1).to(acc), (table.shape[0], n),
+                torch.stack([rows.reshape(-1).long(), bags]),
+                weights.reshape(-1).to(acc),
+                (table.shape[0], n),
                 check_invariants=False,
             )
             grad_table = torch.sparse.mm(transposed, grad.to(acc)).to(table.dtype)
@@ -186,10 +194,9 @@ def ms_deform_attn(
     index_dtype = torch.int32 if b * s * heads < 2**31 else torch.long
     w_l = shapes[:, 1].view(levels, 1).to(index_dtype)
     starts = level_start_index(shapes).view(levels, 1).to(index_dtype)
-    batch_head = (
-        torch.arange(b, device=value.device, dtype=index_dtype).view(b, 1, 1, 1, 1) * (s * heads)
-        + torch.arange(heads, device=value.device, dtype=index_dtype).view(1, 1, heads, 1, 1)
-    )
+    batch_head = torch.arange(b, device=value.device, dtype=index_dtype).view(b, 1, 1, 1, 1) * (
+        s * heads
+    ) + torch.arange(heads, device=value.device, dtype=index_dtype).view(1, 1, heads, 1, 1)
     x0, y0 = corner.to(index_dtype).unbind(-1)
     top_left = (y0 * w_l + x0 + starts) * heads + batch_head  # (B, Q, heads, L, P)
     corner_step = torch.stack([torch.zeros_like(w_l), torch.ones_like(w_l), w_l, w_l + 1], dim=-1) * heads
@@ -215,8 +222,14 @@ class MSDeformAttn(nn.Module):
         value_ratio: the value projection's width relative to ``d_model`` (ViT-Adapter samples a narrower value).
     """
 
-    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
-                 value_ratio: float = 1.0):
+    def __init__(
+        self,
+        d_model: int = 256,
+        n_levels: int = 4,
+        n_heads: int = 8,
+        n_points: int = 4,
+        value_ratio: float = 1.0,
+    ):
         super().__init__()
         value_dim = int(d_model * value_ratio)
         if value_dim % n_heads:
@@ -275,7 +288,9 @@ class MSDeformAttn(nn.Module):
         b, q, _ = query.shape
         s = value_input.shape[1]
         if spatial_shapes.shape[0] != self.n_levels:
-            raise ValueError(f"this module samples {self.n_levels} levels, spatial_shapes has {spatial_shapes.shape[0]}")
+            raise ValueError(
+                f"this module samples {self.n_levels} levels, spatial_shapes has {spatial_shapes.shape[0]}"
+            )
         if reference_points.dim() != 4 or reference_points.shape[-1] != 2:
             raise ValueError(f"reference_points must be (B, Q, L, 2), got {tuple(reference_points.shape)}")
         value = self.value_proj(value_input)

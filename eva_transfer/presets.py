@@ -28,12 +28,19 @@ def _shape(depth: int, dim: int, heads: int, mlp: int, patch: int) -> dict[str, 
 
 def _plain(shape: dict[str, Any], drop_path: float, img: int = 224) -> dict[str, Any]:
     # CLS token and a CLS slot in the position table, global attention, final norm: the MIM layout.
-    return dict(shape, img_size=img, use_cls_token=True, pos_cls_slot=True, final_norm=True,
-                drop_path_rate=drop_path)
+    return dict(
+        shape, img_size=img, use_cls_token=True, pos_cls_slot=True, final_norm=True, drop_path_rate=drop_path
+    )
 
 
-def _det(shape: dict[str, Any], drop_path: float, pos_grid: int, img: int = 1024, window: int = 16,
-         global_every: int = 4) -> dict[str, Any]:
+def _det(
+    shape: dict[str, Any],
+    drop_path: float,
+    pos_grid: int,
+    img: int = 1024,
+    window: int = 16,
+    global_every: int = 4,
+) -> dict[str, Any]:
     return dict(
         shape,
         img_size=img,
@@ -59,8 +66,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # detection: patch kernel resized 14->16, position grid kept at 16x16 and interpolated at run time
     "eva_g_det": _det(dict(_G, patch_size=16), drop_path=0.6, pos_grid=16, img=1280),
     # segmentation: global attention at 896, no CLS token
-    "eva_g_seg": dict(_plain(dict(_G, patch_size=16), drop_path=0.5, img=896), use_cls_token=False,
-                      pos_grid=16, final_norm=False),
+    "eva_g_seg": dict(
+        _plain(dict(_G, patch_size=16), drop_path=0.5, img=896),
+        use_cls_token=False,
+        pos_grid=16,
+        final_norm=False,
+    ),
     "eva_l": _plain(_L, drop_path=0.1),
     "eva_l_det": _det(_L, drop_path=0.4, pos_grid=14),
     "eva_l_seg": dict(_plain(_L, drop_path=0.3, img=512), use_cls_token=False, pos_grid=14, final_norm=False),
@@ -70,7 +81,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU-sized presets that exercise the same code
     "eva_tiny": _plain(_TINY, drop_path=0.0, img=64),
     "eva_tiny_det": _det(_TINY, drop_path=0.0, pos_grid=4, img=128, window=4, global_every=2),
-    "eva_tiny_seg": dict(_plain(_TINY, drop_path=0.0, img=64), use_cls_token=False, pos_grid=4, final_norm=False),
+    "eva_tiny_seg": dict(
+        _plain(_TINY, drop_path=0.0, img=64), use_cls_token=False, pos_grid=4, final_norm=False
+    ),
 }
 
 _ARGS = set(inspect.signature(EVAViT.__init__).parameters) - {"self"}

@@ -107,7 +107,9 @@ def attention_with_rel_pos(
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).reshape(b, nh, n, 1, w)
     rows = max(1, MAX_BIAS_ELEMENTS // (b * nh * n))
     if rows >= n:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=(rel_h + rel_w).view(b, nh, n, n), scale=scale)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=(rel_h + rel_w).view(b, nh, n, n), scale=scale
+        )
     outs = []
     for s in range(0, n, rows):
         e = min(n, s + rows)
@@ -132,7 +134,9 @@ def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, in
     return windows, (hp, wp)
 
 
-def window_unpartition(windows: Tensor, window_size: int, pad_hw: tuple[int, int], hw: tuple[int, int]) -> Tensor:
+def window_unpartition(
+    windows: Tensor, window_size: int, pad_hw: tuple[int, int], hw: tuple[int, int]
+) -> Tensor:
     """Inverse of :func:`window_partition`: ``(B * nW, ws, ws, C)`` -> ``(B, H, W, C)`` with padding cropped."""
     hp, wp = pad_hw
     h, w = hw

@@ -102,7 +102,9 @@ def apply_mmcv() -> bool:
     logger.info("mmcv._ext is not loadable (%s); using a stand-in", reason)
     msda = importlib.import_module("mmcv.ops.multi_scale_deform_attn")
     msda.MultiScaleDeformableAttnFunction = CoreDeformAttnFunction
-    APPLIED["mmcv.ops.MultiScaleDeformableAttnFunction"] = "CUDA deformable attention uses eva_transfer.ms_deform_attn"
+    APPLIED["mmcv.ops.MultiScaleDeformableAttnFunction"] = (
+        "CUDA deformable attention uses eva_transfer.ms_deform_attn"
+    )
     return True
 
 

@@ -128,8 +128,9 @@ def test_gradients_reach_the_vit_and_the_gates():
 def test_activation_checkpointing_gives_the_same_gradients():
     torch.manual_seed(1)
     plain = build_vit_adapter("eva_tiny_seg", adapter=dict(norm_layer=partial(nn.GroupNorm, 4)))
-    ckpt = build_vit_adapter("eva_tiny_seg", adapter=dict(norm_layer=partial(nn.GroupNorm, 4)),
-                             use_act_checkpoint=True)
+    ckpt = build_vit_adapter(
+        "eva_tiny_seg", adapter=dict(norm_layer=partial(nn.GroupNorm, 4)), use_act_checkpoint=True
+    )
     ckpt.load_state_dict(plain.state_dict())
     assert ckpt.use_act_checkpoint and not plain.use_act_checkpoint
     x = torch.randn(1, 3, 64, 64)

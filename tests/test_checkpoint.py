@@ -31,14 +31,23 @@ def _mim_state_dict(depth=4, dim=64, heads=4, mlp=128, patch=14, grid=4, vocab=3
     }
     for i in range(depth):
         p = f"blocks.{i}."
-        sd.update({
-            p + "norm1.weight": 1 + r(dim), p + "norm1.bias": r(dim),
-            p + "attn.qkv.weight": r(3 * dim, dim), p + "attn.q_bias": r(dim), p + "attn.v_bias": r(dim),
-            p + "attn.proj.weight": r(dim, dim), p + "attn.proj.bias": r(dim),
-            p + "norm2.weight": 1 + r(dim), p + "norm2.bias": r(dim),
-            p + "mlp.fc1.weight": r(mlp, dim), p + "mlp.fc1.bias": r(mlp),
-            p + "mlp.fc2.weight": r(dim, mlp), p + "mlp.fc2.bias": r(dim),
-        })
+        sd.update(
+            {
+                p + "norm1.weight": 1 + r(dim),
+                p + "norm1.bias": r(dim),
+                p + "attn.qkv.weight": r(3 * dim, dim),
+                p + "attn.q_bias": r(dim),
+                p + "attn.v_bias": r(dim),
+                p + "attn.proj.weight": r(dim, dim),
+                p + "attn.proj.bias": r(dim),
+                p + "norm2.weight": 1 + r(dim),
+                p + "norm2.bias": r(dim),
+                p + "mlp.fc1.weight": r(mlp, dim),
+                p + "mlp.fc1.bias": r(mlp),
+                p + "mlp.fc2.weight": r(dim, mlp),
+                p + "mlp.fc2.bias": r(dim),
+            }
+        )
     return sd
 
 
@@ -54,8 +63,16 @@ def test_mim_checkpoint_features_equal_timm(mim_file):
     report = load_checkpoint(ours, mim_file, verbose=False)
     assert report.missing == []
     assert set(report.dropped) >= {"lm_head.weight", "lm_head.bias", "mask_token"}
-    ref = timm_eva.Eva(img_size=56, patch_size=14, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
-                       num_classes=0, use_fc_norm=False).eval()
+    ref = timm_eva.Eva(
+        img_size=56,
+        patch_size=14,
+        embed_dim=64,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=2.0,
+        num_classes=0,
+        use_fc_norm=False,
+    ).eval()
     sd = timm_eva.checkpoint_filter_fn(torch.load(mim_file, weights_only=True), ref)
     # timm maps the MIM final norm to its pooled-feature norm; the token features compared here use it as `norm`
     sd = {k.replace("fc_norm.", "norm."): v for k, v in sd.items()}
@@ -76,8 +93,9 @@ def test_mim_checkpoint_into_detection_variant(mim_file, capsys):
     assert "norm.weight" in report.dropped and "cls_token" in report.dropped
     assert "resized" in out and "patch_embed.proj.weight" in out and "blocks.{0..3}.attn.rel_pos_h" in out
     sd = torch.load(mim_file, weights_only=True)["model"]
-    expected = torch.nn.functional.interpolate(sd["patch_embed.proj.weight"], size=(16, 16), mode="bicubic",
-                                               align_corners=False)
+    expected = torch.nn.functional.interpolate(
+        sd["patch_embed.proj.weight"], size=(16, 16), mode="bicubic", align_corners=False
+    )
     assert torch.allclose(det.patch_embed.proj.weight, expected)
     assert torch.equal(det.blocks[2].attn.qkv.weight, sd["blocks.2.attn.qkv.weight"])
 
@@ -144,7 +162,9 @@ def test_other_depth_is_an_error(tmp_path):
 def test_other_width_is_an_error(tmp_path):
     path = tmp_path / "wide.pth"
     torch.save({"model": _mim_state_dict(dim=96, heads=4, mlp=192)}, path)
-    with pytest.raises(CheckpointError, match=r"wide\.pth: key 'cls_token' has shape \[1, 1, 96\].*\[1, 1, 64\]"):
+    with pytest.raises(
+        CheckpointError, match=r"wide\.pth: key 'cls_token' has shape \[1, 1, 96\].*\[1, 1, 64\]"
+    ):
         load_checkpoint(build_backbone("eva_tiny"), path, verbose=False)
 
 
@@ -153,7 +173,9 @@ def test_non_tensor_entry_is_an_error(tmp_path):
     sd["blocks.0.attn.q_bias"] = [0.0] * 64
     path = tmp_path / "bad.pth"
     torch.save({"model": sd}, path)
-    with pytest.raises(CheckpointError, match=r"bad\.pth: entry 'blocks\.0\.attn\.q_bias' is a list, expected a tensor"):
+    with pytest.raises(
+        CheckpointError, match=r"bad\.pth: entry 'blocks\.0\.attn\.q_bias' is a list, expected a tensor"
+    ):
         load_checkpoint(build_backbone("eva_tiny"), path, verbose=False)
 
 
@@ -179,8 +201,9 @@ def test_code_executing_pickle_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="allow_pickle=True"):
         read_checkpoint(path)
     # the opt-in for a trusted file works
-    report = load_checkpoint(build_backbone("eva_tiny", patch_size=14, img_size=56), path, allow_pickle=True,
-                             verbose=False)
+    report = load_checkpoint(
+        build_backbone("eva_tiny", patch_size=14, img_size=56), path, allow_pickle=True, verbose=False
+    )
     assert report.missing == []
 
 
@@ -198,8 +221,20 @@ def test_convert_tool(tmp_path):
     src = tmp_path / "mim.pth"
     torch.save({"model": _mim_state_dict()}, src)
     out = tmp_path / "det.safetensors"
-    run = subprocess.run([sys.executable, str(tool), str(src), str(out), "--preset", "eva_tiny_det",
-                          "--output-prefix", "backbone.net."], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(tool),
+            str(src),
+            str(out),
+            "--preset",
+            "eva_tiny_det",
+            "--output-prefix",
+            "backbone.net.",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert "patch_embed.proj.weight: [64, 3, 14, 14] -> [64, 3, 16, 16]" in run.stdout
     det = build_backbone("eva_tiny_det")
@@ -209,13 +244,24 @@ def test_convert_tool(tmp_path):
 
     # extracting the backbone from a fine-tuned detector checkpoint, then a bad file
     fine = tmp_path / "model_final.pth"
-    torch.save({"model": {f"backbone.net.{k}": v for k, v in det.state_dict().items()} |
-                {"roi_heads.x.weight": torch.zeros(1)}, "iteration": 10}, fine)
+    torch.save(
+        {
+            "model": {f"backbone.net.{k}": v for k, v in det.state_dict().items()}
+            | {"roi_heads.x.weight": torch.zeros(1)},
+            "iteration": 10,
+        },
+        fine,
+    )
     extracted = tmp_path / "backbone.pth"
-    run = subprocess.run([sys.executable, str(tool), str(fine), str(extracted)], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, str(tool), str(fine), str(extracted)], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
     sd = torch.load(extracted, weights_only=True)["model"]
     assert set(sd) == set(det.state_dict())
-    run = subprocess.run([sys.executable, str(tool), str(tmp_path / "missing.pth"), str(extracted)],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, str(tool), str(tmp_path / "missing.pth"), str(extracted)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 2 and "missing.pth" in run.stderr

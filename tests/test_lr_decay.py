@@ -25,7 +25,9 @@ def test_layer_ids():
     assert layer_id_for_name("blocks.0.norm1.weight", 40) == 1
     assert layer_id_for_name("blocks.39.mlp.fc2.bias", 40) == 40
     assert layer_id_for_name("norm.weight", 40) == 41
-    assert lr_scale_for_name("backbone.net.blocks.39.mlp.fc2.bias", 0.9, 40, "backbone.net.") == pytest.approx(0.9)
+    assert lr_scale_for_name(
+        "backbone.net.blocks.39.mlp.fc2.bias", 0.9, 40, "backbone.net."
+    ) == pytest.approx(0.9)
     assert lr_scale_for_name("backbone.net.pos_embed", 0.9, 40, "backbone.net.") == pytest.approx(0.9**41)
 
 
@@ -41,8 +43,13 @@ def test_param_groups():
     for name in ("backbone.pyramid.simfp_2.0.weight", "queries.weight", "level_embed", "head.weight"):
         assert by_name[name]["lr"] == pytest.approx(1e-4), name
     # no weight decay on biases, norms, embeddings and relative-position tables
-    for name in ("backbone.net.pos_embed", "backbone.net.blocks.1.attn.rel_pos_h", "backbone.net.blocks.0.norm1.weight",
-                 "head.bias", "backbone.net.blocks.0.attn.q_bias"):
+    for name in (
+        "backbone.net.pos_embed",
+        "backbone.net.blocks.1.attn.rel_pos_h",
+        "backbone.net.blocks.0.norm1.weight",
+        "head.bias",
+        "backbone.net.blocks.0.attn.q_bias",
+    ):
         assert by_name[name]["weight_decay"] == 0.0, name
     assert by_name["backbone.net.blocks.0.attn.qkv.weight"]["weight_decay"] == 0.1
     assert by_name["queries.weight"]["weight_decay"] == 0.1

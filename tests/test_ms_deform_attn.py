@@ -117,8 +117,9 @@ def test_module_equals_mmcv_module():
     shapes = torch.tensor([[9, 7], [5, 4], [3, 2]])
     s = int((shapes[:, 0] * shapes[:, 1]).sum())
     ours = MSDeformAttn(d_model, levels, heads, points, value_ratio=0.5)
-    ref = MultiScaleDeformableAttention(d_model, heads, levels, points, dropout=0.0, batch_first=True,
-                                        value_proj_ratio=0.5)
+    ref = MultiScaleDeformableAttention(
+        d_model, heads, levels, points, dropout=0.0, batch_first=True, value_proj_ratio=0.5
+    )
     with torch.no_grad():  # move off the initial state so every projection matters
         for p in ours.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -129,8 +130,15 @@ def test_module_equals_mmcv_module():
     mask = torch.zeros(2, s, dtype=torch.bool)
     mask[1, -5:] = True
     out = ours(query, ref_points, value, shapes, level_start_index(shapes), padding_mask=mask)
-    expected = ref(query, value=value, identity=torch.zeros_like(query), reference_points=ref_points,
-                   spatial_shapes=shapes, level_start_index=level_start_index(shapes), key_padding_mask=mask)
+    expected = ref(
+        query,
+        value=value,
+        identity=torch.zeros_like(query),
+        reference_points=ref_points,
+        spatial_shapes=shapes,
+        level_start_index=level_start_index(shapes),
+        key_padding_mask=mask,
+    )
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 

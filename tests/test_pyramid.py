@@ -12,10 +12,27 @@ def test_matches_detectron2_simple_feature_pyramid():
     from detectron2.modeling import ViT
     from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-    vit = ViT(img_size=128, patch_size=16, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, use_rel_pos=True,
-              window_size=4, window_block_indexes=(0, 2), pretrain_img_size=64)
-    ref = D2SFP(vit, "last_feat", 32, scale_factors=(4.0, 2.0, 1.0, 0.5), top_block=LastLevelMaxPool(),
-                norm="LN", square_pad=0).eval()
+    vit = ViT(
+        img_size=128,
+        patch_size=16,
+        embed_dim=64,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=2.0,
+        use_rel_pos=True,
+        window_size=4,
+        window_block_indexes=(0, 2),
+        pretrain_img_size=64,
+    )
+    ref = D2SFP(
+        vit,
+        "last_feat",
+        32,
+        scale_factors=(4.0, 2.0, 1.0, 0.5),
+        top_block=LastLevelMaxPool(),
+        norm="LN",
+        square_pad=0,
+    ).eval()
     with torch.no_grad():
         for p in ref.parameters():
             p.add_(torch.randn_like(p) * 0.05)

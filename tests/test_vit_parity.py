@@ -20,8 +20,17 @@ def _randomize(model):
 
 
 def _timm_eva(patch, img, **kw):
-    return timm_eva.Eva(img_size=img, patch_size=patch, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
-                        num_classes=0, use_fc_norm=False, **kw).eval()
+    return timm_eva.Eva(
+        img_size=img,
+        patch_size=patch,
+        embed_dim=64,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=2.0,
+        num_classes=0,
+        use_fc_norm=False,
+        **kw,
+    ).eval()
 
 
 @pytest.mark.parametrize("patch", [14, 16])
@@ -52,8 +61,17 @@ def _d2_vit(**kw):
 def test_windowed_relpos_matches_detectron2(img):
     """Windowed + global blocks with decomposed relative position, padding to the window, on square,
     non-square and non-divisible inputs; the pretrain grid (4x4 + CLS slot) is interpolated at run time."""
-    ref = _randomize(_d2_vit(img_size=128, patch_size=16, use_rel_pos=True, window_size=4,
-                             window_block_indexes=(0, 2), pretrain_img_size=64, pretrain_use_cls_token=True))
+    ref = _randomize(
+        _d2_vit(
+            img_size=128,
+            patch_size=16,
+            use_rel_pos=True,
+            window_size=4,
+            window_block_indexes=(0, 2),
+            pretrain_img_size=64,
+            pretrain_use_cls_token=True,
+        )
+    )
     ours = build_backbone("eva_tiny_det", img_size=128).eval()
     assert ours.global_block_indexes == (1, 3)
     report = load_checkpoint(ours, ref.state_dict(), verbose=False)
@@ -71,8 +89,16 @@ def test_windowed_relpos_gradients_match_detectron2(monkeypatch):
     import eva_transfer.vit as vit
 
     monkeypatch.setattr(vit, "MAX_BIAS_ELEMENTS", 2000)  # forces several query chunks in the global blocks
-    ref = _randomize(_d2_vit(img_size=128, patch_size=16, use_rel_pos=True, window_size=4,
-                             window_block_indexes=(0, 2), pretrain_img_size=64))
+    ref = _randomize(
+        _d2_vit(
+            img_size=128,
+            patch_size=16,
+            use_rel_pos=True,
+            window_size=4,
+            window_block_indexes=(0, 2),
+            pretrain_img_size=64,
+        )
+    )
     ours = build_backbone("eva_tiny_det", img_size=128).eval()
     load_checkpoint(ours, ref.state_dict(), verbose=False)
     x = torch.randn(2, 3, 112, 144)

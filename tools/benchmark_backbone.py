@@ -45,8 +45,16 @@ def make_pair(case: str, size: int, device: str):
     if case == "global":
         from timm.models.eva import Eva
 
-        ref = Eva(img_size=size, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
-                  num_classes=0, use_fc_norm=False)
+        ref = Eva(
+            img_size=size,
+            patch_size=16,
+            embed_dim=768,
+            depth=12,
+            num_heads=12,
+            mlp_ratio=4.0,
+            num_classes=0,
+            use_fc_norm=False,
+        )
         ours = build_backbone("eva_b", img_size=size)
         load_checkpoint(ours, ref.state_dict(), verbose=False)
         ref_fn, ours_fn = ref.forward_features, ours.forward_tokens
@@ -57,10 +65,26 @@ def make_pair(case: str, size: int, device: str):
         from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
         windowed = tuple(i for i in range(12) if i not in VITDET_B["global_block_indexes"])
-        vit = ViT(img_size=size, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
-                  use_rel_pos=True, window_size=VITDET_B["window_size"], window_block_indexes=windowed)
-        ref = D2Pyramid(vit, "last_feat", 256, scale_factors=(4.0, 2.0, 1.0, 0.5), top_block=LastLevelMaxPool(),
-                        norm="LN", square_pad=size)
+        vit = ViT(
+            img_size=size,
+            patch_size=16,
+            embed_dim=768,
+            depth=12,
+            num_heads=12,
+            mlp_ratio=4.0,
+            use_rel_pos=True,
+            window_size=VITDET_B["window_size"],
+            window_block_indexes=windowed,
+        )
+        ref = D2Pyramid(
+            vit,
+            "last_feat",
+            256,
+            scale_factors=(4.0, 2.0, 1.0, 0.5),
+            top_block=LastLevelMaxPool(),
+            norm="LN",
+            square_pad=size,
+        )
         net = build_backbone("eva_b_det", img_size=size, **VITDET_B)
         load_checkpoint(net, ref.state_dict(), verbose=False)
         pyramid = SimpleFeaturePyramid(768, out_channels=256)
@@ -165,8 +189,10 @@ def peak_memory(case, size, batch, backward, which, device) -> int:
     cmd = [sys.executable, __file__, "--child", json.dumps([case, size, batch, backward, which, device])]
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     if out.returncode != 0:
-        print(f"  memory measurement of {which} {case} {size} failed (exit code {out.returncode}): "
-              f"{out.stderr.strip().splitlines()[-1:] }")
+        print(
+            f"  memory measurement of {which} {case} {size} failed (exit code {out.returncode}): "
+            f"{out.stderr.strip().splitlines()[-1:]}"
+        )
         return -1
     return int(out.stdout.strip().splitlines()[-1])
 
@@ -217,21 +243,36 @@ def main(argv=None):
         case, size, batch, ref_name = CASES[name]
         if args.quick:
             size, args.repeats = (256 if size == 224 else 512), 1
-        for backward in ([False, True] if args.backward else [False]):
+        for backward in [False, True] if args.backward else [False]:
             t_ours, t_ref, flops = time_pair(case, size, batch, backward, args.repeats, device)
             mode = "fwd+bwd" if backward else "fwd"
-            row = dict(case=name, size=size, batch=batch, mode=mode, ref=ref_name, ours_s=t_ours, ref_s=t_ref,
-                       speedup=t_ref / t_ours, ours_gflops=flops / t_ours / 1e9, ref_gflops=flops / t_ref / 1e9)
+            row = dict(
+                case=name,
+                size=size,
+                batch=batch,
+                mode=mode,
+                ref=ref_name,
+                ours_s=t_ours,
+                ref_s=t_ref,
+                speedup=t_ref / t_ours,
+                ours_gflops=flops / t_ours / 1e9,
+                ref_gflops=flops / t_ref / 1e9,
+            )
             if not args.no_memory:
                 row["ours_mem_gb"] = peak_memory(case, size, batch, backward, "ours", device) / 1e9
                 row["ref_mem_gb"] = peak_memory(case, size, batch, backward, "ref", device) / 1e9
                 row["mem_ratio"] = row["ours_mem_gb"] / max(row["ref_mem_gb"], 1e-9)
             rows.append(row)
             rate = max(rate, matmul_rate(device))  # re-measured between cases: the best seen is the machine's
-            mem = (f"  peak {row['ours_mem_gb']:.2f} GB vs {row['ref_mem_gb']:.2f} GB (x{row['mem_ratio']:.2f})"
-                   if "mem_ratio" in row else "")
-            print(f"{name:12s} {mode:7s} ours {t_ours:7.2f} s  {ref_name} {t_ref:7.2f} s  speed-up x{row['speedup']:.2f}"
-                  f"  ours {row['ours_gflops']:.0f} GFLOP/s, reference {row['ref_gflops']:.0f}{mem}")
+            mem = (
+                f"  peak {row['ours_mem_gb']:.2f} GB vs {row['ref_mem_gb']:.2f} GB (x{row['mem_ratio']:.2f})"
+                if "mem_ratio" in row
+                else ""
+            )
+            print(
+                f"{name:12s} {mode:7s} ours {t_ours:7.2f} s  {ref_name} {t_ref:7.2f} s  speed-up x{row['speedup']:.2f}"
+                f"  ours {row['ours_gflops']:.0f} GFLOP/s, reference {row['ref_gflops']:.0f}{mem}"
+            )
     if args.sizes:
         print("\nforward time vs input size (ours, batch 1; window 14 / all-global; ratio to the first size)")
         sizes = [s for s in args.sizes if not args.quick or s <= 768]
@@ -245,13 +286,17 @@ def main(argv=None):
                 base = base or t
                 print(f"  {case:6s} {size:5d}: {t:7.2f} s  x{t / base:5.2f}  ({flops / t / 1e9:.0f} GFLOP/s)")
     print(f"\nfp32 matmul rate, best seen during the run: {rate / 1e9:.1f} GFLOP/s")
-    print("| case | size x batch | mode | ours (s) | reference (s) | speed-up | ours % of matmul | ref % | peak ours / ref (GB) |")
+    print(
+        "| case | size x batch | mode | ours (s) | reference (s) | speed-up | ours % of matmul | ref % | peak ours / ref (GB) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mem = f"{r['ours_mem_gb']:.2f} / {r['ref_mem_gb']:.2f}" if "ours_mem_gb" in r else "-"
-        print(f"| {r['case']} ({r['ref']}) | {r['size']} x {r['batch']} | {r['mode']} | {r['ours_s']:.2f} | "
-              f"{r['ref_s']:.2f} | x{r['speedup']:.2f} | {100 * r['ours_gflops'] * 1e9 / rate:.0f}% | "
-              f"{100 * r['ref_gflops'] * 1e9 / rate:.0f}% | {mem} |")
+        print(
+            f"| {r['case']} ({r['ref']}) | {r['size']} x {r['batch']} | {r['mode']} | {r['ours_s']:.2f} | "
+            f"{r['ref_s']:.2f} | x{r['speedup']:.2f} | {100 * r['ours_gflops'] * 1e9 / rate:.0f}% | "
+            f"{100 * r['ref_gflops'] * 1e9 / rate:.0f}% | {mem} |"
+        )
     print(json.dumps(rows, indent=1))
 
 

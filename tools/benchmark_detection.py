@@ -38,21 +38,40 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def vitdet_backbone(ours) -> nn.Module:
     """Detectron2's ViTDet backbone with the shape of ``ours`` (an EVADetectionBackbone) and its weights."""
     net = ours.net
-    window_blocks = [i for i in range(net.depth) if i not in net.global_block_indexes] if net.window_size else []
+    window_blocks = (
+        [i for i in range(net.depth) if i not in net.global_block_indexes] if net.window_size else []
+    )
     ref = SimpleFeaturePyramid(
-        ViT(img_size=net.img_size[0], patch_size=net.patch_size, embed_dim=net.embed_dim, depth=net.depth,
-            num_heads=net.num_heads, mlp_ratio=net.blocks[0].mlp.fc1.out_features / net.embed_dim, qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6), window_size=net.window_size,
-            window_block_indexes=window_blocks, use_rel_pos=net.blocks[0].attn.use_rel_pos,
-            pretrain_img_size=net.pos_grid[0] * net.patch_size, pretrain_use_cls_token=net.pos_cls_slot,
-            use_act_checkpoint=net.use_act_checkpoint, out_feature="last_feat"),
-        "last_feat", out_channels=ours.out_channels, scale_factors=ours.scale_factors, top_block=LastLevelMaxPool(),
-        norm="LN", square_pad=ours.square_pad,
+        ViT(
+            img_size=net.img_size[0],
+            patch_size=net.patch_size,
+            embed_dim=net.embed_dim,
+            depth=net.depth,
+            num_heads=net.num_heads,
+            mlp_ratio=net.blocks[0].mlp.fc1.out_features / net.embed_dim,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            window_size=net.window_size,
+            window_block_indexes=window_blocks,
+            use_rel_pos=net.blocks[0].attn.use_rel_pos,
+            pretrain_img_size=net.pos_grid[0] * net.patch_size,
+            pretrain_use_cls_token=net.pos_cls_slot,
+            use_act_checkpoint=net.use_act_checkpoint,
+            out_feature="last_feat",
+        ),
+        "last_feat",
+        out_channels=ours.out_channels,
+        scale_factors=ours.scale_factors,
+        top_block=LastLevelMaxPool(),
+        norm="LN",
+        square_pad=ours.square_pad,
     )
     sd = {}
     for k, v in ours.state_dict().items():
         if k.endswith(".attn.q_bias"):
-            sd[k.replace("q_bias", "qkv.bias")] = torch.cat([v, torch.zeros_like(v), ours.state_dict()[k.replace("q_", "v_")]])
+            sd[k.replace("q_bias", "qkv.bias")] = torch.cat(
+                [v, torch.zeros_like(v), ours.state_dict()[k.replace("q_", "v_")]]
+            )
         elif not k.endswith(".attn.v_bias"):
             sd[k] = v
     ref.load_state_dict(sd, strict=True)
@@ -70,10 +89,20 @@ def synthetic_batch(n: int, size: int, num_classes: int, seed: int = 0) -> list[
         masks = torch.zeros(k, size, size, dtype=torch.bool)
         for i, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
             masks[i, y0:y1, x0:x1] = True
-        inst = Instances((size, size), gt_boxes=Boxes(boxes), gt_classes=torch.randint(num_classes, (k,), generator=g),
-                         gt_masks=BitMasks(masks))
-        batch.append({"image": torch.randint(0, 255, (3, size, size), generator=g, dtype=torch.uint8).float(),
-                      "instances": inst, "height": size, "width": size})
+        inst = Instances(
+            (size, size),
+            gt_boxes=Boxes(boxes),
+            gt_classes=torch.randint(num_classes, (k,), generator=g),
+            gt_masks=BitMasks(masks),
+        )
+        batch.append(
+            {
+                "image": torch.randint(0, 255, (3, size, size), generator=g, dtype=torch.uint8).float(),
+                "instances": inst,
+                "height": size,
+                "width": size,
+            }
+        )
     return batch
 
 

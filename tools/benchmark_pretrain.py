@@ -43,8 +43,18 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def run_one(preset: str, act_ckpt: bool, batch: int, steps: int, warmup: int, device: str, amp: str,
-            target_dim: int, with_teacher: bool, threads: int) -> dict:
+def run_one(
+    preset: str,
+    act_ckpt: bool,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: str,
+    amp: str,
+    target_dim: int,
+    with_teacher: bool,
+    threads: int,
+) -> dict:
     import numpy as np
     import torch
 
@@ -101,16 +111,28 @@ def run_one(preset: str, act_ckpt: bool, batch: int, steps: int, warmup: int, de
         sync()
         times.append(time.perf_counter() - t)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else _rss_mb("VmHWM")) - base
-    result = dict(preset=preset, act_ckpt=act_ckpt, batch=batch, img=img, device=device, amp=amp,
-                  step_s=statistics.median(times), peak_mb=peak,
-                  params_m=sum(p.numel() for p in student.parameters()) / 1e6)
+    result = dict(
+        preset=preset,
+        act_ckpt=act_ckpt,
+        batch=batch,
+        img=img,
+        device=device,
+        amp=amp,
+        step_s=statistics.median(times),
+        peak_mb=peak,
+        params_m=sum(p.numel() for p in student.parameters()) / 1e6,
+    )
     result["images_per_s"] = batch / result["step_s"]
     if with_teacher:
         from eva_transfer.pretrain import build_teacher
 
         if preset == "eva_tiny":
-            teacher = build_teacher(name="vit_base_patch16_clip_224.openai", pretrained=False, img_size=img,
-                                    kwargs=dict(embed_dim=48, depth=2, num_heads=2, num_classes=target_dim))
+            teacher = build_teacher(
+                name="vit_base_patch16_clip_224.openai",
+                pretrained=False,
+                img_size=img,
+                kwargs=dict(embed_dim=48, depth=2, num_heads=2, num_classes=target_dim),
+            )
         else:  # the published teacher's architecture with random weights
             teacher = build_teacher(name="vit_large_patch14_clip_224.openai", pretrained=False)
         teacher = teacher.to(dev)
@@ -128,7 +150,9 @@ def run_one(preset: str, act_ckpt: bool, batch: int, steps: int, warmup: int, de
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="eva_tiny,eva_b")
-    p.add_argument("--batch", type=int, default=None, help="per-step batch (default: 16 tiny, 4 others on CPU)")
+    p.add_argument(
+        "--batch", type=int, default=None, help="per-step batch (default: 16 tiny, 4 others on CPU)"
+    )
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default=None)
@@ -149,22 +173,52 @@ def main() -> int:
 
     if args.one:
         preset, ckpt = args.one[0], args.one[1] == "1"
-        r = run_one(preset, ckpt, batch_for(preset), args.steps, args.warmup, device, args.amp,
-                    args.target_dim, args.with_teacher, args.threads)
+        r = run_one(
+            preset,
+            ckpt,
+            batch_for(preset),
+            args.steps,
+            args.warmup,
+            device,
+            args.amp,
+            args.target_dim,
+            args.with_teacher,
+            args.threads,
+        )
         print("RESULT " + json.dumps(r))
         return 0
 
-    print(f"device {device}, amp {args.amp}, {args.steps} timed steps after {args.warmup} warm-up, torch "
-          f"{torch.__version__}, threads {args.threads or torch.get_num_threads()}")
-    header = f"{'preset':9} {'act ckpt':8} {'batch':>5} {'img':>4} {'step s':>8} {'img/s':>8} {'peak MB':>9} " \
-             f"{'time x':>7} {'mem x':>6}"
+    print(
+        f"device {device}, amp {args.amp}, {args.steps} timed steps after {args.warmup} warm-up, torch "
+        f"{torch.__version__}, threads {args.threads or torch.get_num_threads()}"
+    )
+    header = (
+        f"{'preset':9} {'act ckpt':8} {'batch':>5} {'img':>4} {'step s':>8} {'img/s':>8} {'peak MB':>9} "
+        f"{'time x':>7} {'mem x':>6}"
+    )
     print(header + ("  teacher s" if args.with_teacher else ""))
     for preset in args.presets.split(","):
         ref = None
         for ckpt in (False, True):
-            cmd = [sys.executable, os.path.abspath(__file__), "--one", preset, str(int(ckpt)), "--steps",
-                   str(args.steps), "--warmup", str(args.warmup), "--device", device, "--amp", args.amp,
-                   "--target-dim", str(args.target_dim), "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--one",
+                preset,
+                str(int(ckpt)),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--device",
+                device,
+                "--amp",
+                args.amp,
+                "--target-dim",
+                str(args.target_dim),
+                "--threads",
+                str(args.threads),
+            ]
             if args.batch:
                 cmd += ["--batch", str(args.batch)]
             if args.with_teacher:
@@ -176,9 +230,11 @@ def main() -> int:
                 continue
             r = json.loads(line[0][7:])
             ref = ref or r
-            row = (f"{preset:9} {str(ckpt):8} {r['batch']:5d} {r['img']:4d} {r['step_s']:8.3f} "
-                   f"{r['images_per_s']:8.1f} {r['peak_mb']:9.1f} {r['step_s'] / ref['step_s']:7.2f} "
-                   f"{r['peak_mb'] / ref['peak_mb']:6.2f}")
+            row = (
+                f"{preset:9} {str(ckpt):8} {r['batch']:5d} {r['img']:4d} {r['step_s']:8.3f} "
+                f"{r['images_per_s']:8.1f} {r['peak_mb']:9.1f} {r['step_s'] / ref['step_s']:7.2f} "
+                f"{r['peak_mb'] / ref['peak_mb']:6.2f}"
+            )
             print(row + (f"  {r['teacher_s']:9.3f}" if "teacher_s" in r else ""), flush=True)
     return 0
 

@@ -64,7 +64,14 @@ def make_inputs(case: dict, device: str, requires_grad: bool):
     g = torch.Generator().manual_seed(0)
     shapes = torch.tensor(case["shapes"], dtype=torch.long)
     s = int((shapes[:, 0] * shapes[:, 1]).sum())
-    b, q, heads, d, p, levels = case["batch"], case["queries"], case["heads"], case["head_dim"], 4, len(shapes)
+    b, q, heads, d, p, levels = (
+        case["batch"],
+        case["queries"],
+        case["heads"],
+        case["head_dim"],
+        4,
+        len(shapes),
+    )
     value = torch.randn(b, s, heads, d, generator=g)
     ref = mda.reference_points(case["query_shapes"])[:, :, None, :, None, :]  # (1, Q, 1, 1, 1, 2)
     pixel = 1.0 / shapes.flip(-1).float().view(1, 1, 1, levels, 1, 2)
@@ -189,8 +196,12 @@ def _child_measure(spec: dict, device: str) -> int:
 
         def build():
             inputs = make_inputs(spec["case"], device, requires_grad=True)
-            grad = torch.randn(spec["case"]["batch"], spec["case"]["queries"],
-                               spec["case"]["heads"] * spec["case"]["head_dim"], device=device)
+            grad = torch.randn(
+                spec["case"]["batch"],
+                spec["case"]["queries"],
+                spec["case"]["heads"] * spec["case"]["head_dim"],
+                device=device,
+            )
 
             def run():
                 out = impl(*inputs)
@@ -198,6 +209,7 @@ def _child_measure(spec: dict, device: str) -> int:
 
             return run
     else:
+
         def build():
             model, x = build_adapter(spec["adapter"], spec["size"], device)
             use_implementation(spec["impl"])
@@ -224,8 +236,9 @@ def use_implementation(name: str):
 
 def build_adapter(cfg: dict, size: int, device: str):
     torch.manual_seed(0)
-    model = build_vit_adapter(cfg["preset"], adapter=dict(deform_num_heads=cfg["heads"]), depth=cfg["depth"],
-                              img_size=size)
+    model = build_vit_adapter(
+        cfg["preset"], adapter=dict(deform_num_heads=cfg["heads"]), depth=cfg["depth"], img_size=size
+    )
     return model.to(device), torch.randn(cfg["batch"], 3, size, size, device=device)
 
 
@@ -239,10 +252,14 @@ def _fmt_mib(b: int) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 896])
-    parser.add_argument("--width", type=int, default=1408, help="ViT width of the attention cases (EVA-g: 1408)")
+    parser.add_argument(
+        "--width", type=int, default=1408, help="ViT width of the attention cases (EVA-g: 1408)"
+    )
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--value-ratio", type=float, default=0.5)
     parser.add_argument("--batch", type=int, default=1)
@@ -263,12 +280,18 @@ def main():
     torch.set_num_threads(args.threads)
     device = args.device
     head_dim = int(args.width * args.value_ratio) // args.heads
-    print(f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'}), "
-          f"torch {torch.__version__}, {args.threads} threads, median of {args.repeat}")
-    print(f"deformable attention: width {args.width}, {args.heads} heads x {head_dim} (value ratio "
-          f"{args.value_ratio}), 4 points, batch {args.batch}")
-    header = (f"{'case':<18}{'Q':>7}{'S':>7} | {'fwd mmcv':>9}{'ours':>9}{'ratio':>7} | "
-              f"{'f+b mmcv':>9}{'ours':>9}{'ratio':>7} | {'MiB mmcv':>8}{'ours':>8}{'ratio':>7} | max diff out / grad")
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'}), "
+        f"torch {torch.__version__}, {args.threads} threads, median of {args.repeat}"
+    )
+    print(
+        f"deformable attention: width {args.width}, {args.heads} heads x {head_dim} (value ratio "
+        f"{args.value_ratio}), 4 points, batch {args.batch}"
+    )
+    header = (
+        f"{'case':<18}{'Q':>7}{'S':>7} | {'fwd mmcv':>9}{'ours':>9}{'ratio':>7} | "
+        f"{'f+b mmcv':>9}{'ours':>9}{'ratio':>7} | {'MiB mmcv':>8}{'ours':>8}{'ratio':>7} | max diff out / grad"
+    )
     print(header)
     print("-" * len(header))
     summary = []
@@ -278,33 +301,51 @@ def main():
             s = sum(h * w for h, w in case["shapes"])
             inputs = make_inputs(case, device, requires_grad=True)
             out_err, grad_err, edge_points = attention_difference(inputs)
-            fwd = interleaved_times({k: attention_runner(f, inputs, False) for k, f in IMPLEMENTATIONS.items()},
-                                    device, args.repeat)
-            both = interleaved_times({k: attention_runner(f, inputs, True) for k, f in IMPLEMENTATIONS.items()},
-                                     device, args.repeat)
+            fwd = interleaved_times(
+                {k: attention_runner(f, inputs, False) for k, f in IMPLEMENTATIONS.items()},
+                device,
+                args.repeat,
+            )
+            both = interleaved_times(
+                {k: attention_runner(f, inputs, True) for k, f in IMPLEMENTATIONS.items()},
+                device,
+                args.repeat,
+            )
             del inputs
-            mem = {k: peak_in_child(dict(what="attention", impl=k, case=case, threads=args.threads), device)
-                   for k in IMPLEMENTATIONS}
+            mem = {
+                k: peak_in_child(dict(what="attention", impl=k, case=case, threads=args.threads), device)
+                for k in IMPLEMENTATIONS
+            }
             r_f = fwd["mmcv"][0] / fwd["ours"][0]
             r_b = both["mmcv"][0] / both["ours"][0]
             r_m = mem["ours"] / max(mem["mmcv"], 1)
             summary.append((f"{kind}@{size}", r_f, r_b, r_m))
-            print(f"{kind + '@' + str(size):<18}{case['queries']:>7}{s:>7} | {_fmt_ms(fwd['mmcv'][0])}"
-                  f"{_fmt_ms(fwd['ours'][0])}{r_f:>6.2f}x | {_fmt_ms(both['mmcv'][0])}{_fmt_ms(both['ours'][0])}"
-                  f"{r_b:>6.2f}x | {_fmt_mib(mem['mmcv'])}{_fmt_mib(mem['ours'])}{r_m:>6.2f}x | "
-                  f"{out_err:.1e} / {grad_err:.1e} ({edge_points} on an edge)")
+            print(
+                f"{kind + '@' + str(size):<18}{case['queries']:>7}{s:>7} | {_fmt_ms(fwd['mmcv'][0])}"
+                f"{_fmt_ms(fwd['ours'][0])}{r_f:>6.2f}x | {_fmt_ms(both['mmcv'][0])}{_fmt_ms(both['ours'][0])}"
+                f"{r_b:>6.2f}x | {_fmt_mib(mem['mmcv'])}{_fmt_mib(mem['ours'])}{r_m:>6.2f}x | "
+                f"{out_err:.1e} / {grad_err:.1e} ({edge_points} on an edge)"
+            )
             if device == "cpu":
-                print(f"{'  (CPU time)':<32} | {_fmt_ms(fwd['mmcv'][1])}{_fmt_ms(fwd['ours'][1])}"
-                      f"{fwd['mmcv'][1] / fwd['ours'][1]:>6.2f}x | {_fmt_ms(both['mmcv'][1])}"
-                      f"{_fmt_ms(both['ours'][1])}{both['mmcv'][1] / both['ours'][1]:>6.2f}x |")
-    print("times in ms; ratio = mmcv time / ours (higher is faster), memory ratio = ours / mmcv (lower is less); "
-          "grad diff relative to the largest gradient magnitude, locations on a pixel edge left out")
+                print(
+                    f"{'  (CPU time)':<32} | {_fmt_ms(fwd['mmcv'][1])}{_fmt_ms(fwd['ours'][1])}"
+                    f"{fwd['mmcv'][1] / fwd['ours'][1]:>6.2f}x | {_fmt_ms(both['mmcv'][1])}"
+                    f"{_fmt_ms(both['ours'][1])}{both['mmcv'][1] / both['ours'][1]:>6.2f}x |"
+                )
+    print(
+        "times in ms; ratio = mmcv time / ours (higher is faster), memory ratio = ours / mmcv (lower is less); "
+        "grad diff relative to the largest gradient magnitude, locations on a pixel edge left out"
+    )
 
     if not args.skip_adapter:
         cfg = dict(preset=args.preset, depth=args.depth, heads=args.heads, batch=args.batch)
-        print(f"\nViT-Adapter on {args.preset} with {args.depth} blocks (width as the preset), "
-              f"{args.heads} deformable heads, batch {args.batch}")
-        header = (f"{'case':<18} | {'ms mmcv':>9}{'ours':>9}{'ratio':>7} | {'MiB mmcv':>9}{'ours':>9}{'ratio':>7}")
+        print(
+            f"\nViT-Adapter on {args.preset} with {args.depth} blocks (width as the preset), "
+            f"{args.heads} deformable heads, batch {args.batch}"
+        )
+        header = (
+            f"{'case':<18} | {'ms mmcv':>9}{'ours':>9}{'ratio':>7} | {'MiB mmcv':>9}{'ours':>9}{'ratio':>7}"
+        )
         print(header)
         print("-" * len(header))
         modes = ["adapter_infer"] + ([] if args.skip_train else ["adapter_train"])
@@ -327,19 +368,27 @@ def main():
                     return run
 
                 times = interleaved_times({k: runner(k) for k in IMPLEMENTATIONS}, device, args.repeat)
-                mem = {k: peak_in_child(dict(what=mode, impl=k, adapter=cfg, size=size, threads=args.threads),
-                                        device) for k in IMPLEMENTATIONS}
+                mem = {
+                    k: peak_in_child(
+                        dict(what=mode, impl=k, adapter=cfg, size=size, threads=args.threads), device
+                    )
+                    for k in IMPLEMENTATIONS
+                }
                 use_implementation("ours")
                 label = f"{'train step' if train else 'forward'}@{size}"
                 r_t = times["mmcv"][0] / times["ours"][0]
                 r_m = mem["ours"] / max(mem["mmcv"], 1)
                 summary.append((f"adapter {label}", r_t, r_t, r_m))
-                print(f"{label:<18} | {_fmt_ms(times['mmcv'][0])}{_fmt_ms(times['ours'][0])}{r_t:>6.2f}x | "
-                      f"{_fmt_mib(mem['mmcv']):>9}{_fmt_mib(mem['ours']):>9}{r_m:>6.2f}x")
+                print(
+                    f"{label:<18} | {_fmt_ms(times['mmcv'][0])}{_fmt_ms(times['ours'][0])}{r_t:>6.2f}x | "
+                    f"{_fmt_mib(mem['mmcv']):>9}{_fmt_mib(mem['ours']):>9}{r_m:>6.2f}x"
+                )
             del model, x
     worst = min(min(r[1], r[2]) for r in summary)
-    print(f"\nslowest speed-up over mmcv's PyTorch path: {worst:.2f}x; "
-          f"largest memory ratio: {max(r[3] for r in summary):.2f}x")
+    print(
+        f"\nslowest speed-up over mmcv's PyTorch path: {worst:.2f}x; "
+        f"largest memory ratio: {max(r[3] for r in summary):.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -51,22 +51,29 @@ def main(argv=None) -> int:
     p.add_argument("input", help="checkpoint file (.pth/.pt/.bin/.safetensors)")
     p.add_argument("output", help="output file; .safetensors writes safetensors, anything else torch.save")
     p.add_argument("--preset", choices=sorted(PRESETS), help="resize for this backbone preset")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="preset overrides, e.g. img_size=1024")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="preset overrides, e.g. img_size=1024"
+    )
     p.add_argument("--patch-resize", choices=["bicubic", "pinv"], default="bicubic")
     p.add_argument("--rel-pos-resize", choices=["linear", "geometric"], default="linear")
     p.add_argument("--key", help="checkpoint entry holding the state dict (found automatically)")
     p.add_argument("--prefix", help="backbone key prefix in the checkpoint (found automatically)")
     p.add_argument("--output-prefix", default="", help="prefix for the written keys, e.g. backbone.net.")
-    p.add_argument("--allow-pickle", action="store_true", help="read a file that needs full unpickling (trusted only)")
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="read a file that needs full unpickling (trusted only)"
+    )
     args = p.parse_args(argv)
 
     try:
-        sd = unwrap_state_dict(read_checkpoint(args.input, allow_pickle=args.allow_pickle), args.input, args.key)
+        sd = unwrap_state_dict(
+            read_checkpoint(args.input, allow_pickle=args.allow_pickle), args.input, args.key
+        )
         if args.preset:
             with torch.device("meta"):  # shapes only: no memory for a 1B-parameter model
                 model = build_backbone(args.preset, **parse_overrides(args.set))
-            out, report = convert_state_dict(sd, model, args.input, args.prefix, args.patch_resize,
-                                             args.rel_pos_resize)
+            out, report = convert_state_dict(
+                sd, model, args.input, args.prefix, args.patch_resize, args.rel_pos_resize
+            )
         else:
             out, report = extract_backbone(sd, args.input, args.prefix)
             report.loaded = list(out)

@@ -68,7 +68,9 @@ def main(argv=None) -> list[Path]:
         image = np.asarray(Image.open(path).convert("RGB"))
         instances = predictor(image)
         instances = instances[instances.scores >= args.score]
-        drawn = Visualizer(image, metadata, instance_mode=ColorMode.IMAGE).draw_instance_predictions(instances)
+        drawn = Visualizer(image, metadata, instance_mode=ColorMode.IMAGE).draw_instance_predictions(
+            instances
+        )
         target = out_dir / f"{path.stem}.png"
         Image.fromarray(drawn.get_image()).save(target)
         print(f"{path}: {len(instances)} detections >= {args.score} -> {target}")

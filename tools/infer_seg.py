@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Segments one image and writes the prediction as a colour-coded PNG (the dataset's palette).
 
-    python tools/infer_seg.py CONFIG CHECKPOINT image.jpg --out pred.png [--overlay 0.5] [--device cuda]
+python tools/infer_seg.py CONFIG CHECKPOINT image.jpg --out pred.png [--overlay 0.5] [--device cuda]
 """
 
 from __future__ import annotations
@@ -37,8 +37,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("checkpoint")
     p.add_argument("image")
     p.add_argument("--out", required=True, help="output PNG")
-    p.add_argument("--overlay", type=float, default=0.0, metavar="ALPHA",
-                   help="blend the colours over the image with this opacity (0: colours only)")
+    p.add_argument(
+        "--overlay",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="blend the colours over the image with this opacity (0: colours only)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default=None)
     return p.parse_args(argv)
@@ -51,7 +56,9 @@ def main(argv=None) -> np.ndarray:
             raise FileNotFoundError(f"{what} {path!r} does not exist")
     cfg = load_config(args.config, args.cfg_options)
     # a single image has no label file: drop the annotation loader from the test pipeline
-    cfg.test_pipeline = [t for t in cfg.test_pipeline if t["type"] not in ("LoadAnnotations", "LoadCheckedAnnotations")]
+    cfg.test_pipeline = [
+        t for t in cfg.test_pipeline if t["type"] not in ("LoadAnnotations", "LoadCheckedAnnotations")
+    ]
     model = init_model(cfg, args.checkpoint, device=args.device)
     result = inference_model(model, args.image)
     labels = result.pred_sem_seg.data[0].cpu().numpy()
@@ -64,7 +71,9 @@ def main(argv=None) -> np.ndarray:
         colours = (image * (1 - args.overlay) + colours * args.overlay).astype(np.uint8)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(colours).save(args.out)
-    print(f"wrote {args.out} ({labels.shape[1]}x{labels.shape[0]}, classes present: {np.unique(labels).tolist()})")
+    print(
+        f"wrote {args.out} ({labels.shape[1]}x{labels.shape[0]}, classes present: {np.unique(labels).tolist()})"
+    )
     return labels
 
 

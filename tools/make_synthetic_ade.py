@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Writes the synthetic segmentation dataset in ADE20K's layout (see projects/segmentation/synthetic.py).
 
-    python tools/make_synthetic_ade.py data/synthetic_ade --train 64 --val 16 --size 64
+python tools/make_synthetic_ade.py data/synthetic_ade --train 64 --val 16 --size 64
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     root = write_synthetic_ade(args.root, args.train, args.val, args.size, args.seed)
-    print(f"wrote {args.train} training and {args.val} validation images of {args.size}x{args.size} to {root} "
-          f"(classes: {', '.join(SYNTHETIC_CLASSES)}; label 0 = unlabelled)")
+    print(
+        f"wrote {args.train} training and {args.val} validation images of {args.size}x{args.size} to {root} "
+        f"(classes: {', '.join(SYNTHETIC_CLASSES)}; label 0 = unlabelled)"
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ from eva_transfer.pretrain import ConfigError, load_config, train  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="a config file under configs/pretrain/")
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")

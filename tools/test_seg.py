@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Evaluates a trained segmentor (mIoU through mmseg's IoUMetric) on the config's test set.
 
-    python tools/test_seg.py CONFIG CHECKPOINT                 # the config's inference (sliding window for EVA)
-    python tools/test_seg.py CONFIG CHECKPOINT --tta           # multi-scale + flip (the config's tta_pipeline)
-    python tools/test_seg.py CONFIG CHECKPOINT --show-dir vis  # also write prediction overlays
+python tools/test_seg.py CONFIG CHECKPOINT                 # the config's inference (sliding window for EVA)
+python tools/test_seg.py CONFIG CHECKPOINT --tta           # multi-scale + flip (the config's tta_pipeline)
+python tools/test_seg.py CONFIG CHECKPOINT --show-dir vis  # also write prediction overlays
 """
 
 from __future__ import annotations
@@ -41,8 +41,15 @@ def build_runner(args: argparse.Namespace) -> Runner:
     cfg.load_from = args.checkpoint
     cfg.resume = False
     # testing needs only the test set: the training and validation data may be absent
-    for key in ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler", "val_dataloader", "val_cfg",
-                "val_evaluator"):
+    for key in (
+        "train_dataloader",
+        "train_cfg",
+        "optim_wrapper",
+        "param_scheduler",
+        "val_dataloader",
+        "val_cfg",
+        "val_evaluator",
+    ):
         cfg[key] = None
     if args.tta:
         if "tta_pipeline" not in cfg or "tta_model" not in cfg:

@@ -55,8 +55,14 @@ def cli(argv=None):
     # write synthetic datasets once, before worker processes start
     prepare_config_datasets(OmegaConf.to_container(cfg.dataloader.get("datasets", []), resolve=True))
     del cfg
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
 
 
 if __name__ == "__main__":

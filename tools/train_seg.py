@@ -28,12 +28,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="config file")
     p.add_argument("--work-dir", help="where logs and checkpoints go (default: work_dirs/<config name>)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                   help="resume training: from work_dir's last checkpoint, or from CHECKPOINT")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="CHECKPOINT",
+        help="resume training: from work_dir's last checkpoint, or from CHECKPOINT",
+    )
     p.add_argument("--amp", action="store_true", help="mixed-precision training (AmpOptimWrapper)")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
-                   help="override config keys, e.g. train_cfg.max_iters=1000 optim_wrapper.optimizer.lr=1e-4")
+    p.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=DictAction,
+        default=None,
+        help="override config keys, e.g. train_cfg.max_iters=1000 optim_wrapper.optimizer.lr=1e-4",
+    )
     p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

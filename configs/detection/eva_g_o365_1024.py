@@ -13,10 +13,18 @@ from .common.train import train
 
 dataloader.image_size = 1024
 dataloader.datasets = [
-    dict(name="objects365_v2_train", json_file="datasets/objects365/annotations/zhiyuan_objv2_train.json",
-         image_root="datasets/objects365/train", fmt="coco"),
-    dict(name="objects365_v2_val", json_file="datasets/objects365/annotations/zhiyuan_objv2_val.json",
-         image_root="datasets/objects365/val", fmt="coco"),
+    dict(
+        name="objects365_v2_train",
+        json_file="datasets/objects365/annotations/zhiyuan_objv2_train.json",
+        image_root="datasets/objects365/train",
+        fmt="coco",
+    ),
+    dict(
+        name="objects365_v2_val",
+        json_file="datasets/objects365/annotations/zhiyuan_objv2_val.json",
+        image_root="datasets/objects365/val",
+        fmt="coco",
+    ),
 ]
 dataloader.train.dataset.names = "objects365_v2_train"
 dataloader.test.dataset.names = "objects365_v2_val"

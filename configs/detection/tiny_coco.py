@@ -9,10 +9,16 @@ from .eva_g_coco_1280 import dataloader, lr_multiplier, model, optimizer, train
 
 shrink_to_tiny(model, dataloader, optimizer, train)
 dataloader.datasets = [
-    dict(name="synthetic_coco_train", fmt="coco",
-         synthetic=dict(root="${dataloader.synthetic_root}/coco", split="train", num_images=600, seed=0)),
-    dict(name="synthetic_coco_val", fmt="coco",
-         synthetic=dict(root="${dataloader.synthetic_root}/coco", split="val", num_images=60, seed=1)),
+    dict(
+        name="synthetic_coco_train",
+        fmt="coco",
+        synthetic=dict(root="${dataloader.synthetic_root}/coco", split="train", num_images=600, seed=0),
+    ),
+    dict(
+        name="synthetic_coco_val",
+        fmt="coco",
+        synthetic=dict(root="${dataloader.synthetic_root}/coco", split="val", num_images=60, seed=1),
+    ),
 ]
 dataloader.train.dataset.names = "synthetic_coco_train"
 dataloader.test.dataset.names = "synthetic_coco_val"

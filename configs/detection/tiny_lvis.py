@@ -6,12 +6,20 @@ from .eva_g_lvis_1280 import dataloader, lr_multiplier, model, optimizer, train
 
 shrink_to_tiny(model, dataloader, optimizer, train)
 dataloader.datasets = [
-    dict(name="synthetic_lvis_train", fmt="lvis",
-         synthetic=dict(root="${dataloader.synthetic_root}/lvis", split="train", num_images=600, seed=0,
-                        num_classes=12)),
-    dict(name="synthetic_lvis_val", fmt="lvis",
-         synthetic=dict(root="${dataloader.synthetic_root}/lvis", split="val", num_images=60, seed=1,
-                        num_classes=12)),
+    dict(
+        name="synthetic_lvis_train",
+        fmt="lvis",
+        synthetic=dict(
+            root="${dataloader.synthetic_root}/lvis", split="train", num_images=600, seed=0, num_classes=12
+        ),
+    ),
+    dict(
+        name="synthetic_lvis_val",
+        fmt="lvis",
+        synthetic=dict(
+            root="${dataloader.synthetic_root}/lvis", split="val", num_images=60, seed=1, num_classes=12
+        ),
+    ),
 ]
 dataloader.train.dataset.names = "synthetic_lvis_train"
 dataloader.test.dataset.names = "synthetic_lvis_val"

@@ -12,5 +12,7 @@ config = dict(
     data=dict(img_size=224, scale=(0.2, 1.0), hflip=0.5, interpolation="bicubic", workers=8),
     optim=dict(lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.05, clip_grad=3.0, zero=True),
     schedule=dict(epochs=150, warmup_epochs=2, warmup_lr=1e-6, min_lr=1e-5),
-    train=dict(batch_size=4096, amp="fp16", output_dir="output/pretrain/eva_g_clip_l14", checkpoint_every=1000),
+    train=dict(
+        batch_size=4096, amp="fp16", output_dir="output/pretrain/eva_g_clip_l14", checkpoint_every=1000
+    ),
 )

@@ -7,7 +7,9 @@ Run: ``python tools/pretrain.py --config configs/pretrain/eva_tiny_cpu.py data.r
 _base_ = "eva_g_clip_l14.py"
 
 config = dict(
-    model=dict(backbone="eva_tiny", target_dim=None, drop_path_rate=0.1, backbone_overrides=dict(img_size=128)),
+    model=dict(
+        backbone="eva_tiny", target_dim=None, drop_path_rate=0.1, backbone_overrides=dict(img_size=128)
+    ),
     teacher=dict(
         name="vit_base_patch16_clip_224.openai",
         pretrained=False,
@@ -19,6 +21,13 @@ config = dict(
     data=dict(img_size=128, workers=0),
     optim=dict(zero=False),
     schedule=dict(total_steps=300, warmup_steps=20),
-    train=dict(batch_size=16, amp="none", output_dir="output/pretrain/eva_tiny_cpu", checkpoint_every=100,
-               log_every=20, tensorboard=False, device="cpu"),
+    train=dict(
+        batch_size=16,
+        amp="none",
+        output_dir="output/pretrain/eva_tiny_cpu",
+        checkpoint_every=100,
+        log_every=20,
+        tensorboard=False,
+        device="cpu",
+    ),
 )

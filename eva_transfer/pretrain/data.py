@@ -51,7 +51,9 @@ def list_images(root: Optional[str] = None, list_file: Optional[str] = None) -> 
             with open(lf) as f:
                 meta = json.load(f)
             if not isinstance(meta, dict) or not isinstance(meta.get("images"), list):
-                raise ValueError(f"{lf}: a COCO-style list needs an 'images' array of {{'file_name': ...}} entries")
+                raise ValueError(
+                    f"{lf}: a COCO-style list needs an 'images' array of {{'file_name': ...}} entries"
+                )
             names = []
             for i, im in enumerate(meta["images"]):
                 if not isinstance(im, dict) or "file_name" not in im:
@@ -204,8 +206,16 @@ class GlobalBatchSampler(Sampler[list[int]]):
     batches already trained (resume).
     """
 
-    def __init__(self, num_samples: int, global_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 epoch: int = 0, start_batch: int = 0):
+    def __init__(
+        self,
+        num_samples: int,
+        global_batch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        epoch: int = 0,
+        start_batch: int = 0,
+    ):
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} is not divisible by {world_size} processes")
         if num_samples < global_batch:

@@ -62,7 +62,9 @@ class BlockMaskGenerator:
         if num_masked is None:
             num_masked = int(round(mask_ratio * total))
         if not 0 < num_masked <= total:
-            raise ValueError(f"num_masked={num_masked} must be in [1, {total}] for a {self.height}x{self.width} grid")
+            raise ValueError(
+                f"num_masked={num_masked} must be in [1, {total}] for a {self.height}x{self.width} grid"
+            )
         if not 0 < min_patches <= num_masked:
             raise ValueError(f"min_patches={min_patches} must be in [1, num_masked={num_masked}]")
         if min_aspect <= 0:

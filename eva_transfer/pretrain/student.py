@@ -49,11 +49,15 @@ def build_student(backbone: str = "eva_g", target_dim: int = 768, **overrides) -
     ``overrides`` are :class:`EVAViT` arguments (``drop_path_rate``, ``use_act_checkpoint``, ``img_size``...)."""
     vit = build_backbone(backbone, use_mask_token=True, **overrides)
     if vit.cls_token is None or isinstance(vit.norm, nn.Identity):
-        raise ValueError(f"backbone preset {backbone!r} is not the pre-training layout (CLS token and final norm)")
+        raise ValueError(
+            f"backbone preset {backbone!r} is not the pre-training layout (CLS token and final norm)"
+        )
     return MIMStudent(vit, target_dim)
 
 
-def masked_cosine_loss(pred: Tensor, target: Tensor, mask: Tensor, normalizer: Optional[float] = None) -> Tensor:
+def masked_cosine_loss(
+    pred: Tensor, target: Tensor, mask: Tensor, normalizer: Optional[float] = None
+) -> Tensor:
     """Negative cosine similarity between predictions and targets over the masked patches, in fp32.
 
     Args:

@@ -37,14 +37,18 @@ class CLIPTeacher(nn.Module):
         out_dim: target width; patch_size; img_size: the tower's input size ``(H, W)``.
     """
 
-    def __init__(self, tower: nn.Module, family: str, mean: Sequence[float], std: Sequence[float], name: str = ""):
+    def __init__(
+        self, tower: nn.Module, family: str, mean: Sequence[float], std: Sequence[float], name: str = ""
+    ):
         super().__init__()
         if family not in ("timm", "open_clip"):
             raise ValueError(f"unknown teacher family {family!r} (expected 'timm' or 'open_clip')")
         self.tower = tower
         self.family = family
         self.name = name or type(tower).__name__
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         if family == "timm":
             if not hasattr(tower, "forward_features") or not hasattr(tower, "head"):
@@ -56,10 +60,14 @@ class CLIPTeacher(nn.Module):
         else:
             for attr in ("conv1", "ln_post", "transformer"):
                 if not hasattr(tower, attr):
-                    raise TypeError(f"teacher {self.name}: an open_clip vision tower with {attr!r} is expected")
+                    raise TypeError(
+                        f"teacher {self.name}: an open_clip vision tower with {attr!r} is expected"
+                    )
             if getattr(tower, "attn_pool", None) is not None:
-                raise TypeError(f"teacher {self.name}: an attention-pooled tower (CoCa style) has no per-patch "
-                                f"outputs; use a CLIP ViT with token or average pooling")
+                raise TypeError(
+                    f"teacher {self.name}: an attention-pooled tower (CoCa style) has no per-patch "
+                    f"outputs; use a CLIP ViT with token or average pooling"
+                )
             self.patch_size = _pair(tower.conv1.kernel_size)[0]
             self.img_size = tuple(_pair(tower.image_size))
             proj = getattr(tower, "proj", None)
@@ -111,8 +119,13 @@ class CLIPTeacher(nn.Module):
             ``(B, h*w, out_dim)`` float targets.
         """
         if tuple(images.shape[-2:]) != self.img_size:
-            images = F.interpolate(images.float(), size=self.img_size, mode="bicubic", align_corners=False,
-                                   antialias=True).clamp_(0, 1).to(images.dtype)
+            images = (
+                F.interpolate(
+                    images.float(), size=self.img_size, mode="bicubic", align_corners=False, antialias=True
+                )
+                .clamp_(0, 1)
+                .to(images.dtype)
+            )
         tokens, tgrid = self._tokens(self.normalize(images))
         if tokens.shape[1] != tgrid[0] * tgrid[1]:
             raise RuntimeError(
@@ -176,8 +189,10 @@ def build_teacher(
         try:
             import open_clip
         except ImportError as e:
-            raise ImportError("teacher.family='open_clip' needs the open_clip_torch package (pip install "
-                              "open_clip_torch), or use a timm CLIP teacher") from e
+            raise ImportError(
+                "teacher.family='open_clip' needs the open_clip_torch package (pip install "
+                "open_clip_torch), or use a timm CLIP teacher"
+            ) from e
         tag = pretrained if isinstance(pretrained, str) else None
         model = open_clip.create_model(name, pretrained=tag if checkpoint is None else None, **kwargs)
         tower = model.visual
@@ -193,8 +208,12 @@ def build_teacher(
         sd = unwrap_state_dict(read_checkpoint(checkpoint), checkpoint)
         missing, unexpected = tower.load_state_dict(sd, strict=False)
         if missing:
-            raise ValueError(f"teacher checkpoint {checkpoint} lacks {len(missing)} keys of {name}, e.g. {missing[:3]}")
+            raise ValueError(
+                f"teacher checkpoint {checkpoint} lacks {len(missing)} keys of {name}, e.g. {missing[:3]}"
+            )
         if unexpected:
-            raise ValueError(f"teacher checkpoint {checkpoint} has {len(unexpected)} keys {name} does not use, "
-                             f"e.g. {unexpected[:3]}")
+            raise ValueError(
+                f"teacher checkpoint {checkpoint} has {len(unexpected)} keys {name} does not use, "
+                f"e.g. {unexpected[:3]}"
+            )
     return CLIPTeacher(tower, family, tuple(mean), tuple(std), name=name)

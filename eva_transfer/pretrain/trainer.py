@@ -77,7 +77,9 @@ def mim_loss(
         scalar fp32 loss.
     """
     autocast = (
-        torch.autocast(device_type=images.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+        torch.autocast(device_type=images.device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else nullcontext()
     )
     with autocast:
         targets = teacher(images, grid)
@@ -89,15 +91,24 @@ def build_models(cfg: dict, device: torch.device) -> tuple[MIMStudent, CLIPTeach
     """Teacher and student from a config; the student head follows (or is checked against) the teacher."""
     t = cfg["teacher"]
     teacher = build_teacher(
-        family=t["family"], name=t["name"], pretrained=t["pretrained"], checkpoint=t["checkpoint"],
-        img_size=t["img_size"], kwargs=t["kwargs"], mean=t["mean"], std=t["std"],
+        family=t["family"],
+        name=t["name"],
+        pretrained=t["pretrained"],
+        checkpoint=t["checkpoint"],
+        img_size=t["img_size"],
+        kwargs=t["kwargs"],
+        mean=t["mean"],
+        std=t["std"],
     )
     m = cfg["model"]
     target_dim = m["target_dim"] if m["target_dim"] is not None else teacher.out_dim
     check_target_width(target_dim, teacher)
     student = build_student(
-        m["backbone"], target_dim, drop_path_rate=m["drop_path_rate"],
-        use_act_checkpoint=m["use_act_checkpoint"], **m["backbone_overrides"],
+        m["backbone"],
+        target_dim,
+        drop_path_rate=m["drop_path_rate"],
+        use_act_checkpoint=m["use_act_checkpoint"],
+        **m["backbone_overrides"],
     )
     return student.to(device), teacher.to(device)
 
@@ -176,20 +187,34 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
     grid = (dcfg["img_size"] // vit.patch_size, dcfg["img_size"] // vit.patch_size)
     mk = cfg["mask"]
     masker = BlockMaskGenerator(
-        grid, num_masked=mk["num_patches"], mask_ratio=mk["ratio"], min_patches=mk["min_patches"],
-        max_patches=mk["max_patches"], min_aspect=mk["min_aspect"], max_aspect=mk["max_aspect"],
+        grid,
+        num_masked=mk["num_patches"],
+        mask_ratio=mk["ratio"],
+        min_patches=mk["min_patches"],
+        max_patches=mk["max_patches"],
+        min_aspect=mk["min_aspect"],
+        max_aspect=mk["max_aspect"],
         max_tries=mk["max_tries"],
     )
     paths = list_images(dcfg["root"], dcfg["list_file"])
     dataset = MIMDataset(
-        paths, dcfg["img_size"], masker, scale=tuple(dcfg["scale"]), ratio=tuple(dcfg["ratio"]),
-        hflip=dcfg["hflip"], interpolation=dcfg["interpolation"], seed=seed,
+        paths,
+        dcfg["img_size"],
+        masker,
+        scale=tuple(dcfg["scale"]),
+        ratio=tuple(dcfg["ratio"]),
+        hflip=dcfg["hflip"],
+        interpolation=dcfg["interpolation"],
+        seed=seed,
     )
     global_batch = int(tcfg["batch_size"])
     steps_per_epoch = GlobalBatchSampler(len(dataset), global_batch, rank, world, seed).batches_per_epoch
     total_steps = scfg["total_steps"] or int(scfg["epochs"] * steps_per_epoch)
-    warmup_steps = scfg["warmup_steps"] if scfg["warmup_steps"] is not None else int(
-        scfg["warmup_epochs"] * steps_per_epoch)
+    warmup_steps = (
+        scfg["warmup_steps"]
+        if scfg["warmup_steps"] is not None
+        else int(scfg["warmup_epochs"] * steps_per_epoch)
+    )
 
     groups = param_groups_layer_decay(student, ocfg["lr"], ocfg["weight_decay"], decay_rate=1.0)
     for g in groups:
@@ -223,8 +248,9 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
 
     model: nn.Module = student
     if world > 1:
-        model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda"
-                                                    else None)
+        model = nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None
+        )
     model.train()
     mean = torch.tensor(dcfg["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(dcfg["std"], device=device).view(1, 3, 1, 1)
@@ -232,9 +258,12 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
     writer = _tensorboard(out_dir, start_step) if (is_main and tcfg["tensorboard"]) else None
     log_file = open(out_dir / "log.jsonl", "a") if is_main else None
     if is_main:
-        print(f"[pretrain] {len(dataset)} images, {steps_per_epoch} steps/epoch, {total_steps} steps "
-              f"(warm-up {warmup_steps}), global batch {global_batch} on {world} process(es), {device}, "
-              f"amp={amp_dtype}, zero={use_zero}", flush=True)
+        print(
+            f"[pretrain] {len(dataset)} images, {steps_per_epoch} steps/epoch, {total_steps} steps "
+            f"(warm-up {warmup_steps}), global batch {global_batch} on {world} process(es), {device}, "
+            f"amp={amp_dtype}, zero={use_zero}",
+            flush=True,
+        )
 
     history: list[StepRecord] = []
     skipped_total = 0
@@ -247,13 +276,22 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
                 epoch, first = divmod(step, steps_per_epoch)
                 dataset.set_epoch(epoch)
                 sampler = GlobalBatchSampler(len(dataset), global_batch, rank, world, seed, epoch, first)
-                loader = DataLoader(dataset, batch_sampler=sampler, num_workers=dcfg["workers"], collate_fn=collate,
-                                    pin_memory=device.type == "cuda")
+                loader = DataLoader(
+                    dataset,
+                    batch_sampler=sampler,
+                    num_workers=dcfg["workers"],
+                    collate_fn=collate,
+                    pin_memory=device.type == "cuda",
+                )
                 for batch in loader:
-                    lr = lr_at_step(step, total_steps, warmup_steps, ocfg["lr"], scfg["warmup_lr"], scfg["min_lr"])
+                    lr = lr_at_step(
+                        step, total_steps, warmup_steps, ocfg["lr"], scfg["warmup_lr"], scfg["min_lr"]
+                    )
                     for g in optimizer.param_groups:
                         g["lr"] = lr * g.get("lr_scale", 1.0)
-                    torch.manual_seed(_step_seed(seed, step, rank))  # drop path draws are a function of the step
+                    torch.manual_seed(
+                        _step_seed(seed, step, rank)
+                    )  # drop path draws are a function of the step
                     images = batch["image"].to(device, non_blocking=True)
                     mask = batch["mask"].to(device, non_blocking=True)
                     counts = torch.tensor([float(mask.sum()), float(batch["skipped"])], device=device)
@@ -282,8 +320,14 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
                     elapsed = time.time() - t_start
                     rate = (step - start_step) / max(elapsed, 1e-9)
                     record: StepRecord = dict(
-                        step=step, epoch=epoch, loss=global_loss, lr=lr, grad_norm=float(grad_norm),
-                        skipped=skipped_total, images_per_s=rate * global_batch, eta_s=(total_steps - step) / rate,
+                        step=step,
+                        epoch=epoch,
+                        loss=global_loss,
+                        lr=lr,
+                        grad_norm=float(grad_norm),
+                        skipped=skipped_total,
+                        images_per_s=rate * global_batch,
+                        eta_s=(total_steps - step) / rate,
                     )
                     history.append(record)
                     if is_main:
@@ -302,8 +346,9 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
                     if signalled or (run_limit and step - start_step >= run_limit):
                         interrupted = True
                     if interrupted or step % tcfg["checkpoint_every"] == 0 or step == total_steps:
-                        _save_training_state(out_dir, student, optimizer, scaler, step, cfg, is_main,
-                                             tcfg["keep_checkpoints"])
+                        _save_training_state(
+                            out_dir, student, optimizer, scaler, step, cfg, is_main, tcfg["keep_checkpoints"]
+                        )
                     if interrupted or step >= total_steps:
                         break
     finally:
@@ -323,11 +368,19 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
             dist.destroy_process_group()
     if is_main:
         msg = "interrupted" if interrupted else "finished"
-        print(f"[pretrain] {msg} at step {step}/{total_steps}; {skipped_total} unreadable image(s) skipped",
-              flush=True)
-    return dict(history=history, step=step, total_steps=total_steps, interrupted=interrupted,
-                skipped_images=skipped_total, export=str(export_path) if export_path else None,
-                checkpoint=str(out_dir / "last.pth"))
+        print(
+            f"[pretrain] {msg} at step {step}/{total_steps}; {skipped_total} unreadable image(s) skipped",
+            flush=True,
+        )
+    return dict(
+        history=history,
+        step=step,
+        total_steps=total_steps,
+        interrupted=interrupted,
+        skipped_images=skipped_total,
+        export=str(export_path) if export_path else None,
+        checkpoint=str(out_dir / "last.pth"),
+    )
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -336,9 +389,11 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 
 def _progress(r: StepRecord, total: int) -> str:
     eta = int(r["eta_s"])
-    return (f"[pretrain] step {r['step']}/{total} epoch {r['epoch']} loss {r['loss']:.4f} lr {r['lr']:.3e} "
-            f"grad {r['grad_norm']:.3f} {r['images_per_s']:.1f} img/s eta {eta // 3600}:{eta // 60 % 60:02d}:"
-            f"{eta % 60:02d}" + (f" skipped {r['skipped']}" if r["skipped"] else ""))
+    return (
+        f"[pretrain] step {r['step']}/{total} epoch {r['epoch']} loss {r['loss']:.4f} lr {r['lr']:.3e} "
+        f"grad {r['grad_norm']:.3f} {r['images_per_s']:.1f} img/s eta {eta // 3600}:{eta // 60 % 60:02d}:"
+        f"{eta % 60:02d}" + (f" skipped {r['skipped']}" if r["skipped"] else "")
+    )
 
 
 def _resume_path(resume: Optional[str], out_dir: Path) -> Optional[Path]:
@@ -353,14 +408,20 @@ def _resume_path(resume: Optional[str], out_dir: Path) -> Optional[Path]:
     return p
 
 
-def _save_training_state(out_dir: Path, student: MIMStudent, optimizer, scaler, step: int, cfg: dict,
-                         is_main: bool, keep: int) -> None:
+def _save_training_state(
+    out_dir: Path, student: MIMStudent, optimizer, scaler, step: int, cfg: dict, is_main: bool, keep: int
+) -> None:
     if hasattr(optimizer, "consolidate_state_dict"):  # ZeRO: gather the shards on rank 0 (a collective)
         optimizer.consolidate_state_dict(to=0)
     if not is_main:
         return
-    state = dict(model=student.state_dict(), optimizer=optimizer.state_dict(),
-                 scaler=scaler.state_dict() if scaler.is_enabled() else None, step=step, config=cfg)
+    state = dict(
+        model=student.state_dict(),
+        optimizer=optimizer.state_dict(),
+        scaler=scaler.state_dict() if scaler.is_enabled() else None,
+        step=step,
+        config=cfg,
+    )
     save_checkpoint(state, out_dir / "last.pth")
     if keep > 1:
         save_checkpoint(state, out_dir / f"checkpoint_{step:08d}.pth")
@@ -396,9 +457,21 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _warn_if_schedule_changed(old: dict, new: dict, world: int) -> None:
-    for section, key in (("train", "batch_size"), ("train", "seed"), ("schedule", "epochs"),
-                         ("schedule", "total_steps"), ("optim", "lr"), ("data", "img_size")):
+    for section, key in (
+        ("train", "batch_size"),
+        ("train", "seed"),
+        ("schedule", "epochs"),
+        ("schedule", "total_steps"),
+        ("optim", "lr"),
+        ("data", "img_size"),
+    ):
         a, b = old.get(section, {}).get(key), new[section][key]
         if section in old and a != b:
-            logger.warning("resuming with %s.%s=%r (the checkpoint was trained with %r): the schedule or data "
-                           "order differs from the interrupted run", section, key, b, a)
+            logger.warning(
+                "resuming with %s.%s=%r (the checkpoint was trained with %r): the schedule or data "
+                "order differs from the interrupted run",
+                section,
+                key,
+                b,
+                a,
+            )

@@ -82,8 +82,9 @@ def build_eva_det_backbone(
     **vit_overrides: Any,
 ) -> EVADetectionBackbone:
     """Backbone from a core preset name (``eva_g_det``, ``eva_b_det``, ``eva_tiny_det``, ...) and EVAViT overrides."""
-    return EVADetectionBackbone(build_backbone(preset, **vit_overrides), out_channels, scale_factors,
-                                square_pad=square_pad)
+    return EVADetectionBackbone(
+        build_backbone(preset, **vit_overrides), out_channels, scale_factors, square_pad=square_pad
+    )
 
 
 @BACKBONE_REGISTRY.register()

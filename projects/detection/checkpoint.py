@@ -53,11 +53,18 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         checkpointables: optimizer, scheduler, ... as in Detectron2.
     """
 
-    def __init__(self, model, save_dir: str = "", *, thing_classes: Optional[Sequence[str]] = None,
-                 source_classes: Optional[Sequence[str]] = None,
-                 class_synonyms: Optional[Mapping[str, Sequence[str]]] = None,
-                 load_options: Optional[Mapping[str, Any]] = None, save_to_disk: Optional[bool] = None,
-                 **checkpointables):
+    def __init__(
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        thing_classes: Optional[Sequence[str]] = None,
+        source_classes: Optional[Sequence[str]] = None,
+        class_synonyms: Optional[Mapping[str, Sequence[str]]] = None,
+        load_options: Optional[Mapping[str, Any]] = None,
+        save_to_disk: Optional[bool] = None,
+        **checkpointables,
+    ):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.thing_classes = list(thing_classes) if thing_classes is not None else None
         self.source_classes = list(source_classes) if source_classes is not None else None
@@ -91,8 +98,10 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
     # ------------------------------------------------------------------------------------------------ loading
     def _torch_load(self, f: str) -> dict[str, Any]:
         obj = read_checkpoint(f)
-        if isinstance(obj, dict) and isinstance(obj.get("model"), Mapping) and any(
-            k.startswith("backbone.") for k in obj["model"]
+        if (
+            isinstance(obj, dict)
+            and isinstance(obj.get("model"), Mapping)
+            and any(k.startswith("backbone.") for k in obj["model"])
         ):
             return dict(obj, __source__=f)  # a detector checkpoint (this toolkit's or Detectron2's)
         return {"model": unwrap_state_dict(obj, f), "__backbone_only__": True, "__source__": f}
@@ -107,8 +116,9 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
             loaded = {prefix + k for k in report.loaded}
             missing = [k for k in self.model.state_dict() if k not in loaded]
             checkpoint.pop("model")
-            return _IncompatibleKeys(missing_keys=missing, unexpected_keys=list(report.unexpected),
-                                     incorrect_shapes=[])
+            return _IncompatibleKeys(
+                missing_keys=missing, unexpected_keys=list(report.unexpected), incorrect_shapes=[]
+            )
 
         vit_keys = [k for k in sd if k.startswith(prefix)]
         if not vit_keys:

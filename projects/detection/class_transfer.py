@@ -14,8 +14,15 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from torch import Tensor
 
-__all__ = ["SYNONYMS", "normalize_class_name", "class_aliases", "match_classes", "ClassTransferReport",
-           "transfer_class_rows", "is_class_specific"]
+__all__ = [
+    "SYNONYMS",
+    "normalize_class_name",
+    "class_aliases",
+    "match_classes",
+    "ClassTransferReport",
+    "transfer_class_rows",
+    "is_class_specific",
+]
 
 #: spelling variants between common detection label spaces (both directions are used)
 SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -61,8 +68,11 @@ def class_aliases(name: str, extra: Iterable[str] = ()) -> list[str]:
     return seen
 
 
-def match_classes(source: Sequence[str], target: Sequence[str],
-                  target_synonyms: Optional[Mapping[str, Sequence[str]]] = None) -> dict[int, int]:
+def match_classes(
+    source: Sequence[str],
+    target: Sequence[str],
+    target_synonyms: Optional[Mapping[str, Sequence[str]]] = None,
+) -> dict[int, int]:
     """``{target index: source index}`` for target classes with a source class of the same name.
 
     An exact (normalised) name wins over a synonym; each source class is used at most once per alias level.
@@ -100,7 +110,8 @@ class ClassTransferReport:
         lines = [
             f"class transfer: {len(self.matched)} classes initialised from the source model by name: {pairs}{more}",
             f"class transfer: {len(self.reinitialised)} classes re-initialised (no match): "
-            + ", ".join(self.reinitialised[:20]) + (" ..." if len(self.reinitialised) > 20 else ""),
+            + ", ".join(self.reinitialised[:20])
+            + (" ..." if len(self.reinitialised) > 20 else ""),
             f"class transfer: rebuilt {', '.join(self.keys)}",
         ]
         return "\n".join(lines)
@@ -123,8 +134,11 @@ def _layout(key: str, n_rows: int, num_classes: int) -> tuple[int, int] | None:
 
 
 def transfer_class_rows(
-    state_dict: dict[str, Tensor], model_state: Mapping[str, Tensor], source_classes: Optional[Sequence[str]],
-    target_classes: Sequence[str], target_synonyms: Optional[Mapping[str, Sequence[str]]] = None,
+    state_dict: dict[str, Tensor],
+    model_state: Mapping[str, Tensor],
+    source_classes: Optional[Sequence[str]],
+    target_classes: Sequence[str],
+    target_synonyms: Optional[Mapping[str, Sequence[str]]] = None,
 ) -> ClassTransferReport:
     """Rewrites the class-specific parameters of ``state_dict`` (in place) to the target label space.
 

@@ -16,7 +16,9 @@ def lsj_train_augmentations(image_size: int, min_scale: float, max_scale: float)
     ``image_size`` crop (smaller images are padded by the model's square padding)."""
     return [
         T.RandomFlip(horizontal=True),
-        T.ResizeScale(min_scale=min_scale, max_scale=max_scale, target_height=image_size, target_width=image_size),
+        T.ResizeScale(
+            min_scale=min_scale, max_scale=max_scale, target_height=image_size, target_width=image_size
+        ),
         T.FixedSizeCrop(crop_size=(image_size, image_size), pad=False),
     ]
 
@@ -27,8 +29,9 @@ def test_augmentations(image_size: int) -> list:
     return [T.ResizeShortestEdge(short_edge_length=image_size, max_size=image_size)]
 
 
-def step_schedule(max_iter: int, steps: Sequence[int], warmup_iters: int, warmup_factor: float = 0.001,
-                  gamma: float = 0.1) -> WarmupParamScheduler:
+def step_schedule(
+    max_iter: int, steps: Sequence[int], warmup_iters: int, warmup_factor: float = 0.001, gamma: float = 0.1
+) -> WarmupParamScheduler:
     """Linear warm-up over ``warmup_iters`` iterations, then the lr multiplied by ``gamma`` at each of ``steps``."""
     if any(s >= max_iter for s in steps):
         raise ValueError(f"lr steps {list(steps)} must be below max_iter {max_iter}")
@@ -38,4 +41,3 @@ def step_schedule(max_iter: int, steps: Sequence[int], warmup_iters: int, warmup
         warmup_factor=warmup_factor,
         warmup_length=warmup_iters / max_iter,
     )
-

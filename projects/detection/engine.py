@@ -24,8 +24,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from .checkpoint import EVADetectionCheckpointer
 from .registration import register_config_datasets
 
-__all__ = ["setup_run", "config_keys", "check_override_keys", "load_config", "setup_datasets", "build_model", "do_test",
-           "do_train", "ConfigKeyError"]
+__all__ = [
+    "setup_run",
+    "config_keys",
+    "check_override_keys",
+    "load_config",
+    "setup_datasets",
+    "build_model",
+    "do_test",
+    "do_train",
+    "ConfigKeyError",
+]
 
 logger = logging.getLogger("projects.detection")
 
@@ -48,7 +57,9 @@ def config_keys(node: Any, prefix: str = "") -> list[str]:
     elif isinstance(node, (ListConfig, list)):
         for i in range(len(node)):
             keys.append(f"{prefix}{i}")
-            keys += config_keys(node._get_node(i) if isinstance(node, ListConfig) else node[i], f"{prefix}{i}.")
+            keys += config_keys(
+                node._get_node(i) if isinstance(node, ListConfig) else node[i], f"{prefix}{i}."
+            )
     return keys
 
 
@@ -75,7 +86,9 @@ def check_override_keys(cfg: DictConfig, overrides: Iterable[str]) -> None:
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         if not close and siblings:
             hint = f" Keys under {parent!r}: {', '.join(s.rsplit('.', 1)[1] for s in siblings[:20])}."
-        raise ConfigKeyError(f"config has no key {key!r} (override {item!r}).{hint} Use +{key}=... to add a new key.")
+        raise ConfigKeyError(
+            f"config has no key {key!r} (override {item!r}).{hint} Use +{key}=... to add a new key."
+        )
 
 
 _MISSING = object()
@@ -168,9 +181,13 @@ def build_model(cfg: DictConfig, classes: Optional[list[str]] = None) -> torch.n
     return model.to(resolve_device(cfg))
 
 
-def make_checkpointer(cfg: DictConfig, model, save_dir: str = "", **checkpointables) -> EVADetectionCheckpointer:
+def make_checkpointer(
+    cfg: DictConfig, model, save_dir: str = "", **checkpointables
+) -> EVADetectionCheckpointer:
     return EVADetectionCheckpointer(
-        model, save_dir, thing_classes=thing_classes(cfg, "train"),
+        model,
+        save_dir,
+        thing_classes=thing_classes(cfg, "train"),
         source_classes=cfg.train.get("source_classes", None),
         load_options=OmegaConf.to_container(cfg.train.get("checkpoint_load", {}), resolve=True),
         **checkpointables,
@@ -179,7 +196,9 @@ def make_checkpointer(cfg: DictConfig, model, save_dir: str = "", **checkpointab
 
 def do_test(cfg: DictConfig, model) -> dict:
     """Runs ``dataloader.test`` through the model and ``dataloader.evaluator``; returns the metrics."""
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
     if comm.is_main_process() and results:
         print_csv_format(results)
     return results
@@ -244,17 +263,24 @@ def do_train(cfg: DictConfig, resume: bool = False):
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=LRMultiplier(optim, instantiate(cfg.lr_multiplier), max_iter)),
             _StagedCheckpointer(checkpointer, planned_iter=max_iter, **cfg.train.checkpointer)
-            if comm.is_main_process() else None,
+            if comm.is_main_process()
+            else None,
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, unwrapped))
-            if cfg.train.eval_period >= 0 else None,
-            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, stop_iter), period=cfg.train.log_period)
-            if comm.is_main_process() else None,
+            if cfg.train.eval_period >= 0
+            else None,
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, stop_iter), period=cfg.train.log_period
+            )
+            if comm.is_main_process()
+            else None,
         ]
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
     if start_iter >= stop_iter:
-        logger.info("training already reached iteration %d (stop at %d); nothing to do", start_iter, stop_iter)
+        logger.info(
+            "training already reached iteration %d (stop at %d); nothing to do", start_iter, stop_iter
+        )
         return trainer
     trainer.train(start_iter, stop_iter)
     return trainer
@@ -265,7 +291,9 @@ def do_eval_only(cfg: DictConfig) -> dict:
     model = build_model(cfg, thing_classes(cfg, "test"))
     model.eval()
     checkpointer = EVADetectionCheckpointer(
-        model, thing_classes=thing_classes(cfg, "test"), source_classes=cfg.train.get("source_classes", None),
+        model,
+        thing_classes=thing_classes(cfg, "test"),
+        source_classes=cfg.train.get("source_classes", None),
         load_options=OmegaConf.to_container(cfg.train.get("checkpoint_load", {}), resolve=True),
     )
     checkpointer.load(cfg.train.init_checkpoint)

@@ -24,7 +24,11 @@ def _soft_nms_decay(overlap: Tensor, method: str, iou_threshold: float, sigma: f
 
 
 def soft_nms(
-    boxes: Tensor, scores: Tensor, iou_threshold: float = 0.6, method: str = "linear", sigma: float = 0.5,
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.6,
+    method: str = "linear",
+    sigma: float = 0.5,
     score_floor: float = 1e-3,
 ) -> tuple[Tensor, Tensor]:
     """Soft-NMS (Bodla et al. 2017) over one set of boxes.
@@ -55,14 +59,23 @@ def soft_nms(
         kept_scores.append(current[i])
         alive[i] = False
         overlap = iou[i]
-        current = torch.where(alive, current * _soft_nms_decay(overlap, method, iou_threshold, sigma), current)
+        current = torch.where(
+            alive, current * _soft_nms_decay(overlap, method, iou_threshold, sigma), current
+        )
         alive &= current >= score_floor
-    return torch.tensor(keep, dtype=torch.long, device=boxes.device), torch.stack(kept_scores).to(scores.dtype)
+    return torch.tensor(keep, dtype=torch.long, device=boxes.device), torch.stack(kept_scores).to(
+        scores.dtype
+    )
 
 
 def batched_soft_nms(
-    boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float = 0.6, method: str = "linear",
-    sigma: float = 0.5, score_floor: float = 1e-3,
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    iou_threshold: float = 0.6,
+    method: str = "linear",
+    sigma: float = 0.5,
+    score_floor: float = 1e-3,
 ) -> tuple[Tensor, Tensor]:
     """:func:`soft_nms` applied per class (``classes``: ``(N,)`` ints); boxes of different classes never interact.
 
@@ -84,16 +97,21 @@ def batched_soft_nms(
     keep, kept_scores = [], []
     while bool(alive.any()):
         masked = torch.where(alive, current, torch.full_like(current, float("-inf")))
-        best = torch.full((num_cls,), float("-inf"), device=boxes.device).scatter_reduce(0, cls, masked, "amax")
+        best = torch.full((num_cls,), float("-inf"), device=boxes.device).scatter_reduce(
+            0, cls, masked, "amax"
+        )
         is_best = alive & (masked == best[cls])
         first = torch.full((num_cls,), n, device=boxes.device).scatter_reduce(
-            0, cls, torch.where(is_best, index, torch.full_like(index, n)), "amin")
+            0, cls, torch.where(is_best, index, torch.full_like(index, n)), "amin"
+        )
         chosen = first[first < n]
         keep.append(chosen)
         kept_scores.append(current[chosen])
         alive[chosen] = False
         overlap = iou[first.clamp(max=n - 1)[cls], index]  # IoU with the box chosen for the same class
-        current = torch.where(alive, current * _soft_nms_decay(overlap, method, iou_threshold, sigma), current)
+        current = torch.where(
+            alive, current * _soft_nms_decay(overlap, method, iou_threshold, sigma), current
+        )
         alive &= current >= score_floor
     keep, new_scores = torch.cat(keep), torch.cat(kept_scores).to(scores.dtype)
     order = new_scores.argsort(descending=True, stable=True)
@@ -101,8 +119,13 @@ def batched_soft_nms(
 
 
 def detection_inference(
-    boxes: Tensor, scores: Tensor, image_size: tuple[int, int], score_thresh: float, nms_thresh: float,
-    topk: int, soft_nms_cfg: dict | None = None,
+    boxes: Tensor,
+    scores: Tensor,
+    image_size: tuple[int, int],
+    score_thresh: float,
+    nms_thresh: float,
+    topk: int,
+    soft_nms_cfg: dict | None = None,
 ) -> Instances:
     """Per-image detections from class-agnostic boxes and class probabilities, with NMS or Soft-NMS.
 

@@ -22,8 +22,10 @@ def _paths(entry: Mapping[str, Any], create: bool) -> tuple[str, str, str]:
     if "synthetic" not in entry:
         missing = [k for k in ("name", "json_file", "image_root") if not entry.get(k)]
         if missing:
-            raise ValueError(f"dataloader.datasets entry {dict(entry)} lacks {missing} "
-                             "(expected dict(name=, json_file=, image_root=, fmt=))")
+            raise ValueError(
+                f"dataloader.datasets entry {dict(entry)} lacks {missing} "
+                "(expected dict(name=, json_file=, image_root=, fmt=))"
+            )
         return str(entry["json_file"]), str(entry["image_root"]), fmt
     spec = dict(entry["synthetic"])
     root, split = Path(spec.pop("root")), spec.pop("split")

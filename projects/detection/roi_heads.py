@@ -31,8 +31,14 @@ class EVACascadeROIHeads(CascadeROIHeads):
     """
 
     @configurable
-    def __init__(self, *, soft_nms: Optional[dict] = None, maskness_rescoring: bool = False,
-                 maskness_threshold: float = 0.5, **kwargs):
+    def __init__(
+        self,
+        *,
+        soft_nms: Optional[dict] = None,
+        maskness_rescoring: bool = False,
+        maskness_threshold: float = 0.5,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.soft_nms = dict(soft_nms) if soft_nms else None
         self.maskness_rescoring = maskness_rescoring
@@ -44,8 +50,10 @@ class EVACascadeROIHeads(CascadeROIHeads):
         test = cfg.MODEL.get("EVA", {}).get("TEST", {})
         if test.get("SOFT_NMS", False):
             ret["soft_nms"] = dict(
-                method=test.get("SOFT_NMS_METHOD", "linear"), iou_threshold=test.get("SOFT_NMS_IOU", 0.6),
-                sigma=test.get("SOFT_NMS_SIGMA", 0.5), score_floor=test.get("SOFT_NMS_SCORE_FLOOR", 1e-3),
+                method=test.get("SOFT_NMS_METHOD", "linear"),
+                iou_threshold=test.get("SOFT_NMS_IOU", 0.6),
+                sigma=test.get("SOFT_NMS_SIGMA", 0.5),
+                score_floor=test.get("SOFT_NMS_SCORE_FLOOR", 1e-3),
             )
         ret["maskness_rescoring"] = test.get("MASKNESS", False)
         return ret
@@ -67,8 +75,15 @@ class EVACascadeROIHeads(CascadeROIHeads):
         for i, size in enumerate(image_sizes):
             scores = sum(p[i] for p in probs_per_stage) / self.num_cascade_stages
             results.append(
-                detection_inference(prev_boxes[i], scores, size, last.test_score_thresh, last.test_nms_thresh,
-                                    last.test_topk_per_image, self.soft_nms)
+                detection_inference(
+                    prev_boxes[i],
+                    scores,
+                    size,
+                    last.test_score_thresh,
+                    last.test_nms_thresh,
+                    last.test_topk_per_image,
+                    self.soft_nms,
+                )
             )
         return results
 

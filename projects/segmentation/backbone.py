@@ -58,14 +58,22 @@ class EVAViTAdapter(BaseModule):
         out_indices: which of the four maps to return.
     """
 
-    def __init__(self, backbone: str = "eva_g_seg", backbone_overrides: Optional[dict] = None,
-                 adapter: Optional[dict] = None, norm_cfg: Optional[dict] = None,
-                 init_checkpoint: Optional[str] = None, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 init_cfg: Optional[dict] = None) -> None:
+    def __init__(
+        self,
+        backbone: str = "eva_g_seg",
+        backbone_overrides: Optional[dict] = None,
+        adapter: Optional[dict] = None,
+        norm_cfg: Optional[dict] = None,
+        init_checkpoint: Optional[str] = None,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        init_cfg: Optional[dict] = None,
+    ) -> None:
         super().__init__(init_cfg=init_cfg)
         adapter_args = dict(adapter or {})
         if "norm_layer" in adapter_args:
-            raise ValueError("set the adapter's normalisation with norm_cfg=dict(type=...), not adapter.norm_layer")
+            raise ValueError(
+                "set the adapter's normalisation with norm_cfg=dict(type=...), not adapter.norm_layer"
+            )
         adapter_args["norm_layer"] = norm_layer_from_cfg(norm_cfg or dict(type="BN"))
         self.adapter = build_vit_adapter(backbone, adapter=adapter_args, **dict(backbone_overrides or {}))
         self.init_checkpoint = init_checkpoint
@@ -81,7 +89,9 @@ class EVAViTAdapter(BaseModule):
         super().init_weights()
         if self.init_checkpoint:
             report = load_checkpoint(self.adapter, self.init_checkpoint, verbose=False)
-            print_log(f"EVAViTAdapter: backbone weights from {self.init_checkpoint}\n{report}", logger="current")
+            print_log(
+                f"EVAViTAdapter: backbone weights from {self.init_checkpoint}\n{report}", logger="current"
+            )
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         feats = self.adapter(x)

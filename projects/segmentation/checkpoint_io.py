@@ -43,7 +43,9 @@ class AtomicLocalBackend(LocalBackend):
 def _numpy_globals() -> list:
     core = getattr(np, "_core", None) or np.core  # NumPy 2 / 1
     types = [np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
-    types += [type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "b1")]  # NumPy 2 dtypes
+    types += [
+        type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "b1")
+    ]  # NumPy 2 dtypes
     return types
 
 

@@ -52,7 +52,11 @@ def check_cfg_options(cfg: Config, options: Mapping[str, Any]) -> dict[str, Any]
                 break
             where = ".".join(parts[:depth]) or "the config"
             close = difflib.get_close_matches(part, _keys(node), n=3, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(repr('.'.join(parts[:depth] + [c])) for c in close)}?" if close else ""
+            hint = (
+                f"; did you mean {' or '.join(repr('.'.join(parts[:depth] + [c])) for c in close)}?"
+                if close
+                else ""
+            )
             existing = ", ".join(_keys(node)[:20]) or "(not a dict)"
             raise ConfigOverrideError(
                 f"--cfg-options {key}: {where} has no key {part!r}{hint} (it has: {existing}). "
@@ -62,8 +66,12 @@ def check_cfg_options(cfg: Config, options: Mapping[str, Any]) -> dict[str, Any]
     return checked
 
 
-def load_config(path: str, cfg_options: Optional[Mapping[str, Any]] = None, work_dir: Optional[str] = None,
-                launcher: str = "none") -> Config:
+def load_config(
+    path: str,
+    cfg_options: Optional[Mapping[str, Any]] = None,
+    work_dir: Optional[str] = None,
+    launcher: str = "none",
+) -> Config:
     """Reads ``path``, applies checked overrides, sets ``work_dir`` (default ``work_dirs/<config name>``) and the
     launcher."""
     if not osp.isfile(path):

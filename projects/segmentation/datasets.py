@@ -48,7 +48,9 @@ class _FileChecks:
         num_classes = len(self.metainfo.get("classes", ()) or ())
         for info in data_list:
             if not osp.isfile(info["img_path"]):
-                raise DatasetFileError(f"missing image file {info['img_path']!r} (listed in {self.ann_file!r})")
+                raise DatasetFileError(
+                    f"missing image file {info['img_path']!r} (listed in {self.ann_file!r})"
+                )
             seg = info.get("seg_map_path")
             if seg is not None and not osp.isfile(seg):
                 raise DatasetFileError(
@@ -80,10 +82,15 @@ class SyntheticADEDataset(_FileChecks, BaseSegDataset):
 
     METAINFO = dict(classes=SYNTHETIC_CLASSES, palette=[list(c) for c in SYNTHETIC_PALETTE])
 
-    def __init__(self, img_suffix: str = ".jpg", seg_map_suffix: str = ".png", reduce_zero_label: bool = True,
-                 **kwargs) -> None:
-        super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix,
-                         reduce_zero_label=reduce_zero_label, **kwargs)
+    def __init__(
+        self, img_suffix: str = ".jpg", seg_map_suffix: str = ".png", reduce_zero_label: bool = True, **kwargs
+    ) -> None:
+        super().__init__(
+            img_suffix=img_suffix,
+            seg_map_suffix=seg_map_suffix,
+            reduce_zero_label=reduce_zero_label,
+            **kwargs,
+        )
 
 
 @TRANSFORMS.register_module()

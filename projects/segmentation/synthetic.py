@@ -62,8 +62,9 @@ def synthetic_sample(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarr
     return np.clip(img, 0, 255).astype(np.uint8), label
 
 
-def write_synthetic_ade(root: str | Path, num_train: int = 64, num_val: int = 16, size: int = 64,
-                        seed: int = 0) -> Path:
+def write_synthetic_ade(
+    root: str | Path, num_train: int = 64, num_val: int = 16, size: int = 64, seed: int = 0
+) -> Path:
     """Writes the dataset under ``root`` (ADE20K layout, see module doc); returns ``root``."""
     root = Path(root)
     rng = np.random.default_rng(seed)

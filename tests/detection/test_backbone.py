@@ -22,11 +22,31 @@ class Detector(nn.Module):
 
 def _vitdet_reference(square_pad=128):
     # the eva_tiny_det layout in Detectron2's classes: windows of 4 in blocks 0 and 2, global blocks 1 and 3
-    net = ViT(img_size=128, patch_size=16, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, qkv_bias=True,
-              norm_layer=partial(nn.LayerNorm, eps=1e-6), window_size=4, window_block_indexes=[0, 2],
-              use_rel_pos=True, pretrain_img_size=64, pretrain_use_cls_token=True, out_feature="last_feat")
-    return SimpleFeaturePyramid(net, "last_feat", out_channels=32, scale_factors=(4.0, 2.0, 1.0, 0.5),
-                                top_block=LastLevelMaxPool(), norm="LN", square_pad=square_pad)
+    net = ViT(
+        img_size=128,
+        patch_size=16,
+        embed_dim=64,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=2.0,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        window_size=4,
+        window_block_indexes=[0, 2],
+        use_rel_pos=True,
+        pretrain_img_size=64,
+        pretrain_use_cls_token=True,
+        out_feature="last_feat",
+    )
+    return SimpleFeaturePyramid(
+        net,
+        "last_feat",
+        out_channels=32,
+        scale_factors=(4.0, 2.0, 1.0, 0.5),
+        top_block=LastLevelMaxPool(),
+        norm="LN",
+        square_pad=square_pad,
+    )
 
 
 def test_interface():
@@ -39,7 +59,12 @@ def test_interface():
     assert bb.padding_constraints == {"size_divisibility": 64, "square_size": 128}
     out = bb(torch.randn(2, 3, 128, 64))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "p2": (2, 32, 32, 16), "p3": (2, 32, 16, 8), "p4": (2, 32, 8, 4), "p5": (2, 32, 4, 2), "p6": (2, 32, 2, 1)}
+        "p2": (2, 32, 32, 16),
+        "p3": (2, 32, 16, 8),
+        "p4": (2, 32, 8, 4),
+        "p5": (2, 32, 4, 2),
+        "p6": (2, 32, 2, 1),
+    }
     with pytest.raises(ValueError, match="multiple of 64"):
         bb(torch.randn(1, 3, 96, 64))
     with pytest.raises(TypeError, match="EVAViT"):
@@ -55,8 +80,9 @@ def test_vitdet_checkpoint_loads_and_matches_detectron2(tmp_path):
     torch.save({"model": {"backbone." + k: v for k, v in ref.state_dict().items()}}, path)
 
     ours = Detector(build_eva_det_backbone("eva_tiny_det", out_channels=32, square_pad=128)).eval()
-    assert ({k[len("backbone."):] for k in ours.state_dict()} - set(ref.state_dict())) == {
-        f"net.blocks.{i}.attn.{b}_bias" for i in range(4) for b in "qv"}
+    assert ({k[len("backbone.") :] for k in ours.state_dict()} - set(ref.state_dict())) == {
+        f"net.blocks.{i}.attn.{b}_bias" for i in range(4) for b in "qv"
+    }
     incompatible = EVADetectionCheckpointer(ours).load(str(path))
     assert incompatible == {}  # nothing left over
     x = torch.randn(1, 3, 128, 128)

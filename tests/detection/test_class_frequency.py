@@ -13,9 +13,16 @@ from projects.detection.data import make_synthetic_dataset, register_dataset, un
 def _register_plain(name):
     # 4 images; class 0 in all of them, class 1 in one, class 2 in two; no image counts in the metadata
     classes = [[0], [0, 1], [0, 2, 2], [0, 2]]
-    dicts = [dict(file_name=f"{i}.png", image_id=i, height=8, width=8,
-                  annotations=[dict(bbox=[0, 0, 2, 2], bbox_mode=0, category_id=c) for c in cs])
-             for i, cs in enumerate(classes)]
+    dicts = [
+        dict(
+            file_name=f"{i}.png",
+            image_id=i,
+            height=8,
+            width=8,
+            annotations=[dict(bbox=[0, 0, 2, 2], bbox_mode=0, category_id=c) for c in cs],
+        )
+        for i, cs in enumerate(classes)
+    ]
     DatasetCatalog.register(name, lambda: dicts)
     MetadataCatalog.get(name).thing_classes = ["a", "b", "c"]
 
@@ -30,7 +37,9 @@ def plain_dataset():
 
 def test_counts_from_annotations(plain_dataset):
     torch.testing.assert_close(category_image_counts(plain_dataset), torch.tensor([4.0, 1.0, 2.0]))
-    torch.testing.assert_close(FedLossClassWeights(plain_dataset, 0.5)(), torch.tensor([2.0, 1.0, math.sqrt(2)]))
+    torch.testing.assert_close(
+        FedLossClassWeights(plain_dataset, 0.5)(), torch.tensor([2.0, 1.0, math.sqrt(2)])
+    )
     # r(c) = max(1, sqrt(t / f(c))) with f = (1, 1/4, 1/2); per image the max over its classes
     r = repeat_factors(plain_dataset, repeat_thresh=0.5)
     r_b, r_c = math.sqrt(0.5 / 0.25), 1.0
@@ -44,7 +53,9 @@ def test_counts_from_lvis_metadata(tmp_path):
         import json
 
         data = json.loads(json_file.read_text())
-        want = torch.tensor([float(c["image_count"]) for c in sorted(data["categories"], key=lambda c: c["id"])])
+        want = torch.tensor(
+            [float(c["image_count"]) for c in sorted(data["categories"], key=lambda c: c["id"])]
+        )
         torch.testing.assert_close(category_image_counts("freq_lvis"), want)
         torch.testing.assert_close(FedLossClassWeights(["freq_lvis"], 0.5)(), want**0.5)
         assert len(repeat_factors("freq_lvis", 0.001)) == len(DatasetCatalog.get("freq_lvis"))

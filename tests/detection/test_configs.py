@@ -29,7 +29,10 @@ def test_every_config_loads_and_saves(path, tmp_path):
     assert set(cfg) == {"model", "dataloader", "optimizer", "lr_multiplier", "train"}
     LazyConfig.save(cfg, str(tmp_path / "cfg.yaml"))  # fails on lambdas and other unsavable objects
     again = LazyConfig.load(str(tmp_path / "cfg.yaml"))
-    assert again.train.max_iter == cfg.train.max_iter and again.model.backbone.net.name == cfg.model.backbone.net.name
+    assert (
+        again.train.max_iter == cfg.train.max_iter
+        and again.model.backbone.net.name == cfg.model.backbone.net.name
+    )
 
 
 def test_coco_recipe_is_the_published_one():
@@ -37,18 +40,32 @@ def test_coco_recipe_is_the_published_one():
     with torch.device("meta"):
         model = instantiate(cfg.model)
     net = model.backbone.net
-    assert (net.depth, net.embed_dim, net.num_heads, net.patch_size, net.window_size) == (40, 1408, 16, 16, 16)
+    assert (net.depth, net.embed_dim, net.num_heads, net.patch_size, net.window_size) == (
+        40,
+        1408,
+        16,
+        16,
+        16,
+    )
     assert net.global_block_indexes == tuple(range(3, 40, 4)) and net.use_act_checkpoint
     assert math.isclose(net.blocks[-1].drop_path.drop_prob, 0.6)
     assert model.backbone.padding_constraints["square_size"] == 1280
     rh = model.roi_heads
     assert rh.num_cascade_stages == 3 and rh.num_classes == 80
-    assert [p.box2box_transform.weights for p in rh.box_predictor] == [(10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15)]
+    assert [p.box2box_transform.weights for p in rh.box_predictor] == [
+        (10, 10, 5, 5),
+        (20, 20, 10, 10),
+        (30, 30, 15, 15),
+    ]
     assert [m.thresholds[1] for m in rh.proposal_matchers] == [0.5, 0.6, 0.7]
     assert all(p.bbox_pred.out_features == 4 for p in rh.box_predictor)  # class-agnostic
     head = rh.box_head[0]
     assert [type(c.norm).__name__ for c in head.conv_norm_relus] == ["LayerNorm"] * 4 and len(head.fcs) == 1
-    assert len(rh.mask_head.conv_norm_relus) == 4 and rh.batch_size_per_image == 512 and rh.positive_fraction == 0.25
+    assert (
+        len(rh.mask_head.conv_norm_relus) == 4
+        and rh.batch_size_per_image == 512
+        and rh.positive_fraction == 0.25
+    )
     assert rh.soft_nms == dict(method="linear", iou_threshold=0.6, sigma=0.5, score_floor=1e-3)
     assert rh.maskness_rescoring
     rpn = model.proposal_generator
@@ -62,7 +79,9 @@ def test_coco_recipe_is_the_published_one():
     assert cfg.train.max_iter == 45000 and list(cfg.lr_multiplier.steps) == [40000]
     assert cfg.lr_multiplier.warmup_iters == 500 and cfg.train.amp.enabled
     sched = instantiate(cfg.lr_multiplier)
-    assert sched(0.5 / 45000) < 0.5 and sched(39999 / 45000) == 1.0 and math.isclose(sched(40001 / 45000), 0.1)
+    assert (
+        sched(0.5 / 45000) < 0.5 and sched(39999 / 45000) == 1.0 and math.isclose(sched(40001 / 45000), 0.1)
+    )
     assert cfg_of("eva_g_coco_1536_test").dataloader.image_size == 1536
 
 
@@ -77,14 +96,22 @@ def test_lvis_and_o365_recipes():
     assert cfg.model.roi_heads.soft_nms is None and cfg.optimizer.lr == 2.5e-5
     cfg = cfg_of("eva_g_lvis_1536_test")
     assert [(p.test_score_thresh, p.test_topk_per_image) for p in cfg.model.roi_heads.box_predictors] == [
-        (0.001, 1000)] * 3
+        (0.001, 1000)
+    ] * 3
     assert cfg.train.checkpoint_load.rel_pos_resize == "geometric" and cfg.dataloader.image_size == 1536
     o365 = cfg_of("eva_g_o365_1024")
     assert (o365.optimizer.lr, o365.dataloader.train.total_batch_size, o365.model.roi_heads.num_classes) == (
-        1e-4, 128, 365)
+        1e-4,
+        128,
+        365,
+    )
     assert (o365.dataloader.image_size, o365.train.stop_iter, o365.train.max_iter) == (1024, 320000, 380000)
     stage2 = cfg_of("eva_g_o365_1280")
-    assert (stage2.dataloader.image_size, stage2.train.stop_iter, stage2.train.max_iter) == (1280, None, 380000)
+    assert (stage2.dataloader.image_size, stage2.train.stop_iter, stage2.train.max_iter) == (
+        1280,
+        None,
+        380000,
+    )
     assert cfg_of("vit_b_coco").model.backbone.net.name == "eva_b_det"
     assert cfg_of("vit_l_coco").model.backbone.net.name == "eva_l_det"
 
@@ -94,9 +121,23 @@ def test_published_values_appear_once_in_the_tree():
         return re.sub(r"#.*", "", re.sub(r'""".*?"""', "", open(path).read(), flags=re.S))
 
     text = {p: code(p) for p in glob.glob(str(REPO / "configs/detection/**/*.py"), recursive=True)}
-    for literal in ["2.5e-5", "45000", "40000", "75000", "380000", "320000", "repeat_thresh=0.001",
-                    "freq_weight_power=0.5", "fed_loss_num_classes = 50", "(0.9, 0.999)", "weight_decay=0.1",
-                    "decay_rate=0.9", "warmup_iters=500", "iou_threshold=0.6", "min_scale=0.1, max_scale=2.0"]:
+    for literal in [
+        "2.5e-5",
+        "45000",
+        "40000",
+        "75000",
+        "380000",
+        "320000",
+        "repeat_thresh=0.001",
+        "freq_weight_power=0.5",
+        "fed_loss_num_classes = 50",
+        "(0.9, 0.999)",
+        "weight_decay=0.1",
+        "decay_rate=0.9",
+        "warmup_iters=500",
+        "iou_threshold=0.6",
+        "min_scale=0.1, max_scale=2.0",
+    ]:
         hits = [(os.path.basename(p), t.count(literal)) for p, t in text.items() if literal in t]
         assert len(hits) == 1 and hits[0][1] == 1, (literal, hits)
 
@@ -107,7 +148,9 @@ def test_override_typo_is_a_clear_error():
     with pytest.raises(ConfigKeyError, match="optimizer.lrr"):
         load_config(TINY_COCO, ["optimizer.lrr=1"])
     # new arguments of a called target are fine (checked by the target itself), as is +key
-    cfg = load_config(TINY_COCO, ["model.backbone.net.drop_path_rate=0.2", "+train.note=x", "train.max_iter=7"])
+    cfg = load_config(
+        TINY_COCO, ["model.backbone.net.drop_path_rate=0.2", "+train.note=x", "train.max_iter=7"]
+    )
     assert cfg.train.max_iter == 7 and cfg.model.backbone.net.drop_path_rate == 0.2
     with pytest.raises(TypeError, match="did you mean 'drop_path_rate'"):
         instantiate(load_config(TINY_COCO, ["model.backbone.net.drop_path_rat=0.2"]).model.backbone)

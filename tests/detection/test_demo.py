@@ -32,11 +32,33 @@ def test_demo_draws_pngs(tmp_path):
     single = tmp_path / "single.png"
     Image.fromarray(rng.integers(0, 255, (90, 90, 3), dtype=np.uint8)).save(single)
 
-    written = _demo_module().main(["--config-file", TINY_COCO, "--checkpoint", str(tmp_path / "tiny.pth"),
-                                   "--input", str(single), str(folder), "--output", str(tmp_path / "out"),
-                                   "--score", "0.0"])
+    written = _demo_module().main(
+        [
+            "--config-file",
+            TINY_COCO,
+            "--checkpoint",
+            str(tmp_path / "tiny.pth"),
+            "--input",
+            str(single),
+            str(folder),
+            "--output",
+            str(tmp_path / "out"),
+            "--score",
+            "0.0",
+        ]
+    )
     assert sorted(p.name for p in written) == ["a.png", "b.png", "single.png"]
     assert Image.open(tmp_path / "out/a.png").size == (140, 100)
     with pytest.raises(FileNotFoundError, match="no such file"):
-        _demo_module().main(["--config-file", TINY_COCO, "--checkpoint", str(tmp_path / "tiny.pth"),
-                             "--input", str(tmp_path / "missing.png"), "--output", str(tmp_path / "out")])
+        _demo_module().main(
+            [
+                "--config-file",
+                TINY_COCO,
+                "--checkpoint",
+                str(tmp_path / "tiny.pth"),
+                "--input",
+                str(tmp_path / "missing.png"),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )

@@ -22,10 +22,19 @@ def test_eva_g_config_is_the_published_recipe():
     assert cfg["teacher"]["name"] == "vit_large_patch14_clip_224.openai" and cfg["teacher"]["pretrained"]
     assert cfg["mask"]["num_patches"] == 105 and cfg["mask"]["min_patches"] == 16
     assert cfg["mask"]["min_aspect"] == 0.3 and cfg["mask"]["max_tries"] == 10
-    assert cfg["data"]["img_size"] == 224 and tuple(cfg["data"]["scale"]) == (0.2, 1.0) and cfg["data"]["hflip"] == 0.5
+    assert (
+        cfg["data"]["img_size"] == 224
+        and tuple(cfg["data"]["scale"]) == (0.2, 1.0)
+        and cfg["data"]["hflip"] == 0.5
+    )
     o = cfg["optim"]
-    assert (o["lr"], tuple(o["betas"]), o["eps"], o["weight_decay"], o["clip_grad"]) == (1e-3, (0.9, 0.98), 1e-6,
-                                                                                           0.05, 3.0)
+    assert (o["lr"], tuple(o["betas"]), o["eps"], o["weight_decay"], o["clip_grad"]) == (
+        1e-3,
+        (0.9, 0.98),
+        1e-6,
+        0.05,
+        3.0,
+    )
     assert o["zero"] is True
     assert cfg["schedule"]["epochs"] == 150 and cfg["schedule"]["warmup_epochs"] == 2
     assert cfg["train"]["batch_size"] == 4096 and cfg["train"]["amp"] == "fp16"
@@ -43,8 +52,16 @@ def test_tiny_config_inherits_and_matches_the_tiny_backbones():
 
 
 def test_overrides_and_typos(tmp_path):
-    cfg = load_config(TINY_CONFIG, ["optim.lr=5e-4", "data.root=/data/x", "optim.zero=true",
-                                    "model.backbone_overrides={'depth': 2}", "teacher.kwargs.depth=1"])
+    cfg = load_config(
+        TINY_CONFIG,
+        [
+            "optim.lr=5e-4",
+            "data.root=/data/x",
+            "optim.zero=true",
+            "model.backbone_overrides={'depth': 2}",
+            "teacher.kwargs.depth=1",
+        ],
+    )
     assert cfg["optim"]["lr"] == 5e-4 and cfg["data"]["root"] == "/data/x" and cfg["optim"]["zero"] is True
     assert cfg["model"]["backbone_overrides"] == {"img_size": 128, "depth": 2}
     assert cfg["teacher"]["kwargs"]["depth"] == 1 and cfg["teacher"]["kwargs"]["embed_dim"] == 48
@@ -56,8 +73,11 @@ def test_overrides_and_typos(tmp_path):
         load_config(TINY_CONFIG, ["optim.lr"])
     bad = tmp_path / "bad.py"
     bad.write_text(f"_base_ = {str(TINY_CONFIG)!r}\nconfig = dict(schedule=dict(warmup_step=3))\n")
-    with pytest.raises(ConfigError, match=r"bad.py: unknown config key 'schedule.warmup_step'; did you mean "
-                                          r"'schedule.warmup_steps'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"bad.py: unknown config key 'schedule.warmup_step'; did you mean "
+        r"'schedule.warmup_steps'",
+    ):
         load_config(bad)
 
 
@@ -95,9 +115,11 @@ def test_the_package_imports_no_framework():
     import subprocess
     import sys
 
-    code = ("import sys, eva_transfer.pretrain; "
-            "bad = sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'detectron2', 'mmcv', 'mmseg', 'mmdet', 'mmengine', 'open_clip', 'projects', 'tensorboard'}); "
-            "print(bad)")
+    code = (
+        "import sys, eva_transfer.pretrain; "
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'detectron2', 'mmcv', 'mmseg', 'mmdet', 'mmengine', 'open_clip', 'projects', 'tensorboard'}); "
+        "print(bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -20,8 +20,10 @@ def test_folder_and_list_files(tmp_path, make_images):
     paths = list_images(tmp_path / "a")
     assert len(paths) == 5 and paths == sorted(paths)
     (tmp_path / "train.txt").write_text("a/img_0000.png 3\n# comment\n\na/sub/img_0001.png 7\n")
-    assert list_images(list_file=tmp_path / "train.txt") == [str(tmp_path / "a/img_0000.png"),
-                                                            str(tmp_path / "a/sub/img_0001.png")]
+    assert list_images(list_file=tmp_path / "train.txt") == [
+        str(tmp_path / "a/img_0000.png"),
+        str(tmp_path / "a/sub/img_0001.png"),
+    ]
     coco = {"images": [{"id": 1, "file_name": "img_0001.png"}], "annotations": []}
     (tmp_path / "instances.json").write_text(json.dumps(coco))
     assert list_images(tmp_path / "a", tmp_path / "instances.json") == [str(tmp_path / "a" / "img_0001.png")]

@@ -18,8 +18,18 @@ STEPS = 6
 
 def _torchrun(config: Path, overrides: list[str], tmp_path: Path) -> list[dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tools" / "pretrain.py"), "--config", str(config), *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "tools" / "pretrain.py"),
+        "--config",
+        str(config),
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "on 2 process(es)" in proc.stdout
@@ -33,9 +43,15 @@ def _torchrun(config: Path, overrides: list[str], tmp_path: Path) -> list[dict]:
 @pytest.mark.parametrize("zero", [False, True], ids=["ddp", "ddp+zero1"])
 def test_two_processes_match_one(tmp_path, image_folder, tiny_config, tiny_overrides, zero):
     # drop path off: its per-sample draws depend on how the batch is split over processes
-    extra = {"schedule.total_steps": STEPS, "schedule.warmup_steps": 2, "model.drop_path_rate": 0.0,
-             "train.batch_size": 16}
-    single = train(load_config(tiny_config, tiny_overrides(image_folder, tmp_path / "one", **extra)))["history"]
+    extra = {
+        "schedule.total_steps": STEPS,
+        "schedule.warmup_steps": 2,
+        "model.drop_path_rate": 0.0,
+        "train.batch_size": 16,
+    }
+    single = train(load_config(tiny_config, tiny_overrides(image_folder, tmp_path / "one", **extra)))[
+        "history"
+    ]
     overrides = tiny_overrides(image_folder, tmp_path / "two", **extra, **{"optim.zero": zero})
     if zero:
         # stop after 3 steps and resume: the sharded optimizer state is consolidated, saved and restored
@@ -43,7 +59,9 @@ def test_two_processes_match_one(tmp_path, image_folder, tiny_config, tiny_overr
         assert [r["step"] for r in first] == [1, 2, 3]
     two = _torchrun(tiny_config, overrides, tmp_path)
     assert [r["step"] for r in two] == list(range(1, STEPS + 1))
-    print(f"max |loss difference| over {STEPS} steps: {max(abs(a['loss'] - b['loss']) for a, b in zip(single, two)):.2e}")
+    print(
+        f"max |loss difference| over {STEPS} steps: {max(abs(a['loss'] - b['loss']) for a, b in zip(single, two)):.2e}"
+    )
     for a, b in zip(single, two):
         assert b["lr"] == a["lr"]
         # same samples, same masks; only the order of floating-point reductions differs

@@ -9,8 +9,13 @@ from eva_transfer.pretrain import build_student, build_teacher, check_target_wid
 from eva_transfer.pretrain.config import load_config
 from eva_transfer.pretrain.trainer import build_models
 
-TINY_TEACHER = dict(family="timm", name="vit_base_patch16_clip_224.openai", pretrained=False, img_size=128,
-                    kwargs=dict(embed_dim=48, depth=2, num_heads=2, num_classes=32))
+TINY_TEACHER = dict(
+    family="timm",
+    name="vit_base_patch16_clip_224.openai",
+    pretrained=False,
+    img_size=128,
+    kwargs=dict(embed_dim=48, depth=2, num_heads=2, num_classes=32),
+)
 
 
 def test_loss_ignores_visible_patches():
@@ -100,8 +105,11 @@ def test_teacher_width_mismatch_is_a_clear_error(tmp_path):
     teacher = build_teacher(**TINY_TEACHER)
     with pytest.raises(ValueError, match=r"lm_head\) projects to 768 .* outputs 32-d"):
         check_target_width(768, teacher)
-    cfg = load_config(None, [f"teacher.{k}={v!r}" for k, v in TINY_TEACHER.items()] + [
-        "model.backbone='eva_tiny'", "model.target_dim=768"])
+    cfg = load_config(
+        None,
+        [f"teacher.{k}={v!r}" for k, v in TINY_TEACHER.items()]
+        + ["model.backbone='eva_tiny'", "model.target_dim=768"],
+    )
     with pytest.raises(ValueError, match="model.target_dim to 32"):
         build_models(cfg, torch.device("cpu"))
 

@@ -25,14 +25,17 @@ def _batch(folder, n, seed):
 
 
 @pytest.mark.slow
-def test_tiny_preset_learns_and_exports_a_loadable_backbone(tmp_path, image_folder, make_images, tiny_config,
-                                                            tiny_overrides):
+def test_tiny_preset_learns_and_exports_a_loadable_backbone(
+    tmp_path, image_folder, make_images, tiny_config, tiny_overrides
+):
     out = tmp_path / "run"
     cfg = load_config(tiny_config, tiny_overrides(image_folder, out, **{"schedule.total_steps": 200}))
     summary = train(cfg)
     losses = np.array([r["loss"] for r in summary["history"]])
     assert len(losses) == 200 and summary["step"] == 200 and not summary["interrupted"]
-    print(f"loss: step 1 {losses[0]:.3f}, first 10 {losses[:10].mean():.3f}, last 20 {losses[-20:].mean():.3f}")
+    print(
+        f"loss: step 1 {losses[0]:.3f}, first 10 {losses[:10].mean():.3f}, last 20 {losses[-20:].mean():.3f}"
+    )
     # random init predicts nothing (cosine ~0); 200 steps reach a clear negative cosine
     assert losses[0] > -0.1
     assert losses[-20:].mean() < losses[:10].mean() - 0.25
@@ -61,7 +64,9 @@ def test_tiny_preset_learns_and_exports_a_loadable_backbone(tmp_path, image_fold
     assert export.endswith(".safetensors") and os.path.isfile(export)
     det = build_backbone("eva_tiny_det")
     report = load_checkpoint(det, export)
-    assert all("rel_pos" in k for k in report.missing), report.missing  # zero-init tables pre-training never has
+    assert all("rel_pos" in k for k in report.missing), (
+        report.missing
+    )  # zero-init tables pre-training never has
     assert len(report.missing) == 2 * det.depth and not report.unexpected
     assert {"lm_head.weight", "lm_head.bias", "mask_token", "cls_token"} <= set(report.dropped)
     seg = build_backbone("eva_tiny_seg")
@@ -77,7 +82,9 @@ def _records(summary):
 
 def test_resume_continues_the_same_schedule(tmp_path, image_folder, tiny_config, tiny_overrides):
     common = {"schedule.total_steps": 16, "schedule.warmup_steps": 4, "train.checkpoint_every": 6}
-    reference = _records(train(load_config(tiny_config, tiny_overrides(image_folder, tmp_path / "a", **common))))
+    reference = _records(
+        train(load_config(tiny_config, tiny_overrides(image_folder, tmp_path / "a", **common)))
+    )
     assert sorted(reference) == list(range(1, 17))
 
     # a crash at step 9: the run restarts from the periodic checkpoint of step 6
@@ -118,14 +125,21 @@ def test_resume_continues_the_same_schedule(tmp_path, image_folder, tiny_config,
         assert loss == pytest.approx(reference[step][0], abs=1e-6), step
 
 
-def test_unreadable_images_are_counted_and_empty_data_fails(tmp_path, make_images, tiny_config, tiny_overrides):
+def test_unreadable_images_are_counted_and_empty_data_fails(
+    tmp_path, make_images, tiny_config, tiny_overrides
+):
     folder = tmp_path / "imgs"
     make_images(folder, 16)
     (folder / "img_0003.png").write_bytes(b"not a png")
     (folder / "img_0011.png").write_bytes(b"")
-    cfg = load_config(tiny_config, tiny_overrides(folder, tmp_path / "run", **{"schedule.total_steps": 4,
-                                                                              "train.batch_size": 8,
-                                                                              "train.tensorboard": True}))
+    cfg = load_config(
+        tiny_config,
+        tiny_overrides(
+            folder,
+            tmp_path / "run",
+            **{"schedule.total_steps": 4, "train.batch_size": 8, "train.tensorboard": True},
+        ),
+    )
     summary = train(cfg)
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
     # 4 steps of 8 = 2 epochs of 16 images, each file read once per epoch: 2 bad files x 2 epochs
@@ -145,8 +159,10 @@ def test_mixed_precision_path(tmp_path, image_folder, tiny_config, tiny_override
 
     monkeypatch.setattr(trainer, "_amp_dtype", lambda name, device: dtype)
     # optim.zero (the EVA-g setting) with a single process falls back to plain AdamW
-    cfg = load_config(tiny_config, tiny_overrides(image_folder, tmp_path / "run", **{"schedule.total_steps": 4,
-                                                                                    "optim.zero": True}))
+    cfg = load_config(
+        tiny_config,
+        tiny_overrides(image_folder, tmp_path / "run", **{"schedule.total_steps": 4, "optim.zero": True}),
+    )
     summary = train(cfg)
     losses = [r["loss"] for r in summary["history"]]
     assert len(losses) == 4 and all(np.isfinite(losses)) and losses[-1] < losses[0]

@@ -26,7 +26,9 @@ def load_tool(name: str):
 
 def data_options(root) -> list[str]:
     """``--cfg-options`` pointing the tiny config's three dataloaders at ``root``."""
-    return [f"{k}.dataset.data_root={root}" for k in ("train_dataloader", "val_dataloader", "test_dataloader")]
+    return [
+        f"{k}.dataset.data_root={root}" for k in ("train_dataloader", "val_dataloader", "test_dataloader")
+    ]
 
 
 @pytest.fixture(autouse=True, scope="module")

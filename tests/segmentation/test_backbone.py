@@ -35,8 +35,9 @@ def test_init_checkpoint_loads_backbone_through_shared_converter(tmp_path, capsy
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("norm_cfg, kind", [(dict(type="BN"), nn.BatchNorm2d),
-                                            (dict(type="GN", num_groups=8), nn.GroupNorm)])
+@pytest.mark.parametrize(
+    "norm_cfg, kind", [(dict(type="BN"), nn.BatchNorm2d), (dict(type="GN", num_groups=8), nn.GroupNorm)]
+)
 def test_normalisation_from_config(norm_cfg, kind):
     model = MODELS.build(dict(TINY, norm_cfg=norm_cfg))
     norms = [m for m in model.adapter.norms]

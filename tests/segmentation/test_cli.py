@@ -15,17 +15,23 @@ def train():
 
 
 def _cfg(train, *options):
-    return train.make_config(train.parse_args([TINY_CONFIG, "--work-dir", "unused", "--cfg-options", *options]))
+    return train.make_config(
+        train.parse_args([TINY_CONFIG, "--work-dir", "unused", "--cfg-options", *options])
+    )
 
 
 def test_override_of_existing_keys_including_list_items(train):
-    cfg = _cfg(train, "optim_wrapper.optimizer.lr=0.5", "train_dataloader.dataset.pipeline.1.type=LoadAnnotations")
+    cfg = _cfg(
+        train, "optim_wrapper.optimizer.lr=0.5", "train_dataloader.dataset.pipeline.1.type=LoadAnnotations"
+    )
     assert cfg.optim_wrapper.optimizer.lr == 0.5
     assert cfg.train_dataloader.dataset.pipeline[1].type == "LoadAnnotations"
 
 
 def test_typo_is_an_error_with_a_suggestion(train):
-    with pytest.raises(ConfigOverrideError, match=r"optim_wrapper has no key 'optimzer'.*'optim_wrapper\.optimizer'"):
+    with pytest.raises(
+        ConfigOverrideError, match=r"optim_wrapper has no key 'optimzer'.*'optim_wrapper\.optimizer'"
+    ):
         _cfg(train, "optim_wrapper.optimzer.lr=0.5")
     with pytest.raises(ConfigOverrideError, match=r"the config has no key 'lod_from'.*'load_from'"):
         _cfg(train, "lod_from=x.pth")

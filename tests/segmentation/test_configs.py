@@ -40,7 +40,9 @@ def test_ade20k_published_settings():
     assert _pipeline_step(cfg.train_dataloader.dataset.pipeline, "RandomCrop").crop_size == (896, 896)
     opt = cfg.optim_wrapper
     assert opt.optimizer.type == "AdamW" and opt.optimizer.lr == 2.5e-5 and opt.optimizer.weight_decay == 0.05
-    assert opt.constructor == "LayerDecayOptimWrapperConstructor" and opt.paramwise_cfg.layer_decay_rate == 0.95
+    assert (
+        opt.constructor == "LayerDecayOptimWrapperConstructor" and opt.paramwise_cfg.layer_decay_rate == 0.95
+    )
     assert cfg.param_scheduler[-1].type == "PolyLR" and cfg.train_cfg.max_iters == 20000
     assert cfg.auto_scale_lr.base_batch_size == 64
     assert "cocostuff" in cfg.load_from  # initialised from the COCO-Stuff model
@@ -79,4 +81,9 @@ def test_config_builds_from_registry_on_meta_device(path):
         n = sum(p.numel() for p in vit.parameters())
         assert 1.00e9 < n < 1.02e9  # EVA-g encoder: 1011M parameters
         assert vit.depth == 40 and vit.patch_size == 16 and vit.num_prefix_tokens == 0
-        assert [r for r in model.backbone.adapter.interaction_indexes] == [(0, 9), (10, 19), (20, 29), (30, 39)]
+        assert [r for r in model.backbone.adapter.interaction_indexes] == [
+            (0, 9),
+            (10, 19),
+            (20, 29),
+            (30, 39),
+        ]

@@ -19,9 +19,12 @@ def root(tmp_path):
 
 
 def _dataset(root, **kw):
-    cfg = dict(type="SyntheticADEDataset", data_root=str(root),
-               data_prefix=dict(img_path="images/training", seg_map_path="annotations/training"),
-               pipeline=_PIPELINE)
+    cfg = dict(
+        type="SyntheticADEDataset",
+        data_root=str(root),
+        data_prefix=dict(img_path="images/training", seg_map_path="annotations/training"),
+        pipeline=_PIPELINE,
+    )
     cfg.update(kw)
     return DATASETS.build(cfg)
 
@@ -62,7 +65,9 @@ def test_empty_image_folder_is_an_error_naming_it(tmp_path):
 def test_label_of_another_size_than_its_image_is_named(root):
     Image.fromarray(np.ones((20, 32), np.uint8)).save(_label_path(root))
     ds = _dataset(root)
-    with pytest.raises(DatasetFileError, match=r"label file .*synthetic_training_00001\.png.* is 32x20 .*image .* is 32x32"):
+    with pytest.raises(
+        DatasetFileError, match=r"label file .*synthetic_training_00001\.png.* is 32x20 .*image .* is 32x32"
+    ):
         ds[1]
 
 

@@ -16,8 +16,12 @@ RATE = 0.8
 def segmentor_and_groups():
     cfg = Config.fromfile(TINY_CONFIG)
     model = MODELS.build(cfg.model)
-    optim_cfg = dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.05),
-                     constructor="LayerDecayOptimWrapperConstructor", paramwise_cfg=dict(layer_decay_rate=RATE))
+    optim_cfg = dict(
+        type="OptimWrapper",
+        optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.05),
+        constructor="LayerDecayOptimWrapperConstructor",
+        paramwise_cfg=dict(layer_decay_rate=RATE),
+    )
     wrapper = build_optim_wrapper(model, optim_cfg)
     by_name = {}
     for group in wrapper.optimizer.param_groups:
@@ -46,10 +50,15 @@ def test_backbone_blocks_get_decayed_lr(segmentor_and_groups):
     assert by_name[f"{prefix}pos_embed"]["lr"] == pytest.approx(1e-3 * RATE ** (depth + 1))
 
 
-@pytest.mark.parametrize("name", [
-    "decode_head.query_embed.weight", "decode_head.query_feat.weight", "decode_head.level_embed.weight",
-    "backbone.adapter.level_embed",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "decode_head.query_embed.weight",
+        "decode_head.query_feat.weight",
+        "decode_head.level_embed.weight",
+        "backbone.adapter.level_embed",
+    ],
+)
 def test_queries_and_level_embeddings_get_full_lr_and_no_weight_decay(segmentor_and_groups, name):
     _, _, by_name = segmentor_and_groups
     assert by_name[name]["lr"] == pytest.approx(1e-3)
@@ -69,6 +78,11 @@ def test_unknown_paramwise_key_is_an_error():
     cfg = Config.fromfile(TINY_CONFIG)
     model = MODELS.build(cfg.model)
     with pytest.raises(ValueError, match="layer_decay_rte"):
-        build_optim_wrapper(model, dict(optimizer=dict(type="AdamW", lr=1e-3),
-                                        constructor="LayerDecayOptimWrapperConstructor",
-                                        paramwise_cfg=dict(layer_decay_rte=0.9)))
+        build_optim_wrapper(
+            model,
+            dict(
+                optimizer=dict(type="AdamW", lr=1e-3),
+                constructor="LayerDecayOptimWrapperConstructor",
+                paramwise_cfg=dict(layer_decay_rte=0.9),
+            ),
+        )

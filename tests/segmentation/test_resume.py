@@ -46,7 +46,9 @@ def _options(root, max_iters):
         *data_options(root),
         f"train_cfg.max_iters={max_iters}",
         "default_hooks.checkpoint.interval=10",
-        "val_dataloader=None", "val_cfg=None", "val_evaluator=None",
+        "val_dataloader=None",
+        "val_cfg=None",
+        "val_evaluator=None",
         "train_dataloader.batch_size=2",
     ]
 

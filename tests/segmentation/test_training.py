@@ -35,13 +35,23 @@ def trained(tmp_path_factory, one_thread):
     runner = train.main([TINY_CONFIG, "--work-dir", str(work_dir), "--cfg-options", *data_options(root)])
     wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
     print(f"tiny config: {runner.iter} iterations in {wall:.0f} s wall, {cpu:.0f} s CPU")
-    return dict(root=root, work_dir=work_dir, checkpoint=work_dir / f"iter_{runner.iter}.pth", iters=runner.iter)
+    return dict(
+        root=root, work_dir=work_dir, checkpoint=work_dir / f"iter_{runner.iter}.pth", iters=runner.iter
+    )
 
 
 def test_tiny_config_reaches_miou_on_held_out_images(trained):
     test = load_tool("test_seg")
-    metrics = test.main([TINY_CONFIG, str(trained["checkpoint"]), "--work-dir", str(trained["work_dir"] / "test"),
-                         "--cfg-options", *data_options(trained["root"])])
+    metrics = test.main(
+        [
+            TINY_CONFIG,
+            str(trained["checkpoint"]),
+            "--work-dir",
+            str(trained["work_dir"] / "test"),
+            "--cfg-options",
+            *data_options(trained["root"]),
+        ]
+    )
     print(f"held-out mIoU after {trained['iters']} iterations: {metrics['mIoU']:.2f}")
     assert metrics["mIoU"] >= MIN_MIOU
 
@@ -51,10 +61,22 @@ def test_infer_writes_colour_coded_prediction(trained, tmp_path):
     stem = "synthetic_validation_00003"
     image = trained["root"] / "images/validation" / f"{stem}.jpg"
     out = tmp_path / "pred.png"
-    labels = infer.main([TINY_CONFIG, str(trained["checkpoint"]), str(image), "--out", str(out),
-                         "--cfg-options", *data_options(trained["root"])])
+    labels = infer.main(
+        [
+            TINY_CONFIG,
+            str(trained["checkpoint"]),
+            str(image),
+            "--out",
+            str(out),
+            "--cfg-options",
+            *data_options(trained["root"]),
+        ]
+    )
     png = np.asarray(Image.open(out).convert("RGB"))
-    truth = np.asarray(Image.open(trained["root"] / "annotations/validation" / f"{stem}.png")).astype(np.int64) - 1
+    truth = (
+        np.asarray(Image.open(trained["root"] / "annotations/validation" / f"{stem}.png")).astype(np.int64)
+        - 1
+    )
     assert png.shape == (*truth.shape, 3)
     # every pixel is the palette colour of its predicted class
     np.testing.assert_array_equal(png, np.asarray(SYNTHETIC_PALETTE, np.uint8)[labels])
@@ -65,9 +87,19 @@ def test_infer_writes_colour_coded_prediction(trained, tmp_path):
 def test_tta_and_show_dir(trained, tmp_path):
     test = load_tool("test_seg")
     show = tmp_path / "show"
-    metrics = test.main([TINY_CONFIG, str(trained["checkpoint"]), "--tta", "--show-dir", str(show),
-                         "--work-dir", str(tmp_path / "work"),
-                         "--cfg-options", f"test_dataloader.dataset.data_root={trained['root']}"])
+    metrics = test.main(
+        [
+            TINY_CONFIG,
+            str(trained["checkpoint"]),
+            "--tta",
+            "--show-dir",
+            str(show),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--cfg-options",
+            f"test_dataloader.dataset.data_root={trained['root']}",
+        ]
+    )
     print(f"held-out mIoU with multi-scale + flip: {metrics['mIoU']:.2f}")
     assert metrics["mIoU"] >= MIN_MIOU
     assert len(list(show.rglob("*.png"))) == 16  # one drawing per held-out image

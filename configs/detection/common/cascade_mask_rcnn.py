@@ -76,7 +76,8 @@ model = L(GeneralizedRCNN)(
             for weights in [(10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15)]
         ],
         proposal_matchers=[
-            L(Matcher)(thresholds=[iou], labels=[0, 1], allow_low_quality_matches=False) for iou in (0.5, 0.6, 0.7)
+            L(Matcher)(thresholds=[iou], labels=[0, 1], allow_low_quality_matches=False)
+            for iou in (0.5, 0.6, 0.7)
         ],
         mask_in_features=LEVELS,
         mask_pooler=L(ROIPooler)(output_size=14, scales=SCALES, sampling_ratio=0, pooler_type="ROIAlignV2"),

@@ -25,7 +25,9 @@ dataloader.train = L(build_detection_train_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_train"),
     mapper=L(DatasetMapper)(
         is_train=True,
-        augmentations=L(lsj_train_augmentations)(image_size="${....image_size}", min_scale=0.1, max_scale=2.0),
+        augmentations=L(lsj_train_augmentations)(
+            image_size="${....image_size}", min_scale=0.1, max_scale=2.0
+        ),
         image_format="RGB",
         use_instance_mask=True,
         recompute_boxes=True,
@@ -42,4 +44,6 @@ dataloader.test = L(build_detection_test_loader)(
     ),
     num_workers=4,
 )
-dataloader.evaluator = L(build_evaluator)(dataset_name="${..test.dataset.names}", output_dir="${train.output_dir}")
+dataloader.evaluator = L(build_evaluator)(
+    dataset_name="${..test.dataset.names}", output_dir="${train.output_dir}"
+)

@@ -27,8 +27,10 @@ tta_pipeline = [
         type="TestTimeAug",
         transforms=[
             [dict(type="Resize", scale_factor=r, keep_ratio=True) for r in tta_ratios],
-            [dict(type="RandomFlip", prob=0.0, direction="horizontal"),
-             dict(type="RandomFlip", prob=1.0, direction="horizontal")],
+            [
+                dict(type="RandomFlip", prob=0.0, direction="horizontal"),
+                dict(type="RandomFlip", prob=1.0, direction="horizontal"),
+            ],
             [dict(type="LoadCheckedAnnotations")],
             [dict(type="PackSegInputs")],
         ],
@@ -39,18 +41,24 @@ train_dataloader = dict(
     num_workers=4,
     persistent_workers=True,
     sampler=dict(type="InfiniteSampler", shuffle=True),
-    dataset=dict(type=dataset_type, data_root=data_root,
-                 data_prefix=dict(img_path="images/training", seg_map_path="annotations/training"),
-                 pipeline=train_pipeline),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        data_prefix=dict(img_path="images/training", seg_map_path="annotations/training"),
+        pipeline=train_pipeline,
+    ),
 )
 val_dataloader = dict(
     batch_size=1,
     num_workers=4,
     persistent_workers=True,
     sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=dict(type=dataset_type, data_root=data_root,
-                 data_prefix=dict(img_path="images/validation", seg_map_path="annotations/validation"),
-                 pipeline=test_pipeline),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        data_prefix=dict(img_path="images/validation", seg_map_path="annotations/validation"),
+        pipeline=test_pipeline,
+    ),
 )
 test_dataloader = val_dataloader
 val_evaluator = dict(type="IoUMetric", iou_metrics=["mIoU"])

@@ -23,17 +23,25 @@ tta_pipeline = [
         type="TestTimeAug",
         transforms=[
             [dict(type="Resize", scale_factor=r, keep_ratio=True) for r in (1.0, 1.5)],
-            [dict(type="RandomFlip", prob=0.0, direction="horizontal"),
-             dict(type="RandomFlip", prob=1.0, direction="horizontal")],
+            [
+                dict(type="RandomFlip", prob=0.0, direction="horizontal"),
+                dict(type="RandomFlip", prob=1.0, direction="horizontal"),
+            ],
             [dict(type="LoadCheckedAnnotations")],
             [dict(type="PackSegInputs")],
         ],
     ),
 ]
 train_dataloader = dict(
-    batch_size=4, num_workers=0, persistent_workers=False,
-    dataset=dict(type=dataset_type, data_root=data_root, pipeline=train_pipeline))
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(type=dataset_type, data_root=data_root, pipeline=train_pipeline),
+)
 val_dataloader = dict(
-    batch_size=4, num_workers=0, persistent_workers=False,
-    dataset=dict(type=dataset_type, data_root=data_root, pipeline=test_pipeline))
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(type=dataset_type, data_root=data_root, pipeline=test_pipeline),
+)
 test_dataloader = val_dataloader
