@@ -41,7 +41,9 @@ def fidelity_rows() -> list[dict]:
             continue
         if header != HEADER or set("".join(cells)) <= set("-: "):
             continue
-        assert len(cells) == len(HEADER), f"docs/fidelity.md:{number}: {len(cells)} cells, expected {len(HEADER)}"
+        assert len(cells) == len(HEADER), (
+            f"docs/fidelity.md:{number}: {len(cells)} cells, expected {len(HEADER)}"
+        )
         rows.append(dict(zip(HEADER, cells), section=section, line=number))
     return rows
 
