@@ -1,0 +1,70 @@
+"""Project files: one version source, the declared licence, and every third-party module the core imports
+declared as a core dependency (a core-only install must import it)."""
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+import tomllib
+
+import eva_transfer
+
+REPO = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+# import name -> distribution name, where they differ
+DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "cv2": "opencv-python-headless"}
+# imported only inside a branch that a config or argument selects, with a clear error when missing
+OPTIONAL_IMPORTS = {"open_clip"}
+
+
+def _requirement_name(spec: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0].strip().lower()
+
+
+def test_one_version_source():
+    project = PYPROJECT["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "eva_transfer.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", eva_transfer.__version__)
+    assert "__version__" not in (REPO / "CITATION.cff").read_text()
+
+
+def test_licence_and_citation():
+    assert PYPROJECT["project"]["license"] == "Apache-2.0"
+    assert (
+        "Apache License" in (REPO / "LICENSE").read_text() and "Version 2.0" in (REPO / "LICENSE").read_text()
+    )
+    citation = (REPO / "CITATION.cff").read_text()
+    assert "Exploring the Limits of Masked Visual Representation Learning at Scale" in citation
+
+
+def core_third_party_imports() -> dict[str, str]:
+    """Top-level module name -> first file that imports it, over every module of the core package."""
+    found: dict[str, str] = {}
+    for path in sorted((REPO / "eva_transfer").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "eva_transfer":
+                    found.setdefault(top, str(path.relative_to(REPO)))
+    return found
+
+
+def test_every_core_import_is_a_core_dependency():
+    declared = {_requirement_name(s) for s in PYPROJECT["project"]["dependencies"]}
+    imports = core_third_party_imports()
+    assert {"torch", "timm", "numpy"} <= set(imports), imports  # the scan sees the core's imports
+    missing = {
+        f"{name} ({where})"
+        for name, where in imports.items()
+        if name not in OPTIONAL_IMPORTS and DISTRIBUTION.get(name, name).lower() not in declared
+    }
+    assert not missing, f"imported by the core but not in [project].dependencies: {sorted(missing)}"
