@@ -5,7 +5,8 @@ optim_wrapper = dict(
     type="OptimWrapper",
     optimizer=dict(type="AdamW", lr=2.5e-5, betas=(0.9, 0.999), weight_decay=0.05),
     constructor="LayerDecayOptimWrapperConstructor",
-    paramwise_cfg=dict(layer_decay_rate=0.95),
+    # scheme "eva": the authors' groups (decode-head queries/embeddings in layer 0, 2-D embeddings decayed)
+    paramwise_cfg=dict(layer_decay_rate=0.95, scheme="eva"),
 )
 param_scheduler = [
     dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=1500),
