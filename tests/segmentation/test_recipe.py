@@ -177,3 +177,12 @@ def test_extra_extractors_have_the_extractors_drop_path():
     assert len(last.extra_extractors) == 2
     assert last.extractor.drop_path.drop_prob == 0.5
     assert [e.drop_path.drop_prob for e in last.extra_extractors] == [0.5, 0.5]
+
+
+def test_poly_after_warmup_option_keeps_the_earlier_schedule():
+    cfg = Config.fromfile(str(CONFIG_DIR / "_base_/schedules/adamw_layer_decay_poly_after_warmup.py"))
+    base = cfg.optim_wrapper.optimizer.lr
+    lrs = _lrs(cfg)
+    assert lrs[0] == pytest.approx(base * 1e-6, rel=1e-6)
+    assert lrs[1500] == pytest.approx(base, rel=1e-6)  # the poly curve starts at the end of the warm-up
+    assert lrs[1500] > lrs[1501] > lrs[10000] > lrs[-1] >= 0.0
