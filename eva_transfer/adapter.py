@@ -204,6 +204,7 @@ class InteractionBlock(nn.Module):
         init_values: float,
         drop_path: float,
         n_extra_extractors: int,
+        extra_drop_path: Optional[float] = None,
     ):
         super().__init__()
         self.injector = Injector(dim, num_heads, n_points, 3, value_ratio, token_norm, init_values)
@@ -211,8 +212,9 @@ class InteractionBlock(nn.Module):
             Extractor, dim, num_heads, n_points, value_ratio, token_norm, with_cffn, cffn_ratio
         )
         self.extractor = extractor(drop_path)
-        # extra extractors refine the spatial features once more without stochastic depth
-        self.extra_extractors = nn.ModuleList(extractor(0.0) for _ in range(n_extra_extractors))
+        # extra extractors refine the spatial features once more; stochastic depth as the extractor's by default
+        extra = drop_path if extra_drop_path is None else extra_drop_path
+        self.extra_extractors = nn.ModuleList(extractor(extra) for _ in range(n_extra_extractors))
 
 
 class ViTAdapter(nn.Module):
@@ -235,6 +237,8 @@ class ViTAdapter(nn.Module):
             ``nn.SyncBatchNorm``), called as ``norm_layer(channels)``.
         token_norm: normalisation of the token sequences in injectors and extractors.
         drop_path_rate: stochastic depth of the extractors' FFN; default: the backbone's rate.
+        extra_extractor_drop_path: stochastic depth of the two extra extractors; default (``None``): the
+            extractors' rate, as the authors' and upstream ViT-Adapter's; ``0.0`` turns it off.
         use_act_checkpoint: recompute injectors and extractors in the backward pass; default: the backbone's
             setting.
     """
@@ -256,6 +260,7 @@ class ViTAdapter(nn.Module):
         token_norm: TokenNorm = partial(nn.LayerNorm, eps=1e-6),
         drop_path_rate: Optional[float] = None,
         use_act_checkpoint: Optional[bool] = None,
+        extra_extractor_drop_path: Optional[float] = None,
     ):
         super().__init__()
         if not isinstance(backbone, EVAViT):
@@ -305,6 +310,7 @@ class ViTAdapter(nn.Module):
                 init_values,
                 drop_path,
                 2 if use_extra_extractor and i == n - 1 else 0,
+                extra_extractor_drop_path,
             )
             for i in range(n)
         )

@@ -466,6 +466,42 @@ def convert_state_dict(
     return out, report
 
 
+def _load_lm_head(model: nn.Module, sd: Mapping[str, Tensor], report: LoadReport, source: str) -> None:
+    """A pre-training student (a module with an ``lm_head`` beside its ViT) takes the checkpoint's ``lm_head``,
+    so that pre-training continues from EVA's MIM weights; other models still drop it."""
+    head = getattr(model, "lm_head", None)
+    if not isinstance(head, nn.Module):
+        return
+    # beside the backbone's keys (EVA's MIM layout: dropped) or outside its prefix (a whole student: unexpected)
+    found = {k: report.prefix + k for k in report.dropped if k.startswith("lm_head.")}
+    if report.prefix:
+        found.update({k: k for k in report.unexpected if k.startswith("lm_head.")})
+    if not found:
+        return
+    target = head.state_dict()
+    weights = {}
+    for k, full in found.items():
+        name = k[len("lm_head.") :]
+        value = sd.get(full)
+        if name not in target or not isinstance(value, Tensor):
+            raise CheckpointError(
+                f"{source}: key {k!r} does not match the model's lm_head ({sorted(target)})"
+            )
+        if tuple(value.shape) != tuple(target[name].shape):
+            raise CheckpointError(
+                f"{source}: key {k!r} has shape {list(value.shape)}, the model's lm_head expects "
+                f"{list(target[name].shape)} (a student for another teacher width?)"
+            )
+        weights[name] = value
+    head.load_state_dict(weights, strict=False)
+    for k in found:
+        report.dropped.pop(k, None)
+        if k in report.unexpected:
+            report.unexpected.remove(k)
+        report.loaded.append(k)
+    report.missing += [f"lm_head.{n}" for n in target if n not in weights]
+
+
 def load_checkpoint(
     model: nn.Module,
     checkpoint: PathOrState,
@@ -499,6 +535,7 @@ def load_checkpoint(
     vit = find_backbone(model)
     result = vit.load_state_dict(converted, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # convert_state_dict keeps model keys only
+    _load_lm_head(model, sd, report, source)
     if verbose:
         print(report.summary())
     logger.info("%s", report.summary())

@@ -285,6 +285,11 @@ class EVAViT(nn.Module):
         final_norm: LayerNorm after the last block.
         drop_path_rate: stochastic depth, linearly increasing to this rate.
         use_act_checkpoint: recompute each block in the backward pass (training only).
+        init_std: standard deviation of the initial weights (EVA-g pre-training: 0.015).
+        init_mode: ``"plain"`` (truncated normal cut at +-2, no rescaling; the patch kernel keeps PyTorch's
+            default) or ``"eva"`` (EVA's masked-image-modelling initialisation, ``EVA-01/eva/modeling_pretrain.py``:
+            position embedding, tokens, linear and patch-kernel weights truncated normal cut at +-1 std, biases
+            zero, then ``attn.proj`` and ``mlp.fc2`` of block ``i`` divided by ``sqrt(2 (i + 1))``).
     """
 
     def __init__(
@@ -310,8 +315,16 @@ class EVAViT(nn.Module):
         final_norm: bool = False,
         drop_path_rate: float = 0.0,
         use_act_checkpoint: bool = False,
+        init_std: float = 0.02,
+        init_mode: str = "plain",
     ):
         super().__init__()
+        if init_mode not in ("plain", "eva"):
+            raise ValueError(f"init_mode is {init_mode!r}; expected 'plain' or 'eva'")
+        if not init_std > 0:
+            raise ValueError(f"init_std must be positive, got {init_std!r}")
+        self.init_std = float(init_std)
+        self.init_mode = init_mode
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         global_block_indexes = tuple(sorted(set(global_block_indexes)))
         if any(i < 0 or i >= depth for i in global_block_indexes):
@@ -364,21 +377,39 @@ class EVAViT(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if final_norm else nn.Identity()
         self._init_weights()
+        if init_mode == "eva":
+            self._init_weights_eva()
 
     def _init_weights(self):
         if self.pos_embed is not None:
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            nn.init.trunc_normal_(self.pos_embed, std=self.init_std)
         for t in (self.cls_token, self.mask_token):
             if t is not None:
-                nn.init.trunc_normal_(t, std=0.02)
+                nn.init.trunc_normal_(t, std=self.init_std)
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.trunc_normal_(m.weight, std=self.init_std)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    @torch.no_grad()
+    def _init_weights_eva(self):
+        """EVA's masked-image-modelling initialisation (see ``init_mode``)."""
+        std = self.init_std
+        for t in (self.pos_embed, self.cls_token, self.mask_token):
+            if t is not None:
+                nn.init.trunc_normal_(t, std=std, a=-std, b=std)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.trunc_normal_(m.weight, std=std, a=-std, b=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for i, block in enumerate(self.blocks):
+            block.attn.proj.weight.div_(math.sqrt(2.0 * (i + 1)))
+            block.mlp.fc2.weight.div_(math.sqrt(2.0 * (i + 1)))
 
     @property
     def num_prefix_tokens(self) -> int:

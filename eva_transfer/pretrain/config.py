@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = dict(
         target_dim=None,  # lm_head width; None follows the teacher, a number is checked against it
         drop_path_rate=0.1,
         use_act_checkpoint=False,
+        init_mode="eva",  # EVA's MIM initialisation ("eva") or the plain one ("plain"); see EVAViT
+        init_std=0.02,  # EVA's default; 0.015 for EVA-g
         backbone_overrides={},  # further EVAViT arguments
     ),
     teacher=dict(
@@ -54,8 +56,8 @@ DEFAULTS: dict[str, Any] = dict(
         ratio=(3 / 4, 4 / 3),
         hflip=0.5,
         interpolation="bicubic",
-        mean=(0.485, 0.456, 0.406),  # the student's input normalisation
-        std=(0.229, 0.224, 0.225),
+        mean=(0.48145466, 0.4578275, 0.40821073),  # the student's input normalisation: CLIP's, as EVA's
+        std=(0.26862954, 0.26130258, 0.27577711),
         workers=8,
     ),
     optim=dict(
@@ -64,6 +66,7 @@ DEFAULTS: dict[str, Any] = dict(
         eps=1e-6,
         weight_decay=0.05,
         clip_grad=3.0,
+        no_decay_names=("pos_embed", "cls_token"),  # EVA's; 1-D parameters and biases never take weight decay
         zero=False,  # shard optimizer state across processes (torch ZeroRedundancyOptimizer, ZeRO stage 1)
     ),
     schedule=dict(

@@ -24,7 +24,11 @@ class MIMStudent(nn.Module):
             raise ValueError("the student backbone needs a mask token (build it with use_mask_token=True)")
         self.backbone = backbone
         self.lm_head = nn.Linear(backbone.embed_dim, target_dim)
-        nn.init.trunc_normal_(self.lm_head.weight, std=0.02)
+        std = backbone.init_std
+        if backbone.init_mode == "eva":  # EVA's: truncated at +-1 std, as the backbone's weights
+            nn.init.trunc_normal_(self.lm_head.weight, std=std, a=-std, b=std)
+        else:
+            nn.init.trunc_normal_(self.lm_head.weight, std=std)
         nn.init.zeros_(self.lm_head.bias)
 
     @property

@@ -29,7 +29,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..checkpoint import read_checkpoint, save_checkpoint, write_bytes_atomic
-from ..lr_decay import param_groups_layer_decay
 from .data import GlobalBatchSampler, MIMDataset, collate, list_images
 from .masking import BlockMaskGenerator
 from .student import MIMStudent, build_student, export_state_dict, masked_cosine_loss
@@ -49,6 +48,24 @@ def lr_at_step(step: int, total: int, warmup: int, lr: float, warmup_lr: float, 
         return warmup_lr + (lr - warmup_lr) * step / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(student: nn.Module, ocfg: dict) -> list[dict]:
+    """AdamW groups of the student: no weight decay on 1-D parameters, biases and the parameters named in
+    ``optim.no_decay_names`` (EVA's: ``pos_embed``, ``cls_token``; the mask token is decayed). Each group holds
+    ``params``, ``lr``, ``weight_decay`` and ``param_names``."""
+    skip = tuple(ocfg["no_decay_names"])
+    decay, no_decay = dict(params=[], param_names=[]), dict(params=[], param_names=[])
+    for name, p in student.named_parameters():
+        if not p.requires_grad:
+            continue
+        bare = name.rsplit(".", 1)[-1]
+        group = no_decay if p.ndim <= 1 or name.endswith(".bias") or bare in skip else decay
+        group["params"].append(p)
+        group["param_names"].append(name)
+    decay.update(lr=ocfg["lr"], weight_decay=ocfg["weight_decay"])
+    no_decay.update(lr=ocfg["lr"], weight_decay=0.0)
+    return [g for g in (decay, no_decay) if g["params"]]
 
 
 def _normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
@@ -108,7 +125,7 @@ def build_models(cfg: dict, device: torch.device) -> tuple[MIMStudent, CLIPTeach
         target_dim,
         drop_path_rate=m["drop_path_rate"],
         use_act_checkpoint=m["use_act_checkpoint"],
-        **m["backbone_overrides"],
+        **{"init_mode": m["init_mode"], "init_std": m["init_std"], **m["backbone_overrides"]},
     )
     return student.to(device), teacher.to(device)
 
@@ -216,9 +233,9 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
         else int(scfg["warmup_epochs"] * steps_per_epoch)
     )
 
-    groups = param_groups_layer_decay(student, ocfg["lr"], ocfg["weight_decay"], decay_rate=1.0)
+    groups = param_groups(student, ocfg)
     for g in groups:
-        g.pop("param_names", None)
+        g.pop("param_names")
     adamw = dict(lr=ocfg["lr"], betas=tuple(ocfg["betas"]), eps=ocfg["eps"])
     use_zero = bool(ocfg["zero"]) and world > 1
     if ocfg["zero"] and not use_zero and is_main:

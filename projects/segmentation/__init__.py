@@ -23,6 +23,7 @@ from .datasets import (  # noqa: E402
     SyntheticADEDataset,
 )
 from .optimizer import LayerDecayOptimWrapperConstructor  # noqa: E402
+from .test_time import EncoderDecoderShortSidePad, PadShortSide  # noqa: E402
 
 __all__ = [
     "EVAViTAdapter",
@@ -36,4 +37,6 @@ __all__ = [
     "LayerDecayOptimWrapperConstructor",
     "AtomicLocalBackend",
     "load_local_checkpoint",
+    "EncoderDecoderShortSidePad",
+    "PadShortSide",
 ]

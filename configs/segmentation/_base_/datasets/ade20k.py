@@ -1,4 +1,5 @@
-# ADE20K (ADEChallengeData2016 layout), 896 crops. Labels are shifted by reduce_zero_label as the dataset says. data_root is relative to the working directory; override it
+# ADE20K (ADEChallengeData2016 layout), 896 crops. Labels are shifted by reduce_zero_label as the dataset says.
+# data_root is relative to the working directory; override it
 # with --cfg-options train_dataloader.dataset.data_root=... (and the val/test ones) or a symlink at data/.
 dataset_type = "CheckedADE20KDataset"
 data_root = "data/ade/ADEChallengeData2016"
@@ -19,20 +20,41 @@ test_pipeline = [
     dict(type="LoadCheckedAnnotations"),
     dict(type="PackSegInputs"),
 ]
-# multi-scale + flip testing (tools/test_seg.py --tta)
-tta_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+# multi-scale + flip testing (tools/test_seg.py --tta), the authors' (EVA-01/seg/configs/ade20k/*_ms.py): the
+# test scale (3584, 896) times 512/896 ... 1280/896, sides resized to multiples of 32, flip, images with a side
+# below the 896 window padded to 896 (bottom/right); EncoderDecoderShortSidePad removes the padding afterwards.
+tta_ratios = [512 / 896, 640 / 896, 768 / 896, 896 / 896, 1024 / 896, 1152 / 896, 1280 / 896]
+tta_pad_size = 896
+# PackSegInputs' default meta keys plus PadShortSide's record of its padding
+tta_meta_keys = (
+    "img_path",
+    "seg_map_path",
+    "ori_shape",
+    "img_shape",
+    "pad_shape",
+    "scale_factor",
+    "flip",
+    "flip_direction",
+    "reduce_zero_label",
+    "short_side_padding",
+)
 tta_pipeline = [
     dict(type="LoadImageFromFile", backend_args=None),
     dict(
         type="TestTimeAug",
         transforms=[
-            [dict(type="Resize", scale_factor=r, keep_ratio=True) for r in tta_ratios],
+            [
+                dict(type="Resize", scale=(int(train_scale[0] * r), int(train_scale[1] * r)), keep_ratio=True)
+                for r in tta_ratios
+            ],
+            [dict(type="ResizeToMultiple", size_divisor=32)],
             [
                 dict(type="RandomFlip", prob=0.0, direction="horizontal"),
                 dict(type="RandomFlip", prob=1.0, direction="horizontal"),
             ],
+            [dict(type="PadShortSide", size=tta_pad_size, pad_val=0, seg_pad_val=255)],
             [dict(type="LoadCheckedAnnotations")],
-            [dict(type="PackSegInputs")],
+            [dict(type="PackSegInputs", meta_keys=tta_meta_keys)],
         ],
     ),
 ]

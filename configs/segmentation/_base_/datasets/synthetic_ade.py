@@ -17,18 +17,23 @@ test_pipeline = [
     dict(type="LoadCheckedAnnotations"),
     dict(type="PackSegInputs"),
 ]
+# the ADE20K test-time steps at this size: scales 0.5 and 1.5 of 64, the smaller one padded to the 64 window
+tta_ratios = [0.5, 1.5]
+tta_pad_size = 64
 tta_pipeline = [
     dict(type="LoadImageFromFile", backend_args=None),
     dict(
         type="TestTimeAug",
         transforms=[
-            [dict(type="Resize", scale_factor=r, keep_ratio=True) for r in (1.0, 1.5)],
+            [dict(type="Resize", scale=(int(256 * r), int(64 * r)), keep_ratio=True) for r in tta_ratios],
+            [dict(type="ResizeToMultiple", size_divisor=32)],
             [
                 dict(type="RandomFlip", prob=0.0, direction="horizontal"),
                 dict(type="RandomFlip", prob=1.0, direction="horizontal"),
             ],
+            [dict(type="PadShortSide", size=tta_pad_size, pad_val=0, seg_pad_val=255)],
             [dict(type="LoadCheckedAnnotations")],
-            [dict(type="PackSegInputs")],
+            [dict(type="PackSegInputs", meta_keys={{_base_.tta_meta_keys}})],
         ],
     ),
 ]

@@ -15,7 +15,8 @@ data_preprocessor = dict(
     test_cfg=dict(size_divisor=32),
 )
 model = dict(
-    type="EncoderDecoder",
+    # mmseg's EncoderDecoder, removing the multi-scale test's short-side padding (projects/segmentation/test_time.py)
+    type="EncoderDecoderShortSidePad",
     data_preprocessor=data_preprocessor,
     backbone=dict(
         type="EVAViTAdapter",
@@ -30,6 +31,7 @@ model = dict(
             with_cffn=True,
             init_values=0.0,
             use_extra_extractor=True,
+            extra_extractor_drop_path=None,  # None: the extractors' rate (0.5), as the authors'
             add_vit_feature=True,
         ),
         norm_cfg=dict(type="BN"),
