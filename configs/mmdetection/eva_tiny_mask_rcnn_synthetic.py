@@ -57,7 +57,7 @@ test_pipeline = [
 ]
 metainfo = dict(classes=classes)
 train_dataloader = dict(
-    batch_size=8,
+    batch_size=4,
     num_workers=1,
     persistent_workers=True,
     sampler=dict(type="InfiniteSampler", shuffle=True),
