@@ -177,3 +177,39 @@ def test_eva_g_config_builds_on_meta_device():
     assert cfg.model.backbone.init_cfg == dict(type="Pretrained", checkpoint="eva_psz14.pt")
     assert cfg.train_dataloader.dataset.type == "CocoDataset"
     assert cfg.val_dataloader.dataset.pipeline[1].scale == (1024, 1024)
+
+
+def test_eva_g_config_is_the_vitdet_recipe():
+    """ViTDet's Mask R-CNN schedule (detectron2 projects/ViTDet mask_rcnn_vitdet_b_100ep.py, configs/common/optim.py,
+    coco_loader_lsj.py) with EVA-g's layer decay and drop path (cascade_mask_rcnn_vitdet_eva.py)."""
+    cfg = Config.fromfile(str(EVA_G))
+    opt = cfg.optim_wrapper
+    assert (opt.optimizer.type, opt.optimizer.lr, tuple(opt.optimizer.betas), opt.optimizer.weight_decay) == (
+        "AdamW",
+        1e-4,
+        (0.9, 0.999),
+        0.1,
+    )
+    assert (
+        opt.constructor == "LayerDecayOptimWrapperConstructor" and opt.paramwise_cfg.layer_decay_rate == 0.9
+    )
+    assert opt.type == "AmpOptimWrapper"
+    assert cfg.model.backbone.drop_path_rate == 0.6
+    assert cfg.train_cfg.max_iters == 184375
+    warmup, steps = cfg.param_scheduler
+    assert (warmup.type, warmup.start_factor, warmup.end, warmup.by_epoch) == ("LinearLR", 0.001, 250, False)
+    assert (steps.type, list(steps.milestones), steps.gamma, steps.by_epoch) == (
+        "MultiStepLR",
+        [163889, 177546],
+        0.1,
+        False,
+    )
+    assert cfg.train_dataloader.batch_size * 16 == 64
+    resize, crop = cfg.train_dataloader.dataset.pipeline[2:4]
+    assert (resize.type, tuple(resize.scale), tuple(resize.ratio_range)) == (
+        "RandomResize",
+        (1024, 1024),
+        (0.1, 2.0),
+    )
+    assert (crop.type, tuple(crop.crop_size), crop.recompute_bbox) == ("RandomCrop", (1024, 1024), True)
+    assert tuple(cfg.val_dataloader.dataset.pipeline[1].scale) == (1024, 1024)
