@@ -28,7 +28,7 @@ model = dict(
         mask_head=dict(in_channels=width, conv_out_channels=16, num_classes=num_classes),
     ),
     train_cfg=dict(
-        rpn_proposal=dict(nms_pre=600, max_per_img=300),
+        rpn_proposal=dict(nms_pre=400, max_per_img=150),
         rcnn=dict(sampler=dict(num=32)),
     ),
     test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100)),
@@ -57,7 +57,7 @@ test_pipeline = [
 ]
 metainfo = dict(classes=classes)
 train_dataloader = dict(
-    batch_size=4,
+    batch_size=2,
     num_workers=1,
     persistent_workers=True,
     sampler=dict(type="InfiniteSampler", shuffle=True),
@@ -97,13 +97,13 @@ optim_wrapper = dict(
     type="OptimWrapper",
     constructor="LayerDecayOptimWrapperConstructor",
     paramwise_cfg=dict(layer_decay_rate=0.9),
-    optimizer=dict(type="AdamW", lr=8e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    optimizer=dict(type="AdamW", lr=1.5e-3, betas=(0.9, 0.999), weight_decay=0.05),
     clip_grad=dict(max_norm=1.0),
 )
-max_iters = 200
+max_iters = 300
 param_scheduler = [
     dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=30),
-    dict(type="MultiStepLR", begin=0, end=max_iters, by_epoch=False, milestones=[170], gamma=0.1),
+    dict(type="MultiStepLR", begin=0, end=max_iters, by_epoch=False, milestones=[260], gamma=0.1),
 ]
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type="ValLoop")
@@ -114,4 +114,5 @@ default_hooks = dict(
 )
 log_processor = dict(type="LogProcessor", window_size=20, by_epoch=False)
 env_cfg = dict(cudnn_benchmark=False)
+randomness = dict(seed=0)
 work_dir = "./output/eva_tiny_mask_rcnn_synthetic"
