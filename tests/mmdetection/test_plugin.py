@@ -107,6 +107,8 @@ def test_mmdet_export_round_trip(tmp_path):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = tmp_path / "mmdet_init.pth"
+    assert tool.main([str(d2), str(out), "--layout", "mmdet", "--output-prefix", "backbone.net."]) == 2
+    assert not out.exists()
     assert tool.main([str(d2), str(out), "--layout", "mmdet"]) == 0
     exported = read_checkpoint(out)["state_dict"]
 
