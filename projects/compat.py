@@ -129,6 +129,12 @@ class CoreDeformAttnFunction:
         return ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights)
 
 
+def _roi_work_dtype(dtype):
+    import torch
+
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
 def tv_roi_align_forward(
     input,
     rois,
@@ -152,8 +158,11 @@ def tv_roi_align_forward(
         raise NotImplementedError(
             "mmcv RoIAlign with pool_mode='max' needs the compiled mmcv ops; the torchvision route has 'avg' only"
         )
+    work = _roi_work_dtype(
+        input.dtype
+    )  # half-precision maps (AMP): sample in float32, as box coordinates need
     out = torchvision.ops.roi_align(
-        input, rois.to(input.dtype), (aligned_height, aligned_width), spatial_scale, sampling_ratio, aligned
+        input.to(work), rois.to(work), (aligned_height, aligned_width), spatial_scale, sampling_ratio, aligned
     )
     output.copy_(out)
 
@@ -179,9 +188,10 @@ def tv_roi_align_backward(
     if pool_mode != 1:
         raise NotImplementedError("mmcv RoIAlign with pool_mode='max' needs the compiled mmcv ops")
     n, c, h, w = grad_input.shape
+    work = _roi_work_dtype(grad_output.dtype)
     grad = torch.ops.torchvision._roi_align_backward(
-        grad_output,
-        rois.to(grad_output.dtype),
+        grad_output.to(work),
+        rois.to(work),
         spatial_scale,
         aligned_height,
         aligned_width,

@@ -152,6 +152,18 @@ def test_roi_align_float32_mmdet_shapes():
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
 
 
+def test_roi_align_half_precision_maps_sample_in_float32():
+    """AMP gives bfloat16 / float16 maps with float32 boxes: the samples are taken at float32 coordinates, so only
+    the output's rounding differs from the reference on the same (rounded) map."""
+    gen = torch.Generator().manual_seed(11)
+    feats = torch.randn(1, 8, 64, 64, generator=gen).to(torch.bfloat16)
+    rois = torch.tensor([[0, 700.3, 611.7, 1003.9, 980.2], [0, 10.6, 3.2, 250.1, 90.8]])
+    out = RoIAlign(7, spatial_scale=1 / 16, sampling_ratio=0, aligned=True)(feats, rois)
+    assert out.dtype == torch.bfloat16
+    ref = roi_align_reference(feats.double(), rois.double(), (7, 7), 1 / 16, 0, True)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=1e-2)
+
+
 # --- NMS --------------------------------------------------------------------------------------------------------
 
 
