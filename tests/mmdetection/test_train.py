@@ -54,6 +54,6 @@ def test_tiny_mask_rcnn_trains_and_reaches_box_ap(tmp_path, one_thread):
         f"mask AP {100 * m['coco/segm_mAP']:.1f}"
     )
     assert not math.isnan(m["coco/bbox_mAP"])
-    # untrained: about 0; measured on this config: see docs/mmdetection.md
+    # untrained: about 0; measured on this config (seed 0): box AP 12.8, mask AP 17.3 (docs/mmdetection.md)
     assert m["coco/bbox_mAP"] >= 0.10
     assert m["coco/segm_mAP"] >= 0.10
