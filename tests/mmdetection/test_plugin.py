@@ -162,6 +162,15 @@ def test_layer_decay_in_the_mmdet_detector():
     assert lr_of["backbone.patch_embed.proj.weight"] == pytest.approx(lr * rate ** (depth + 1))
     assert lr_of["neck.simfp_2.0.weight"] == pytest.approx(lr)
     assert lr_of["roi_head.bbox_head.fc_cls.weight"] == pytest.approx(lr)
+    # weight-decay scope (docs/fidelity.md, MMDetection): none on 1-D parameters, pos_embed, relative position
+    wd_of = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    wd = cfg.optim_wrapper.optimizer.weight_decay
+    assert (
+        wd_of["backbone.blocks.0.attn.qkv.weight"] == wd and wd_of["roi_head.bbox_head.fc_cls.weight"] == wd
+    )
+    assert wd_of["backbone.blocks.0.attn.q_bias"] == wd_of["backbone.blocks.0.norm1.weight"] == 0.0
+    assert wd_of["neck.simfp_2.0.bias"] == 0.0
+    assert wd_of["backbone.pos_embed"] == wd_of["backbone.blocks.0.attn.rel_pos_h"] == 0.0
 
 
 def test_eva_g_config_builds_on_meta_device():
