@@ -14,8 +14,8 @@ The module *is* an :class:`eva_transfer.EVAViT` (its parameters sit directly und
 state dict), so one checkpoint layout serves this plug-in and the core. ``init_cfg`` follows mmdet's conventions:
 ``dict(type="Pretrained", checkpoint=..., prefix=...)`` is loaded by :func:`eva_transfer.load_checkpoint`, which
 reads every format the toolkit reads (EVA MIM, timm, Detectron2, MMDetection, MMSegmentation), resizes the patch
-kernel, position grid and relative-position tables, and reports what it did; any other ``init_cfg`` entry is
-mmengine's initialiser (``Normal``, ``TruncNormal``, ...).
+kernel, position grid and relative-position tables, and reports what it did (``map_location`` is accepted and
+unused: files are read on the CPU); any other ``init_cfg`` entry is mmengine's initialiser (``Normal``, ...).
 """
 
 from __future__ import annotations
