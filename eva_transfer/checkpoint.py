@@ -43,9 +43,12 @@ __all__ = [
     "CheckpointError",
     "LoadReport",
     "convert_state_dict",
+    "export_mmdet",
     "extract_backbone",
+    "extract_pyramid",
     "find_backbone",
     "load_checkpoint",
+    "mmdet_layout",
     "read_checkpoint",
     "resize_patch_kernel",
     "resize_pos_embed",
@@ -540,3 +543,43 @@ def load_checkpoint(
         print(report.summary())
     logger.info("%s", report.summary())
     return report
+
+
+# --- MMDetection layout -----------------------------------------------------------------------------------------
+
+_PYRAMID_KEY = re.compile(r"^(?:.*\.)?(simfp_\d+\..+)$")
+
+
+def extract_pyramid(state_dict: Mapping[str, Tensor], source: str = "<state dict>") -> dict[str, Tensor]:
+    """The simple feature pyramid's weights (``simfp_*`` keys under any prefix: Detectron2's ``backbone.``,
+    MMDetection's ``neck.``, none), with pyramid-relative names; empty if there is none."""
+    out: dict[str, Tensor] = {}
+    for k, v in state_dict.items():
+        m = _PYRAMID_KEY.match(k)
+        if m is None:
+            continue
+        if m.group(1) in out:
+            raise CheckpointError(f"{source}: two feature pyramids in one checkpoint (second key {k!r})")
+        out[m.group(1)] = v
+    return out
+
+
+def mmdet_layout(backbone: Mapping[str, Tensor], pyramid: Mapping[str, Tensor] = {}) -> dict[str, Tensor]:
+    """Keys as in an MMDetection detector built on the ``projects.mmdetection`` plug-in: ``backbone.<ViT key>``
+    and ``neck.simfp_*``."""
+    out = {f"backbone.{k}": v for k, v in backbone.items()}
+    out.update({f"neck.{k}": v for k, v in pyramid.items()})
+    return out
+
+
+def export_mmdet(
+    state_dict: Mapping[str, Tensor], source: str = "<state dict>", prefix: Optional[str] = None
+) -> tuple[dict[str, Tensor], LoadReport]:
+    """The backbone (and simple feature pyramid, if present) of any supported checkpoint in the MMDetection
+    layout (``backbone.`` / ``neck.`` keys); detection heads of other frameworks are reported as unexpected."""
+    sd, report = extract_backbone(state_dict, source, prefix)
+    pyramid = extract_pyramid(state_dict, source)
+    report.unexpected = [k for k in report.unexpected if not _PYRAMID_KEY.match(k)]
+    out = mmdet_layout(sd, pyramid)
+    report.loaded = list(out)
+    return out, report

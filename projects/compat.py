@@ -10,6 +10,9 @@ Each patch is applied only when the real component is missing, and records why:
   the pure-PyTorch paths of mmcv.ops (point_sample, multi-scale deformable attention on CPU) import and run.
   mmcv's ``MultiScaleDeformableAttention`` calls the compiled op whenever its input is on CUDA; with the stand-in
   that call is routed to the core's pure-PyTorch ``eva_transfer.ms_deform_attn`` (same semantics, any device).
+  The stand-in also carries the ops MMDetection's two-stage detectors call, routed to torchvision's operators:
+  ``roi_align_forward`` / ``roi_align_backward`` (average pooling, ``aligned`` and ``sampling_ratio`` as in mmcv)
+  and ``nms`` (``offset`` 0 or 1), so ``mmcv.ops.RoIAlign``, ``nms`` and ``batched_nms`` run unchanged.
 - ``lvis`` on NumPy 2: lvis-api 0.5.3 uses ``np.float``, removed in NumPy 2.0; its evaluator module is given a
   NumPy view that still has the alias.
 """
@@ -96,9 +99,14 @@ def apply_mmcv() -> bool:
     if reason is None:
         return False
     sys.modules["mmcv._ext"] = _MissingExtension(
-        "mmcv._ext", "Install the full mmcv build for compiled ops; the pure-PyTorch paths work without it."
+        "mmcv._ext",
+        "Install the full mmcv build for compiled ops; the pure-PyTorch paths work without it.",
+        roi_align_forward=tv_roi_align_forward,
+        roi_align_backward=tv_roi_align_backward,
+        nms=tv_nms,
     )
     APPLIED["mmcv._ext"] = reason
+    APPLIED["mmcv._ext.roi_align/nms"] = "routed to torchvision.ops (roi_align, nms)"
     logger.info("mmcv._ext is not loadable (%s); using a stand-in", reason)
     msda = importlib.import_module("mmcv.ops.multi_scale_deform_attn")
     msda.MultiScaleDeformableAttnFunction = CoreDeformAttnFunction
@@ -119,6 +127,96 @@ class CoreDeformAttnFunction:
         from eva_transfer.ms_deform_attn import ms_deform_attn
 
         return ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights)
+
+
+def _roi_work_dtype(dtype):
+    import torch
+
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def tv_roi_align_forward(
+    input,
+    rois,
+    output,
+    argmax_y,
+    argmax_x,
+    *,
+    aligned_height,
+    aligned_width,
+    spatial_scale,
+    sampling_ratio,
+    pool_mode,
+    aligned,
+):
+    """``mmcv._ext.roi_align_forward`` on torchvision: fills ``output`` (R, C, aligned_height, aligned_width) from
+    ``input`` (N, C, H, W) and ``rois`` (R, 5) as (batch index, x1, y1, x2, y2). Average pooling only
+    (``pool_mode`` 1); ``sampling_ratio`` <= 0 is adaptive (ceil(roi size / output size)) in both libraries."""
+    import torchvision
+
+    if pool_mode != 1:
+        raise NotImplementedError(
+            "mmcv RoIAlign with pool_mode='max' needs the compiled mmcv ops; the torchvision route has 'avg' only"
+        )
+    work = _roi_work_dtype(
+        input.dtype
+    )  # half-precision maps (AMP): sample in float32, as box coordinates need
+    out = torchvision.ops.roi_align(
+        input.to(work), rois.to(work), (aligned_height, aligned_width), spatial_scale, sampling_ratio, aligned
+    )
+    output.copy_(out)
+
+
+def tv_roi_align_backward(
+    grad_output,
+    rois,
+    argmax_y,
+    argmax_x,
+    grad_input,
+    *,
+    aligned_height,
+    aligned_width,
+    spatial_scale,
+    sampling_ratio,
+    pool_mode,
+    aligned,
+):
+    """``mmcv._ext.roi_align_backward`` on torchvision: fills ``grad_input`` (N, C, H, W)."""
+    import torch
+    import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+
+    if pool_mode != 1:
+        raise NotImplementedError("mmcv RoIAlign with pool_mode='max' needs the compiled mmcv ops")
+    n, c, h, w = grad_input.shape
+    work = _roi_work_dtype(grad_output.dtype)
+    grad = torch.ops.torchvision._roi_align_backward(
+        grad_output.to(work),
+        rois.to(work),
+        spatial_scale,
+        aligned_height,
+        aligned_width,
+        n,
+        c,
+        h,
+        w,
+        sampling_ratio,
+        aligned,
+    )
+    grad_input.copy_(grad)
+
+
+def tv_nms(bboxes, scores, *, iou_threshold: float, offset: int = 0):
+    """``mmcv._ext.nms`` on torchvision: indices of the kept boxes, highest score first. A box suppresses a
+    lower-scored one when their IoU is above ``iou_threshold``; ``offset`` 1 measures widths as x2 - x1 + 1
+    (the legacy pixel convention), which is torchvision's IoU of boxes with x2, y2 moved by 1."""
+    import torchvision
+
+    if offset not in (0, 1):
+        raise ValueError(f"nms offset must be 0 or 1, got {offset!r}")
+    if offset:
+        bboxes = bboxes.clone()
+        bboxes[:, 2:4] += offset
+    return torchvision.ops.nms(bboxes, scores, float(iou_threshold))
 
 
 def apply_lvis_numpy() -> bool:

@@ -59,7 +59,7 @@ def _load(path: str):
         from projects.detection.engine import load_config
 
         return load_config(str(full))
-    if path.startswith("configs/segmentation/"):
+    if path.startswith(("configs/segmentation/", "configs/mmdetection/")):
         from mmengine.config import Config
 
         return Config.fromfile(str(full))

@@ -9,6 +9,8 @@ Examples:
   python tools/convert_checkpoint.py model_final.pth backbone.pth
   # write it under Detectron2's key prefix, ready for train.init_checkpoint
   python tools/convert_checkpoint.py eva_psz14.pt init.pth --preset eva_g_det --output-prefix backbone.net.
+  # a Detectron2 EVA / ViTDet model's backbone and feature pyramid in MMDetection's layout (backbone. / neck.)
+  python tools/convert_checkpoint.py model_final.pth mmdet_init.pth --layout mmdet
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from eva_transfer.checkpoint import (  # noqa: E402
     CheckpointError,
     convert_state_dict,
     extract_backbone,
+    extract_pyramid,
+    mmdet_layout,
     read_checkpoint,
     save_checkpoint,
     unwrap_state_dict,
@@ -60,6 +64,12 @@ def main(argv=None) -> int:
     p.add_argument("--prefix", help="backbone key prefix in the checkpoint (found automatically)")
     p.add_argument("--output-prefix", default="", help="prefix for the written keys, e.g. backbone.net.")
     p.add_argument(
+        "--layout",
+        choices=["backbone", "mmdet"],
+        default="backbone",
+        help="mmdet: backbone.* and neck.simfp_* keys for projects.mmdetection (pyramid kept if the input has one)",
+    )
+    p.add_argument(
         "--allow-pickle", action="store_true", help="read a file that needs full unpickling (trusted only)"
     )
     args = p.parse_args(argv)
@@ -77,12 +87,20 @@ def main(argv=None) -> int:
         else:
             out, report = extract_backbone(sd, args.input, args.prefix)
             report.loaded = list(out)
+        if args.layout == "mmdet":
+            if args.output_prefix:
+                raise CheckpointError("--output-prefix and --layout mmdet exclude each other")
+            out = mmdet_layout(out, extract_pyramid(sd, args.input))
+            report.unexpected = [
+                k for k in report.unexpected if ".simfp_" not in k and not k.startswith("simfp_")
+            ]
     except (CheckpointError, FileNotFoundError, KeyError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.summary())
     out = {args.output_prefix + k: v.contiguous() for k, v in out.items()}
-    save_checkpoint(out if args.output.endswith(".safetensors") else {"model": out}, args.output)
+    wrap = "state_dict" if args.layout == "mmdet" else "model"  # mmengine's checkpoint entry for mmdet
+    save_checkpoint(out if args.output.endswith(".safetensors") else {wrap: out}, args.output)
     print(f"wrote {len(out)} tensors to {args.output}")
     return 0
 
