@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .vit import EVAViT
+from .vit import EVAViT, beit_rel_pos_resize
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +278,9 @@ def resize_rel_pos(table: Tensor, length: int, method: str = "linear") -> Tensor
 
     ``linear``: linear interpolation (as at run time). ``geometric``: cubic interpolation on geometrically
     spaced source offsets, which keeps short-range offsets fine and stretches long-range ones (used for
-    evaluation at larger sizes than trained).
+    evaluation at larger sizes than trained; the ratio is bisected to reach the target). ``beit``: the EVA-01
+    detectors' evaluation rule, cubic over geometric offsets with the fixed ratio 1.0903078
+    (:func:`eva_transfer.vit.beit_rel_pos_resize`).
     """
     src = table.shape[0]
     if src == length:
@@ -288,7 +290,11 @@ def resize_rel_pos(table: Tensor, length: int, method: str = "linear") -> Tensor
         return out.to(table.dtype)
     if method == "geometric":
         return _geometric_cubic(table, length)
-    raise ValueError(f"unknown relative-position resize method {method!r} (expected 'linear' or 'geometric')")
+    if method == "beit":
+        return beit_rel_pos_resize(table, length)
+    raise ValueError(
+        f"unknown relative-position resize method {method!r} (expected 'linear', 'geometric' or 'beit')"
+    )
 
 
 def _geometric_cubic(table: Tensor, length: int) -> Tensor:
@@ -484,7 +490,7 @@ def load_checkpoint(
         key: the checkpoint entry holding the state dict; found automatically when omitted.
         prefix: the backbone's key prefix in the checkpoint; found automatically when omitted.
         patch_resize: ``bicubic`` (EVA) or ``pinv`` (timm) for a patch kernel of another size.
-        rel_pos_resize: ``linear`` or ``geometric`` for relative-position tables of another length.
+        rel_pos_resize: ``linear``, ``geometric`` or ``beit`` for relative-position tables of another length.
         allow_pickle: read a file that needs arbitrary unpickling (only for files you trust).
         verbose: print the report.
     Returns:

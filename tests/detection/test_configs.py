@@ -98,7 +98,8 @@ def test_lvis_and_o365_recipes():
     assert [(p.test_score_thresh, p.test_topk_per_image) for p in cfg.model.roi_heads.box_predictors] == [
         (0.001, 1000)
     ] * 3
-    assert cfg.train.checkpoint_load.rel_pos_resize == "geometric" and cfg.dataloader.image_size == 1536
+    assert cfg.train.checkpoint_load.rel_pos_resize == "beit" and cfg.dataloader.image_size == 1536
+    assert cfg.dataloader.evaluator.max_dets_per_image == 1000
     o365 = cfg_of("eva_g_o365_1024")
     assert (o365.optimizer.lr, o365.dataloader.train.total_batch_size, o365.model.roi_heads.num_classes) == (
         1e-4,
