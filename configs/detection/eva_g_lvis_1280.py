@@ -20,6 +20,7 @@ dataloader.train.sampler = L(RepeatFactorTrainingSampler)(
 
 model.roi_heads.num_classes = 1203
 model.roi_heads.soft_nms = None
+model.roi_heads.maskness_rescoring = False
 for _predictor in model.roi_heads.box_predictors:
     _predictor.use_sigmoid_ce = True
     _predictor.use_fed_loss = True

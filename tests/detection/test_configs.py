@@ -66,8 +66,7 @@ def test_coco_recipe_is_the_published_one():
         and rh.batch_size_per_image == 512
         and rh.positive_fraction == 0.25
     )
-    assert rh.soft_nms == dict(method="linear", iou_threshold=0.6, sigma=0.5, score_floor=1e-3)
-    assert rh.maskness_rescoring
+    assert rh.soft_nms is None and not rh.maskness_rescoring  # the authors' training config: hard NMS
     rpn = model.proposal_generator
     assert [list(a) for a in rpn.anchor_generator.cell_anchors][0].__len__() == 3
     aug = instantiate(cfg.dataloader.train.mapper.augmentations)
