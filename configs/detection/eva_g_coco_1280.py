@@ -21,7 +21,7 @@ dataloader.train.total_batch_size = 64
 
 optimizer.lr = 2.5e-5
 train.max_iter = 45000
-lr_multiplier.steps = [40000]
+lr_multiplier.steps = [40000, 44999]  # the authors' milestones: x0.1 at 40k, x0.01 for the last iteration
 train.init_checkpoint = "./output/eva_g_o365/model_final.pth"
 train.output_dir = "./output/eva_g_coco_1280"
 

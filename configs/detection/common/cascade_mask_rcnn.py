@@ -31,6 +31,7 @@ model = L(GeneralizedRCNN)(
         net=L(build_backbone)(name="eva_g_det", use_act_checkpoint=True),
         out_channels=256,
         square_pad="${dataloader.image_size}",
+        freeze_patch_embed=True,
     ),
     proposal_generator=L(RPN)(
         in_features=LEVELS + ["p6"],
