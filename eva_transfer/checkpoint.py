@@ -46,6 +46,7 @@ __all__ = [
     "extract_backbone",
     "find_backbone",
     "load_checkpoint",
+    "plain_safe_globals",
     "read_checkpoint",
     "resize_patch_kernel",
     "resize_pos_embed",
@@ -150,7 +151,19 @@ def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
         except Exception as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
     try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        except pickle.UnpicklingError as first:
+            if allow_pickle or "Unsupported global" not in str(first):
+                raise
+            # released checkpoints carry plain data besides tensors (EVA MIM: the training arguments as an
+            # argparse.Namespace; NumPy scalars and arrays in trainer state): read them through a named allow-list
+            with torch.serialization.safe_globals(plain_safe_globals()):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            logger.info(
+                "%s: read with the plain-type allow-list (%s)", path, str(first).splitlines()[0][:200]
+            )
+            return obj
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise CheckpointError(
@@ -161,6 +174,28 @@ def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({e})") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from e
+
+
+def plain_safe_globals() -> list:
+    """Data-only types a checkpoint may hold besides tensors, allowed by :func:`read_checkpoint`'s safe reader:
+    ``argparse.Namespace`` (EVA MIM checkpoints' ``args``), NumPy arrays, scalars and dtypes (metrics and trainer
+    state in Detectron2 checkpoints), under NumPy 1 and 2 module names. Nothing here runs code on load."""
+    import argparse
+
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # NumPy 1
+        from numpy.core import multiarray
+    allowed: list = [argparse.Namespace, np.ndarray, np.dtype, multiarray.scalar, multiarray._reconstruct]
+    for name in ("scalar", "_reconstruct"):
+        fn = getattr(multiarray, name)
+        allowed += [(fn, f"numpy.core.multiarray.{name}"), (fn, f"numpy._core.multiarray.{name}")]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, n) for n in dtypes.__all__ if isinstance(getattr(dtypes, n), type)]
+    return allowed
 
 
 def _looks_like_safetensors(head: bytes) -> bool:

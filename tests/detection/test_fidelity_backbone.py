@@ -5,10 +5,12 @@ toolkit."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,12 +69,15 @@ def test_reference_imports_nothing_from_the_toolkit():
 
 
 def _write_checkpoint(path: Path, backbone: dict, released: str) -> None:
-    if released == "eva_psz14.pt":  # the MIM file: {"model": ...} plus training state
-        torch.save({"model": backbone, "epoch": 149, "args": {"model": "eva_g_patch14"}}, path)
+    """The released files' wrapping, non-tensor entries included (read by the safe reader's allow-list)."""
+    if released == "eva_psz14.pt":  # the MIM file: {"model": ...} plus its training arguments and state
+        args = argparse.Namespace(model="eva_g_patch14", input_size=224, lr=np.float64(1.5e-3))
+        torch.save({"model": backbone, "epoch": 149, "args": args, "scaler": {"scale": 65536.0}}, path)
         return
     model = {f"backbone.net.{k}": v for k, v in backbone.items()}
     model["backbone.simfp_2.0.weight"] = torch.zeros(1)  # other detector keys travel along (ignored here)
-    torch.save({"model": model, "iteration": 44999, "trainer": {"iteration": 44999, "hooks": {}}}, path)
+    trainer = {"iteration": np.int64(44999), "hooks": {}, "grad_scaler": {"scale": np.float32(1024.0)}}
+    torch.save({"model": model, "iteration": 44999, "trainer": trainer}, path)
 
 
 @pytest.mark.parametrize("name,released,train_img,interp", CASES, ids=[c[0] for c in CASES])
