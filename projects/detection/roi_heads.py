@@ -70,6 +70,9 @@ class EVACascadeROIHeads(CascadeROIHeads):
                 score_floor=test.get("SOFT_NMS_SCORE_FLOOR", 1e-3),
             )
         ret["maskness_rescoring"] = test.get("MASKNESS", False)
+        ret["override_score_thresh"] = test.get("OVERRIDE_SCORE_THRESH", None)
+        ret["topk_after_soft_nms"] = test.get("TOPK_AFTER_SOFT_NMS", False)
+        ret["separate_box_scores"] = test.get("SEPARATE_BOX_SCORES", False)
         return ret
 
     def _forward_box(self, features, proposals, targets=None):

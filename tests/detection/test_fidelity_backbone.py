@@ -55,6 +55,9 @@ CASES = [
 ]
 
 
+_EXPECTED: dict = {}
+
+
 def test_reference_imports_nothing_from_the_toolkit():
     tree = ast.parse(REFERENCE.read_text())
     names = []
@@ -112,11 +115,19 @@ def test_backbone_features_match_the_authors(name, released, train_img, interp, 
     assert net.pos_embed.shape[1] == 1 + 14 * 14, "the position table is held at the authors' 14x14 grid"
     torch.manual_seed(0)
     image = torch.randn(1, 3, size, size, dtype=torch.float64)
+    key = (released == "eva_psz14.pt", size, interp)  # configs sharing a layout share the reference's output
     with torch.no_grad():
         got = net(image)
-        expected = ref.vit_forward(
-            authors, image, num_heads=HEADS, window_size=16, window_block_indexes=WINDOWED, interp_type=interp
-        )
+        if key not in _EXPECTED:
+            _EXPECTED[key] = ref.vit_forward(
+                authors,
+                image,
+                num_heads=HEADS,
+                window_size=16,
+                window_block_indexes=WINDOWED,
+                interp_type=interp,
+            )
+    expected = _EXPECTED[key]
     assert got.shape == expected.shape == (1, DIM, size // 16, size // 16)
     rel = ((got - expected).norm() / expected.norm()).item()
     assert rel < 1e-5, f"{name}: backbone features differ from the authors' by {rel:.2e} (relative)"

@@ -4,6 +4,7 @@ candidates; box scores apart from maskness as an option."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -155,3 +156,37 @@ def test_separate_box_scores_from_one_pass():
     # maskness 0.6 and 1.0: mask scores 0.54 and 0.8 (re-sorted), box scores unchanged
     torch.testing.assert_close(out.scores, torch.tensor([0.8, 0.54]))
     torch.testing.assert_close(out.box_scores, torch.tensor([0.8, 0.9]))
+
+
+def test_evaluator_scores_box_results_with_box_scores(tmp_path, registered):
+    from projects.detection.data import make_synthetic_dataset, register_dataset
+    from projects.detection.evaluation import build_evaluator, evaluate_results
+    from projects.detection.evaluation.synthetic_predictions import make_predictions
+
+    path = make_synthetic_dataset(
+        tmp_path, "val", 12, image_size=(96, 128), fmt="coco", num_classes=4, seed=3
+    )
+    gt = json.loads(path.read_text())
+    registered.append("box_scores_coco")
+    register_dataset("box_scores_coco", path, path.parent.parent / "val")
+    evaluator = build_evaluator("box_scores_coco")
+    rng = np.random.default_rng(0)
+    predictions = [
+        dict(p, box_score=float(rng.uniform())) for p in make_predictions(gt, dets_per_image=20, seed=4)
+    ]
+    out = evaluator.evaluate_predictions(predictions)
+    boxes = evaluate_results(path, [dict(p, score=p["box_score"]) for p in predictions], "bbox", "coco")
+    masks = evaluate_results(path, predictions, "segm", "coco")
+    assert out["bbox"]["AP"] == pytest.approx(100 * boxes["AP"], abs=1e-6)
+    assert out["segm"]["AP"] == pytest.approx(100 * masks["AP"], abs=1e-6)
+    assert abs(boxes["AP"] - evaluate_results(path, predictions, "bbox", "coco")["AP"]) > 1e-3  # it mattered
+    # process() carries an instance's box_scores into its results
+    inst = Instances((96, 128))
+    inst.pred_boxes = Boxes(torch.tensor([[1.0, 2.0, 30.0, 40.0]]))
+    inst.scores = torch.tensor([0.25])
+    inst.pred_classes = torch.tensor([0])
+    inst.box_scores = torch.tensor([0.5])
+    evaluator.reset()
+    evaluator.process([{"image_id": gt["images"][0]["id"]}], [{"instances": inst}])
+    assert evaluator._predictions[0]["score"] == pytest.approx(0.25)
+    assert evaluator._predictions[0]["box_score"] == pytest.approx(0.5)
