@@ -25,6 +25,10 @@ def cfg_of(name, *overrides):
 AUTHORS_SCHEDULES = [
     ("eva_g_coco_1280", 2.5e-5, 45000, [40000, 44999], 500),  # COCO/cascade_mask_rcnn_vitdet_eva.py
     ("eva_g_lvis_1280", 2e-4, 75001, [70000, 75000], 250),  # LVIS/cascade_mask_rcnn_vitdet_eva.py
+    ("eva_g_coco_1536_test", 2.5e-5, 45000, [40000, 44999], 500),  # COCO/..._eva_1536.py
+    ("eva_g_coco_1536_mask_test", 2.5e-5, 45000, [40000, 44999], 500),
+    ("eva_g_coco_1536_lvis_annotation", 2.5e-5, 45000, [40000, 44999], 500),
+    ("eva_g_lvis_1536_test", 2e-4, 75001, [70000, 75000], 250),  # LVIS/..._eva_1536.py
 ]
 
 
