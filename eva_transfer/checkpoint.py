@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .vit import EVAViT
+from .vit import EVAViT, beit_rel_pos_resize
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ __all__ = [
     "find_backbone",
     "load_checkpoint",
     "mmdet_layout",
+    "plain_safe_globals",
     "read_checkpoint",
     "resize_patch_kernel",
     "resize_pos_embed",
@@ -153,7 +154,19 @@ def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
         except Exception as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
     try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        except pickle.UnpicklingError as first:
+            if allow_pickle or "Unsupported global" not in str(first):
+                raise
+            # released checkpoints carry plain data besides tensors (EVA MIM: the training arguments as an
+            # argparse.Namespace; NumPy scalars and arrays in trainer state): read them through a named allow-list
+            with torch.serialization.safe_globals(plain_safe_globals()):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            logger.info(
+                "%s: read with the plain-type allow-list (%s)", path, str(first).splitlines()[0][:200]
+            )
+            return obj
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise CheckpointError(
@@ -164,6 +177,28 @@ def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({e})") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from e
+
+
+def plain_safe_globals() -> list:
+    """Data-only types a checkpoint may hold besides tensors, allowed by :func:`read_checkpoint`'s safe reader:
+    ``argparse.Namespace`` (EVA MIM checkpoints' ``args``), NumPy arrays, scalars and dtypes (metrics and trainer
+    state in Detectron2 checkpoints), under NumPy 1 and 2 module names. Nothing here runs code on load."""
+    import argparse
+
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # NumPy 1
+        from numpy.core import multiarray
+    allowed: list = [argparse.Namespace, np.ndarray, np.dtype, multiarray.scalar, multiarray._reconstruct]
+    for name in ("scalar", "_reconstruct"):
+        fn = getattr(multiarray, name)
+        allowed += [(fn, f"numpy.core.multiarray.{name}"), (fn, f"numpy._core.multiarray.{name}")]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, n) for n in dtypes.__all__ if isinstance(getattr(dtypes, n), type)]
+    return allowed
 
 
 def _looks_like_safetensors(head: bytes) -> bool:
@@ -281,7 +316,9 @@ def resize_rel_pos(table: Tensor, length: int, method: str = "linear") -> Tensor
 
     ``linear``: linear interpolation (as at run time). ``geometric``: cubic interpolation on geometrically
     spaced source offsets, which keeps short-range offsets fine and stretches long-range ones (used for
-    evaluation at larger sizes than trained).
+    evaluation at larger sizes than trained; the ratio is bisected to reach the target). ``beit``: the EVA-01
+    detectors' evaluation rule, cubic over geometric offsets with the fixed ratio 1.0903078
+    (:func:`eva_transfer.vit.beit_rel_pos_resize`).
     """
     src = table.shape[0]
     if src == length:
@@ -291,7 +328,11 @@ def resize_rel_pos(table: Tensor, length: int, method: str = "linear") -> Tensor
         return out.to(table.dtype)
     if method == "geometric":
         return _geometric_cubic(table, length)
-    raise ValueError(f"unknown relative-position resize method {method!r} (expected 'linear' or 'geometric')")
+    if method == "beit":
+        return beit_rel_pos_resize(table, length)
+    raise ValueError(
+        f"unknown relative-position resize method {method!r} (expected 'linear', 'geometric' or 'beit')"
+    )
 
 
 def _geometric_cubic(table: Tensor, length: int) -> Tensor:
@@ -523,7 +564,7 @@ def load_checkpoint(
         key: the checkpoint entry holding the state dict; found automatically when omitted.
         prefix: the backbone's key prefix in the checkpoint; found automatically when omitted.
         patch_resize: ``bicubic`` (EVA) or ``pinv`` (timm) for a patch kernel of another size.
-        rel_pos_resize: ``linear`` or ``geometric`` for relative-position tables of another length.
+        rel_pos_resize: ``linear``, ``geometric`` or ``beit`` for relative-position tables of another length.
         allow_pickle: read a file that needs arbitrary unpickling (only for files you trust).
         verbose: print the report.
     Returns:

@@ -62,13 +62,19 @@ def param_groups_layer_decay(
     decay_rate: float,
     no_decay_patterns: Iterable[str] = (),
     depth: Optional[int] = None,
+    weight_decay_scope: str = "standard",
 ) -> list[dict]:
     """Optimizer parameter groups with layer-wise lr decay and no weight decay on 1-D parameters, embeddings and
     relative-position tables (plus names matching ``no_decay_patterns``, regular expressions).
 
+    ``weight_decay_scope="all"`` decays every parameter instead (norms, biases, ``pos_embed``, ``rel_pos``): the
+    EVA-01 detection configs reset Detectron2's ``weight_decay_norm`` and ``overrides``, which does that.
+
     Each group holds ``params``, ``lr`` (``base_lr * lr_scale``), ``lr_scale``, ``weight_decay``, ``layer_id`` and
     ``param_names``. Frozen parameters are left out.
     """
+    if weight_decay_scope not in ("standard", "all"):
+        raise ValueError(f"weight_decay_scope must be 'standard' or 'all', got {weight_decay_scope!r}")
     prefix, vit = backbone_prefix(model)
     depth = vit.depth if depth is None else depth
     patterns = tuple(no_decay_patterns)
@@ -77,7 +83,7 @@ def param_groups_layer_decay(
         if not p.requires_grad:
             continue
         layer = layer_id_for_name(name[len(prefix) :], depth) if name.startswith(prefix) else depth + 1
-        no_wd = _no_decay(name, p, patterns)
+        no_wd = weight_decay_scope == "standard" and _no_decay(name, p, patterns)
         g = groups.get((layer, no_wd))
         if g is None:
             scale = decay_rate ** (depth + 1 - layer)

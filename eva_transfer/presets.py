@@ -63,8 +63,10 @@ _TINY = _shape(4, 64, 4, 128, 16)
 PRESETS: dict[str, dict[str, Any]] = {
     # EVA-g (paper Table 3a): 1.0B encoder, patch 14, 16x16 position grid at 224
     "eva_g": _plain(_G, drop_path=0.1),
-    # detection: patch kernel resized 14->16, position grid kept at 16x16 and interpolated at run time
-    "eva_g_det": _det(dict(_G, patch_size=16), drop_path=0.6, pos_grid=16, img=1280),
+    # detection: patch kernel resized 14->16; the position table is the authors' 14x14 + CLS slot
+    # (pretrain_img_size 224 at patch 16: the MIM 16x16 grid resized once at load, as their 14->16 script
+    # does), interpolated once at run time to the image's grid
+    "eva_g_det": _det(dict(_G, patch_size=16), drop_path=0.6, pos_grid=14, img=1280),
     # segmentation: global attention at 896, no CLS token
     "eva_g_seg": dict(
         _plain(dict(_G, patch_size=16), drop_path=0.5, img=896),

@@ -24,6 +24,7 @@ __all__ = [
     "Attention",
     "Block",
     "attention_with_rel_pos",
+    "beit_rel_pos_resize",
     "get_rel_pos",
     "interpolate_abs_pos",
     "window_partition",
@@ -75,6 +76,60 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: Tensor) -> Tensor:
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
     relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
     return rel_pos[relative.long()]
+
+
+#: the fixed ratio of the geometric source offsets in the EVA-01 detectors' "beit" relative-position resize
+BEIT_REL_POS_RATIO = 1.0903078
+
+
+def _not_a_knot_cubic(x: Tensor, y: Tensor, t: Tensor) -> Tensor:
+    """Cubic spline through ``(x, y)`` with not-a-knot ends, evaluated at ``t`` (outside ``x``: the end pieces
+    extended). ``x``: ``(n,)`` increasing, ``n >= 4``; ``y``: ``(n, D)``; returns ``(len(t), D)``; float64."""
+    n = x.shape[0]
+    h = x[1:] - x[:-1]
+    slope = (y[1:] - y[:-1]) / h[:, None]
+    a = torch.zeros(n, n, dtype=x.dtype)
+    rhs = torch.zeros(n, y.shape[1], dtype=x.dtype)
+    i = torch.arange(1, n - 1)
+    a[i, i - 1], a[i, i], a[i, i + 1] = h[:-1], 2 * (h[:-1] + h[1:]), h[1:]
+    rhs[1:-1] = 6 * (slope[1:] - slope[:-1])
+    # not-a-knot: the third derivative is continuous at the second and the second-to-last knot
+    a[0, :3] = torch.stack([-h[1], h[0] + h[1], -h[0]])
+    a[-1, -3:] = torch.stack([-h[-1], h[-2] + h[-1], -h[-2]])
+    m = torch.linalg.solve(a, rhs)  # second derivatives at the knots
+    k = (torch.searchsorted(x, t, right=True) - 1).clamp(0, n - 2)
+    hk, left, right = h[k][:, None], (t - x[k])[:, None], (x[k + 1] - t)[:, None]
+    return (
+        m[k] * right**3 / (6 * hk)
+        + m[k + 1] * left**3 / (6 * hk)
+        + (y[k] / hk - m[k] * hk / 6) * right
+        + (y[k + 1] / hk - m[k + 1] * hk / 6) * left
+    )
+
+
+def beit_rel_pos_resize(rel_pos: Tensor, length: int, ratio: float = BEIT_REL_POS_RATIO) -> Tensor:
+    """The EVA-01 detectors' "beit" resize of an ``(L, C)`` relative-position table to ``(length, C)``.
+
+    Source entry ``L//2 + j`` sits at offset ``sum_{i<|j|} ratio**i`` (sign of ``j``): 1, 1+q, 1+q+q^2, ...
+    with the fixed ratio ``q`` (1.0903078), so short offsets stay dense and long ones spread. Each channel is a
+    cubic spline (not-a-knot ends, end pieces extended) through those points, read at the integer offsets
+    ``-(length//2) .. length//2``. The authors apply it in every attention whose table length differs from the
+    grid's (global blocks at a larger evaluation size, e.g. 1280 -> 1536).
+    """
+    src = rel_pos.shape[0]
+    if src % 2 == 0 or length % 2 == 0 or src < 5:
+        raise ValueError(
+            f"the beit relative-position resize maps odd table lengths (at least 5): got {src} -> {length}"
+        )
+    if src == length:
+        return rel_pos
+    steps = torch.tensor([ratio**i for i in range(src // 2)], dtype=torch.float64)
+    dis = torch.cumsum(steps, 0)
+    x = torch.cat([-dis.flip(0), torch.zeros(1, dtype=torch.float64), dis])
+    half = length // 2
+    t = torch.arange(-half, half + 1, dtype=torch.float64)
+    out = _not_a_knot_cubic(x, rel_pos.detach().double().cpu(), t)
+    return out.to(device=rel_pos.device, dtype=rel_pos.dtype)
 
 
 #: attention logits materialised at once (per call) before the queries are processed in chunks

@@ -194,10 +194,19 @@ def test_truncated_and_missing_files(tmp_path, mim_file):
         load_checkpoint(build_backbone("eva_tiny"), tmp_path / "nowhere.pth")
 
 
+class _CallsPrint:
+    def __reduce__(self):
+        return (print, ("unpickling ran code",))
+
+
 def test_code_executing_pickle_is_refused(tmp_path):
-    # EVA's training checkpoints carry the run's argparse.Namespace, which only full unpickling restores
+    # EVA's training checkpoints carry the run's argparse.Namespace: plain data, read by the safe reader
+    plain = tmp_path / "eva_psz14.pt"
+    torch.save({"model": _mim_state_dict(), "args": argparse.Namespace(lr=1e-3)}, plain)
+    assert read_checkpoint(plain)["args"].lr == 1e-3
+    # an object whose unpickling calls a function is refused
     path = tmp_path / "legacy.pth"
-    torch.save({"model": _mim_state_dict(), "args": argparse.Namespace(lr=1e-3)}, path)
+    torch.save({"model": _mim_state_dict(), "hook": _CallsPrint()}, path)
     with pytest.raises(CheckpointError, match="allow_pickle=True"):
         read_checkpoint(path)
     # the opt-in for a trusted file works

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="preset overrides, e.g. img_size=1024"
     )
     p.add_argument("--patch-resize", choices=["bicubic", "pinv"], default="bicubic")
-    p.add_argument("--rel-pos-resize", choices=["linear", "geometric"], default="linear")
+    p.add_argument("--rel-pos-resize", choices=["linear", "geometric", "beit"], default="linear")
     p.add_argument("--key", help="checkpoint entry holding the state dict (found automatically)")
     p.add_argument("--prefix", help="backbone key prefix in the checkpoint (found automatically)")
     p.add_argument("--output-prefix", default="", help="prefix for the written keys, e.g. backbone.net.")

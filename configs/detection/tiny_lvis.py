@@ -24,6 +24,7 @@ dataloader.datasets = [
 dataloader.train.dataset.names = "synthetic_lvis_train"
 dataloader.test.dataset.names = "synthetic_lvis_val"
 model.roi_heads.num_classes = 12
+model.roi_heads.maskness_rescoring = True  # the CPU tests' fixed protocol
 for _predictor in model.roi_heads.box_predictors:
     _predictor.fed_loss_num_classes = 6  # of 12 classes, as LVIS's 50 of 1203 keeps a sampled subset
 train.max_iter = 350

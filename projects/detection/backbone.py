@@ -31,6 +31,8 @@ class EVADetectionBackbone(SimpleFeaturePyramid, Backbone):
         scale_factors: pyramid levels relative to the ViT map (4, 2, 1, 0.5 give p2..p5).
         top_level: add p6 by max-pooling the last level.
         square_pad: pad every batch to this square size (large-scale jitter training); 0 = no square padding.
+        freeze_patch_embed: keep the ViT's patch embedding fixed (``requires_grad=False``), as the EVA-01
+            detection configs do.
     Returns (forward): for images ``(B, 3, H, W)`` (``H, W`` multiples of :attr:`size_divisibility`), a dict
     ``{"p2": (B, out_channels, H/4, W/4), ..., "p6": (B, out_channels, H/64, W/64)}``.
     """
@@ -42,6 +44,7 @@ class EVADetectionBackbone(SimpleFeaturePyramid, Backbone):
         scale_factors: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5),
         top_level: bool = True,
         square_pad: int = 0,
+        freeze_patch_embed: bool = False,
     ):
         if not isinstance(net, EVAViT):
             raise TypeError(f"net must be an eva_transfer EVAViT, got {type(net).__name__}")
@@ -52,6 +55,10 @@ class EVADetectionBackbone(SimpleFeaturePyramid, Backbone):
         self._out_feature_channels = {k: out_channels for k in self.stages}
         self._out_feature_strides = dict(self.strides)
         self._size_divisibility = max(self.strides.values())
+        self.freeze_patch_embed = freeze_patch_embed
+        if freeze_patch_embed:
+            for p in net.patch_embed.parameters():
+                p.requires_grad_(False)
 
     @property
     def size_divisibility(self) -> int:

@@ -16,10 +16,10 @@ __all__ = ["soft_nms", "batched_soft_nms", "detection_inference", "maskness", "r
 
 
 def _soft_nms_decay(overlap: Tensor, method: str, iou_threshold: float, sigma: float) -> Tensor:
-    """Score multiplier for boxes overlapping the kept one: linear (``1 - IoU`` above the threshold) or
-    gaussian (``exp(-IoU^2 / sigma)``)."""
+    """Score multiplier for boxes overlapping the kept one: linear (``1 - IoU`` from the threshold on, IoU >=
+    threshold as in mmcv's ``soft_nms`` the authors call) or gaussian (``exp(-IoU^2 / sigma)``)."""
     if method == "linear":
-        return torch.where(overlap > iou_threshold, 1.0 - overlap, torch.ones_like(overlap))
+        return torch.where(overlap >= iou_threshold, 1.0 - overlap, torch.ones_like(overlap))
     return torch.exp(-(overlap * overlap) / sigma)
 
 
@@ -68,6 +68,19 @@ def soft_nms(
     )
 
 
+def _iou_with(boxes: Tensor, ref: Tensor) -> Tensor:
+    """IoU of each box ``(N, 4)`` with its own reference box ``(N, 4)`` (row by row, no N x N matrix)."""
+    lt = torch.maximum(boxes[:, :2], ref[:, :2])
+    rb = torch.minimum(boxes[:, 2:], ref[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=1)
+    area = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(dim=1)
+    area_ref = (ref[:, 2:] - ref[:, :2]).clamp(min=0).prod(dim=1)
+    union = area + area_ref - inter
+    return torch.where(
+        union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(union)
+    )
+
+
 def batched_soft_nms(
     boxes: Tensor,
     scores: Tensor,
@@ -80,7 +93,10 @@ def batched_soft_nms(
     """:func:`soft_nms` applied per class (``classes``: ``(N,)`` ints); boxes of different classes never interact.
 
     All classes advance together (one selection per class per step), so the loop runs as many steps as the
-    largest class has boxes. Returns ``keep`` sorted by decayed score (descending) and the decayed scores.
+    largest class has boxes. Each step computes the IoU of every live box with the box just chosen in its own
+    class, so memory stays linear in the number of candidates (no IoU matrix: 1000 proposals x 80 classes at
+    score threshold 0 are 80,000 candidates). Returns ``keep`` sorted by decayed score (descending) and the
+    decayed scores.
     """
     if method not in ("linear", "gaussian"):
         raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {method!r}")
@@ -89,30 +105,31 @@ def batched_soft_nms(
         return boxes.new_zeros(0, dtype=torch.long), scores.new_zeros(0)
     _, cls = torch.unique(classes, return_inverse=True)
     num_cls = int(cls.max()) + 1
-    same = cls[:, None] == cls[None, :]
-    iou = box_iou(boxes.float(), boxes.float()) * same
+    boxes_f = boxes.float()
     current = scores.float().clone()
     alive = current >= score_floor
-    index = torch.arange(n, device=boxes.device)
+    alive[current.argmax()] = True  # mmcv keeps its first pick whatever its score
     keep, kept_scores = [], []
     while bool(alive.any()):
-        masked = torch.where(alive, current, torch.full_like(current, float("-inf")))
+        live = alive.nonzero().squeeze(1)
+        live_cls = cls[live]
+        masked = current[live]
         best = torch.full((num_cls,), float("-inf"), device=boxes.device).scatter_reduce(
-            0, cls, masked, "amax"
+            0, live_cls, masked, "amax"
         )
-        is_best = alive & (masked == best[cls])
+        is_best = masked == best[live_cls]
         first = torch.full((num_cls,), n, device=boxes.device).scatter_reduce(
-            0, cls, torch.where(is_best, index, torch.full_like(index, n)), "amin"
+            0, live_cls, torch.where(is_best, live, torch.full_like(live, n)), "amin"
         )
         chosen = first[first < n]
         keep.append(chosen)
         kept_scores.append(current[chosen])
         alive[chosen] = False
-        overlap = iou[first.clamp(max=n - 1)[cls], index]  # IoU with the box chosen for the same class
-        current = torch.where(
-            alive, current * _soft_nms_decay(overlap, method, iou_threshold, sigma), current
-        )
-        alive &= current >= score_floor
+        live = live[alive[live]]  # the others, each compared with the box chosen in its class
+        if live.numel():
+            overlap = _iou_with(boxes_f[live], boxes_f[first[cls[live]]])
+            current[live] = current[live] * _soft_nms_decay(overlap, method, iou_threshold, sigma)
+            alive[live] = current[live] >= score_floor
     keep, new_scores = torch.cat(keep), torch.cat(kept_scores).to(scores.dtype)
     order = new_scores.argsort(descending=True, stable=True)
     return keep[order], new_scores[order]
@@ -126,6 +143,7 @@ def detection_inference(
     nms_thresh: float,
     topk: int,
     soft_nms_cfg: dict | None = None,
+    topk_after_soft_nms: bool = False,
 ) -> Instances:
     """Per-image detections from class-agnostic boxes and class probabilities, with NMS or Soft-NMS.
 
@@ -133,8 +151,12 @@ def detection_inference(
         boxes: ``(R, 4)`` (class-agnostic) or ``(R, 4K)`` predicted boxes.
         scores: ``(R, K + 1)`` probabilities, background last.
         soft_nms_cfg: ``dict(method=, iou_threshold=, sigma=, score_floor=)`` to use Soft-NMS; None: hard NMS.
+        topk_after_soft_nms: cut Soft-NMS's output to ``topk`` too. The EVA-01 detectors keep every Soft-NMS
+            survivor (their ``fast_rcnn_inference_single_image`` returns before the cut), so the evaluator's own
+            limit decides; hard NMS is always cut to ``topk``.
     Returns:
-        ``Instances`` with ``pred_boxes``, ``scores``, ``pred_classes`` (at most ``topk`` if ``topk >= 0``).
+        ``Instances`` with ``pred_boxes``, ``scores``, ``pred_classes`` (hard NMS: at most ``topk`` if
+        ``topk >= 0``), sorted by score.
     """
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
     boxes, scores = boxes[valid], scores[valid, :-1]
@@ -153,7 +175,7 @@ def detection_inference(
         keep, scores_kept = batched_soft_nms(boxes, scores, classes, **soft_nms_cfg)
         scores = scores.clone()
         scores[keep] = scores_kept
-    if topk >= 0:
+    if topk >= 0 and (soft_nms_cfg is None or topk_after_soft_nms):
         keep = keep[:topk]
     result = Instances(image_size)
     result.pred_boxes = Boxes(boxes[keep])

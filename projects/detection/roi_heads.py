@@ -27,7 +27,15 @@ class EVACascadeROIHeads(CascadeROIHeads):
         soft_nms: ``dict(method="linear", iou_threshold=0.6, sigma=0.5, score_floor=1e-3)`` to replace hard NMS
             at inference; None keeps hard NMS (the box predictor's ``test_nms_thresh``).
         maskness_rescoring: multiply each detection's score by the mean mask probability over its pixels above
-            ``maskness_threshold``, then re-sort.
+            ``maskness_threshold``, then re-sort. The score is shared by the box and the mask result, as in the
+            authors' code (their LVIS box AP includes maskness).
+        override_score_thresh: the score threshold before NMS / Soft-NMS at inference, replacing the box
+            predictors' ``test_score_thresh`` (the authors evaluate COCO with 0.0); None keeps the predictors'.
+        topk_after_soft_nms: also cut Soft-NMS's output to ``test_topk_per_image`` (the authors do not: every
+            survivor goes to the evaluator, whose own limit applies).
+        separate_box_scores: with maskness rescoring, keep the score before rescoring as ``box_scores``; the
+            evaluators score box results with it and mask results with the rescored ``scores`` (box AP without
+            maskness and mask AP with it from one inference pass; an option beyond the authors' protocol).
     """
 
     @configurable
@@ -37,12 +45,18 @@ class EVACascadeROIHeads(CascadeROIHeads):
         soft_nms: Optional[dict] = None,
         maskness_rescoring: bool = False,
         maskness_threshold: float = 0.5,
+        override_score_thresh: Optional[float] = None,
+        topk_after_soft_nms: bool = False,
+        separate_box_scores: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.soft_nms = dict(soft_nms) if soft_nms else None
         self.maskness_rescoring = maskness_rescoring
         self.maskness_threshold = maskness_threshold
+        self.override_score_thresh = override_score_thresh
+        self.topk_after_soft_nms = topk_after_soft_nms
+        self.separate_box_scores = separate_box_scores
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -56,6 +70,9 @@ class EVACascadeROIHeads(CascadeROIHeads):
                 score_floor=test.get("SOFT_NMS_SCORE_FLOOR", 1e-3),
             )
         ret["maskness_rescoring"] = test.get("MASKNESS", False)
+        ret["override_score_thresh"] = test.get("OVERRIDE_SCORE_THRESH", None)
+        ret["topk_after_soft_nms"] = test.get("TOPK_AFTER_SOFT_NMS", False)
+        ret["separate_box_scores"] = test.get("SEPARATE_BOX_SCORES", False)
         return ret
 
     def _forward_box(self, features, proposals, targets=None):
@@ -71,6 +88,9 @@ class EVACascadeROIHeads(CascadeROIHeads):
             prev_boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
             probs_per_stage.append(self.box_predictor[k].predict_probs(predictions, proposals))
         last = self.box_predictor[-1]
+        score_thresh = (
+            last.test_score_thresh if self.override_score_thresh is None else self.override_score_thresh
+        )
         results = []
         for i, size in enumerate(image_sizes):
             scores = sum(p[i] for p in probs_per_stage) / self.num_cascade_stages
@@ -79,10 +99,11 @@ class EVACascadeROIHeads(CascadeROIHeads):
                     prev_boxes[i],
                     scores,
                     size,
-                    last.test_score_thresh,
+                    score_thresh,
                     last.test_nms_thresh,
                     last.test_topk_per_image,
                     self.soft_nms,
+                    self.topk_after_soft_nms,
                 )
             )
         return results
@@ -90,5 +111,8 @@ class EVACascadeROIHeads(CascadeROIHeads):
     def forward_with_given_boxes(self, features, instances):
         instances = super().forward_with_given_boxes(features, instances)
         if self.maskness_rescoring and self.mask_on:
+            if self.separate_box_scores:
+                for x in instances:
+                    x.box_scores = x.scores.clone()
             instances = [rescore_by_maskness(x, self.maskness_threshold) for x in instances]
         return instances

@@ -66,8 +66,7 @@ def test_coco_recipe_is_the_published_one():
         and rh.batch_size_per_image == 512
         and rh.positive_fraction == 0.25
     )
-    assert rh.soft_nms == dict(method="linear", iou_threshold=0.6, sigma=0.5, score_floor=1e-3)
-    assert rh.maskness_rescoring
+    assert rh.soft_nms is None and not rh.maskness_rescoring  # the authors' training config: hard NMS
     rpn = model.proposal_generator
     assert [list(a) for a in rpn.anchor_generator.cell_anchors][0].__len__() == 3
     aug = instantiate(cfg.dataloader.train.mapper.augmentations)
@@ -76,7 +75,7 @@ def test_coco_recipe_is_the_published_one():
     assert cfg.dataloader.train.total_batch_size == 64
     o = cfg.optimizer
     assert (o.lr, tuple(o.betas), o.weight_decay, o.params.decay_rate) == (2.5e-5, (0.9, 0.999), 0.1, 0.9)
-    assert cfg.train.max_iter == 45000 and list(cfg.lr_multiplier.steps) == [40000]
+    assert cfg.train.max_iter == 45000 and list(cfg.lr_multiplier.steps) == [40000, 44999]
     assert cfg.lr_multiplier.warmup_iters == 500 and cfg.train.amp.enabled
     sched = instantiate(cfg.lr_multiplier)
     assert (
@@ -87,18 +86,19 @@ def test_coco_recipe_is_the_published_one():
 
 def test_lvis_and_o365_recipes():
     cfg = cfg_of("eva_g_lvis_1280")
-    assert cfg.model.roi_heads.num_classes == 1203 and cfg.train.max_iter == 75000
+    assert cfg.model.roi_heads.num_classes == 1203 and cfg.train.max_iter == 75001
     for p in cfg.model.roi_heads.box_predictors:
         assert p.use_sigmoid_ce and p.use_fed_loss and p.fed_loss_num_classes == 50
         assert p.get_fed_loss_cls_weights.freq_weight_power == 0.5
         assert (p.test_score_thresh, p.test_topk_per_image) == (0.02, 300)
     assert cfg.dataloader.train.sampler.repeat_factors.repeat_thresh == 0.001
-    assert cfg.model.roi_heads.soft_nms is None and cfg.optimizer.lr == 2.5e-5
+    assert cfg.model.roi_heads.soft_nms is None and cfg.optimizer.lr == 2e-4
     cfg = cfg_of("eva_g_lvis_1536_test")
     assert [(p.test_score_thresh, p.test_topk_per_image) for p in cfg.model.roi_heads.box_predictors] == [
         (0.001, 1000)
     ] * 3
-    assert cfg.train.checkpoint_load.rel_pos_resize == "geometric" and cfg.dataloader.image_size == 1536
+    assert cfg.train.checkpoint_load.rel_pos_resize == "beit" and cfg.dataloader.image_size == 1536
+    assert cfg.dataloader.evaluator.max_dets_per_image == 1000
     o365 = cfg_of("eva_g_o365_1024")
     assert (o365.optimizer.lr, o365.dataloader.train.total_batch_size, o365.model.roi_heads.num_classes) == (
         1e-4,

@@ -31,6 +31,7 @@ model = L(GeneralizedRCNN)(
         net=L(build_backbone)(name="eva_g_det", use_act_checkpoint=True),
         out_channels=256,
         square_pad="${dataloader.image_size}",
+        freeze_patch_embed=True,
     ),
     proposal_generator=L(RPN)(
         in_features=LEVELS + ["p6"],
@@ -89,6 +90,9 @@ model = L(GeneralizedRCNN)(
         ),
         soft_nms=None,
         maskness_rescoring=False,
+        override_score_thresh=None,
+        topk_after_soft_nms=False,
+        separate_box_scores=False,
     ),
     pixel_mean=[123.675, 116.28, 103.53],
     pixel_std=[58.395, 57.12, 57.375],

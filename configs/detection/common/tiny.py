@@ -8,6 +8,7 @@ call it, so they run the same components as the full recipes with fewer channels
 def shrink_to_tiny(model, dataloader, optimizer, train):
     model.backbone.net.name = "eva_tiny_det"
     model.backbone.net.use_act_checkpoint = False
+    model.backbone.freeze_patch_embed = False  # trained from scratch: the patch embedding must learn
     model.backbone.out_channels = 32
     # objects of 15-100 px in 128 px images: anchors one octave per level from 16 px
     model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
@@ -31,6 +32,7 @@ def shrink_to_tiny(model, dataloader, optimizer, train):
 
     optimizer.lr = 8e-4
     optimizer.weight_decay = 0.05
+    optimizer.params.weight_decay_scope = "standard"
     train.init_checkpoint = ""
     train.device = "cpu"
     train.checkpointer.period = 100

@@ -105,6 +105,9 @@ class _FastEvaluator(DatasetEvaluator):
             results = instances_to_coco_json(instances, inp["image_id"])
             for r in results:
                 r["category_id"] = self.contiguous_to_dataset_id[r["category_id"]]
+            if instances.has("box_scores"):  # box results scored before maskness rescoring
+                for r, s in zip(results, instances.box_scores.tolist()):
+                    r["box_score"] = s
             self._predictions.extend(results)
 
     def _tasks_for(self, has_masks: bool) -> tuple[str, ...]:
@@ -146,9 +149,12 @@ class _FastEvaluator(DatasetEvaluator):
             logger.warning("%s: no predictions to evaluate", self.dataset_name)
             return results
         for task in self._tasks_for(has_masks):
+            task_predictions = predictions
+            if task == "bbox" and any("box_score" in p for p in predictions):
+                task_predictions = [dict(p, score=p.get("box_score", p["score"])) for p in predictions]
             metrics, evaluator = fast_eval.evaluate_results(
                 self._gt,
-                predictions,
+                task_predictions,
                 task,
                 self.style,
                 max_dets_per_image=self.max_dets_per_image,

@@ -8,7 +8,11 @@ faster-coco-eval is what the official tools do outside their evaluation loop:
   box, mask results by their mask, whose area (which decides the area range) comes from the mask;
 - LVIS keeps the ``max_dets_per_image`` (300) highest-scoring results per image over all categories, ties kept in
   input order (lvis-api's rule), and evaluates at that single max-detections value; results of categories neither
-  present nor negative in their image are dropped before evaluation (lvis-api ignores them);
+  present nor negative in their image are dropped before evaluation (lvis-api ignores them); results and ground
+  truth of zero area are left out (lvis-api selects annotations with ``area > 0``); a ground-truth ``ignore`` flag
+  is honoured and ``iscrowd`` is not (lvis-api's rules, the opposite of pycocotools'); an LVIS file whose images
+  lack ``neg_category_ids`` / ``not_exhaustive_category_ids`` is an error naming the file and field (lvis-api
+  raises on it);
 - boundary AP (the LVIS 2021 challenge metric): the IoU of a pair is min(mask IoU, boundary IoU), the boundary
   being the mask minus its erosion by ``dilation_ratio`` x image diagonal pixels (at least 1). faster-coco-eval
   computes it in C++; neither pycocotools nor lvis-api has it (the tests compare against an OpenCV version).
@@ -57,14 +61,63 @@ def load_ground_truth(gt) -> COCO:
     """
     if isinstance(gt, COCO):
         return gt
+    source = "<ground-truth dict>"
     if isinstance(gt, (str, os.PathLike)):
+        source = str(gt)
         with open(gt) as f:
             gt = json.load(f)
     if not isinstance(gt, dict):
         raise TypeError(
             f"ground truth must be a json path, a dict or a faster_coco_eval.COCO, got {type(gt).__name__}"
         )
-    return COCO(gt, print_function=logger.debug)
+    coco = COCO(gt, print_function=logger.debug)
+    coco.eva_source = source
+    return coco
+
+
+_LVIS_IMAGE_FIELDS = ("neg_category_ids", "not_exhaustive_category_ids")
+
+
+def lvis_ground_truth(coco_gt: COCO) -> COCO:
+    """The ground truth as lvis-api sees it, for the LVIS rules (built once per ground truth and cached).
+
+    Raises ``ValueError`` naming the file, image and field when an image lacks ``neg_category_ids`` or
+    ``not_exhaustive_category_ids`` (lvis-api raises a ``KeyError`` there). Annotations of zero area are left out
+    (lvis-api keeps ``area > 0``); ``iscrowd`` is cleared (lvis-api never treats a region as a crowd) and the
+    ``ignore`` flag kept for :class:`_LVISEval`.
+    """
+    cached = getattr(coco_gt, "eva_lvis_view", None)
+    if cached is not None:
+        return cached
+    source = getattr(coco_gt, "eva_source", "<ground truth>")
+    for img in coco_gt.dataset["images"]:
+        for name in _LVIS_IMAGE_FIELDS:
+            if name not in img:
+                raise ValueError(
+                    f"{source}: image {img.get('id')} has no '{name}' field; an LVIS ground truth lists it for "
+                    f"every image (lvis-api requires it). Evaluate COCO-format files with style='coco'."
+                )
+    anns = []
+    for a in coco_gt.dataset["annotations"]:
+        if not a.get("area", 0) > 0:
+            continue
+        anns.append(dict(a, iscrowd=0, eva_ignore=int(bool(a.get("ignore", 0)))))
+    view = COCO(print_function=logger.debug)
+    view.dataset = dict(coco_gt.dataset, annotations=anns)
+    view.createIndex()
+    view.eva_source = source
+    coco_gt.eva_lvis_view = view
+    return view
+
+
+class _LVISEval(COCOeval_faster):
+    """faster-coco-eval in LVIS style with lvis-api's ``ignore`` flag (faster-coco-eval, like pycocotools, sets
+    ``ignore`` from ``iscrowd``)."""
+
+    def _prepare(self):
+        super()._prepare()
+        for ann in self.cocoGt.anns.values():
+            ann["ignore"] = ann.get("eva_ignore", 0)
 
 
 def limit_detections_per_image(results: Iterable[dict], max_dets: int) -> list[dict]:
@@ -178,6 +231,8 @@ def select_results(coco_gt: COCO, results, iou_type: str, style: str, max_dets_p
             {"image_id": i, "category_id": c, "score": s, "segmentation": m, "area": a, "iscrowd": 0, "id": k}
             for k, (i, c, s, m, a) in enumerate(zip(img, cat, score, geom, areas), 1)
         ]
+    if style == "lvis":  # lvis-api evaluates results of positive area only (a degenerate box, an empty mask)
+        anns = [a for a in anns if a["area"] > 0]
     res = COCO(print_function=logger.debug)
     res.dataset = {
         "images": coco_gt.dataset["images"],
@@ -236,8 +291,10 @@ def evaluate_results(
 
 def _evaluate(coco_gt, results, iou_type, style, max_dets_per_image, dilation_ratio, img_ids):
     lvis = style == "lvis"
+    if lvis:
+        coco_gt = lvis_ground_truth(coco_gt)
     coco_dt = select_results(coco_gt, results, iou_type, style, max_dets_per_image)
-    evaluator = COCOeval_faster(
+    evaluator = (_LVISEval if lvis else COCOeval_faster)(
         coco_gt,
         coco_dt,
         iou_type,
