@@ -31,7 +31,7 @@ from projects import compat
 
 compat.apply_detectron2()
 
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog  # noqa: E402
 from detectron2.structures import BoxMode  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -146,6 +146,8 @@ def validate_dataset(data: dict, json_file, image_root, fmt: str, check_files: b
                         json_file, f"image id {img['id']}: {key} has unknown category ids {sorted(unknown)}"
                     )
 
+    sizes = {img["id"]: (img["width"], img["height"]) for img in data["images"]}
+    outside, empty = [], []
     ann_ids = set()
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or "id" not in ann:
@@ -177,8 +179,28 @@ def validate_dataset(data: dict, json_file, image_root, fmt: str, check_files: b
                 json_file,
                 f"annotation id {ann['id']}: bbox has negative size (width {box[2]}, height {box[3]})",
             )
+        if box[2] == 0 or box[3] == 0:
+            empty.append(ann["id"])
+        width, height = sizes[ann["image_id"]]
+        if box[0] < 0 or box[1] < 0 or box[0] + box[2] > width or box[1] + box[3] > height:
+            outside.append(ann["id"])
         if "segmentation" in ann:
             _check_polygons(json_file, ann, ann["segmentation"])
+    report_boxes(json_file, outside, empty)
+
+
+def report_boxes(json_file, outside: list, empty: list) -> None:
+    """One warning for the boxes that reach outside their image and the boxes of zero width or height (by
+    annotation id). Detectron2 clips the first to the image and drops the second during training."""
+    parts = []
+    for ids, what in ((outside, "reach outside their image"), (empty, "have zero width or height")):
+        if ids:
+            first = ", ".join(str(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
+            parts.append(f"{len(ids)} box(es) {what} (annotation ids {first})")
+    if parts:
+        logger.warning(
+            "%s: %s; training clips boxes to the image and drops empty ones", json_file, "; ".join(parts)
+        )
 
 
 def category_image_counts(data: dict) -> dict:
@@ -329,3 +351,23 @@ def unregister_dataset(name: str) -> None:
         DatasetCatalog.remove(name)
     if name in MetadataCatalog.list():
         MetadataCatalog.remove(name)
+
+
+class ImageFileError(RuntimeError):
+    """An image that cannot be read or transformed; the message names the file."""
+
+
+class CheckedDatasetMapper(DatasetMapper):
+    """Detectron2's ``DatasetMapper`` whose errors name the image file: a truncated or unreadable image, or one
+    whose size the resize cannot handle (a 4000x16 strip scaled to zero rows), stops the run with the file's
+    path, its size in the dataset and the reason, instead of a bare message from a data-loader worker."""
+
+    def __call__(self, dataset_dict):
+        try:
+            return super().__call__(dataset_dict)
+        except Exception as e:
+            name = dataset_dict.get("file_name", "<no file_name>")
+            size = f"{dataset_dict.get('width', '?')}x{dataset_dict.get('height', '?')}"
+            raise ImageFileError(
+                f"{name}: cannot use this image (size {size} (WxH) in the dataset): {type(e).__name__}: {e}"
+            ) from e
