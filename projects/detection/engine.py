@@ -22,6 +22,7 @@ from detectron2.utils import comm
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .checkpoint import EVADetectionCheckpointer
+from .config_checks import check_override_types, numeric_keys
 from .registration import register_config_datasets
 
 __all__ = [
@@ -143,7 +144,10 @@ def load_config(path: str, overrides: Iterable[str] = ()) -> DictConfig:
     cfg = LazyConfig.load(path)
     overrides = list(overrides)
     check_override_keys(cfg, overrides)
-    return LazyConfig.apply_overrides(cfg, overrides)
+    numeric = numeric_keys(cfg, overrides)
+    cfg = LazyConfig.apply_overrides(cfg, overrides)
+    check_override_types(cfg, numeric)  # a non-number in a numeric key is an error naming it
+    return cfg
 
 
 def setup_datasets(cfg: DictConfig) -> None:
