@@ -23,6 +23,7 @@ from .datasets import (  # noqa: E402
     SyntheticADEDataset,
 )
 from .optimizer import LayerDecayOptimWrapperConstructor  # noqa: E402
+from .training import CheckedIterBasedTrainLoop  # noqa: E402
 
 __all__ = [
     "EVAViTAdapter",
@@ -34,6 +35,7 @@ __all__ = [
     "LoadCheckedAnnotations",
     "SyntheticADEDataset",
     "LayerDecayOptimWrapperConstructor",
+    "CheckedIterBasedTrainLoop",
     "AtomicLocalBackend",
     "load_local_checkpoint",
 ]
