@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .checkpoint import EVADetectionCheckpointer
 from .config_checks import check_override_types, numeric_keys
+from .interrupt import StopOnSignal, TrainingInterrupted
 from .registration import register_config_datasets
 
 __all__ = [
@@ -272,6 +273,8 @@ def do_train(cfg: DictConfig, resume: bool = False):
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, unwrapped))
             if cfg.train.eval_period >= 0
             else None,
+            # SIGINT/SIGTERM: finish the iteration, save, stop (before the writer, which then logs it once)
+            StopOnSignal(checkpointer if comm.is_main_process() else None, device),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, stop_iter), period=cfg.train.log_period
             )
@@ -286,7 +289,10 @@ def do_train(cfg: DictConfig, resume: bool = False):
             "training already reached iteration %d (stop at %d); nothing to do", start_iter, stop_iter
         )
         return trainer
-    trainer.train(start_iter, stop_iter)
+    try:
+        trainer.train(start_iter, stop_iter)
+    except TrainingInterrupted:
+        pass  # checkpoint written by StopOnSignal
     return trainer
 
 
