@@ -40,7 +40,11 @@ def main(argv=None) -> int:
     if args.print_config:
         print(json.dumps(cfg, indent=2, default=str))
         return 0
-    train(cfg)
+    try:
+        train(cfg)
+    except ConfigError as e:  # a value that only the data shows to be wrong (the warm-up longer than the run)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

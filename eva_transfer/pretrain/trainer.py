@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import read_checkpoint, save_checkpoint, write_bytes_atomic
 from ..lr_decay import param_groups_layer_decay
+from .config import ConfigError, check_config
 from .data import GlobalBatchSampler, MIMDataset, collate, list_images
 from .masking import BlockMaskGenerator
 from .student import MIMStudent, build_student, export_state_dict, masked_cosine_loss
@@ -171,6 +172,7 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
     ``{"history": [StepRecord...], "step", "total_steps", "interrupted", "skipped_images", "export",
     "checkpoint"}``.
     """
+    check_config(cfg)  # values, before any model or data is built
     tcfg, dcfg, ocfg, scfg = cfg["train"], cfg["data"], cfg["optim"], cfg["schedule"]
     owns_group = not dist.is_initialized()
     rank, world, device = _init_distributed(tcfg["device"])
@@ -215,6 +217,11 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
         if scfg["warmup_steps"] is not None
         else int(scfg["warmup_epochs"] * steps_per_epoch)
     )
+    if warmup_steps > total_steps:
+        raise ConfigError(
+            f"the warm-up ({warmup_steps} steps from schedule.warmup_steps / warmup_epochs) is longer than the run "
+            f"({total_steps} steps from schedule.total_steps / epochs, {steps_per_epoch} steps per epoch)"
+        )
 
     groups = param_groups_layer_decay(student, ocfg["lr"], ocfg["weight_decay"], decay_rate=1.0)
     for g in groups:
@@ -301,7 +308,10 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
                     loss = mim_loss(model, teacher, images, mask, mean, std, grid, normalizer, amp_dtype)
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), ocfg["clip_grad"])
+                    max_norm = (
+                        math.inf if ocfg["clip_grad"] is None else ocfg["clip_grad"]
+                    )  # None: no clipping
+                    grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), max_norm)
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
