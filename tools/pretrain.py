@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from eva_transfer.pretrain import ConfigError, load_config, train  # noqa: E402
+from eva_transfer.pretrain.trainer import DistributedStartupError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
         return 0
     try:
         train(cfg)
-    except ConfigError as e:  # a value that only the data shows to be wrong (the warm-up longer than the run)
+    except (ConfigError, DistributedStartupError) as e:  # a value only the data shows wrong; a missing rank
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -96,6 +96,7 @@ DEFAULTS: dict[str, Any] = dict(
         tensorboard=True,
         export="backbone.safetensors",  # written in output_dir at the end
         device=None,  # "cuda"/"cpu"; cuda when available
+        dist_timeout=1800,  # seconds to wait for every process at start-up (and for each collective operation)
     ),
 )
 
@@ -172,6 +173,7 @@ def check_config(cfg: dict) -> None:
     _check(cfg, "train.checkpoint_every", integer(1), "an integer >= 1")
     _check(cfg, "train.log_every", integer(1), "an integer >= 1")
     _check(cfg, "train.max_steps_per_run", integer(1), "an integer >= 1", optional=True)
+    _check(cfg, "train.dist_timeout", number(0, strict=True), "a number of seconds > 0")
     _check(cfg, "data.img_size", integer(1), "an integer >= 1")
     _check(cfg, "data.workers", integer(0), "an integer >= 0")
     _check(cfg, "optim.lr", number(0, strict=True), "a number > 0")
