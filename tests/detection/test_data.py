@@ -331,3 +331,21 @@ def test_truncated_or_unresizable_image_stops_with_the_file_name(tmp_path):
     # 16 rows scaled by 128 / 4000 * 0.1 round to zero rows
     with pytest.raises(ImageFileError, match=r"strip\.png: .*4000x16.*"):
         _mapper(scale=(0.1, 0.1))(record(strip, 4000, 16))
+
+
+def test_image_error_in_a_loader_worker_reaches_the_main_process_with_the_file_name(tmp_path):
+    import torch
+    from PIL import Image
+
+    from projects.detection.data import ImageFileError
+
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.full((64, 80, 3), 100, np.uint8)).save(good)
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(good.read_bytes()[:200])
+    records = [{"file_name": str(truncated), "width": 80, "height": 64, "image_id": 1, "annotations": []}]
+    loader = torch.utils.data.DataLoader(
+        records, batch_size=1, num_workers=1, collate_fn=lambda batch: [_mapper()(r) for r in batch]
+    )
+    with pytest.raises(ImageFileError, match=r"cut\.jpg: cannot use this image \(size 80x64"):
+        next(iter(loader))
