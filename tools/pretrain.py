@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from eva_transfer.pretrain import ConfigError, load_config, train  # noqa: E402
+from eva_transfer.pretrain.trainer import DistributedStartupError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -40,7 +41,11 @@ def main(argv=None) -> int:
     if args.print_config:
         print(json.dumps(cfg, indent=2, default=str))
         return 0
-    train(cfg)
+    try:
+        train(cfg)
+    except (ConfigError, DistributedStartupError) as e:  # a value only the data shows wrong; a missing rank
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

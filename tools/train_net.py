@@ -13,6 +13,7 @@ GPUs, ``--num-gpus N`` starts N CPU processes (gloo).
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 
@@ -25,6 +26,12 @@ from detectron2.engine import default_argument_parser, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from projects.detection.config_checks import (  # noqa: E402
+    ConfigValueError,
+    check_config,
+    check_launch_args,
+    explain_startup_failure,
+)
 from projects.detection.engine import (  # noqa: E402
     ConfigKeyError,
     do_eval_only,
@@ -46,23 +53,54 @@ def main(args):
     comm.synchronize()
 
 
+def parser():
+    p = default_argument_parser()
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds to wait for every process of a distributed run to start (and for each collective "
+        "operation; Detectron2's 30 minutes by default)",
+    )
+    return p
+
+
 def cli(argv=None):
-    args = default_argument_parser().parse_args(argv)
+    args = parser().parse_args(argv)
     try:
+        check_launch_args(args)
+        if not os.path.isfile(args.config_file):
+            raise ConfigValueError(f"--config-file {args.config_file!r}: no such file")
         cfg = load_config(args.config_file, args.opts)
-    except ConfigKeyError as e:
+        if not args.eval_only:
+            check_config(cfg, args.num_gpus * args.num_machines)
+    except (ConfigKeyError, ConfigValueError) as e:
         sys.exit(f"error: {e}")
     # write synthetic datasets once, before worker processes start
     prepare_config_datasets(OmegaConf.to_container(cfg.dataloader.get("datasets", []), resolve=True))
     del cfg
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    world = args.num_gpus * args.num_machines
+    if world > 1:
+        print(
+            f"waiting up to {args.dist_timeout:g} s for {world} processes ({args.num_machines} machine(s) x "
+            f"{args.num_gpus}) at {args.dist_url}",
+            flush=True,
+        )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            timeout=datetime.timedelta(seconds=args.dist_timeout),
+        )
+    except Exception as e:
+        message = explain_startup_failure(e, args, args.dist_timeout)
+        if message is None:
+            raise
+        sys.exit(f"error: {message}")
 
 
 if __name__ == "__main__":

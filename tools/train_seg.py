@@ -21,7 +21,13 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import projects.segmentation  # noqa: E402,F401  (registers the plug-in before the config is built)
-from projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
+from projects.segmentation.cli import (  # noqa: E402
+    ConfigOverrideError,
+    ConfigValueError,
+    check_train_config,
+    load_config,
+    start_distributed,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,6 +44,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--amp", action="store_true", help="mixed-precision training (AmpOptimWrapper)")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=1800.0,
+        help="--launcher pytorch: seconds to wait for every process to start (and for each collective operation)",
+    )
     p.add_argument(
         "--cfg-options",
         nargs="+",
@@ -65,7 +77,12 @@ def make_config(args: argparse.Namespace) -> Config:
 
 
 def main(argv=None) -> Runner:
-    runner = Runner.from_cfg(make_config(parse_args(argv)))
+    args = parse_args(argv)
+    cfg = make_config(args)
+    check_train_config(cfg)  # before the model and data are built
+    if args.launcher == "pytorch":
+        start_distributed(cfg, args.dist_timeout)
+    runner = Runner.from_cfg(cfg)
     runner.train()
     return runner
 
@@ -73,5 +90,5 @@ def main(argv=None) -> Runner:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigOverrideError, FileNotFoundError) as e:
+    except (ConfigOverrideError, ConfigValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

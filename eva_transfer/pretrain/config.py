@@ -16,7 +16,16 @@ import runpy
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-__all__ = ["DEFAULTS", "FREE_FORM", "ConfigError", "load_config", "merge", "parse_override", "flatten_keys"]
+__all__ = [
+    "DEFAULTS",
+    "FREE_FORM",
+    "ConfigError",
+    "check_config",
+    "load_config",
+    "merge",
+    "parse_override",
+    "flatten_keys",
+]
 
 #: every key a pre-training config may set, with its default
 DEFAULTS: dict[str, Any] = dict(
@@ -65,7 +74,7 @@ DEFAULTS: dict[str, Any] = dict(
         betas=(0.9, 0.98),
         eps=1e-6,
         weight_decay=0.05,
-        clip_grad=3.0,
+        clip_grad=3.0,  # max gradient norm; None: no clipping (the norm is still logged)
         no_decay_names=("pos_embed", "cls_token"),  # EVA's; 1-D parameters and biases never take weight decay
         zero=False,  # shard optimizer state across processes (torch ZeroRedundancyOptimizer, ZeRO stage 1)
     ),
@@ -90,6 +99,7 @@ DEFAULTS: dict[str, Any] = dict(
         tensorboard=True,
         export="backbone.safetensors",  # written in output_dir at the end
         device=None,  # "cuda"/"cpu"; cuda when available
+        dist_timeout=1800,  # seconds to wait for every process at start-up (and for each collective operation)
     ),
 )
 
@@ -133,8 +143,65 @@ def merge(base: dict, update: dict, where: str, prefix: str = "") -> dict:
                 raise ConfigError(f"{where}: {key!r} takes a dict, got {v!r}")
             out[k] = {**out[k], **copy.deepcopy(v)}
         else:
+            if _is_number(out[k]) and v is not None and not _is_number(v):
+                raise ConfigError(f"{where}: {key!r} takes a number (default {out[k]!r}); got {v!r}")
             out[k] = copy.deepcopy(v)
     return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(cfg: dict, key: str, ok, expected: str, optional: bool = False) -> None:
+    section, name = key.split(".")
+    value = cfg[section][name]
+    if optional and value is None:
+        return
+    if not ok(value):
+        raise ConfigError(f"{key} must be {expected}{' or None' if optional else ''}, got {value!r}")
+
+
+def check_config(cfg: dict) -> None:
+    """Checks values (not only keys) before any model or data is built; raises :class:`ConfigError` naming the
+    key. ``optim.clip_grad=None`` means no clipping."""
+
+    def integer(minimum):
+        return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+    def number(minimum, strict=False):
+        return lambda v: _is_number(v) and (v > minimum if strict else v >= minimum)
+
+    _check(cfg, "train.batch_size", integer(1), "an integer >= 1 (the global batch over all processes)")
+    _check(cfg, "train.checkpoint_every", integer(1), "an integer >= 1")
+    _check(cfg, "train.log_every", integer(1), "an integer >= 1")
+    _check(cfg, "train.max_steps_per_run", integer(1), "an integer >= 1", optional=True)
+    _check(cfg, "train.dist_timeout", number(0, strict=True), "a number of seconds > 0")
+    _check(cfg, "data.img_size", integer(1), "an integer >= 1")
+    _check(cfg, "data.workers", integer(0), "an integer >= 0")
+    _check(cfg, "optim.lr", number(0, strict=True), "a number > 0")
+    _check(cfg, "optim.weight_decay", number(0), "a number >= 0")
+    _check(
+        cfg, "optim.clip_grad", number(0, strict=True), "a number > 0 (the max gradient norm)", optional=True
+    )
+    _check(cfg, "schedule.epochs", number(0, strict=True), "a number > 0")
+    _check(cfg, "schedule.warmup_epochs", number(0), "a number >= 0")
+    _check(cfg, "schedule.total_steps", integer(1), "an integer >= 1", optional=True)
+    _check(cfg, "schedule.warmup_steps", integer(0), "an integer >= 0", optional=True)
+    s = cfg["schedule"]
+    if s["total_steps"] is None and s["warmup_steps"] is None and s["warmup_epochs"] > s["epochs"]:
+        raise ConfigError(
+            f"schedule.warmup_epochs={s['warmup_epochs']} is longer than the run (schedule.epochs={s['epochs']})"
+        )
+    if (
+        s["total_steps"] is not None
+        and s["warmup_steps"] is not None
+        and s["warmup_steps"] > s["total_steps"]
+    ):
+        raise ConfigError(
+            f"schedule.warmup_steps={s['warmup_steps']} is longer than the run "
+            f"(schedule.total_steps={s['total_steps']})"
+        )
 
 
 def _read_file(path: Path, seen: tuple[Path, ...] = ()) -> dict:
@@ -178,4 +245,5 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
         for k in reversed(keys):
             update = {k: update}
         cfg = merge(cfg, update, f"override {text!r}")
+    check_config(cfg)
     return cfg

@@ -114,8 +114,9 @@ class MIMDataset(Dataset):
     """Images with the pre-training augmentation and a block mask.
 
     Each item is a dict: ``image`` ``(3, S, S)`` float in ``[0, 1]`` (random resized crop + horizontal flip;
-    teacher and student normalise this same crop), ``mask`` ``(S/p * S/p,)`` bool, ``index``, and ``skipped``,
-    the number of unreadable files passed over to produce it (each is logged once with its path and reason).
+    teacher and student normalise this same crop), ``mask`` ``(S/p * S/p,)`` bool, ``index``, and ``skipped``
+    (0). An unreadable file gives ``image=None``, ``skipped=1`` and its ``path`` (logged with the reason);
+    :func:`collate` leaves it out of the batch, so no other image stands in for it (none is seen twice).
 
     Args:
         paths: image files.
@@ -123,6 +124,7 @@ class MIMDataset(Dataset):
         mask_generator: a :class:`BlockMaskGenerator` for the ``S/p x S/p`` grid.
         scale, ratio: random resized crop ranges; hflip: flip probability.
         seed: base seed; ``set_epoch`` selects the epoch's draws.
+        max_skip: kept for compatibility; unused (unreadable files are left out of their batch).
     """
 
     def __init__(
@@ -165,20 +167,13 @@ class MIMDataset(Dataset):
             return im.convert("RGB")
 
     def __getitem__(self, index: int) -> dict:
-        skipped = 0
-        i = index
-        while True:
-            try:
-                img = self._load(self.paths[i])
-                break
-            except Exception as e:  # PIL raises many types for broken files
-                logger.warning("skipping unreadable image %s (%s: %s)", self.paths[i], type(e).__name__, e)
-                skipped += 1
-                if skipped > min(self.max_skip, len(self.paths) - 1):
-                    raise RuntimeError(
-                        f"{skipped} unreadable images in a row from {self.paths[index]}; check the data"
-                    ) from e
-                i = (i + 1) % len(self.paths)  # the next file stands in, deterministically
+        path = self.paths[index]
+        try:
+            img = self._load(path)
+        except Exception as e:  # PIL raises many types for broken files
+            # no stand-in: a neighbour in its place would be seen twice in the epoch; the batch is one smaller
+            logger.warning("skipping unreadable image %s (%s: %s)", path, type(e).__name__, e)
+            return {"image": None, "mask": None, "index": index, "skipped": 1, "path": path}
         rng = np.random.default_rng([self.seed, self.epoch, index])
         left, top, w, h = random_resized_crop_box(img.width, img.height, rng, self.scale, self.ratio)
         img = img.resize((self.img_size, self.img_size), self.resample, box=(left, top, left + w, top + h))
@@ -186,15 +181,21 @@ class MIMDataset(Dataset):
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         image = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
         mask = torch.from_numpy(self.mask_generator(rng).reshape(-1))
-        return {"image": image, "mask": mask, "index": index, "skipped": skipped}
+        return {"image": image, "mask": mask, "index": index, "skipped": 0}
 
 
 def collate(items: list[dict]) -> dict[str, Tensor]:
+    """Stacks the readable items; ``skipped`` counts the unreadable ones left out (one per file). A batch with
+    no readable image is an error naming its files."""
+    good = [it for it in items if it["image"] is not None]
+    if not good:
+        names = ", ".join(it["path"] for it in items[:5]) + (" ..." if len(items) > 5 else "")
+        raise RuntimeError(f"all {len(items)} images of a batch are unreadable ({names}); check the data")
     return {
-        "image": torch.stack([it["image"] for it in items]),
-        "mask": torch.stack([it["mask"] for it in items]),
-        "index": torch.tensor([it["index"] for it in items]),
-        "skipped": torch.tensor(sum(it["skipped"] for it in items)),
+        "image": torch.stack([it["image"] for it in good]),
+        "mask": torch.stack([it["mask"] for it in good]),
+        "index": torch.tensor([it["index"] for it in good]),
+        "skipped": torch.tensor(len(items) - len(good)),
     }
 
 

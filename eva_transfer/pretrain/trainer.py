@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..checkpoint import read_checkpoint, save_checkpoint, write_bytes_atomic
+from .config import ConfigError, check_config
 from .data import GlobalBatchSampler, MIMDataset, collate, list_images
 from .masking import BlockMaskGenerator
 from .student import MIMStudent, build_student, export_state_dict, masked_cosine_loss
@@ -131,7 +132,41 @@ def build_models(cfg: dict, device: torch.device) -> tuple[MIMStudent, CLIPTeach
 
 
 # ------------------------------------------------------------------------------------------ distributed set-up
-def _init_distributed(device_pref: Optional[str]) -> tuple[int, int, torch.device]:
+class DistributedStartupError(RuntimeError):
+    """Not every process of a distributed run started; the message says who is missing."""
+
+
+def _join_process_group(backend: str, rank: int, world: int, timeout_s: float) -> None:
+    """``init_process_group`` from torchrun's variables with a bounded wait and a message naming who is missing."""
+    import datetime
+    import re
+
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise DistributedStartupError(
+            f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the processes with torchrun "
+            "(torchrun --nproc_per_node N tools/pretrain.py ...)"
+        )
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    logger.info("rank %d: waiting up to %g s for %d processes at %s", rank, timeout_s, world, where)
+    try:
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    except Exception as e:
+        joined = re.search(r"(\d+)/(\d+) clients joined", str(e))
+        if joined:
+            k, n = int(joined.group(1)), int(joined.group(2))
+            raise DistributedStartupError(
+                f"distributed start-up: only {k} of {n} processes (WORLD_SIZE={world}) joined within {timeout_s:g} s "
+                f"at {where}; {n - k} of ranks 1..{n - 1} are missing (train.dist_timeout sets the wait)"
+            ) from e
+        if "timed out" in str(e).lower() or "connect" in str(e).lower():
+            raise DistributedStartupError(
+                f"distributed start-up: rank {rank} could not reach rank 0 at {where} within {timeout_s:g} s"
+            ) from e
+        raise
+
+
+def _init_distributed(device_pref: Optional[str], timeout_s: float = 1800) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -142,7 +177,7 @@ def _init_distributed(device_pref: Optional[str]) -> tuple[int, int, torch.devic
     if use_cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        _join_process_group("nccl" if use_cuda else "gloo", rank, world, timeout_s)
     return rank, world, device
 
 
@@ -188,9 +223,10 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
     ``{"history": [StepRecord...], "step", "total_steps", "interrupted", "skipped_images", "export",
     "checkpoint"}``.
     """
+    check_config(cfg)  # values, before any model or data is built
     tcfg, dcfg, ocfg, scfg = cfg["train"], cfg["data"], cfg["optim"], cfg["schedule"]
     owns_group = not dist.is_initialized()
-    rank, world, device = _init_distributed(tcfg["device"])
+    rank, world, device = _init_distributed(tcfg["device"], tcfg.get("dist_timeout", 1800))
     owns_group = owns_group and dist.is_initialized()
     is_main = rank == 0
     out_dir = Path(tcfg["output_dir"])
@@ -232,6 +268,11 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
         if scfg["warmup_steps"] is not None
         else int(scfg["warmup_epochs"] * steps_per_epoch)
     )
+    if warmup_steps > total_steps:
+        raise ConfigError(
+            f"the warm-up ({warmup_steps} steps from schedule.warmup_steps / warmup_epochs) is longer than the run "
+            f"({total_steps} steps from schedule.total_steps / epochs, {steps_per_epoch} steps per epoch)"
+        )
 
     groups = param_groups(student, ocfg)
     for g in groups:
@@ -318,7 +359,10 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
                     loss = mim_loss(model, teacher, images, mask, mean, std, grid, normalizer, amp_dtype)
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), ocfg["clip_grad"])
+                    max_norm = (
+                        math.inf if ocfg["clip_grad"] is None else ocfg["clip_grad"]
+                    )  # None: no clipping
+                    grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), max_norm)
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)

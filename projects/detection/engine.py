@@ -22,6 +22,8 @@ from detectron2.utils import comm
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .checkpoint import EVADetectionCheckpointer
+from .config_checks import check_override_types, numeric_keys
+from .interrupt import StopOnSignal, TrainingInterrupted
 from .registration import register_config_datasets
 
 __all__ = [
@@ -143,7 +145,10 @@ def load_config(path: str, overrides: Iterable[str] = ()) -> DictConfig:
     cfg = LazyConfig.load(path)
     overrides = list(overrides)
     check_override_keys(cfg, overrides)
-    return LazyConfig.apply_overrides(cfg, overrides)
+    numeric = numeric_keys(cfg, overrides)
+    cfg = LazyConfig.apply_overrides(cfg, overrides)
+    check_override_types(cfg, numeric)  # a non-number in a numeric key is an error naming it
+    return cfg
 
 
 def setup_datasets(cfg: DictConfig) -> None:
@@ -268,6 +273,8 @@ def do_train(cfg: DictConfig, resume: bool = False):
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, unwrapped))
             if cfg.train.eval_period >= 0
             else None,
+            # SIGINT/SIGTERM: finish the iteration, save, stop (before the writer, which then logs it once)
+            StopOnSignal(checkpointer if comm.is_main_process() else None, device),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, stop_iter), period=cfg.train.log_period
             )
@@ -282,7 +289,10 @@ def do_train(cfg: DictConfig, resume: bool = False):
             "training already reached iteration %d (stop at %d); nothing to do", start_iter, stop_iter
         )
         return trainer
-    trainer.train(start_iter, stop_iter)
+    try:
+        trainer.train(start_iter, stop_iter)
+    except TrainingInterrupted:
+        pass  # checkpoint written by StopOnSignal
     return trainer
 
 

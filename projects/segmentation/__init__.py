@@ -24,6 +24,7 @@ from .datasets import (  # noqa: E402
 )
 from .optimizer import LayerDecayOptimWrapperConstructor  # noqa: E402
 from .test_time import EncoderDecoderShortSidePad, PadShortSide  # noqa: E402
+from .training import CheckedIterBasedTrainLoop  # noqa: E402
 
 __all__ = [
     "EVAViTAdapter",
@@ -35,6 +36,7 @@ __all__ = [
     "LoadCheckedAnnotations",
     "SyntheticADEDataset",
     "LayerDecayOptimWrapperConstructor",
+    "CheckedIterBasedTrainLoop",
     "AtomicLocalBackend",
     "load_local_checkpoint",
     "EncoderDecoderShortSidePad",

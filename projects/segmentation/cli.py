@@ -8,13 +8,23 @@ use the old value). A new key is added on purpose with a leading ``+`` (``+model
 from __future__ import annotations
 
 import difflib
+import numbers
 import os
 import os.path as osp
+import re
 from typing import Any, Mapping, Optional
 
 from mmengine.config import Config
 
-__all__ = ["ConfigOverrideError", "check_cfg_options", "load_config"]
+__all__ = [
+    "ConfigOverrideError",
+    "ConfigValueError",
+    "check_cfg_options",
+    "check_option_types",
+    "check_train_config",
+    "load_config",
+    "start_distributed",
+]
 
 
 class ConfigOverrideError(KeyError):
@@ -78,7 +88,9 @@ def load_config(
         raise FileNotFoundError(f"config file {path!r} does not exist")
     cfg = Config.fromfile(path)
     if cfg_options:
-        cfg.merge_from_dict(check_cfg_options(cfg, cfg_options))
+        checked = check_cfg_options(cfg, cfg_options)
+        check_option_types(cfg, checked)
+        cfg.merge_from_dict(checked)
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get("work_dir") is None:
@@ -86,3 +98,137 @@ def load_config(
     cfg.launcher = launcher
     os.environ.setdefault("LOCAL_RANK", "0")
     return cfg
+
+
+class ConfigValueError(ValueError):
+    """A config value or launch setting that cannot work; the message names the key."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_option_types(cfg: Config, options: Mapping[str, Any]) -> None:
+    """A ``--cfg-options`` value that is not a number for a key whose config value is one is an error naming the
+    key (``None`` is allowed). Call before merging."""
+    for key, value in options.items():
+        if key.startswith("+") or value is None or _is_number(value):
+            continue
+        node: Any = cfg._cfg_dict if hasattr(cfg, "_cfg_dict") else cfg
+        for part in key.split("."):
+            if isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            elif isinstance(node, Mapping) and part in node:
+                node = node[part]
+            else:
+                node = None
+                break
+        if _is_number(node):
+            raise ConfigValueError(
+                f"--cfg-options {key}: takes a number (the config has {node!r}); got {value!r}"
+            )
+
+
+def _int_at_least(cfg: Config, key: str, minimum: int, default: Any = None) -> Optional[int]:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, (Mapping, Config)) else None
+        if node is None:
+            return default
+    if not isinstance(node, int) or isinstance(node, bool) or node < minimum:
+        raise ConfigValueError(f"{key} must be an integer >= {minimum}, got {node!r}")
+    return node
+
+
+def check_train_config(cfg: Config) -> None:
+    """Checks a training config before the runner builds the model and data: batch size, run length, periods and
+    that every ``param_scheduler`` phase (the warm-up first) fits inside ``train_cfg.max_iters``."""
+    _int_at_least(cfg, "train_dataloader.batch_size", 1)
+    _int_at_least(cfg, "train_dataloader.num_workers", 0)
+    max_iters = _int_at_least(cfg, "train_cfg.max_iters", 1)
+    _int_at_least(cfg, "train_cfg.val_interval", 1)
+    _int_at_least(cfg, "default_hooks.checkpoint.interval", 1)
+    _int_at_least(cfg, "default_hooks.logger.interval", 1)
+    lr = (cfg.get("optim_wrapper") or {}).get("optimizer", {}).get("lr")
+    if lr is not None and (not _is_number(lr) or lr <= 0):
+        raise ConfigValueError(f"optim_wrapper.optimizer.lr must be a number > 0, got {lr!r}")
+    schedulers = cfg.get("param_scheduler") or []
+    if isinstance(schedulers, Mapping):
+        schedulers = [schedulers]
+    for i, sched in enumerate(schedulers):
+        if max_iters is None or sched.get("by_epoch", True):
+            continue
+        begin, end = sched.get("begin", 0), sched.get("end")
+        name = f"param_scheduler[{i}] ({sched.get('type')})"
+        for what, v in (("begin", begin), ("end", end)):
+            if v is not None and not _is_number(v):
+                raise ConfigValueError(f"{name}.{what} must be an iteration number, got {v!r}")
+        if begin >= max_iters:
+            raise ConfigValueError(
+                f"{name} begins at iteration {begin}, at or after the end of the run (train_cfg.max_iters="
+                f"{max_iters})"
+            )
+        if end is not None and end > max_iters:
+            raise ConfigValueError(
+                f"{name} ends at iteration {end}, after the run (train_cfg.max_iters={max_iters}); shorten the "
+                f"warm-up or lengthen the run"
+            )
+        if end is not None and end <= begin:
+            raise ConfigValueError(f"{name}: end {end} must be after begin {begin}")
+
+
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def start_distributed(cfg: Config, timeout_s: float) -> None:
+    """For ``--launcher pytorch``: checks that torchrun's variables are set and joins the process group with a
+    bounded wait; a missing rank ends with a message saying who is missing. mmengine's runner then uses the
+    group. Without CUDA the ``nccl`` backend of the configs is replaced by ``gloo``."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    missing = [v for v in TORCHRUN_VARIABLES if v not in os.environ]
+    if missing:
+        raise ConfigValueError(
+            f"--launcher pytorch expects the variables torchrun sets ({', '.join(missing)} not set). Run: "
+            "torchrun --nproc-per-node <processes per machine> tools/train_seg.py CONFIG --launcher pytorch "
+            "(or leave out --launcher for one process)"
+        )
+    if timeout_s <= 0:
+        raise ConfigValueError(f"--dist-timeout {timeout_s}: give a number of seconds > 0")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    dist_cfg = cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})
+    backend = dist_cfg.get("backend", "nccl")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    elif backend == "nccl":
+        backend = "gloo"
+    dist_cfg["timeout"] = timeout_s
+    print(f"rank {rank}: waiting up to {timeout_s:g} s for {world} processes at {where}", flush=True)
+    try:
+        dist.init_process_group(
+            backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    except Exception as e:
+        text = str(e)
+        joined = re.search(r"(\d+)/(\d+) clients joined", text)
+        if joined:
+            k, n = int(joined.group(1)), int(joined.group(2))
+            raise ConfigValueError(
+                f"distributed start-up: only {k} of {n} processes (WORLD_SIZE={world}) joined within {timeout_s:g} s "
+                f"at {where}; {n - k} of ranks 1..{n - 1} are missing. Start every process (torchrun "
+                "--nnodes/--nproc-per-node on each machine)"
+            ) from e
+        if "timed out" in text.lower() or "connect" in text.lower():
+            raise ConfigValueError(
+                f"distributed start-up: rank {rank} could not reach rank 0 at {where} within {timeout_s:g} s; "
+                "start rank 0 and check MASTER_ADDR / MASTER_PORT"
+            ) from e
+        raise

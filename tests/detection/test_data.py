@@ -263,3 +263,89 @@ def test_register_twice_is_an_error(coco_json, registered):
     register_dataset("syn_twice", coco_json, coco_json.parent.parent / "train")
     with pytest.raises(ValueError, match="already registered"):
         register_dataset("syn_twice", coco_json, coco_json.parent.parent / "train")
+
+
+def test_boxes_outside_the_image_or_empty_are_counted_and_reported_once(
+    coco_json, tmp_path, registered, caplog
+):
+    data = json.loads(coco_json.read_text())
+    sizes = {img["id"]: (img["width"], img["height"]) for img in data["images"]}
+    w, h = sizes[data["annotations"][0]["image_id"]]
+    data["annotations"][0]["bbox"] = [w - 5, 2, 20, 10]  # right edge beyond the image
+    data["annotations"][1]["bbox"] = [-3, 4, 10, 10]  # left edge before it
+    data["annotations"][2]["bbox"] = [4, 5, 0, 7]  # zero width
+    ids = [a["id"] for a in data["annotations"][:3]]
+    path = _write(tmp_path, data)
+    registered.append("syn_boxes")
+    with caplog.at_level(logging.WARNING, logger="projects.detection.data.datasets"):
+        register_dataset("syn_boxes", path, coco_json.parent.parent / "train")
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    text = warnings[0].getMessage()
+    assert str(path) in text
+    assert f"2 box(es) reach outside their image (annotation ids {ids[0]}, {ids[1]})" in text
+    assert f"1 box(es) have zero width or height (annotation ids {ids[2]})" in text
+    caplog.clear()  # a clean file warns nothing
+    registered.append("syn_clean")
+    with caplog.at_level(logging.WARNING, logger="projects.detection.data.datasets"):
+        register_dataset("syn_clean", coco_json, coco_json.parent.parent / "train")
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def _mapper(image_size=128, scale=(0.1, 2.0)):
+    from projects.detection.config_helpers import lsj_train_augmentations
+    from projects.detection.data import CheckedDatasetMapper
+
+    return CheckedDatasetMapper(
+        is_train=True,
+        augmentations=lsj_train_augmentations(image_size, *scale),
+        image_format="RGB",
+        use_instance_mask=True,
+        recompute_boxes=True,
+    )
+
+
+def test_truncated_or_unresizable_image_stops_with_the_file_name(tmp_path):
+    from PIL import Image
+
+    from projects.detection.data import ImageFileError
+
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.jpg"
+    Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(good, quality=90)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    strip = tmp_path / "strip.png"
+    Image.fromarray(rng.integers(0, 255, (16, 4000, 3), dtype=np.uint8)).save(strip)
+
+    def record(path, w, h):
+        box = [2.0, 2.0, min(w, 30) - 4.0, min(h, 30) - 4.0]
+        poly = [[box[0], box[1], box[0] + box[2], box[1], box[0] + box[2], box[1] + box[3]]]
+        ann = {"bbox": box, "bbox_mode": 1, "category_id": 0, "iscrowd": 0, "segmentation": poly}
+        return {"file_name": str(path), "width": w, "height": h, "image_id": 1, "annotations": [ann]}
+
+    out = _mapper(scale=(1.0, 1.0))(record(good, 80, 64))  # a good image maps as in DatasetMapper
+    assert tuple(out["image"].shape) == (3, 102, 128) and len(out["instances"]) == 1
+    with pytest.raises(ImageFileError, match=r"truncated\.jpg: .*(truncated|broken)"):
+        _mapper()(record(truncated, 80, 64))
+    # 16 rows scaled by 128 / 4000 * 0.1 round to zero rows
+    with pytest.raises(ImageFileError, match=r"strip\.png: .*4000x16.*"):
+        _mapper(scale=(0.1, 0.1))(record(strip, 4000, 16))
+
+
+def test_image_error_in_a_loader_worker_reaches_the_main_process_with_the_file_name(tmp_path):
+    import torch
+    from PIL import Image
+
+    from projects.detection.data import ImageFileError
+
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.full((64, 80, 3), 100, np.uint8)).save(good)
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(good.read_bytes()[:200])
+    records = [{"file_name": str(truncated), "width": 80, "height": 64, "image_id": 1, "annotations": []}]
+    loader = torch.utils.data.DataLoader(
+        records, batch_size=1, num_workers=1, collate_fn=lambda batch: [_mapper()(r) for r in batch]
+    )
+    with pytest.raises(ImageFileError, match=r"cut\.jpg: cannot use this image \(size 80x64"):
+        next(iter(loader))

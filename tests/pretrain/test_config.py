@@ -123,3 +123,75 @@ def test_the_package_imports_no_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.batch_size=0", r"train\.batch_size must be an integer >= 1"),
+        ("optim.lr='abc'", r"'optim\.lr' takes a number \(default .*\); got 'abc'"),
+        ("optim.lr=abc", r"'optim\.lr' takes a number"),
+        ("schedule.epochs='ten'", r"'schedule\.epochs' takes a number"),
+        ("schedule.total_steps=0", r"schedule\.total_steps must be an integer >= 1 or None, got 0"),
+        ("optim.clip_grad=0", r"optim\.clip_grad must be a number > 0 .* or None"),
+        (
+            "schedule.warmup_epochs=200",
+            r"schedule\.warmup_epochs=200 is longer than the run \(schedule\.epochs=",
+        ),
+        ("data.workers=-1", r"data\.workers must be an integer >= 0"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])  # the defaults: a schedule in epochs
+
+
+def test_warmup_longer_than_the_run_is_named():
+    with pytest.raises(
+        ConfigError, match=r"schedule\.warmup_steps=50 is longer than the run .*total_steps=10"
+    ):
+        load_config(TINY_CONFIG, ["schedule.total_steps=10", "schedule.warmup_steps=50"])
+    assert load_config(TINY_CONFIG, ["optim.clip_grad=None"])["optim"]["clip_grad"] is None  # no clipping
+
+
+def test_warmup_from_epochs_longer_than_the_given_steps_fails_before_training(
+    tmp_path, make_images, tiny_config, tiny_overrides
+):
+    from eva_transfer.pretrain import train
+
+    folder = make_images(tmp_path / "imgs", 8)[0].parent
+    cfg = load_config(
+        tiny_config,
+        tiny_overrides(folder, tmp_path / "run", **{"schedule.total_steps": 2, "schedule.warmup_epochs": 3,
+                                                    "schedule.warmup_steps": None,
+                                                    "train.batch_size": 4}),
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"warm-up \(6 steps .*\) is longer than the run \(2 steps"):
+        train(cfg)
+    assert not list((tmp_path / "run").glob("*.pt*"))
+
+
+def test_clip_grad_none_trains_without_clipping(tmp_path, make_images, tiny_config, tiny_overrides):
+    from eva_transfer.pretrain import train
+
+    folder = make_images(tmp_path / "imgs", 8)[0].parent
+    overrides = {
+        "schedule.total_steps": 2,
+        "schedule.warmup_steps": 1,
+        "train.batch_size": 4,
+        "train.export": None,
+        "train.tensorboard": False,
+    }
+    tiny = tiny_overrides(folder, tmp_path / "a", **overrides)
+    clipped = train(load_config(tiny_config, tiny + ["optim.clip_grad=1e-6"]))
+    unclipped = train(
+        load_config(
+            tiny_config, tiny_overrides(folder, tmp_path / "b", **overrides) + ["optim.clip_grad=None"]
+        )
+    )
+    # same first step (same seed and data): the logged norm is the unclipped norm in both runs
+    first_clipped, first_free = clipped["history"][0], unclipped["history"][0]
+    assert first_free["grad_norm"] == pytest.approx(first_clipped["grad_norm"], rel=1e-5)
+    assert first_free["grad_norm"] > 1e-6
+    # clipping to 1e-6 barely moves the weights, no clipping moves them: the second losses differ
+    assert clipped["history"][1]["loss"] != pytest.approx(unclipped["history"][1]["loss"], rel=1e-6)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from eva_transfer.pretrain import BlockMaskGenerator, GlobalBatchSampler, MIMDataset, list_images
-from eva_transfer.pretrain.data import random_resized_crop_box
+from eva_transfer.pretrain.data import collate, random_resized_crop_box
 
 
 def test_folder_and_list_files(tmp_path, make_images):
@@ -72,9 +73,23 @@ def test_unreadable_image_is_logged_and_skipped(tmp_path, make_images, caplog):
     ds = _dataset(paths)
     with caplog.at_level(logging.WARNING):
         item = ds[1]
-    assert item["skipped"] == 1
+    assert item["skipped"] == 1 and item["image"] is None and item["path"] == str(bad)
     assert "skipping unreadable image" in caplog.text and str(bad) in caplog.text
     assert ds[0]["skipped"] == 0 and ds[2]["skipped"] == 0
+
+
+def test_unreadable_images_count_files_and_no_neighbour_stands_in(tmp_path, make_images):
+    paths = make_images(tmp_path, 5)
+    for i in (1, 2):  # two neighbours: the old stand-in rule read file 3 three times and counted 3 retries
+        Path(paths[i]).write_bytes(b"")
+    ds = _dataset(paths)
+    batch = collate([ds[i] for i in range(5)])
+    assert int(batch["skipped"]) == 2
+    assert batch["index"].tolist() == [0, 3, 4]
+    assert batch["image"].shape == (3, 3, 64, 64) and batch["mask"].shape == (3, 16)
+    assert torch.equal(batch["image"][1], ds[3]["image"])
+    with pytest.raises(RuntimeError, match="all 2 images of a batch are unreadable.*img_0001"):
+        collate([ds[1], ds[2]])
 
 
 def test_global_batches_do_not_depend_on_the_number_of_processes():

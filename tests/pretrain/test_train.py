@@ -137,7 +137,12 @@ def test_unreadable_images_are_counted_and_empty_data_fails(
         tiny_overrides(
             folder,
             tmp_path / "run",
-            **{"schedule.total_steps": 4, "train.batch_size": 8, "train.tensorboard": True},
+            **{
+                "schedule.total_steps": 4,
+                "schedule.warmup_steps": 2,  # the tiny config's 20 would not fit the run
+                "train.batch_size": 8,
+                "train.tensorboard": True,
+            },
         ),
     )
     summary = train(cfg)
@@ -161,7 +166,11 @@ def test_mixed_precision_path(tmp_path, image_folder, tiny_config, tiny_override
     # optim.zero (the EVA-g setting) with a single process falls back to plain AdamW
     cfg = load_config(
         tiny_config,
-        tiny_overrides(image_folder, tmp_path / "run", **{"schedule.total_steps": 4, "optim.zero": True}),
+        tiny_overrides(
+            image_folder,
+            tmp_path / "run",
+            **{"schedule.total_steps": 4, "schedule.warmup_steps": 2, "optim.zero": True},
+        ),
     )
     summary = train(cfg)
     losses = [r["loss"] for r in summary["history"]]

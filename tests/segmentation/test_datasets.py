@@ -86,3 +86,51 @@ def test_ignore_index_is_accepted(root):
     Image.fromarray(label).save(_label_path(root))
     seg = _dataset(root)[1]["gt_seg_map"]
     assert (seg[:4] == 255).all()
+
+
+def test_colour_label_is_an_error_and_grey_rgb_label_is_read(root):
+    label = np.asarray(Image.open(_label_path(root))).copy()
+    expected = _dataset(root)[1]["gt_seg_map"]
+    Image.fromarray(np.stack([label] * 3, axis=2)).save(_label_path(root))  # grey stored as RGB
+    np.testing.assert_array_equal(_dataset(root)[1]["gt_seg_map"], expected)
+    colour = np.stack([label, label, (label + 1) % 5], axis=2).astype(np.uint8)
+    Image.fromarray(colour).save(_label_path(root))
+    with pytest.raises(DatasetFileError, match=r"synthetic_training_00001\.png.* 3 channels"):
+        _dataset(root)[1]
+
+
+def test_16_bit_label_above_255_is_an_error_not_wrapped(root):
+    label = np.asarray(Image.open(_label_path(root))).astype(np.uint16)
+    expected = _dataset(root)[1]["gt_seg_map"]
+    Image.fromarray(label).save(_label_path(root))  # 16-bit PNG of the same values: read as before
+    assert Image.open(_label_path(root)).mode.startswith("I")
+    np.testing.assert_array_equal(_dataset(root)[1]["gt_seg_map"], expected)
+    label[3, 3] = 258  # mmseg's uint8 cast made this 2 (class 1 after reduce_zero_label)
+    Image.fromarray(label).save(_label_path(root))
+    with pytest.raises(DatasetFileError, match=r"synthetic_training_00001\.png.* values 0\.\.258.*0\.\.255"):
+        _dataset(root)[1]
+
+
+@pytest.mark.parametrize("size", [(1, 1), (4000, 16), (16, 4000)], ids=["1x1", "4000x16", "16x4000"])
+@pytest.mark.parametrize("config", ["synthetic_ade", "ade20k"])
+def test_tiny_or_thin_image_is_handled_or_named(root, size, config):
+    from mmengine.config import Config
+
+    from tests.segmentation.conftest import CONFIG_DIR
+
+    pipeline = Config.fromfile(str(CONFIG_DIR / "_base_/datasets" / f"{config}.py")).train_pipeline
+    w, h = size
+    rng = np.random.default_rng(0)
+    img = root / "images/training/synthetic_training_00001.jpg"
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(img)
+    Image.fromarray(rng.integers(1, len(SYNTHETIC_CLASSES) + 1, (h, w), dtype=np.uint8)).save(
+        _label_path(root)
+    )
+    ds = _dataset(root, pipeline=pipeline)
+    try:
+        sample = ds[1]
+    except DatasetFileError as e:
+        assert "synthetic_training_00001.jpg" in str(e) and "synthetic_training_00001.png" in str(e)
+    else:  # handled: a sample whose label matches its image
+        image, seg = sample["inputs"], sample["data_samples"].gt_sem_seg.data
+        assert image.shape[0] == 3 and image.shape[1:] == seg.shape[1:] and min(image.shape[1:]) >= 1

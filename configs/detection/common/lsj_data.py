@@ -1,5 +1,6 @@
 """Large-scale-jitter data pipeline (flip, scale 0.1-2.0 of ``image_size``, fixed-size crop); test resize to
-``image_size``. ``dataloader.datasets`` lists datasets to register before building (your own data)."""
+``image_size``. ``dataloader.datasets`` lists datasets to register before building (your own data).
+The mapper is Detectron2's ``DatasetMapper`` with errors that name the image file."""
 
 import projects.detection  # noqa: F401  (Detectron2 stand-ins before detectron2 imports)
 
@@ -7,7 +8,6 @@ import projects.detection  # noqa: F401  (Detectron2 stand-ins before detectron2
 
 from detectron2.config import LazyCall as L
 from detectron2.data import (
-    DatasetMapper,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
@@ -15,6 +15,7 @@ from detectron2.data import (
 from omegaconf import OmegaConf
 
 from projects.detection.config_helpers import lsj_train_augmentations, test_augmentations
+from projects.detection.data import CheckedDatasetMapper
 from projects.detection.evaluation import build_evaluator
 
 dataloader = OmegaConf.create()
@@ -23,7 +24,7 @@ dataloader.image_size = 1280
 dataloader.datasets = []
 dataloader.train = L(build_detection_train_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_train"),
-    mapper=L(DatasetMapper)(
+    mapper=L(CheckedDatasetMapper)(
         is_train=True,
         augmentations=L(lsj_train_augmentations)(
             image_size="${....image_size}", min_scale=0.1, max_scale=2.0
@@ -37,7 +38,7 @@ dataloader.train = L(build_detection_train_loader)(
 )
 dataloader.test = L(build_detection_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
-    mapper=L(DatasetMapper)(
+    mapper=L(CheckedDatasetMapper)(
         is_train=False,
         augmentations=L(test_augmentations)(image_size="${....image_size}"),
         image_format="${...train.mapper.image_format}",

@@ -5,7 +5,9 @@ from projects import compat
 compat.apply_detectron2()
 
 from .datasets import (  # noqa: E402
+    CheckedDatasetMapper,
     DatasetError,
+    ImageFileError,
     dataset_metadata,
     load_dataset_dicts,
     register_dataset,
@@ -15,7 +17,9 @@ from .datasets import (  # noqa: E402
 from .synthetic import make_synthetic_dataset  # noqa: E402
 
 __all__ = [
+    "CheckedDatasetMapper",
     "DatasetError",
+    "ImageFileError",
     "dataset_metadata",
     "load_dataset_dicts",
     "make_synthetic_dataset",

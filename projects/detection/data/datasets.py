@@ -31,7 +31,7 @@ from projects import compat
 
 compat.apply_detectron2()
 
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog  # noqa: E402
 from detectron2.structures import BoxMode  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,19 @@ def image_path(img: dict, image_root: str | os.PathLike, fmt: str) -> str:
     raise KeyError("file_name" if fmt == "coco" else "file_name' or 'coco_url")
 
 
+def _is_id(value) -> bool:
+    """Ids are integers (or strings); not booleans, floats, lists or null."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def _check_polygons(json_file, ann, segm):
     if isinstance(segm, list):
         for poly in segm:
@@ -91,9 +104,23 @@ def _check_polygons(json_file, ann, segm):
                     f"annotation id {ann['id']}: a polygon needs an even number >= 6 of coordinates, "
                     f"got {len(poly) if isinstance(poly, list) else type(poly).__name__}",
                 )
+            if not all(_is_number(v) for v in poly):
+                bad = next(v for v in poly if not _is_number(v))
+                _fail(
+                    json_file, f"annotation id {ann['id']}: polygon coordinate {bad!r} is not a finite number"
+                )
     elif isinstance(segm, dict):
         if "counts" not in segm or "size" not in segm:
             _fail(json_file, f"annotation id {ann['id']}: an RLE segmentation needs 'counts' and 'size'")
+        size, counts = segm["size"], segm["counts"]
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_count(v, 1) for v in size)):
+            _fail(json_file, f"annotation id {ann['id']}: RLE 'size' must be [height, width], got {size!r}")
+        if not (isinstance(counts, str) or (isinstance(counts, list) and all(_is_count(v) for v in counts))):
+            _fail(
+                json_file,
+                f"annotation id {ann['id']}: RLE 'counts' must be a string or a list of counts >= 0, got "
+                f"{type(counts).__name__}",
+            )
     else:
         _fail(json_file, f"annotation id {ann['id']}: segmentation must be polygons (list) or RLE (dict)")
 
@@ -110,6 +137,16 @@ def validate_dataset(data: dict, json_file, image_root, fmt: str, check_files: b
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
             _fail(json_file, f"categories[{i}] needs 'id' and 'name'")
+        if not _is_id(cat["id"]) or not isinstance(cat["name"], str):
+            _fail(
+                json_file,
+                f"categories[{i}]: 'id' must be an integer and 'name' a string, got {cat['id']!r}, {cat['name']!r}",
+            )
+        if "image_count" in cat and not _is_count(cat["image_count"]):
+            _fail(
+                json_file,
+                f"category id {cat['id']}: image_count must be an integer >= 0, got {cat['image_count']!r}",
+            )
         if cat["id"] in cat_ids:
             _fail(json_file, f"category id {cat['id']} appears twice in 'categories'")
         cat_ids.add(cat["id"])
@@ -123,15 +160,20 @@ def validate_dataset(data: dict, json_file, image_root, fmt: str, check_files: b
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or "id" not in img:
             _fail(json_file, f"images[{i}] has no 'id'")
+        if not _is_id(img["id"]):
+            _fail(json_file, f"images[{i}]: 'id' must be an integer, got {img['id']!r}")
         if img["id"] in img_ids:
             _fail(json_file, f"image id {img['id']} appears twice in 'images'")
         img_ids.add(img["id"])
         for key in ("height", "width"):
-            if not isinstance(img.get(key), int) or img[key] <= 0:
+            if not _is_count(img.get(key), 1):
                 _fail(
                     json_file,
                     f"image id {img['id']}: '{key}' must be a positive integer, got {img.get(key)!r}",
                 )
+        for key in ("file_name", "coco_url"):
+            if img.get(key) is not None and not isinstance(img[key], str):
+                _fail(json_file, f"image id {img['id']}: '{key}' must be a string, got {img[key]!r}")
         try:
             path = image_path(img, image_root, fmt)
         except KeyError as e:
@@ -140,16 +182,31 @@ def validate_dataset(data: dict, json_file, image_root, fmt: str, check_files: b
             _fail(json_file, f"image id {img['id']}: file not found: {path}")
         if fmt == "lvis":
             for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+                if not isinstance(img.get(key, []), list) or not all(_is_id(c) for c in img.get(key, [])):
+                    _fail(
+                        json_file,
+                        f"image id {img['id']}: {key} must be a list of category ids, got {img[key]!r}",
+                    )
                 unknown = set(img.get(key, [])) - cat_ids
                 if unknown:
                     _fail(
                         json_file, f"image id {img['id']}: {key} has unknown category ids {sorted(unknown)}"
                     )
 
+    sizes = {img["id"]: (img["width"], img["height"]) for img in data["images"]}
+    outside, empty = [], []
     ann_ids = set()
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or "id" not in ann:
             _fail(json_file, f"annotations[{i}] has no 'id'")
+        if not _is_id(ann["id"]):
+            _fail(json_file, f"annotations[{i}]: 'id' must be an integer, got {ann['id']!r}")
+        for key in ("image_id", "category_id"):
+            if not _is_id(ann.get(key)):
+                _fail(
+                    json_file,
+                    f"annotation id {ann['id']}: '{key}' must be an integer id, got {ann.get(key)!r}",
+                )
         if ann["id"] in ann_ids:
             _fail(json_file, f"annotation id {ann['id']} appears twice in 'annotations'")
         ann_ids.add(ann["id"])
@@ -167,7 +224,7 @@ def validate_dataset(data: dict, json_file, image_root, fmt: str, check_files: b
         if (
             not isinstance(box, (list, tuple))
             or len(box) != 4
-            or not all(isinstance(v, (int, float)) for v in box)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
         ):
             _fail(json_file, f"annotation id {ann['id']}: bbox must be [x, y, width, height], got {box!r}")
         if not all(math.isfinite(v) for v in box):
@@ -177,8 +234,35 @@ def validate_dataset(data: dict, json_file, image_root, fmt: str, check_files: b
                 json_file,
                 f"annotation id {ann['id']}: bbox has negative size (width {box[2]}, height {box[3]})",
             )
+        if "iscrowd" in ann and (not _is_count(ann["iscrowd"]) or ann["iscrowd"] > 1):
+            _fail(json_file, f"annotation id {ann['id']}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
+        if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
+            _fail(
+                json_file,
+                f"annotation id {ann['id']}: area must be a finite number >= 0, got {ann['area']!r}",
+            )
+        if box[2] == 0 or box[3] == 0:
+            empty.append(ann["id"])
+        width, height = sizes[ann["image_id"]]
+        if box[0] < 0 or box[1] < 0 or box[0] + box[2] > width or box[1] + box[3] > height:
+            outside.append(ann["id"])
         if "segmentation" in ann:
             _check_polygons(json_file, ann, ann["segmentation"])
+    report_boxes(json_file, outside, empty)
+
+
+def report_boxes(json_file, outside: list, empty: list) -> None:
+    """One warning for the boxes that reach outside their image and the boxes of zero width or height (by
+    annotation id). Detectron2 clips the first to the image and drops the second during training."""
+    parts = []
+    for ids, what in ((outside, "reach outside their image"), (empty, "have zero width or height")):
+        if ids:
+            first = ", ".join(str(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
+            parts.append(f"{len(ids)} box(es) {what} (annotation ids {first})")
+    if parts:
+        logger.warning(
+            "%s: %s; training clips boxes to the image and drops empty ones", json_file, "; ".join(parts)
+        )
 
 
 def category_image_counts(data: dict) -> dict:
@@ -329,3 +413,23 @@ def unregister_dataset(name: str) -> None:
         DatasetCatalog.remove(name)
     if name in MetadataCatalog.list():
         MetadataCatalog.remove(name)
+
+
+class ImageFileError(RuntimeError):
+    """An image that cannot be read or transformed; the message names the file."""
+
+
+class CheckedDatasetMapper(DatasetMapper):
+    """Detectron2's ``DatasetMapper`` whose errors name the image file: a truncated or unreadable image, or one
+    whose size the resize cannot handle (a 4000x16 strip scaled to zero rows), stops the run with the file's
+    path, its size in the dataset and the reason, instead of a bare message from a data-loader worker."""
+
+    def __call__(self, dataset_dict):
+        try:
+            return super().__call__(dataset_dict)
+        except Exception as e:
+            name = dataset_dict.get("file_name", "<no file_name>")
+            size = f"{dataset_dict.get('width', '?')}x{dataset_dict.get('height', '?')}"
+            raise ImageFileError(
+                f"{name}: cannot use this image (size {size} (WxH) in the dataset): {type(e).__name__}: {e}"
+            ) from e

@@ -16,7 +16,8 @@ param_scheduler = [
     dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=500 + 1),
     dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=0, end=20000 + 1),
 ]
-train_cfg = dict(type="IterBasedTrainLoop", max_iters=20000, val_interval=2000)
+# IterBasedTrainLoop plus a clean stop on SIGINT/SIGTERM (checkpoint, then exit) and a NaN-loss check
+train_cfg = dict(type="CheckedIterBasedTrainLoop", max_iters=20000, val_interval=2000)
 val_cfg = dict(type="ValLoop")
 test_cfg = dict(type="TestLoop")
 # published total batch: 64 images per step (e.g. 32 GPUs x 2); lr is not rescaled unless enabled

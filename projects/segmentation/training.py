@@ -1,0 +1,147 @@
+"""The segmentation training loop: mmengine's ``IterBasedTrainLoop`` with a clean stop and a NaN check.
+
+:class:`CheckedIterBasedTrainLoop` (``train_cfg.type`` of the shared schedule) runs the same iterations and adds:
+
+- SIGINT / SIGTERM: the current iteration finishes, a checkpoint ``iter_<N>.pth`` is written through the
+  config's ``CheckpointHook`` (same folder, backend and ``last_checkpoint`` file, so ``--resume`` continues from
+  it), and training returns normally. A second signal stops at once. With several processes the flag is reduced
+  so that every process stops after the same iteration.
+- A non-finite loss stops with a ``FloatingPointError`` naming the iteration and the likely causes, and so does
+  the NaN that reaches the Hungarian matcher first (scipy's "matrix contains invalid numeric entries") when the
+  weights already diverged. Under fp16 mixed precision (``AmpOptimWrapper``), whose loss scaler skips an
+  overflowing step, the error comes after ``amp_nan_patience`` non-finite losses in a row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+from typing import Any, Sequence
+
+import torch
+from mmengine.dist import all_reduce, get_world_size, is_main_process
+from mmengine.hooks import CheckpointHook
+from mmengine.logging import print_log
+from mmengine.runner import IterBasedTrainLoop
+from mmseg.registry import LOOPS
+
+__all__ = ["CheckedIterBasedTrainLoop", "StopSignals"]
+
+
+def _warn(msg: str) -> None:
+    print_log(msg, logger="current", level=logging.WARNING)
+
+
+class StopSignals:
+    """Context manager: SIGINT / SIGTERM set :attr:`set`; a second signal raises ``KeyboardInterrupt``."""
+
+    def __init__(self):
+        self.set = False
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.set:
+            raise KeyboardInterrupt
+        _warn(f"signal {signum}: finishing this iteration, writing a checkpoint, then stopping")
+        self.set = True
+
+    def __enter__(self):
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, self._handler)
+        except ValueError:  # not the main thread: no handlers
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+
+def _nan_message(step: int, what: str, runner) -> str:
+    lr = None
+    try:
+        lr = runner.optim_wrapper.get_lr()
+        lr = {k: [f"{x:.3g}" for x in v] for k, v in lr.items()} if isinstance(lr, dict) else lr
+    except Exception:  # a wrapper without get_lr
+        pass
+    return (
+        f"{what} at iteration {step}{f' (lr {lr})' if lr else ''}: training diverged. Likely causes: a learning "
+        "rate too high for the batch (optim_wrapper.optimizer.lr) or too short a warm-up (param_scheduler), fp16 "
+        "overflow (try without --amp or with bf16), or broken inputs. Resume from the last checkpoint with a "
+        "lower lr (--resume)"
+    )
+
+
+@LOOPS.register_module()
+class CheckedIterBasedTrainLoop(IterBasedTrainLoop):
+    """``IterBasedTrainLoop`` that stops cleanly on SIGINT / SIGTERM and on a NaN loss (module docstring)."""
+
+    def __init__(self, *args, amp_nan_patience: int = 5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.amp_nan_patience = amp_nan_patience
+        self._nan_run = 0
+        self._signals: StopSignals | None = None
+        self.interrupted = False
+
+    def run(self):
+        with StopSignals() as self._signals:
+            return super().run()
+
+    def run_iter(self, data_batch: Sequence[dict]) -> None:
+        step = self._iter + 1  # as the log counts
+        self.runner.call_hook("before_train_iter", batch_idx=self._iter, data_batch=data_batch)
+        try:
+            outputs = self.runner.model.train_step(data_batch, optim_wrapper=self.runner.optim_wrapper)
+        except ValueError as e:
+            if "invalid numeric entries" in str(e):  # scipy's linear_sum_assignment on a NaN matching cost
+                raise FloatingPointError(_nan_message(step, "non-finite predictions", self.runner)) from e
+            raise
+        self._check_loss(outputs, step)
+        self.runner.call_hook(
+            "after_train_iter", batch_idx=self._iter, data_batch=data_batch, outputs=outputs
+        )
+        self._iter += 1
+        if self._stop_requested():
+            self._save_and_stop()
+
+    def _check_loss(self, outputs: dict, step: int) -> None:
+        bad = {
+            k: float(v)
+            for k, v in (outputs or {}).items()
+            if k.startswith("loss") and not math.isfinite(float(v))
+        }
+        if not bad:
+            self._nan_run = 0
+            return
+        self._nan_run += 1
+        fp16 = type(self.runner.optim_wrapper).__name__ == "AmpOptimWrapper"
+        if fp16 and self._nan_run < self.amp_nan_patience:
+            _warn(f"non-finite loss at iteration {step} under fp16 ({bad}); the loss scaler skips the step")
+            return
+        first = next(iter(bad.items()))
+        raise FloatingPointError(_nan_message(step, f"{first[0]} is {first[1]}", self.runner))
+
+    def _stop_requested(self) -> bool:
+        flag = bool(self._signals and self._signals.set)
+        if get_world_size() > 1:
+            t = torch.tensor([float(flag)])
+            all_reduce(t)
+            flag = t.item() > 0
+        return flag
+
+    def _save_and_stop(self) -> None:
+        runner = self.runner
+        hook = next((h for h in runner.hooks if isinstance(h, CheckpointHook)), None)
+        if hook is not None and getattr(hook, "out_dir", None) is not None:
+            hook._save_checkpoint_with_step(runner, self._iter, meta=dict(iter=self._iter))
+        else:
+            runner.save_checkpoint(runner.work_dir, f"iter_{self._iter}.pth", meta=dict(iter=self._iter))
+        if is_main_process():
+            _warn(
+                f"stopped at iteration {self._iter} of {self._max_iters} on a signal; checkpoint "
+                f"iter_{self._iter}.pth written in {runner.work_dir}; rerun with --resume to continue"
+            )
+        self.interrupted = True
+        self.stop_training = True

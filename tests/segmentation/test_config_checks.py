@@ -1,0 +1,84 @@
+"""Segmentation config and launch checks: errors name the key before the model and data are built; a missing
+rank ends after a bounded wait."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from projects.segmentation.cli import ConfigValueError, check_train_config, load_config
+
+from .conftest import CONFIG_DIR, ROOT, TINY_CONFIG, load_tool
+
+CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.py"))
+
+
+@pytest.fixture(scope="module")
+def train():
+    return load_tool("train_seg")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_published_configs_pass_the_checks(name):
+    check_train_config(load_config(str(CONFIG_DIR / name), work_dir="unused"))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["train_dataloader.batch_size=0"], r"train_dataloader\.batch_size must be an integer >= 1, got 0"),
+        (["train_cfg.max_iters=0"], r"train_cfg\.max_iters must be an integer >= 1, got 0"),
+        (
+            ["train_cfg.max_iters=10"],
+            r"param_scheduler\[0\] \(LinearLR\) ends at iteration 20, after the run .*=10",
+        ),
+        (["param_scheduler.1.begin=200"], r"param_scheduler\[1\] \(PolyLR\) begins at iteration 200, .*=150"),
+        (
+            ["default_hooks.checkpoint.interval=0"],
+            r"default_hooks\.checkpoint\.interval must be an integer >= 1",
+        ),
+        (["optim_wrapper.optimizer.lr=0.0"], r"optim_wrapper\.optimizer\.lr must be a number > 0"),
+    ],
+    ids=["batch-0", "iters-0", "warmup-beyond", "poly-beyond", "ckpt-0", "lr-0"],
+)
+def test_bad_values_name_the_key_before_anything_is_built(train, tmp_path, options, message, monkeypatch):
+    from mmengine.runner import Runner
+
+    monkeypatch.setattr(Runner, "from_cfg", lambda cfg: pytest.fail("the runner was built"))
+    with pytest.raises(ConfigValueError, match=message):
+        train.main([TINY_CONFIG, "--work-dir", str(tmp_path), "--cfg-options", *options])
+
+
+@pytest.mark.parametrize("option", ["optim_wrapper.optimizer.lr=abc", "train_cfg.max_iters=lots"])
+def test_non_numeric_value_for_a_numeric_key_is_named(option):
+    key = option.split("=")[0]
+    with pytest.raises(ConfigValueError, match=rf"--cfg-options {key}: takes a number .*got '"):
+        load_config(TINY_CONFIG, dict([option.split("=")]))
+    load_config(TINY_CONFIG, {key: 7})
+
+
+def test_pytorch_launcher_outside_torchrun_says_what_to_run(train, tmp_path, monkeypatch):
+    for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(v, raising=False)
+    with pytest.raises(ConfigValueError, match=r"torchrun --nproc-per-node .* --launcher pytorch"):
+        train.main([TINY_CONFIG, "--work-dir", str(tmp_path), "--launcher", "pytorch"])
+
+
+def test_missing_rank_ends_after_a_bounded_wait(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RANK="0", LOCAL_RANK="0", WORLD_SIZE="2",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "tools/train_seg.py"), TINY_CONFIG, "--work-dir", str(tmp_path),
+           "--launcher", "pytorch", "--dist-timeout", "5"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    assert out.returncode != 0
+    assert (
+        "error: distributed start-up: only 1 of 2 processes (WORLD_SIZE=2) joined within 5 s" in out.stderr
+    ), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
