@@ -8,13 +8,17 @@
 - Reads: since torch 2.6 ``torch.load`` defaults to ``weights_only=True`` and refuses mmengine's own checkpoints
   (the message hub pickles ``HistoryBuffer`` objects holding NumPy arrays and their statistics methods).
   :func:`load_local_checkpoint` replaces mmengine's loader for local paths: it keeps ``weights_only=True`` and
-  allows exactly those types, instead of falling back to unrestricted unpickling.
+  allows exactly those types, instead of falling back to unrestricted unpickling. Pickle refers to HistoryBuffer's
+  statistics methods as ``getattr(HistoryBuffer, "mean")``; the name ``builtins.getattr`` is answered by
+  :func:`history_buffer_method`, which returns those methods and nothing else, so no callable beyond plain
+  containers, arrays and tensors can be reached. A file that is not a checkpoint is a ``CheckpointError`` naming
+  the file (the core's :func:`~eva_transfer.checkpoint.read_checkpoint`).
 """
 
 from __future__ import annotations
 
-import builtins
 import os.path as osp
+import pickle
 from pathlib import Path
 from typing import Union
 
@@ -24,9 +28,14 @@ from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 
-from eva_transfer.checkpoint import write_bytes_atomic
+from eva_transfer.checkpoint import read_checkpoint, write_bytes_atomic
 
-__all__ = ["AtomicLocalBackend", "RUNNER_CHECKPOINT_GLOBALS", "load_local_checkpoint"]
+__all__ = [
+    "AtomicLocalBackend",
+    "RUNNER_CHECKPOINT_GLOBALS",
+    "history_buffer_method",
+    "load_local_checkpoint",
+]
 
 
 @register_backend("atomic_local", force=True)
@@ -49,16 +58,28 @@ def _numpy_globals() -> list:
     return types
 
 
-#: the non-tensor types inside the runner's checkpoints (message hub, meta); ``getattr`` fetches
-#: HistoryBuffer's statistics methods, and only allow-listed results may be called
-RUNNER_CHECKPOINT_GLOBALS = [HistoryBuffer, builtins.getattr, *_numpy_globals()]
+def history_buffer_method(owner, name: str):
+    """What ``builtins.getattr`` means inside a runner checkpoint: one of HistoryBuffer's statistics methods."""
+    if owner is HistoryBuffer and isinstance(name, str) and name in HistoryBuffer._statistics_methods:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f"Unsupported global: getattr({getattr(owner, '__name__', type(owner).__name__)}, {name!r}) is not a "
+        f"HistoryBuffer statistics method"
+    )
+
+
+#: the non-tensor types inside the runner's checkpoints (message hub, meta); ``builtins.getattr`` resolves to
+#: :func:`history_buffer_method`, which only fetches HistoryBuffer's statistics methods
+RUNNER_CHECKPOINT_GLOBALS = [HistoryBuffer, (history_buffer_method, "builtins.getattr"), *_numpy_globals()]
 
 
 @CheckpointLoader.register_scheme(prefixes="", force=True)
 def load_local_checkpoint(filename: str, map_location=None):
-    """mmengine's local checkpoint loader, with ``weights_only=True`` and the runner's own types allowed."""
+    """mmengine's local checkpoint loader, with ``weights_only=True`` and the runner's own types allowed.
+
+    Tensors are read onto the CPU (mmengine copies them into the model wherever it lives)."""
     filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
+    if not osp.exists(filename):
         raise FileNotFoundError(f"checkpoint {filename!r} does not exist")
     with torch.serialization.safe_globals(RUNNER_CHECKPOINT_GLOBALS):
-        return torch.load(filename, map_location=map_location, weights_only=True)
+        return read_checkpoint(filename)
