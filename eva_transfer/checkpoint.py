@@ -606,6 +606,7 @@ def load_checkpoint(
     allow_pickle: bool = False,
     verbose: bool = True,
     check_finite: bool = True,
+    source: Optional[str] = None,
 ) -> LoadReport:
     """Loads backbone weights into the :class:`EVAViT` of ``model`` from a file or an in-memory checkpoint.
 
@@ -618,11 +619,12 @@ def load_checkpoint(
         allow_pickle: read a file that needs arbitrary unpickling (only for files you trust).
         verbose: print the report.
         check_finite: refuse NaN or infinite values (the error names the key).
+        source: the name errors and the report give an in-memory checkpoint (default ``<state dict>``).
     Returns:
         The :class:`LoadReport`: loaded, resized, dropped, missing and unexpected keys.
     """
     if isinstance(checkpoint, Mapping):
-        source, obj = "<state dict>", checkpoint
+        source, obj = source or "<state dict>", checkpoint
     else:
         source, obj = str(checkpoint), read_checkpoint(checkpoint, allow_pickle=allow_pickle)
     sd = unwrap_state_dict(obj, source, key)

@@ -25,6 +25,7 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 
 from eva_transfer.checkpoint import (
     CheckpointError,
+    check_tensor,
     convert_state_dict,
     load_checkpoint,
     read_checkpoint,
@@ -96,6 +97,15 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         os.replace(tmp, os.path.join(self.save_dir, "last_checkpoint"))
 
     # ------------------------------------------------------------------------------------------------ loading
+    def load(self, path: str, checkpointables: Optional[list[str]] = None) -> dict[str, Any]:
+        """Detectron2's ``load``; a directory or a missing local file is a named error (not an assertion)."""
+        if path and "://" not in path:
+            if os.path.isdir(path):
+                raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"checkpoint file not found: {path}")
+        return super().load(path, checkpointables)
+
     def _torch_load(self, f: str) -> dict[str, Any]:
         obj = read_checkpoint(f)
         if (
@@ -111,7 +121,7 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         sd = checkpoint["model"]
         source = checkpoint.pop("__source__", "<checkpoint>")
         if checkpoint.pop("__backbone_only__", False) and not any(k.startswith(prefix) for k in sd):
-            report = load_checkpoint(self.model, sd, verbose=True, **self.load_options)
+            report = load_checkpoint(self.model, sd, verbose=True, source=source, **self.load_options)
             self.last_load_reports = {"backbone": report}
             loaded = {prefix + k for k in report.loaded}
             missing = [k for k in self.model.state_dict() if k not in loaded]
@@ -131,6 +141,10 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         )
         print(report.summary())
         new_sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
+        model_sd = self.model.state_dict()
+        for k, v in new_sd.items():  # the heads: the same checks as the backbone's keys
+            if k in model_sd:
+                check_tensor(v, model_sd[k], source, k, self.load_options.get("check_finite", True))
         new_sd.update({prefix + k: v for k, v in converted.items()})
         self.loaded_thing_classes = checkpoint.pop("thing_classes", None)
         source_classes = self.loaded_thing_classes or self.source_classes
