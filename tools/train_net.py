@@ -25,8 +25,10 @@ from detectron2.engine import default_argument_parser, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from eva_transfer.checkpoint import CheckpointError  # noqa: E402
 from projects.detection.engine import (  # noqa: E402
     ConfigKeyError,
+    WeightsNotLoadedError,
     do_eval_only,
     do_train,
     load_config,
@@ -41,13 +43,23 @@ def main(args):
     setup_run(cfg, args)
     setup_datasets(cfg)
     if args.eval_only:
-        return do_eval_only(cfg)
+        return do_eval_only(cfg, resume=args.resume, allow_missing_weights=args.allow_missing_weights)
     do_train(cfg, resume=args.resume)
     comm.synchronize()
 
 
+def parse_args(argv=None):
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--allow-missing-weights",
+        action="store_true",
+        help="with --eval-only: evaluate even when the checkpoint does not set every weight (random heads)",
+    )
+    return parser.parse_args(argv)
+
+
 def cli(argv=None):
-    args = default_argument_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         cfg = load_config(args.config_file, args.opts)
     except ConfigKeyError as e:
@@ -55,14 +67,17 @@ def cli(argv=None):
     # write synthetic datasets once, before worker processes start
     prepare_config_datasets(OmegaConf.to_container(cfg.dataloader.get("datasets", []), resolve=True))
     del cfg
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except (WeightsNotLoadedError, CheckpointError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

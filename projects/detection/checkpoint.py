@@ -72,6 +72,7 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         self.class_synonyms = dict(class_synonyms or {})
         self.load_options = dict(load_options or {})
         self.last_load_reports: dict[str, Any] = {}
+        self.last_incompatible: Optional[_IncompatibleKeys] = None  # what the last load left out
         self.loaded_thing_classes: Optional[list[str]] = None  # class names stored in the last loaded file
 
     # ------------------------------------------------------------------------------------------------ saving
@@ -99,12 +100,76 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
     # ------------------------------------------------------------------------------------------------ loading
     def load(self, path: str, checkpointables: Optional[list[str]] = None) -> dict[str, Any]:
         """Detectron2's ``load``; a directory or a missing local file is a named error (not an assertion)."""
+        self.last_incompatible, self.last_load_reports = None, {}
         if path and "://" not in path:
             if os.path.isdir(path):
                 raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"checkpoint file not found: {path}")
-        return super().load(path, checkpointables)
+        try:
+            return super().load(path, checkpointables)
+        except BaseException:
+            self._parsed_url_during_load = None  # Detectron2 clears it only after a successful load
+            raise
+
+    def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
+        self.last_incompatible = incompatible
+        super()._log_incompatible_keys(incompatible)
+
+    def unloaded_keys(self) -> list[str]:
+        """The model's weights the last :meth:`load` did not set (missing, or of another shape); all of them
+        when nothing was loaded."""
+        if self.last_incompatible is None:
+            return list(self.model.state_dict())
+        shapes = [k for k, *_ in self.last_incompatible.incorrect_shapes]
+        out = list(self.last_incompatible.missing_keys) + shapes
+        classes = self.last_load_reports.get("classes")
+        if classes is not None and classes.reinitialised:  # class rows rebuilt at random: not loaded either
+            out += [
+                f"{k} (rows of {len(classes.reinitialised)} classes the checkpoint has no match for)"
+                for k in classes.keys
+            ]
+        return out
+
+    def resume_candidates(self) -> list[str]:
+        """Checkpoints of ``save_dir`` to resume from: the one ``last_checkpoint`` names, then the others,
+        newest first."""
+        tagged = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        others = sorted(self.get_all_checkpoint_files(), key=lambda p: (os.path.getmtime(p), p), reverse=True)
+        return ([tagged] if tagged else []) + [p for p in others if p != tagged]
+
+    def load_latest_intact(self, checkpointables: Optional[list[str]] = None) -> dict[str, Any]:
+        """Loads the newest checkpoint of ``save_dir`` that can be read; a damaged newer one (a truncated file)
+        is skipped with a warning. Raises :class:`CheckpointError` when none can be read, FileNotFoundError when
+        there is none."""
+        candidates = self.resume_candidates()
+        if not candidates:
+            raise FileNotFoundError(f"no checkpoint to resume from in {self.save_dir!r}")
+        damaged = []
+        for path in candidates:
+            if not os.path.isfile(path):
+                damaged.append(f"{path}: missing")
+                continue
+            try:
+                self.last_incompatible = None
+                out = self.load(path, checkpointables)
+            except CheckpointError as e:
+                logger.warning("cannot resume from %s (%s); trying the previous checkpoint", path, e)
+                damaged.append(str(e))
+                continue
+            if damaged:
+                logger.warning(
+                    "resumed from %s; newer checkpoints were damaged: %s", path, "; ".join(damaged)
+                )
+            return out
+        raise CheckpointError(f"no intact checkpoint in {self.save_dir}: " + "; ".join(damaged))
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
+        """Detectron2's ``resume_or_load``; resuming falls back to the previous intact checkpoint when the newest
+        is damaged."""
+        if resume and self.has_checkpoint():
+            return self.load_latest_intact()
+        return self.load(path, checkpointables=[])
 
     def _torch_load(self, f: str) -> dict[str, Any]:
         obj = read_checkpoint(f)
