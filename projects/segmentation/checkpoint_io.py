@@ -28,9 +28,10 @@ from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 
-from eva_transfer.checkpoint import read_checkpoint, write_bytes_atomic
+from eva_transfer.checkpoint import CheckpointError, read_checkpoint, write_bytes_atomic
 
 __all__ = [
+    "unloaded_weights",
     "AtomicLocalBackend",
     "RUNNER_CHECKPOINT_GLOBALS",
     "history_buffer_method",
@@ -83,3 +84,29 @@ def load_local_checkpoint(filename: str, map_location=None):
         raise FileNotFoundError(f"checkpoint {filename!r} does not exist")
     with torch.serialization.safe_globals(RUNNER_CHECKPOINT_GLOBALS):
         return read_checkpoint(filename)
+
+
+def _strip_wrappers(key: str) -> str:
+    while key.startswith("module."):
+        key = key[len("module.") :]
+    return key
+
+
+def unloaded_weights(model: torch.nn.Module, checkpoint: str) -> list[str]:
+    """The model's weights that ``checkpoint`` does not set: absent from its ``state_dict``, or of another shape
+    (mmengine skips those with a warning). ``module.`` prefixes (DDP, the TTA wrapper) are ignored on both sides."""
+    ckpt = load_local_checkpoint(checkpoint)
+    sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict):
+        raise CheckpointError(
+            f"{checkpoint}: expected a dict with a 'state_dict' entry, found {type(ckpt).__name__}"
+        )
+    have = {_strip_wrappers(k): v for k, v in sd.items()}
+    out = []
+    for k, v in model.state_dict().items():
+        got = have.get(_strip_wrappers(k))
+        if not isinstance(got, torch.Tensor):
+            out.append(k)
+        elif tuple(got.shape) != tuple(v.shape):
+            out.append(f"{k} (checkpoint {list(got.shape)}, model {list(v.shape)})")
+    return out
