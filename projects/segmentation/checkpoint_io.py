@@ -17,10 +17,12 @@
 
 from __future__ import annotations
 
+import logging
 import os.path as osp
 import pickle
+import re
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ from mmengine.runner import CheckpointLoader
 from eva_transfer.checkpoint import CheckpointError, read_checkpoint, write_bytes_atomic
 
 __all__ = [
+    "latest_intact_checkpoint",
     "unloaded_weights",
     "AtomicLocalBackend",
     "RUNNER_CHECKPOINT_GLOBALS",
@@ -110,3 +113,46 @@ def unloaded_weights(model: torch.nn.Module, checkpoint: str) -> list[str]:
         elif tuple(got.shape) != tuple(v.shape):
             out.append(f"{k} (checkpoint {list(got.shape)}, model {list(v.shape)})")
     return out
+
+
+logger = logging.getLogger(__name__)
+
+
+def resume_candidates(work_dir: str) -> list[str]:
+    """Checkpoints of ``work_dir`` to resume from: the one ``last_checkpoint`` names, then ``iter_N.pth`` /
+    ``epoch_N.pth`` by decreasing N."""
+    out = []
+    tag = Path(work_dir) / "last_checkpoint"
+    if tag.is_file():
+        named = tag.read_text().strip()
+        if named:
+            out.append(named if osp.isabs(named) else str(Path(work_dir) / named))
+    numbered = []
+    for p in Path(work_dir).glob("*.pth"):
+        m = re.fullmatch(r"(iter|epoch)_(\d+)\.pth", p.name)
+        if m:
+            numbered.append((int(m.group(2)), str(p)))
+    out += [p for _, p in sorted(numbered, reverse=True) if p not in out]
+    return out
+
+
+def latest_intact_checkpoint(work_dir: str) -> Optional[str]:
+    """The newest checkpoint of ``work_dir`` that reads as a runner checkpoint (a ``state_dict`` entry); a damaged
+    newer one (a truncated file) is skipped with a warning. None when there is no checkpoint; CheckpointError when
+    none is intact."""
+    damaged = []
+    for path in resume_candidates(work_dir):
+        try:
+            ckpt = load_local_checkpoint(path)
+            if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+                raise CheckpointError(f"{path}: no 'state_dict' entry; not a runner checkpoint")
+        except (CheckpointError, FileNotFoundError) as e:
+            logger.warning("cannot resume from %s (%s); trying the previous checkpoint", path, e)
+            damaged.append(str(e))
+            continue
+        if damaged:
+            logger.warning("resuming from %s; newer checkpoints were damaged: %s", path, "; ".join(damaged))
+        return path
+    if damaged:
+        raise CheckpointError(f"no intact checkpoint to resume from in {work_dir}: " + "; ".join(damaged))
+    return None
