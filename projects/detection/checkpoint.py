@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Any, Mapping, Optional, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -31,6 +30,7 @@ from eva_transfer.checkpoint import (
     read_checkpoint,
     save_checkpoint,
     unwrap_state_dict,
+    write_bytes_atomic,
 )
 from eva_transfer.lr_decay import backbone_prefix
 
@@ -92,10 +92,7 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".last_checkpoint.", dir=self.save_dir)
-        with os.fdopen(fd, "w") as f:
-            f.write(last_filename_basename)
-        os.replace(tmp, os.path.join(self.save_dir, "last_checkpoint"))
+        write_bytes_atomic(last_filename_basename.encode(), os.path.join(self.save_dir, "last_checkpoint"))
 
     # ------------------------------------------------------------------------------------------------ loading
     def load(self, path: str, checkpointables: Optional[list[str]] = None) -> dict[str, Any]:

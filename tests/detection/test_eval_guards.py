@@ -125,3 +125,21 @@ def test_eval_only_refuses_class_rows_it_had_to_reinitialise(cfg, evaluated, tmp
     with pytest.raises(engine.WeightsNotLoadedError, match=r"cls_score\.weight \(rows of 6 classes"):
         engine.do_eval_only(cfg)
     assert not evaluated
+
+
+def test_detection_checkpoints_have_normal_permissions_and_clean_up_temporaries(cfg, tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "perm"
+    out.mkdir()
+    stale = out / ".last_checkpoint.ab12cd34.tmp"
+    stale.write_text("model_0000001.pth")
+    old = os.umask(0o022)
+    try:
+        EVADetectionCheckpointer(engine.build_model(cfg), str(out)).save("model_0000002", iteration=2)
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in out.iterdir()) == ["last_checkpoint", "model_0000002.pth"]
+    for name in ("last_checkpoint", "model_0000002.pth"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644
