@@ -12,6 +12,8 @@ a hang, a valid file refused) are printed with the case; the exit status is 1 wh
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import random
 import sys
 import tempfile
@@ -53,7 +55,8 @@ def main(argv=None) -> int:
             case = make_case(kind, rng.randrange(2**31), folder)
             for point in points:
                 try:
-                    outcome = check(case, point, timeout=args.timeout)
+                    with contextlib.redirect_stdout(io.StringIO()):  # the loaders print their reports
+                        outcome = check(case, point, timeout=args.timeout)
                 except FuzzFinding as e:
                     outcome = "FINDING"
                     findings.append(str(e))

@@ -30,7 +30,7 @@ from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 
-from eva_transfer.checkpoint import CheckpointError, read_checkpoint, write_bytes_atomic
+from eva_transfer.checkpoint import CheckpointError, check_tensor, read_checkpoint, write_bytes_atomic
 
 __all__ = [
     "latest_intact_checkpoint",
@@ -97,7 +97,8 @@ def _strip_wrappers(key: str) -> str:
 
 def unloaded_weights(model: torch.nn.Module, checkpoint: str) -> list[str]:
     """The model's weights that ``checkpoint`` does not set: absent from its ``state_dict``, or of another shape
-    (mmengine skips those with a warning). ``module.`` prefixes (DDP, the TTA wrapper) are ignored on both sides."""
+    (mmengine skips those with a warning). A weight with NaN or infinite values, or integer values for a float
+    weight, is a CheckpointError naming the file and key. ``module.`` prefixes (DDP, the TTA wrapper) are ignored on both sides."""
     ckpt = load_local_checkpoint(checkpoint)
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict):
@@ -112,6 +113,8 @@ def unloaded_weights(model: torch.nn.Module, checkpoint: str) -> list[str]:
             out.append(k)
         elif tuple(got.shape) != tuple(v.shape):
             out.append(f"{k} (checkpoint {list(got.shape)}, model {list(v.shape)})")
+        else:
+            check_tensor(got, v, checkpoint, k)  # NaN / inf, integer values for a float weight: named errors
     return out
 
 

@@ -81,3 +81,13 @@ def test_a_complete_checkpoint_is_accepted(test_seg, full_state, tmp_path, tta):
     )
     runner = test_seg.build_runner(_args(test_seg, path, tmp_path, *(["--tta"] if tta else [])))
     assert runner is not None
+
+
+def test_nan_weights_are_named(test_seg, full_state, tmp_path):
+    state = {k: v.clone() for k, v in full_state.items()}
+    key = next(k for k in state if k.startswith("decode_head.") and state[k].is_floating_point())
+    state[key].view(-1)[0] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(CheckpointError, match=rf"nan\.pth: key '{key}' holds 1 NaN"):
+        test_seg.build_runner(_args(test_seg, path, tmp_path))
