@@ -496,7 +496,7 @@ class EVAViT(nn.Module):
     def tokens_to_map(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
         """``(B, prefix + N, C)`` tokens -> ``(B, C, H, W)`` patch map (prefix tokens dropped)."""
         x = x[:, self.num_prefix_tokens :]
-        return x.transpose(1, 2).reshape(x.shape[0], -1, hw[0], hw[1])
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], hw[0], hw[1])
 
     def _empty_map(self, x: Tensor) -> Tensor:
         self.patch_embed(x.new_zeros(1, *x.shape[1:]))  # the same input checks as a non-empty batch

@@ -115,3 +115,15 @@ def test_inputs_not_a_multiple_of_the_patch_are_floored_with_one_warning(preset,
     warnings = [r.getMessage() for r in caplog.records if "not a multiple" in r.getMessage()]
     assert len(warnings) == 1
     assert "70x100" in warnings[0] and "last 6 rows and 4 columns" in warnings[0]
+
+
+def test_an_empty_batch_through_the_pyramid_and_the_adapter():
+    from eva_transfer import SimpleFeaturePyramid
+    from eva_transfer.adapter import build_vit_adapter
+
+    x = torch.randn(0, 3, 64, 64)
+    with torch.no_grad():
+        pyramid = SimpleFeaturePyramid(64)(build_backbone("eva_tiny_det").eval()(x))
+        maps = build_vit_adapter("eva_tiny_seg").eval()(x)
+    assert [tuple(v.shape) for v in pyramid.values()] == [(0, 256, s, s) for s in (16, 8, 4, 2, 1)]
+    assert [tuple(m.shape) for m in maps] == [(0, 64, s, s) for s in (16, 8, 4, 2)]
