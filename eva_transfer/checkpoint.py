@@ -269,16 +269,24 @@ def write_bytes_atomic(data: bytes | memoryview, path: str | os.PathLike) -> Non
 _TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Removes the temporary files of atomic writes that were killed before their rename; returns them."""
+def remove_stale_temporaries(folder: str | os.PathLike, min_age: float = 30.0) -> list[Path]:
+    """Removes the temporary files of atomic writes that were killed before their rename; returns them.
+
+    A temporary modified less than ``min_age`` seconds ago may belong to a write still in progress (another
+    process saving into the same folder) and is left alone."""
+    import time
+
     removed = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
+    now = time.time()
     for entry in entries:
         if _TEMPORARY.match(entry.name) and entry.is_file(follow_symlinks=False):
             try:
+                if now - entry.stat(follow_symlinks=False).st_mtime < min_age:
+                    continue
                 os.unlink(entry.path)
             except OSError:
                 continue

@@ -3,6 +3,7 @@
 import json
 import os
 import stat
+import time
 
 import pytest
 import torch
@@ -113,9 +114,12 @@ def test_checkpoints_get_the_users_normal_permissions(tmp_path):
 def test_a_temporary_left_by_a_killed_write_is_removed_at_the_next_save(tmp_path):
     stale = tmp_path / ".model_0000099.pth.k3j_9x2a.tmp"  # what a write killed before its rename leaves
     stale.write_bytes(b"half a checkpoint")
+    os.utime(stale, (time.time() - 120, time.time() - 120))  # killed two minutes ago
+    busy = tmp_path / ".model_0000299.pth.q8w7e6r5.tmp"  # being written right now by another process
+    busy.write_bytes(b"a checkpoint in progress")
     keep = tmp_path / "notes.tmp"  # not one of ours
     keep.write_text("mine")
     save_checkpoint({"model": _tiny_state_dict()}, tmp_path / "model_0000199.pth")
     assert not stale.exists()
-    assert keep.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_0000199.pth", "notes.tmp"]
+    assert keep.exists() and busy.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [busy.name, "model_0000199.pth", "notes.tmp"]

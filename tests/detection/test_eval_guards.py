@@ -135,6 +135,7 @@ def test_detection_checkpoints_have_normal_permissions_and_clean_up_temporaries(
     out.mkdir()
     stale = out / ".last_checkpoint.ab12cd34.tmp"
     stale.write_text("model_0000001.pth")
+    os.utime(stale, (0, 0))  # left long ago by a killed write
     old = os.umask(0o022)
     try:
         EVADetectionCheckpointer(engine.build_model(cfg), str(out)).save("model_0000002", iteration=2)
