@@ -98,11 +98,14 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
     def load(self, path: str, checkpointables: Optional[list[str]] = None) -> dict[str, Any]:
         """Detectron2's ``load``; a directory or a missing local file is a named error (not an assertion)."""
         self.last_incompatible, self.last_load_reports = None, {}
-        if path and "://" not in path:
-            if os.path.isdir(path):
-                raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"checkpoint file not found: {path}")
+        local = (
+            path.split("?", 1)[0] if path else path
+        )  # Detectron2 accepts "file.pth?matching_heuristics=True"
+        if local and "://" not in local:
+            if os.path.isdir(local):
+                raise CheckpointError(f"{local}: is a directory, expected a checkpoint file")
+            if not os.path.isfile(local):
+                raise FileNotFoundError(f"checkpoint file not found: {local}")
         try:
             return super().load(path, checkpointables)
         except BaseException:
