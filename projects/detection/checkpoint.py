@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from typing import Any, Mapping, Optional, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -36,7 +37,7 @@ from eva_transfer.lr_decay import backbone_prefix
 
 from .class_transfer import transfer_class_rows
 
-__all__ = ["EVADetectionCheckpointer", "CheckpointError"]
+__all__ = ["EVADetectionCheckpointer", "CheckpointError", "read_pkl_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +172,31 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
             return self.load_latest_intact()
         return self.load(path, checkpointables=[])
 
+    def _load_file(self, filename: str) -> dict[str, Any]:
+        """Detectron2's reader, without arbitrary unpickling: a ``.pkl`` model-zoo file (pickled NumPy arrays) is
+        read by :func:`read_pkl_weights`; every failure is a :class:`CheckpointError` naming the file."""
+        if filename.endswith(".pkl"):
+            data = read_pkl_weights(filename)
+            if "model" in data and "__author__" in data:  # Detectron2 model-zoo layout
+                return dict(data, __source__=filename)
+            if "blobs" in data:  # Caffe2 / Detectron1 model zoo
+                data = data["blobs"]
+            data = {k: v for k, v in data.items() if not str(k).endswith("_momentum")}
+            return {
+                "model": data,
+                "__author__": "Caffe2",
+                "matching_heuristics": True,
+                "__source__": filename,
+            }
+        try:
+            return super()._load_file(filename)
+        except (CheckpointError, FileNotFoundError):
+            raise
+        except Exception as e:
+            raise CheckpointError(
+                f"{filename}: cannot be read as a checkpoint ({type(e).__name__}: {e})"
+            ) from e
+
     def _torch_load(self, f: str) -> dict[str, Any]:
         obj = read_checkpoint(f)
         if (
@@ -224,3 +250,38 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         self.last_load_reports = reports
         checkpoint["model"] = new_sd
         return super()._load_model(checkpoint)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles containers and NumPy arrays only (what Detectron2 / Caffe2 model-zoo ``.pkl`` files hold)."""
+
+    _ALLOWED = {
+        ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # bytes under pickle protocol 2
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a weights file")
+
+
+def read_pkl_weights(path: str) -> dict[str, Any]:
+    """A Detectron2 / Caffe2 model-zoo ``.pkl`` file read without executing code: dicts, lists and NumPy arrays
+    only. Anything else (a code-executing pickle, a damaged file) is a :class:`CheckpointError` naming the file."""
+    try:
+        with open(path, "rb") as f:
+            data = _ArrayUnpickler(f, encoding="latin1").load()
+    except Exception as e:
+        raise CheckpointError(
+            f"{path}: not a readable .pkl weights file ({type(e).__name__}: {str(e)[:300]})"
+        ) from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a dict of weights, found {type(data).__name__}")
+    return data
