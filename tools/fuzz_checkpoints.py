@@ -2,7 +2,7 @@
 """Feeds malformed checkpoint files to every loading entry point and prints the outcome counts.
 
     python tools/fuzz_checkpoints.py                 # 10,000 cases (kinds in turn, random seeds)
-    python tools/fuzz_checkpoints.py -n 500 --seed 1 --timeout 5
+    python tools/fuzz_checkpoints.py -n 500 --seed 1 --timeout 10
 
 A case is one generated file (see tests/checkpoint_cases.py for the kinds) given to each entry point. Findings
 (an undocumented exception, a message that does not name the file or key, a malformed file accepted silently,
@@ -35,7 +35,9 @@ def main(argv=None) -> int:
         "-n", "--cases", type=int, default=10_000, help="number of generated files (default 10000)"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per entry point and case")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per entry point and case (default 30)"
+    )
     p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     args = p.parse_args(argv)
 
