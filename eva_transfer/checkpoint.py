@@ -26,7 +26,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -42,6 +41,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CheckpointError",
     "LoadReport",
+    "check_tensor",
     "convert_state_dict",
     "export_mmdet",
     "extract_backbone",
@@ -51,6 +51,7 @@ __all__ = [
     "mmdet_layout",
     "plain_safe_globals",
     "read_checkpoint",
+    "remove_stale_temporaries",
     "resize_patch_kernel",
     "resize_pos_embed",
     "resize_rel_pos",
@@ -138,21 +139,30 @@ def _compress(keys: list[str]) -> list[str]:
 def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
     """Reads a checkpoint without executing code.
 
-    ``.safetensors`` files are read with safetensors; other files with ``torch.load(weights_only=True)``. A file
-    that needs arbitrary unpickling is refused unless ``allow_pickle=True`` (only for files you trust).
+    ``.safetensors`` files are read with safetensors; PyTorch files (zip or legacy pickle) with
+    ``torch.load(weights_only=True)``. A file that needs arbitrary unpickling is refused unless
+    ``allow_pickle=True`` (only for files you trust). Anything else (a directory, an empty file, text, JSON,
+    random bytes, a truncated or corrupted file) is a :class:`CheckpointError` naming the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(16)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+    if not head:
+        raise CheckpointError(f"{path}: is an empty file, not a checkpoint")
     if path.suffix == ".safetensors" or _looks_like_safetensors(head):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+        return _read_safetensors(path)
+    if not (head.startswith(b"PK\x03\x04") or _looks_like_pickle(head)):
+        raise CheckpointError(
+            f"{path}: is not a checkpoint (neither a PyTorch zip or pickle file nor safetensors; "
+            f"first bytes {head[:8]!r})"
+        )
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
@@ -168,15 +178,34 @@ def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
             )
             return obj
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if "Unsupported global" in str(e):
             raise CheckpointError(
                 f"{path}: the file contains Python objects that loading without executing code refuses "
-                f"({str(e).splitlines()[0]}). If you trust this file, pass allow_pickle=True "
+                f"({_first_line(e)}). If you trust this file, pass allow_pickle=True "
                 f"(command line: --allow-pickle), or convert it to safetensors once."
             ) from e
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({e})") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(
+            f"{path}: corrupt or truncated checkpoint, or not a checkpoint at all ({_first_line(e)})"
+        ) from e
+    except MemoryError as e:
+        raise CheckpointError(f"{path}: corrupt checkpoint (asks for more memory than there is)") from e
+    except Exception as e:  # torch raises RuntimeError, EOFError, IndexError, KeyError, ... on damaged files
+        raise CheckpointError(
+            f"{path}: corrupt or truncated checkpoint, or not a checkpoint at all ({type(e).__name__}: {_first_line(e)})"
+        ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    if "Weights only load failed" in text:  # torch's long advice; keep the reason it gives
+        reasons = [
+            line.strip()
+            for line in text.splitlines()
+            if line.strip().startswith(("WeightsUnpickler", "Unsupported"))
+        ]
+        if reasons:
+            return reasons[0]
+    return (text.splitlines() or [type(e).__name__])[0][:300]
 
 
 def plain_safe_globals() -> list:
@@ -206,22 +235,108 @@ def _looks_like_safetensors(head: bytes) -> bool:
     return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 32)
 
 
+def _looks_like_pickle(head: bytes) -> bool:
+    # pickle protocol 2..5 (torch's legacy format starts with a pickled magic number)
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    import json
+
+    from safetensors.torch import load_file
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise CheckpointError(
+                f"{path}: corrupted safetensors header (declares {n} header bytes, the file has {size} bytes)"
+            )
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise CheckpointError(f"{path}: corrupted safetensors header (not JSON: {e})") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupted safetensors header (expected a JSON object)")
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= size - 8 - n
+        ):
+            raise CheckpointError(
+                f"{path}: corrupted safetensors header: key {key!r} has data offsets {offsets} outside the "
+                f"file's {size - 8 - n} data bytes"
+            )
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+
+
 def write_bytes_atomic(data: bytes | memoryview, path: str | os.PathLike) -> None:
     """Writes ``data`` to ``path`` through a temporary file in the same folder and a rename: a reader (or a job
-    resumed after a kill) sees the old file or the complete new one, never a truncated one."""
+    resumed after a kill) sees the old file or the complete new one, never a truncated one.
+
+    The file gets the user's normal permissions (``0o666`` less the umask), like a plain ``open``. Temporary
+    files left in the folder by a write that was killed are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+#: the temporary files :func:`write_bytes_atomic` creates (``.<name>.<8 random characters>.tmp``)
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, min_age: float = 30.0) -> list[Path]:
+    """Removes the temporary files of atomic writes that were killed before their rename; returns them.
+
+    A temporary modified less than ``min_age`` seconds ago may belong to a write still in progress (another
+    process saving into the same folder) and is left alone."""
+    import time
+
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        if _TEMPORARY.match(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                if now - entry.stat(follow_symlinks=False).st_mtime < min_age:
+                    continue
+                os.unlink(entry.path)
+            except OSError:
+                continue
+            removed.append(Path(entry.path))
+            logger.warning("removed %s, left by an interrupted checkpoint write", entry.path)
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
@@ -446,6 +561,25 @@ def extract_backbone(
     return _rename(sd, report), report
 
 
+def check_tensor(value: Any, want: Tensor, source: str, key: str, check_finite: bool = True) -> None:
+    """Raises :class:`CheckpointError` naming ``source`` and ``key`` when a checkpoint entry cannot stand for the
+    model's tensor ``want``: not a tensor, an integer or bool tensor for a floating-point one, or (with
+    ``check_finite``) NaN or infinite values."""
+    if not isinstance(value, Tensor):
+        raise CheckpointError(f"{source}: key {key!r} is a {type(value).__name__}, expected a tensor")
+    if want.is_floating_point() and not (value.is_floating_point() or value.is_complex()):
+        raise CheckpointError(
+            f"{source}: key {key!r} holds {value.dtype} values, the model expects a floating-point tensor "
+            f"({want.dtype})"
+        )
+    if check_finite and value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise CheckpointError(
+            f"{source}: key {key!r} holds {bad} NaN or infinite values of {value.numel()} "
+            f"(pass check_finite=False to load it anyway)"
+        )
+
+
 def convert_state_dict(
     state_dict: Mapping[str, Tensor],
     model: nn.Module,
@@ -453,12 +587,14 @@ def convert_state_dict(
     prefix: Optional[str] = None,
     patch_resize: str = "bicubic",
     rel_pos_resize: str = "linear",
+    check_finite: bool = True,
 ) -> tuple[dict[str, Tensor], LoadReport]:
     """Converts a backbone state dict to ``model``'s layout (``model``: an :class:`EVAViT` or a module holding one;
     a model on the meta device works, for shapes only).
 
     Returns the converted dict (backbone-relative keys) and a report. Raises :class:`CheckpointError` for a
-    checkpoint of another width or depth, or any key whose shape cannot be converted.
+    checkpoint of another width or depth, any key whose shape cannot be converted, an integer or bool tensor for a
+    floating-point parameter, and NaN or infinite values (unless ``check_finite=False``).
     """
     vit = find_backbone(model)
     sd, report = extract_backbone(state_dict, source, prefix)
@@ -480,6 +616,7 @@ def convert_state_dict(
             else:
                 report.unexpected.append(k)
             continue
+        check_tensor(v, target[k], source, k, check_finite)
         want = tuple(target[k].shape)
         have = tuple(v.shape)
         if have == want:
@@ -556,6 +693,8 @@ def load_checkpoint(
     rel_pos_resize: str = "linear",
     allow_pickle: bool = False,
     verbose: bool = True,
+    check_finite: bool = True,
+    source: Optional[str] = None,
 ) -> LoadReport:
     """Loads backbone weights into the :class:`EVAViT` of ``model`` from a file or an in-memory checkpoint.
 
@@ -567,15 +706,19 @@ def load_checkpoint(
         rel_pos_resize: ``linear``, ``geometric`` or ``beit`` for relative-position tables of another length.
         allow_pickle: read a file that needs arbitrary unpickling (only for files you trust).
         verbose: print the report.
+        check_finite: refuse NaN or infinite values (the error names the key).
+        source: the name errors and the report give an in-memory checkpoint (default ``<state dict>``).
     Returns:
         The :class:`LoadReport`: loaded, resized, dropped, missing and unexpected keys.
     """
     if isinstance(checkpoint, Mapping):
-        source, obj = "<state dict>", checkpoint
+        source, obj = source or "<state dict>", checkpoint
     else:
         source, obj = str(checkpoint), read_checkpoint(checkpoint, allow_pickle=allow_pickle)
     sd = unwrap_state_dict(obj, source, key)
-    converted, report = convert_state_dict(sd, model, source, prefix, patch_resize, rel_pos_resize)
+    converted, report = convert_state_dict(
+        sd, model, source, prefix, patch_resize, rel_pos_resize, check_finite
+    )
     vit = find_backbone(model)
     result = vit.load_state_dict(converted, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # convert_state_dict keeps model keys only

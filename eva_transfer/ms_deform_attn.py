@@ -81,6 +81,17 @@ def _check_shapes(
         )
 
 
+def _refuse_double_backward() -> None:
+    """The backward passes below are written out and not themselves differentiable. The autograd engine runs a
+    backward with grad mode on exactly when the caller asked for ``create_graph=True``: refuse it there, rather
+    than return a second derivative that silently misses this op's terms."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "ms_deform_attn: double backward (autograd.grad / backward with create_graph=True) is not supported; "
+            "its backward pass is written out and is differentiable once only"
+        )
+
+
 class _BilinearCorners(torch.autograd.Function):
     """Weights of the four bilinear corners of every sampling point, times its attention weight.
 
@@ -115,8 +126,8 @@ class _BilinearCorners(torch.autograd.Function):
         return weights, corner, inside
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_weights: Tensor, *_):
+        _refuse_double_backward()
         frac, inside, attention, size = ctx.saved_tensors
         fx, fy = frac.unbind(-1)
         g00, g01, g10, g11 = (grad_weights * inside).unbind(-1)
@@ -140,8 +151,8 @@ class _WeightedRowSum(torch.autograd.Function):
         return F.embedding_bag(rows, table, mode="sum", per_sample_weights=weights)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
+        _refuse_double_backward()
         table, rows, weights = ctx.saved_tensors
         grad_table = grad_weights = None
         if ctx.needs_input_grad[0]:
@@ -182,6 +193,12 @@ def ms_deform_attn(
     _check_shapes(value, spatial_shapes, sampling_locations, attention_weights)
     b, s, heads, d = value.shape
     q, levels = sampling_locations.shape[1], sampling_locations.shape[3]
+    if (
+        b * q * heads * sampling_locations.shape[4] == 0
+    ):  # no query, no image or no point: an empty (or zero) sum
+        empty = value.new_zeros(b, q, heads * d)
+        # connected to the inputs so that a backward pass gives them (zero) gradients
+        return empty + 0 * (value.sum() + sampling_locations.sum() + attention_weights.sum()).to(value.dtype)
     shapes = spatial_shapes.to(device=value.device, dtype=torch.long)
     # coordinates in at least float32 (a half-precision location is off by a pixel on large maps)
     compute_dtype = torch.promote_types(sampling_locations.dtype, torch.float32)
@@ -300,10 +317,11 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(b, q, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(b, q, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(b, q, self.n_heads, self.n_levels, self.n_points)
-        # offsets are in pixels of each level: normalise by (W_l, H_l). In float32 even under mixed precision: a
-        # half-precision location is off by a fraction of a pixel on large maps.
-        normalizer = spatial_shapes.flip(-1).to(torch.float32)
-        locations = reference_points.float()[:, :, None, :, None, :] + (
-            offsets.float() / normalizer[None, None, None, :, None, :]
+        # offsets are in pixels of each level: normalise by (W_l, H_l). In at least float32 even under mixed
+        # precision (a half-precision location is off by a fraction of a pixel on large maps); float64 stays float64.
+        dtype = torch.promote_types(torch.promote_types(offsets.dtype, reference_points.dtype), torch.float32)
+        normalizer = spatial_shapes.flip(-1).to(dtype)
+        locations = reference_points.to(dtype)[:, :, None, :, None, :] + (
+            offsets.to(dtype) / normalizer[None, None, None, :, None, :]
         )
         return self.output_proj(ms_deform_attn(value, spatial_shapes, locations, weights))

@@ -10,6 +10,7 @@ grids (see :func:`attention_with_rel_pos`).
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional, Sequence
 
@@ -30,6 +31,8 @@ __all__ = [
     "window_partition",
     "window_unpartition",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def interpolate_abs_pos(
@@ -185,7 +188,8 @@ def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, in
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     hp, wp = h + pad_h, w + pad_w
     x = x.view(b, hp // window_size, window_size, wp // window_size, window_size, c)
-    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c)
+    # contiguous: with one window row, reshape could return a strided view that later ``view`` calls reject
+    windows = x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, window_size, window_size, c)
     return windows, (hp, wp)
 
 
@@ -314,12 +318,62 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.patch_size = patch_size
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self._warned_floor = False
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` -> ``(B, C, H/p, W/p)``; inputs must be at least one patch on each side."""
+        """``(B, 3, H, W)`` -> ``(B, C, floor(H/p), floor(W/p))``; inputs must be at least one patch on each side.
+
+        A side that is not a multiple of the patch is floored, as in timm's and Detectron2's ViT: the last
+        ``H % p`` rows and ``W % p`` columns are not seen (a warning names them, once per module)."""
+        if x.dim() != 4:
+            raise ValueError(
+                f"x: expected a (B, C, H, W) image batch, got a {x.dim()}-D tensor {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.proj.in_channels:
+            raise ValueError(
+                f"x: expected {self.proj.in_channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})"
+            )
         if x.shape[-2] < self.patch_size or x.shape[-1] < self.patch_size:
             raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than one {self.patch_size}px patch")
+        drop_h, drop_w = x.shape[-2] % self.patch_size, x.shape[-1] % self.patch_size
+        if (drop_h or drop_w) and not self._warned_floor:
+            self._warned_floor = True
+            logger.warning(
+                "input %dx%d is not a multiple of the %d px patch: the last %d rows and %d columns of pixels are "
+                "dropped (floor, as timm and Detectron2); pad or resize inputs to a multiple to use them "
+                "(warned once)",
+                x.shape[-2],
+                x.shape[-1],
+                self.patch_size,
+                drop_h,
+                drop_w,
+            )
         return self.proj(x)
+
+
+def _check_arguments(**args) -> None:
+    """A ValueError naming the argument for sizes that no transformer has."""
+    positive = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads")
+    for name in positive:
+        v = args[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if args["mlp_dim"] is not None and (not isinstance(args["mlp_dim"], int) or args["mlp_dim"] <= 0):
+        raise ValueError(
+            f"mlp_dim must be a positive integer (or None for 4 * embed_dim), got {args['mlp_dim']!r}"
+        )
+    if not isinstance(args["window_size"], int) or args["window_size"] < 0:
+        raise ValueError(
+            f"window_size must be an integer >= 0 (0: global attention), got {args['window_size']!r}"
+        )
+    img = args["img_size"]
+    if len(img) != 2 or any(int(v) != v or v < args["patch_size"] for v in img):
+        raise ValueError(
+            f"img_size must be one or two integers >= patch_size ({args['patch_size']}), got {img!r}"
+        )
+    rate = args["drop_path_rate"]
+    if not 0.0 <= float(rate) < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {rate!r}")
 
 
 class EVAViT(nn.Module):
@@ -381,6 +435,17 @@ class EVAViT(nn.Module):
         self.init_std = float(init_std)
         self.init_mode = init_mode
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        _check_arguments(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_dim=mlp_dim,
+            window_size=window_size,
+            drop_path_rate=drop_path_rate,
+        )
         global_block_indexes = tuple(sorted(set(global_block_indexes)))
         if any(i < 0 or i >= depth for i in global_block_indexes):
             raise ValueError(f"global_block_indexes {global_block_indexes} out of range for depth {depth}")
@@ -517,10 +582,18 @@ class EVAViT(nn.Module):
     def tokens_to_map(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
         """``(B, prefix + N, C)`` tokens -> ``(B, C, H, W)`` patch map (prefix tokens dropped)."""
         x = x[:, self.num_prefix_tokens :]
-        return x.transpose(1, 2).reshape(x.shape[0], -1, hw[0], hw[1])
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], hw[0], hw[1])
+
+    def _empty_map(self, x: Tensor) -> Tensor:
+        self.patch_embed(x.new_zeros(1, *x.shape[1:]))  # the same input checks as a non-empty batch
+        p = self.patch_size
+        return x.new_zeros(0, self.embed_dim, x.shape[2] // p, x.shape[3] // p)
 
     def forward_tokens(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """``(B, 3, H, W)`` -> ``(B, prefix + N, C)`` tokens after the final norm (pre-training, features)."""
+        if x.dim() == 4 and x.shape[0] == 0:
+            m = self._empty_map(x)
+            return m.new_zeros(0, self.num_prefix_tokens + m.shape[2] * m.shape[3], self.embed_dim)
         x, hw = self.prepare_tokens(x, mask)
         for i in range(self.depth):
             x = self.run_block(i, x, hw)
@@ -544,6 +617,9 @@ class EVAViT(nn.Module):
             take = set(range(self.depth - indices, self.depth))
         else:
             take = {i % self.depth for i in indices}
+        if x.dim() == 4 and x.shape[0] == 0:
+            m = self._empty_map(x)
+            return m, [m.clone() for _ in sorted(take)]
         x, hw = self.prepare_tokens(x)
         outs = []
         for i in range(self.depth):
@@ -553,7 +629,10 @@ class EVAViT(nn.Module):
         return self.tokens_to_map(self.norm(x), hw), outs
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` -> ``(B, C, H/p, W/p)``: the stride-p feature map (any H, W >= p)."""
+        """``(B, 3, H, W)`` -> ``(B, C, H/p, W/p)``: the stride-p feature map (any H, W >= p; floored, see
+        :class:`PatchEmbed`). A batch of 0 images gives an empty ``(0, C, H/p, W/p)`` map."""
+        if x.dim() == 4 and x.shape[0] == 0:
+            return self._empty_map(x)
         x, hw = self.prepare_tokens(x)
         for i in range(self.depth):
             x = self.run_block(i, x, hw)

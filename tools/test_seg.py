@@ -9,6 +9,7 @@ python tools/test_seg.py CONFIG CHECKPOINT --show-dir vis  # also write predicti
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from mmengine.config import DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import projects.segmentation  # noqa: E402,F401
+from eva_transfer.checkpoint import CheckpointError  # noqa: E402
+from projects.segmentation.checkpoint_io import unloaded_weights  # noqa: E402
 from projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
 
 
@@ -30,6 +33,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--show-dir", help="write images with the predicted segmentation drawn on them here")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default=None)
+    p.add_argument(
+        "--allow-missing-weights",
+        action="store_true",
+        help="evaluate even when the checkpoint does not set every weight of the model (those stay random)",
+    )
     p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -66,7 +74,25 @@ def build_runner(args: argparse.Namespace) -> Runner:
         cfg.visualizer.save_dir = args.show_dir
         # visualizers are per-name singletons: a fresh name, so an earlier one (in the same process) is not reused
         cfg.visualizer.name = f"show_dir:{Path(args.show_dir).resolve()}"
-    return Runner.from_cfg(cfg)
+    runner = Runner.from_cfg(cfg)
+    check_weights_loaded(runner.model, args.checkpoint, args.allow_missing_weights)
+    return runner
+
+
+def check_weights_loaded(model, checkpoint: str, allow_missing: bool = False) -> None:
+    """Refuses a checkpoint that does not set every weight of ``model``: the rest would be scored at random."""
+    unloaded = unloaded_weights(model, checkpoint)
+    if not unloaded:
+        return
+    total = len(model.state_dict())
+    shown = ", ".join(unloaded[:8]) + (", ..." if len(unloaded) > 8 else "")
+    message = (
+        f"{checkpoint} does not set {len(unloaded)} of the model's {total} weights ({shown}); evaluating would "
+        f"score their random initial values"
+    )
+    if not allow_missing:
+        raise CheckpointError(f"{message}. Pass the segmentor checkpoint, or --allow-missing-weights.")
+    logging.getLogger("projects.segmentation").warning("%s (--allow-missing-weights)", message)
 
 
 def main(argv=None) -> dict:
@@ -77,5 +103,5 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigOverrideError, FileNotFoundError) as e:
+    except (ConfigOverrideError, FileNotFoundError, CheckpointError) as e:
         sys.exit(f"error: {e}")

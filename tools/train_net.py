@@ -32,8 +32,10 @@ from projects.detection.config_checks import (  # noqa: E402
     check_launch_args,
     explain_startup_failure,
 )
+from eva_transfer.checkpoint import CheckpointError  # noqa: E402
 from projects.detection.engine import (  # noqa: E402
     ConfigKeyError,
+    WeightsNotLoadedError,
     do_eval_only,
     do_train,
     load_config,
@@ -48,7 +50,7 @@ def main(args):
     setup_run(cfg, args)
     setup_datasets(cfg)
     if args.eval_only:
-        return do_eval_only(cfg)
+        return do_eval_only(cfg, resume=args.resume, allow_missing_weights=args.allow_missing_weights)
     do_train(cfg, resume=args.resume)
     comm.synchronize()
 
@@ -62,11 +64,20 @@ def parser():
         help="seconds to wait for every process of a distributed run to start (and for each collective "
         "operation; Detectron2's 30 minutes by default)",
     )
+    p.add_argument(
+        "--allow-missing-weights",
+        action="store_true",
+        help="with --eval-only: evaluate even when the checkpoint does not set every weight (random heads)",
+    )
     return p
 
 
+def parse_args(argv=None):
+    return parser().parse_args(argv)
+
+
 def cli(argv=None):
-    args = parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         check_launch_args(args)
         if not os.path.isfile(args.config_file):
@@ -96,6 +107,8 @@ def cli(argv=None):
             args=(args,),
             timeout=datetime.timedelta(seconds=args.dist_timeout),
         )
+    except (WeightsNotLoadedError, CheckpointError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
     except Exception as e:
         message = explain_startup_failure(e, args, args.dist_timeout)
         if message is None:

@@ -21,6 +21,8 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import projects.segmentation  # noqa: E402,F401  (registers the plug-in before the config is built)
+from eva_transfer.checkpoint import CheckpointError  # noqa: E402
+from projects.segmentation.checkpoint_io import latest_intact_checkpoint  # noqa: E402
 from projects.segmentation.cli import (  # noqa: E402
     ConfigOverrideError,
     ConfigValueError,
@@ -69,7 +71,8 @@ def make_config(args: argparse.Namespace) -> Config:
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
     if args.resume == "auto":
         cfg.resume = True
-        cfg.load_from = None
+        # the newest intact checkpoint (a damaged newer one is skipped with a warning); None: start afresh
+        cfg.load_from = latest_intact_checkpoint(cfg.work_dir)
     elif args.resume:
         cfg.resume = True
         cfg.load_from = args.resume
@@ -90,5 +93,5 @@ def main(argv=None) -> Runner:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigOverrideError, ConfigValueError, FileNotFoundError) as e:
+    except (ConfigOverrideError, ConfigValueError, FileNotFoundError, CheckpointError) as e:
         sys.exit(f"error: {e}")

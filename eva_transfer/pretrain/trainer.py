@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint import read_checkpoint, save_checkpoint, write_bytes_atomic
+from ..checkpoint import CheckpointError, read_checkpoint, save_checkpoint, write_bytes_atomic
 from .config import ConfigError, check_config
 from .data import GlobalBatchSampler, MIMDataset, collate, list_images
 from .masking import BlockMaskGenerator
@@ -291,9 +291,8 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     start_step = 0
-    resume_path = _resume_path(tcfg["resume"], out_dir)
+    resume_path, ckpt = read_resume_checkpoint(tcfg["resume"], out_dir)
     if resume_path is not None:
-        ckpt = read_checkpoint(resume_path)
         student.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
@@ -467,6 +466,57 @@ def _resume_path(resume: Optional[str], out_dir: Path) -> Optional[Path]:
     if not p.is_file():
         raise FileNotFoundError(f"train.resume: checkpoint not found: {p}")
     return p
+
+
+#: entries every training-state checkpoint has
+_RESUME_KEYS = ("model", "optimizer", "step")
+
+
+def _read_training_state(path: Path) -> dict:
+    """A training-state checkpoint (``last.pth`` / ``checkpoint_N.pth``); CheckpointError naming file and key."""
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: expected a training-state dict, found {type(ckpt).__name__}")
+    for key in _RESUME_KEYS:
+        if key not in ckpt:
+            raise CheckpointError(
+                f"{path}: no {key!r} entry; not a training-state checkpoint of tools/pretrain.py"
+            )
+    if not isinstance(ckpt["model"], dict) or not isinstance(ckpt["optimizer"], dict):
+        raise CheckpointError(f"{path}: 'model' and 'optimizer' must be state dicts")
+    if isinstance(ckpt["step"], bool) or not isinstance(ckpt["step"], int) or ckpt["step"] < 0:
+        raise CheckpointError(f"{path}: key 'step' is {ckpt['step']!r}, expected an integer >= 0")
+    return ckpt
+
+
+def read_resume_checkpoint(resume: Optional[str], out_dir: Path) -> tuple[Optional[Path], Optional[dict]]:
+    """The checkpoint to resume from and its contents, or ``(None, None)``.
+
+    ``resume="auto"``: ``last.pth``, or when it is damaged (a truncated file) the newest intact
+    ``checkpoint_N.pth``, with a warning; no checkpoint at all starts afresh, none intact is a CheckpointError.
+    A path: that file (errors name it)."""
+    if resume in (None, False, "", "none"):
+        return None, None
+    if resume != "auto":
+        p = _resume_path(resume, out_dir)
+        return p, _read_training_state(p)
+    candidates = [out_dir / "last.pth"] + sorted(out_dir.glob("checkpoint_*.pth"), reverse=True)
+    damaged = []
+    for p in candidates:
+        if not p.is_file():
+            continue
+        try:
+            ckpt = _read_training_state(p)
+        except CheckpointError as e:
+            logger.warning("cannot resume from %s (%s); trying the previous checkpoint", p, e)
+            damaged.append(str(e))
+            continue
+        if damaged:
+            logger.warning("resuming from %s; newer checkpoints were damaged: %s", p, "; ".join(damaged))
+        return p, ckpt
+    if damaged:
+        raise CheckpointError(f"no intact checkpoint to resume from in {out_dir}: " + "; ".join(damaged))
+    return None, None
 
 
 def _save_training_state(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import pickle
 from typing import Any, Mapping, Optional, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -25,17 +25,19 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 
 from eva_transfer.checkpoint import (
     CheckpointError,
+    check_tensor,
     convert_state_dict,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
     unwrap_state_dict,
+    write_bytes_atomic,
 )
 from eva_transfer.lr_decay import backbone_prefix
 
 from .class_transfer import transfer_class_rows
 
-__all__ = ["EVADetectionCheckpointer", "CheckpointError"]
+__all__ = ["EVADetectionCheckpointer", "CheckpointError", "read_pkl_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         self.class_synonyms = dict(class_synonyms or {})
         self.load_options = dict(load_options or {})
         self.last_load_reports: dict[str, Any] = {}
+        self.last_incompatible: Optional[_IncompatibleKeys] = None  # what the last load left out
         self.loaded_thing_classes: Optional[list[str]] = None  # class names stored in the last loaded file
 
     # ------------------------------------------------------------------------------------------------ saving
@@ -90,12 +93,110 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".last_checkpoint.", dir=self.save_dir)
-        with os.fdopen(fd, "w") as f:
-            f.write(last_filename_basename)
-        os.replace(tmp, os.path.join(self.save_dir, "last_checkpoint"))
+        write_bytes_atomic(last_filename_basename.encode(), os.path.join(self.save_dir, "last_checkpoint"))
 
     # ------------------------------------------------------------------------------------------------ loading
+    def load(self, path: str, checkpointables: Optional[list[str]] = None) -> dict[str, Any]:
+        """Detectron2's ``load``; a directory or a missing local file is a named error (not an assertion)."""
+        self.last_incompatible, self.last_load_reports = None, {}
+        local = (
+            path.split("?", 1)[0] if path else path
+        )  # Detectron2 accepts "file.pth?matching_heuristics=True"
+        if local and "://" not in local:
+            if os.path.isdir(local):
+                raise CheckpointError(f"{local}: is a directory, expected a checkpoint file")
+            if not os.path.isfile(local):
+                raise FileNotFoundError(f"checkpoint file not found: {local}")
+        try:
+            return super().load(path, checkpointables)
+        except BaseException:
+            self._parsed_url_during_load = None  # Detectron2 clears it only after a successful load
+            raise
+
+    def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
+        self.last_incompatible = incompatible
+        super()._log_incompatible_keys(incompatible)
+
+    def unloaded_keys(self) -> list[str]:
+        """The model's weights the last :meth:`load` did not set (missing, or of another shape); all of them
+        when nothing was loaded."""
+        if self.last_incompatible is None:
+            return list(self.model.state_dict())
+        shapes = [k for k, *_ in self.last_incompatible.incorrect_shapes]
+        out = list(self.last_incompatible.missing_keys) + shapes
+        classes = self.last_load_reports.get("classes")
+        if classes is not None and classes.reinitialised:  # class rows rebuilt at random: not loaded either
+            out += [
+                f"{k} (rows of {len(classes.reinitialised)} classes the checkpoint has no match for)"
+                for k in classes.keys
+            ]
+        return out
+
+    def resume_candidates(self) -> list[str]:
+        """Checkpoints of ``save_dir`` to resume from: the one ``last_checkpoint`` names, then the others,
+        newest first."""
+        tagged = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        others = sorted(self.get_all_checkpoint_files(), key=lambda p: (os.path.getmtime(p), p), reverse=True)
+        return ([tagged] if tagged else []) + [p for p in others if p != tagged]
+
+    def load_latest_intact(self, checkpointables: Optional[list[str]] = None) -> dict[str, Any]:
+        """Loads the newest checkpoint of ``save_dir`` that can be read; a damaged newer one (a truncated file)
+        is skipped with a warning. Raises :class:`CheckpointError` when none can be read, FileNotFoundError when
+        there is none."""
+        candidates = self.resume_candidates()
+        if not candidates:
+            raise FileNotFoundError(f"no checkpoint to resume from in {self.save_dir!r}")
+        damaged = []
+        for path in candidates:
+            if not os.path.isfile(path):
+                damaged.append(f"{path}: missing")
+                continue
+            try:
+                self.last_incompatible = None
+                out = self.load(path, checkpointables)
+            except CheckpointError as e:
+                logger.warning("cannot resume from %s (%s); trying the previous checkpoint", path, e)
+                damaged.append(str(e))
+                continue
+            if damaged:
+                logger.warning(
+                    "resumed from %s; newer checkpoints were damaged: %s", path, "; ".join(damaged)
+                )
+            return out
+        raise CheckpointError(f"no intact checkpoint in {self.save_dir}: " + "; ".join(damaged))
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
+        """Detectron2's ``resume_or_load``; resuming falls back to the previous intact checkpoint when the newest
+        is damaged."""
+        if resume and self.has_checkpoint():
+            return self.load_latest_intact()
+        return self.load(path, checkpointables=[])
+
+    def _load_file(self, filename: str) -> dict[str, Any]:
+        """Detectron2's reader, without arbitrary unpickling: a ``.pkl`` model-zoo file (pickled NumPy arrays) is
+        read by :func:`read_pkl_weights`; every failure is a :class:`CheckpointError` naming the file."""
+        if filename.endswith(".pkl"):
+            data = read_pkl_weights(filename)
+            if "model" in data and "__author__" in data:  # Detectron2 model-zoo layout
+                return dict(data, __source__=filename)
+            if "blobs" in data:  # Caffe2 / Detectron1 model zoo
+                data = data["blobs"]
+            data = {k: v for k, v in data.items() if not str(k).endswith("_momentum")}
+            return {
+                "model": data,
+                "__author__": "Caffe2",
+                "matching_heuristics": True,
+                "__source__": filename,
+            }
+        try:
+            return super()._load_file(filename)
+        except (CheckpointError, FileNotFoundError):
+            raise
+        except Exception as e:
+            raise CheckpointError(
+                f"{filename}: cannot be read as a checkpoint ({type(e).__name__}: {e})"
+            ) from e
+
     def _torch_load(self, f: str) -> dict[str, Any]:
         obj = read_checkpoint(f)
         if (
@@ -111,7 +212,7 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         sd = checkpoint["model"]
         source = checkpoint.pop("__source__", "<checkpoint>")
         if checkpoint.pop("__backbone_only__", False) and not any(k.startswith(prefix) for k in sd):
-            report = load_checkpoint(self.model, sd, verbose=True, **self.load_options)
+            report = load_checkpoint(self.model, sd, verbose=True, source=source, **self.load_options)
             self.last_load_reports = {"backbone": report}
             loaded = {prefix + k for k in report.loaded}
             missing = [k for k in self.model.state_dict() if k not in loaded]
@@ -131,6 +232,10 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         )
         print(report.summary())
         new_sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
+        model_sd = self.model.state_dict()
+        for k, v in new_sd.items():  # the heads: the same checks as the backbone's keys
+            if k in model_sd:
+                check_tensor(v, model_sd[k], source, k, self.load_options.get("check_finite", True))
         new_sd.update({prefix + k: v for k, v in converted.items()})
         self.loaded_thing_classes = checkpoint.pop("thing_classes", None)
         source_classes = self.loaded_thing_classes or self.source_classes
@@ -145,3 +250,38 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         self.last_load_reports = reports
         checkpoint["model"] = new_sd
         return super()._load_model(checkpoint)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles containers and NumPy arrays only (what Detectron2 / Caffe2 model-zoo ``.pkl`` files hold)."""
+
+    _ALLOWED = {
+        ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # bytes under pickle protocol 2
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a weights file")
+
+
+def read_pkl_weights(path: str) -> dict[str, Any]:
+    """A Detectron2 / Caffe2 model-zoo ``.pkl`` file read without executing code: dicts, lists and NumPy arrays
+    only. Anything else (a code-executing pickle, a damaged file) is a :class:`CheckpointError` naming the file."""
+    try:
+        with open(path, "rb") as f:
+            data = _ArrayUnpickler(f, encoding="latin1").load()
+    except Exception as e:
+        raise CheckpointError(
+            f"{path}: not a readable .pkl weights file ({type(e).__name__}: {str(e)[:300]})"
+        ) from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a dict of weights, found {type(data).__name__}")
+    return data

@@ -35,7 +35,9 @@ __all__ = [
     "build_model",
     "do_test",
     "do_train",
+    "do_eval_only",
     "ConfigKeyError",
+    "WeightsNotLoadedError",
 ]
 
 logger = logging.getLogger("projects.detection")
@@ -296,15 +298,45 @@ def do_train(cfg: DictConfig, resume: bool = False):
     return trainer
 
 
-def do_eval_only(cfg: DictConfig) -> dict:
-    """Loads ``train.init_checkpoint`` and evaluates."""
+class WeightsNotLoadedError(ValueError):
+    """Evaluation of a model whose weights were not (all) loaded from the checkpoint."""
+
+
+def do_eval_only(cfg: DictConfig, resume: bool = False, allow_missing_weights: bool = False) -> dict:
+    """Loads ``train.init_checkpoint`` (with ``resume``: the last intact checkpoint of ``train.output_dir``) and
+    evaluates. A model whose weights the checkpoint does not all set (a backbone-only file, no checkpoint, another
+    model's file) is refused with :class:`WeightsNotLoadedError` unless ``allow_missing_weights``: its heads would
+    be random."""
     model = build_model(cfg, thing_classes(cfg, "test"))
     model.eval()
     checkpointer = EVADetectionCheckpointer(
         model,
+        cfg.train.output_dir if resume else "",
         thing_classes=thing_classes(cfg, "test"),
         source_classes=cfg.train.get("source_classes", None),
         load_options=OmegaConf.to_container(cfg.train.get("checkpoint_load", {}), resolve=True),
     )
-    checkpointer.load(cfg.train.init_checkpoint)
+    if resume:
+        if not checkpointer.has_checkpoint():
+            raise FileNotFoundError(
+                f"--eval-only --resume: no checkpoint in train.output_dir={cfg.train.output_dir!r} "
+                f"(no last_checkpoint file)"
+            )
+        checkpointer.load_latest_intact(checkpointables=[])
+        source = f"the last checkpoint of {cfg.train.output_dir}"
+    else:
+        checkpointer.load(cfg.train.init_checkpoint, checkpointables=[])
+        source = f"train.init_checkpoint={cfg.train.init_checkpoint!r}"
+    unloaded = checkpointer.unloaded_keys()
+    if unloaded:
+        shown = ", ".join(unloaded[:8]) + (", ..." if len(unloaded) > 8 else "")
+        message = (
+            f"{source} does not set {len(unloaded)} of the model's {len(model.state_dict())} weights "
+            f"({shown}); evaluating would score their random initial values"
+        )
+        if not allow_missing_weights:
+            raise WeightsNotLoadedError(
+                f"{message}. Pass a trained detector checkpoint, or --allow-missing-weights to evaluate anyway."
+            )
+        logger.warning("%s (--allow-missing-weights)", message)
     return do_test(cfg, model)

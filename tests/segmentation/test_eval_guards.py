@@ -1,0 +1,93 @@
+"""tools/test_seg.py never scores weights that the checkpoint did not set."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eva_transfer.checkpoint import CheckpointError
+
+from .conftest import TINY_CONFIG, data_options, load_tool
+
+
+@pytest.fixture(scope="module")
+def test_seg():
+    return load_tool("test_seg")
+
+
+def _args(test_seg, checkpoint, tmp_path, *extra):
+    return test_seg.parse_args(
+        [TINY_CONFIG, str(checkpoint), "--work-dir", str(tmp_path / "work"), *extra, "--cfg-options"]
+        + data_options(tmp_path)
+    )
+
+
+@pytest.fixture(scope="module")
+def full_state(tmp_path_factory):
+    """The tiny segmentor's complete state dict (what tools/train_seg.py writes under 'state_dict')."""
+    tmp = tmp_path_factory.mktemp("full")
+    test_seg = load_tool("test_seg")
+    placeholder = tmp / "placeholder.pth"
+    torch.save({"state_dict": {}}, placeholder)
+    runner = test_seg.build_runner(_args(test_seg, placeholder, tmp, "--allow-missing-weights"))
+    return {k: v.clone() for k, v in runner.model.state_dict().items()}
+
+
+def test_a_checkpoint_matching_no_key_is_refused(test_seg, tmp_path):
+    path = tmp_path / "unrelated.pth"
+    torch.save({"state_dict": {"classifier.weight": torch.zeros(3, 3)}, "meta": {}}, path)
+    with pytest.raises(CheckpointError, match=r"unrelated\.pth does not set (\d+) of the model's \1 weights"):
+        test_seg.main([str(a) for a in _argv(path, tmp_path)])
+
+
+def _argv(checkpoint, tmp_path, *extra):
+    return [
+        TINY_CONFIG,
+        checkpoint,
+        "--work-dir",
+        tmp_path / "work",
+        *extra,
+        "--cfg-options",
+        *data_options(tmp_path),
+    ]
+
+
+def test_a_checkpoint_without_the_decode_head_is_refused(test_seg, full_state, tmp_path):
+    path = tmp_path / "backbone_only.pth"
+    torch.save(
+        {"state_dict": {k: v for k, v in full_state.items() if not k.startswith("decode_head.")}}, path
+    )
+    with pytest.raises(CheckpointError, match=r"backbone_only\.pth does not set \d+ .*decode_head\."):
+        test_seg.build_runner(_args(test_seg, path, tmp_path))
+    runner = test_seg.build_runner(_args(test_seg, path, tmp_path, "--allow-missing-weights"))
+    assert runner is not None  # the explicit flag evaluates anyway
+
+
+def test_a_weight_of_another_shape_is_refused(test_seg, full_state, tmp_path):
+    state = dict(full_state)
+    key = next(k for k in state if k.startswith("decode_head.") and state[k].dim() == 2)
+    state[key] = torch.zeros(state[key].shape[0] + 1, state[key].shape[1])
+    path = tmp_path / "other_shape.pth"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(CheckpointError, match=rf"{key} \(checkpoint \["):
+        test_seg.build_runner(_args(test_seg, path, tmp_path))
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_a_complete_checkpoint_is_accepted(test_seg, full_state, tmp_path, tta):
+    path = tmp_path / "iter_10.pth"
+    torch.save(
+        {"state_dict": {f"module.{k}" if tta else k: v for k, v in full_state.items()}, "meta": {}}, path
+    )
+    runner = test_seg.build_runner(_args(test_seg, path, tmp_path, *(["--tta"] if tta else [])))
+    assert runner is not None
+
+
+def test_nan_weights_are_named(test_seg, full_state, tmp_path):
+    state = {k: v.clone() for k, v in full_state.items()}
+    key = next(k for k in state if k.startswith("decode_head.") and state[k].is_floating_point())
+    state[key].view(-1)[0] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(CheckpointError, match=rf"nan\.pth: key '{key}' holds 1 NaN"):
+        test_seg.build_runner(_args(test_seg, path, tmp_path))
