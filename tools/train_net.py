@@ -26,13 +26,13 @@ from detectron2.engine import default_argument_parser, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from eva_transfer.checkpoint import CheckpointError  # noqa: E402
 from projects.detection.config_checks import (  # noqa: E402
     ConfigValueError,
     check_config,
     check_launch_args,
     explain_startup_failure,
 )
-from eva_transfer.checkpoint import CheckpointError  # noqa: E402
 from projects.detection.engine import (  # noqa: E402
     ConfigKeyError,
     WeightsNotLoadedError,
