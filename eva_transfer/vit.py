@@ -490,11 +490,7 @@ class EVAViT(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names that take no weight decay (besides biases and norms)."""
         names = {"pos_embed", "cls_token", "mask_token"}
-        return {
-            n
-            for n, _ in self.named_parameters()
-            if n in names or "rel_pos" in n or "relative_position_bias_table" in n
-        }
+        return {n for n, _ in self.named_parameters() if n in names or "rel_pos" in n}
 
     def prepare_tokens(self, x: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, tuple[int, int]]:
         """Patch embedding, masking, CLS and absolute position.

@@ -18,6 +18,7 @@ from mmengine.config import DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import projects.segmentation  # noqa: E402,F401
+from projects.segmentation.authors_checkpoint import prepare_test_checkpoint  # noqa: E402
 from projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
 
 
@@ -38,7 +39,8 @@ def build_runner(args: argparse.Namespace) -> Runner:
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint {args.checkpoint!r} does not exist")
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
-    cfg.load_from = args.checkpoint
+    # a released EVA-01 segmentor (mmseg 0.x layout) is converted to a copy in the work dir first
+    cfg.load_from = prepare_test_checkpoint(args.checkpoint, cfg.model, cfg.get("work_dir"))
     cfg.resume = False
     # testing needs only the test set: the training and validation data may be absent
     for key in (
