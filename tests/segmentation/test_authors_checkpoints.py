@@ -385,3 +385,25 @@ def test_convert_tool_and_test_seg_read_the_authors_file(loaded, tmp_path, one_t
     assert set(written) == set(model.state_dict())
     for k, v in model.state_dict().items():
         torch.testing.assert_close(written[k], v, rtol=0, atol=0)
+
+
+def test_second_model_set_configs_are_the_published_ones():
+    """EVA-01 seg/ configs *_relpos_layerscale_9dec: bias table, LayerScale 1.0, 9 decoder layers; COCO-Stuff 80k at
+    lr 1e-5; ADE20K 40k at lr 1e-5, layer decay 0.9, 1500 warm-up iterations, from the second COCO-Stuff model."""
+    coco = Config.fromfile(str(CONFIG_DIR / SETS["relpos_layerscale_9dec"][0]))
+    ade = Config.fromfile(str(CONFIG_DIR / SETS["relpos_layerscale_9dec"][1]))
+    for cfg in (coco, ade):
+        over = cfg.model.backbone.backbone_overrides
+        assert over.use_rel_pos_bias is True and over.layer_scale_init == 1.0
+        assert cfg.model.decode_head.transformer_decoder.num_layers == 9
+        assert cfg.optim_wrapper.optimizer.lr == 1e-5
+        assert cfg.model.backbone.backbone == "eva_g_seg" and cfg.crop_size == (896, 896)
+    assert coco.train_cfg.max_iters == 80000 and coco.model.decode_head.num_classes == 171
+    assert ade.train_cfg.max_iters == 40000 and ade.model.decode_head.num_classes == 150
+    assert ade.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.9
+    assert ade.param_scheduler[0].end == 1500 and ade.param_scheduler[1].begin == 1500
+    assert "relpos_layerscale_9dec" in ade.load_from
+    for name in SETS["plain_8dec"][:2]:
+        cfg = Config.fromfile(str(CONFIG_DIR / name))
+        assert cfg.model.decode_head.transformer_decoder.num_layers == 8
+        assert "use_rel_pos_bias" not in cfg.model.backbone.backbone_overrides
