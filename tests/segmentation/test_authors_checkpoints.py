@@ -407,3 +407,30 @@ def test_second_model_set_configs_are_the_published_ones():
         cfg = Config.fromfile(str(CONFIG_DIR / name))
         assert cfg.model.decode_head.transformer_decoder.num_layers == 8
         assert "use_rel_pos_bias" not in cfg.model.backbone.backbone_overrides
+
+
+def test_whole_head_matches_the_authors_forward(loaded, one_thread):
+    """Pixel decoder (input projections, encoder, level encoding, FPN step, mask features) and the masked decoder
+    from ``query_feat`` / ``query_embed`` / ``level_embed``: every layer's class and mask logits."""
+    _, cfg, _, sd, model, _, _ = loaded
+    head = model.decode_head
+    head_sd = {k[len("decode_head.") :]: v for k, v in sd.items() if k.startswith("decode_head.")}
+    g = torch.Generator().manual_seed(6)
+    feats = [torch.randn(1, DIM, 96 // s, 128 // s, generator=g) for s in (4, 8, 16, 32)]
+    with torch.no_grad():
+        cls_list, mask_list = head(feats, [])
+    enc = cfg.model.decode_head.pixel_decoder.encoder.layer_cfg.self_attn_cfg
+    theirs = ref.mask2former(
+        head_sd,
+        feats,
+        enc_layers=cfg.model.decode_head.pixel_decoder.encoder.num_layers,
+        enc_heads=enc.num_heads,
+        enc_points=enc.num_points,
+        dec_layers=len(head.transformer_decoder.layers),
+        dec_heads=_heads(model),
+        num_feats=FEAT // 2,
+    )
+    assert len(cls_list) == len(theirs) == len(head.transformer_decoder.layers) + 1
+    for i, (cls, mask) in enumerate(theirs):
+        assert rel_err(cls_list[i], cls) < 1e-5, f"layer {i} class logits"
+        assert rel_err(mask_list[i], mask) < 1e-5, f"layer {i} mask logits"

@@ -535,3 +535,96 @@ def forward_head(sd, decoder_out, mask_feature):
     m = F.relu(F.linear(m, sd["mask_embed.2.weight"], sd["mask_embed.2.bias"]))
     m = F.linear(m, sd["mask_embed.4.weight"], sd["mask_embed.4.bias"])
     return cls, torch.einsum("bqc,bchw->bqhw", m, mask_feature)
+
+
+def sine_pos(b, h, w, num_feats, temperature=10000.0, eps=1e-6):
+    """Normalised sine position encoding of an unpadded (h, w) grid: (b, 2*num_feats, h, w), y half first, each
+    half interleaving sin (even channels) and cos (odd channels)."""
+    scale = 2 * math.pi
+    y = torch.arange(1, h + 1, dtype=torch.float32)[:, None].expand(h, w) / (h + eps) * scale
+    x = torch.arange(1, w + 1, dtype=torch.float32)[None, :].expand(h, w) / (w + eps) * scale
+    dim_t = temperature ** (2 * (torch.arange(num_feats) // 2) / num_feats)
+
+    def enc(t):
+        t = t[..., None] / dim_t
+        return torch.stack((t[..., 0::2].sin(), t[..., 1::2].cos()), dim=3).flatten(2)
+
+    return torch.cat((enc(y), enc(x)), dim=2).permute(2, 0, 1)[None].expand(b, -1, -1, -1)
+
+
+def _gn(x, sd, p, groups):
+    return F.group_norm(x, groups, sd[p + "weight"], sd[p + "bias"], eps=1e-5)
+
+
+def pixel_decoder(sd, feats, enc_layers, heads, points, num_feats, groups=32, levels=3):
+    """The authors' deformable pixel decoder: the three coarsest inputs (1x1 conv + GN) through the encoder layers
+    with sine + level encodings, then an FPN step to the finest input (lateral 1x1 + GN, upsampled sum, 3x3 + GN +
+    ReLU) and the 1x1 mask-feature conv. Returns the mask features and the three maps, coarse to fine."""
+    p = "pixel_decoder."
+    b = feats[0].shape[0]
+    inputs, poss, shapes = [], [], []
+    for i in range(levels):
+        f = feats[len(feats) - i - 1]
+        x = F.conv2d(f, sd[p + f"input_convs.{i}.conv.weight"], sd[p + f"input_convs.{i}.conv.bias"])
+        x = _gn(x, sd, p + f"input_convs.{i}.gn.", groups)
+        h, w = x.shape[-2:]
+        pos = sine_pos(b, h, w, num_feats) + sd[p + "level_encoding.weight"][i].view(1, -1, 1, 1)
+        inputs.append(x.flatten(2).transpose(1, 2))
+        poss.append(pos.flatten(2).transpose(1, 2))
+        shapes.append((h, w))
+    query, pos = torch.cat(inputs, 1), torch.cat(poss, 1)
+    ref = ref_points(shapes).expand(b, -1, levels, -1)
+    for n in range(enc_layers):
+        query = encoder_layer(sd, p + f"encoder.layers.{n}.", heads, points, query, pos, ref, shapes)
+    outs, start = [], 0
+    for h, w in shapes:
+        outs.append(query[:, start : start + h * w].transpose(1, 2).reshape(b, -1, h, w))
+        start += h * w
+    for i in range(len(feats) - levels - 1, -1, -1):
+        cur = _gn(
+            F.conv2d(feats[i], sd[p + f"lateral_convs.{i}.conv.weight"]),
+            sd,
+            p + f"lateral_convs.{i}.gn.",
+            groups,
+        )
+        y = cur + F.interpolate(outs[-1], size=cur.shape[-2:], mode="bilinear", align_corners=False)
+        y = F.conv2d(y, sd[p + f"output_convs.{i}.conv.weight"], padding=1)
+        outs.append(F.relu(_gn(y, sd, p + f"output_convs.{i}.gn.", groups)))
+    mask_feature = F.conv2d(outs[-1], sd[p + "mask_feature.weight"], sd[p + "mask_feature.bias"])
+    return mask_feature, outs[:levels]
+
+
+def mask2former(sd, feats, enc_layers, enc_heads, enc_points, dec_layers, dec_heads, num_feats, levels=3):
+    """The authors' Mask2Former head forward: per decoder layer (and before the first) the class logits
+    (B, Q, classes + 1) and mask logits (B, Q, H/4, W/4). The decoder starts from ``query_feat`` with positions
+    ``query_embed``; layer i cross-attends to map ``i % 3`` (plus ``level_embed``), masked where the previous mask
+    prediction is below 0.5 (a fully masked row is unmasked)."""
+    mask_feature, mems = pixel_decoder(sd, feats, enc_layers, enc_heads, enc_points, num_feats, levels=levels)
+    b = feats[0].shape[0]
+    keys, key_pos = [], []
+    for i in range(levels):
+        m = mems[i]
+        if f"decoder_input_projs.{i}.weight" in sd:
+            m = F.conv2d(m, sd[f"decoder_input_projs.{i}.weight"], sd[f"decoder_input_projs.{i}.bias"])
+        keys.append(m.flatten(2).permute(2, 0, 1) + sd["level_embed.weight"][i].view(1, 1, -1))
+        key_pos.append(sine_pos(b, *m.shape[-2:], num_feats).flatten(2).permute(2, 0, 1))
+    query = sd["query_feat.weight"][:, None].repeat(1, b, 1)
+    query_pos = sd["query_embed.weight"][:, None].repeat(1, b, 1)
+
+    def predict(q, size):
+        cls, mask = forward_head(sd, q.transpose(0, 1), mask_feature)
+        am = F.interpolate(mask, size, mode="bilinear", align_corners=False)
+        am = am.flatten(2).unsqueeze(1).repeat(1, dec_heads, 1, 1).flatten(0, 1).sigmoid() < 0.5
+        return cls, mask, am
+
+    cls, mask, am = predict(query, mems[0].shape[-2:])
+    outs = [(cls, mask)]
+    for i in range(dec_layers):
+        am[torch.where(am.sum(-1) == am.shape[-1])] = False
+        lvl = i % levels
+        query = decoder_layer(
+            sd, f"transformer_decoder.layers.{i}.", dec_heads, query, query_pos, keys[lvl], key_pos[lvl], am
+        )
+        cls, mask, am = predict(query, mems[(i + 1) % levels].shape[-2:])
+        outs.append((cls, mask))
+    return outs
