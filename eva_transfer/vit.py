@@ -245,9 +245,13 @@ class Attention(nn.Module):
                 f"a relative-position bias table has rows for one CLS token, got {prefix} prefix tokens"
             )
         table = resize_rel_pos_bias_table(self.relative_position_bias_table, self.rel_pos_bias_grid, hw)
-        index = beit_rel_pos_index(hw, table.device)
-        if not prefix:
-            index = index[1:, 1:]
+        key = (tuple(hw), prefix, table.device)
+        cached = getattr(self, "_bias_index", None)
+        if cached is None or cached[0] != key:  # one grid cached: the index is (1+N)^2 longs
+            index = beit_rel_pos_index(hw, table.device)
+            cached = (key, index if prefix else index[1:, 1:].contiguous())
+            self._bias_index = cached
+        index = cached[1]
         n = index.shape[0]
         return table[index.reshape(-1)].view(n, n, -1).permute(2, 0, 1)
 

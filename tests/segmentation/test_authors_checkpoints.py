@@ -385,6 +385,14 @@ def test_convert_tool_and_test_seg_read_the_authors_file(loaded, tmp_path, one_t
     assert set(written) == set(model.state_dict())
     for k, v in model.state_dict().items():
         torch.testing.assert_close(written[k], v, rtol=0, atol=0)
+    # tools/test_seg.py itself: the runner's load_from is the converted copy in the work dir, and it loads
+    test_seg = load_tool("test_seg")
+    work = tmp_path / "work"
+    runner = test_seg.build_runner(test_seg.parse_args([str(cfg_path), str(path), "--work-dir", str(work)]))
+    assert Path(runner._load_from).parent == work and runner._load_from.endswith("_converted.pth")
+    runner.load_checkpoint(runner._load_from, strict=True)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(runner.model.state_dict()[k], v, rtol=0, atol=0)
 
 
 def test_second_model_set_configs_are_the_published_ones():
