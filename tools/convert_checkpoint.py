@@ -102,12 +102,10 @@ def convert_segmentor(args) -> int:
     from mmengine.registry import DefaultScope
 
     import projects.segmentation  # noqa: F401  (registers the backbone; mmseg stand-ins)
-    from projects.segmentation.authors_checkpoint import convert_authors_segmentor
+    from projects.segmentation.authors_checkpoint import convert_authors_segmentor, read_segmentor_checkpoint
 
     try:
-        sd = unwrap_state_dict(
-            read_checkpoint(args.input, allow_pickle=args.allow_pickle), args.input, args.key
-        )
+        sd = unwrap_state_dict(read_segmentor_checkpoint(args.input, args.allow_pickle), args.input, args.key)
         cfg = Config.fromfile(args.segmentor_config)
         from mmseg.registry import MODELS
 

@@ -18,6 +18,7 @@ from mmengine.config import DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import projects.segmentation  # noqa: E402,F401
+from eva_transfer.checkpoint import CheckpointError  # noqa: E402
 from projects.segmentation.authors_checkpoint import prepare_test_checkpoint  # noqa: E402
 from projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
 
@@ -29,6 +30,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work-dir")
     p.add_argument("--tta", action="store_true", help="multi-scale + flip testing")
     p.add_argument("--show-dir", help="write images with the predicted segmentation drawn on them here")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a released checkpoint that needs full unpickling (trusted)",
+    )
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default=None)
     p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
@@ -40,7 +46,9 @@ def build_runner(args: argparse.Namespace) -> Runner:
         raise FileNotFoundError(f"checkpoint {args.checkpoint!r} does not exist")
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     # a released EVA-01 segmentor (mmseg 0.x layout) is converted to a copy in the work dir first
-    cfg.load_from = prepare_test_checkpoint(args.checkpoint, cfg.model, cfg.get("work_dir"))
+    cfg.load_from = prepare_test_checkpoint(
+        args.checkpoint, cfg.model, cfg.get("work_dir"), getattr(args, "allow_pickle", False)
+    )
     cfg.resume = False
     # testing needs only the test set: the training and validation data may be absent
     for key in (
@@ -79,5 +87,5 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigOverrideError, FileNotFoundError) as e:
+    except (ConfigOverrideError, FileNotFoundError, CheckpointError) as e:
         sys.exit(f"error: {e}")

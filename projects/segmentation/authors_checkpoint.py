@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import tempfile
 from typing import Any, Mapping, Optional
@@ -45,6 +46,7 @@ from eva_transfer.checkpoint import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "read_segmentor_checkpoint",
     "convert_authors_segmentor",
     "head_key",
     "is_authors_segmentor",
@@ -145,11 +147,31 @@ def load_authors_segmentor(
 ) -> LoadReport:
     """Loads a released segmentor checkpoint of the authors' layout whole into ``model`` (strict)."""
     source = "<state dict>" if isinstance(checkpoint, Mapping) else str(checkpoint)
-    obj = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint, allow_pickle)
+    obj = (
+        checkpoint
+        if isinstance(checkpoint, Mapping)
+        else read_segmentor_checkpoint(str(checkpoint), allow_pickle)
+    )
     sd, report = convert_authors_segmentor(unwrap_state_dict(obj, source), model, source)
     model.load_state_dict(sd, strict=True)
     logger.info("%s", report.summary())
     return report
+
+
+def read_segmentor_checkpoint(checkpoint: str, allow_pickle: bool = False) -> Any:
+    """Reads a runner checkpoint (this plug-in's) or a released one without executing code (the runner's own
+    types allowed, as mmengine's loader here does); full unpickling only with ``allow_pickle``."""
+    if allow_pickle or str(checkpoint).endswith(".safetensors"):
+        return read_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    from .checkpoint_io import load_local_checkpoint
+
+    try:
+        return load_local_checkpoint(checkpoint, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{checkpoint}: the file holds Python objects that loading without executing code refuses "
+            f"({str(e).splitlines()[0]}); if you trust it, pass --allow-pickle"
+        ) from e
 
 
 def prepare_test_checkpoint(
@@ -157,10 +179,11 @@ def prepare_test_checkpoint(
 ) -> str:
     """The checkpoint path for the runner: ``checkpoint`` itself when it is in this plug-in's layout; a converted
     copy (in ``work_dir`` or a temporary folder) when it is in the authors' layout."""
+    obj = read_segmentor_checkpoint(checkpoint, allow_pickle)
     try:
-        sd = unwrap_state_dict(read_checkpoint(checkpoint, allow_pickle), checkpoint)
+        sd = unwrap_state_dict(obj, checkpoint)
     except CheckpointError:
-        return checkpoint  # a runner checkpoint (message hub, meta): mmengine's loader reads it
+        return checkpoint  # not a plain tensor dict: left to mmengine's loader
     if not is_authors_segmentor(sd):
         return checkpoint
     from mmseg.registry import MODELS

@@ -12,6 +12,7 @@ import ast
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -159,7 +160,9 @@ def loaded(request, tmp_path_factory):
     cfg = shrunk_config(coco)
     refm, sd = authors_state_dict(cfg, rel, init, dec)
     path = tmp_path_factory.mktemp("authors") / "eva_sem_seg_authors_layout.pth"
-    torch.save({"meta": {"mmseg_version": "0.20.2"}, "state_dict": sd}, path)
+    # mmcv 1.x writes meta data beside the weights (NumPy scalars among them): read without executing code
+    meta = {"mmseg_version": "0.20.2", "seed": np.int64(0), "CLASSES": ("a", "b"), "PALETTE": [[1, 2, 3]]}
+    torch.save({"meta": meta, "state_dict": sd}, path)
     model = MODELS.build(cfg.model)
     report = load_authors_segmentor(model, path)
     model.eval()
