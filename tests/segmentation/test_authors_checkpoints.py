@@ -445,3 +445,53 @@ def test_whole_head_matches_the_authors_forward(loaded, one_thread):
     for i, (cls, mask) in enumerate(theirs):
         assert rel_err(cls_list[i], cls) < 1e-5, f"layer {i} class logits"
         assert rel_err(mask_list[i], mask) < 1e-5, f"layer {i} mask logits"
+
+
+@pytest.mark.parametrize("set_name", list(SETS))
+@pytest.mark.parametrize("dataset", [0, 1], ids=["cocostuff", "ade20k"])
+def test_full_size_released_layout_maps_onto_the_published_config(set_name, dataset):
+    """The released files' full EVA-g layout (shapes only, on the meta device): 40 blocks of width 1408, the 56x56
+    position table, interactions [0-9] .. [30-39], a 1024-wide head with 200 queries; every key lands on the
+    unshrunk published config with its shape and nothing is resized."""
+    config, rel, init, dec = SETS[set_name][dataset], *SETS[set_name][2:]
+    cfg = Config.fromfile(str(CONFIG_DIR / config))
+    with torch.device("meta"):
+        refm = ref.RefBEiTAdapter(
+            img_size=896,
+            dim=1408,
+            depth=40,
+            heads=16,
+            mlp_dim=int(1408 * (6144 / 1408)),
+            interaction_indexes=[[0, 9], [10, 19], [20, 29], [30, 39]],
+            deform_heads=16,
+            conv_inplane=64,
+            n_points=4,
+            deform_ratio=0.5,
+            cffn_ratio=0.25,
+            rel_pos_bias=rel,
+            init_values=init,
+        )
+        model = MODELS.build(cfg.model)
+    sd = {f"backbone.{k}": v for k, v in refm.state_dict().items()}
+    # the authors' head (seg/configs/*/eva_mask2former_896_*.py), independently of this toolkit's config
+    layout = ref.mask2former_head_layout(
+        num_classes=(171, 150)[dataset],
+        num_queries=200,
+        feat=1024,
+        in_channels=1408,
+        enc_layers=6,
+        enc_heads=32,
+        enc_points=4,
+        enc_ffn=4096,
+        dec_layers=dec,
+        dec_ffn=4096,
+    )
+    for k, shape in layout.items():
+        sd[f"decode_head.{k}"] = torch.empty(shape, device="meta")
+    out, report = convert_authors_segmentor(sd, model, "released.pth")
+    target = model.state_dict()
+    assert set(out) == set(target) and not report.resized
+    assert all(tuple(v.shape) == tuple(target[k].shape) for k, v in out.items())
+    assert out["backbone.adapter.backbone.pos_embed"].shape == (1, 1 + 56 * 56, 1408)
+    assert model.backbone.adapter.interaction_indexes == [(0, 9), (10, 19), (20, 29), (30, 39)]
+    assert len(model.decode_head.transformer_decoder.layers) == dec
