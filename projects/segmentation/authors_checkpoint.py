@@ -91,14 +91,24 @@ def _find_adapter(model: nn.Module) -> tuple[str, ViTAdapter]:
     return found[0]
 
 
+#: the classifier: its rows are the classes (+ no-object), the one head part that fine-tuning on another dataset
+#: replaces (the authors initialise ADE20K from their COCO-Stuff model this way)
+_CLASSIFIER = ("cls_embed.weight", "cls_embed.bias")
+
+
 def convert_authors_segmentor(
-    state_dict: Mapping[str, Tensor], model: nn.Module, source: str = "<state dict>"
+    state_dict: Mapping[str, Tensor],
+    model: nn.Module,
+    source: str = "<state dict>",
+    reinit_classifier: bool = False,
 ) -> tuple[dict[str, Tensor], LoadReport]:
     """Converts a whole segmentor state dict of the authors' layout into ``model``'s (an mmseg 1.x
     ``EncoderDecoder`` with the ``EVAViTAdapter`` backbone and ``Mask2FormerHead``; the meta device works).
 
     Every checkpoint key is used or dropped with a reason (in the report), and every model key must be filled
     with a tensor of its shape; anything else raises :class:`CheckpointError` naming ``source`` and the key.
+    ``reinit_classifier``: a classifier for another class count is dropped (reported) and left out of the result,
+    for fine-tuning on another dataset.
     """
     adapter_name, adapter = _find_adapter(model)
     target = model.state_dict()
@@ -123,6 +133,13 @@ def convert_authors_segmentor(
         new = "decode_head." + head_key(k)
         if new not in target:
             raise CheckpointError(f"{source}: head key 'decode_head.{k}' (as {new!r}) is not in the model")
+        if reinit_classifier and k in _CLASSIFIER and v.shape[1:] == target[new].shape[1:]:
+            if v.shape[0] != target[new].shape[0]:
+                report.dropped[f"decode_head.{k}"] = (
+                    f"classifier for {v.shape[0] - 1} classes, the config has {target[new].shape[0] - 1}: "
+                    "left at its initial values"
+                )
+                continue
         if tuple(v.shape) != tuple(target[new].shape):
             raise CheckpointError(
                 f"{source}: head key 'decode_head.{k}' has shape {list(v.shape)}, the model's {new!r} has "
@@ -132,7 +149,8 @@ def convert_authors_segmentor(
         report.loaded.append(new)
         if new != f"decode_head.{k}":
             report.renamed[f"decode_head.{k}"] = new
-    missing = [k for k in target if k not in out]
+    dropped_classifier = {f"decode_head.{k}" for k in _CLASSIFIER if f"decode_head.{k}" in report.dropped}
+    missing = [k for k in target if k not in out and k not in dropped_classifier]
     if missing:
         raise CheckpointError(
             f"{source}: the model's {missing[:5]} ({len(missing)} in all) have no entry in the checkpoint "
@@ -175,10 +193,16 @@ def read_segmentor_checkpoint(checkpoint: str, allow_pickle: bool = False) -> An
 
 
 def prepare_test_checkpoint(
-    checkpoint: str, model_cfg: Any, work_dir: Optional[str] = None, allow_pickle: bool = False
+    checkpoint: str,
+    model_cfg: Any,
+    work_dir: Optional[str] = None,
+    allow_pickle: bool = False,
+    reinit_classifier: bool = False,
 ) -> str:
     """The checkpoint path for the runner: ``checkpoint`` itself when it is in this plug-in's layout; a converted
-    copy (in ``work_dir`` or a temporary folder) when it is in the authors' layout."""
+    copy (in ``work_dir`` or a temporary folder) when it is in the authors' layout. ``reinit_classifier``: for
+    ``load_from`` in training, a classifier for another class count is left out (see
+    :func:`convert_authors_segmentor`)."""
     obj = read_segmentor_checkpoint(checkpoint, allow_pickle)
     try:
         sd = unwrap_state_dict(obj, checkpoint)
@@ -190,7 +214,7 @@ def prepare_test_checkpoint(
 
     with torch.device("meta"):
         model = MODELS.build(model_cfg)
-    out, report = convert_authors_segmentor(sd, model, checkpoint)
+    out, report = convert_authors_segmentor(sd, model, checkpoint, reinit_classifier)
     logger.info("%s", report.summary())
     folder = work_dir or tempfile.mkdtemp(prefix="eva_seg_ckpt_")
     path = os.path.join(folder, os.path.basename(checkpoint).rsplit(".", 1)[0] + "_converted.pth")
