@@ -55,6 +55,18 @@ SETS = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_leftover_mmengine_loggers():
+    """mmengine's loggers made while these tests run (its loaders log through ``print_log``) keep the stream that
+    was current then: removed afterwards, so that later tests' log output is not sent to a stale stream."""
+    from mmengine.logging import MMLogger
+
+    before = set(MMLogger._instance_dict)
+    yield
+    for name in set(MMLogger._instance_dict) - before:
+        MMLogger._instance_dict.pop(name, None)
+
+
 def shrunk_config(name: str) -> Config:
     """A published config with a narrow, shallow backbone and head (every other setting as published)."""
     cfg = Config.fromfile(str(CONFIG_DIR / name))
@@ -365,7 +377,7 @@ def test_class_mask_heads_and_embeddings_match_the_authors(loaded):
 
 
 # --------------------------------------------------------------------------------------------- the tools
-def test_convert_tool_and_test_seg_read_the_authors_file(loaded, tmp_path, one_thread):
+def test_convert_tool_and_test_seg_read_the_authors_file(loaded, tmp_path, one_thread, monkeypatch):
     name, cfg, refm, sd, model, _, path = loaded
     assert is_authors_segmentor(sd)
     # tools/test_seg.py: the runner gets a converted copy, which mmengine's loader reads strictly
@@ -389,13 +401,16 @@ def test_convert_tool_and_test_seg_read_the_authors_file(loaded, tmp_path, one_t
     for k, v in model.state_dict().items():
         torch.testing.assert_close(written[k], v, rtol=0, atol=0)
     # tools/test_seg.py itself: the runner's load_from is the converted copy in the work dir, and it loads
+    # (the runner itself is not built: a runner installs process-wide loggers that other tests' output would go to)
     test_seg = load_tool("test_seg")
+    monkeypatch.setattr(test_seg.Runner, "from_cfg", staticmethod(lambda cfg: cfg))
     work = tmp_path / "work"
-    runner = test_seg.build_runner(test_seg.parse_args([str(cfg_path), str(path), "--work-dir", str(work)]))
-    assert Path(runner._load_from).parent == work and runner._load_from.endswith("_converted.pth")
-    runner.load_checkpoint(runner._load_from, strict=True)
+    run_cfg = test_seg.build_runner(test_seg.parse_args([str(cfg_path), str(path), "--work-dir", str(work)]))
+    assert Path(run_cfg.load_from).parent == work and run_cfg.load_from.endswith("_converted.pth")
+    again = MODELS.build(run_cfg.model)
+    load_checkpoint(again, run_cfg.load_from, strict=True)
     for k, v in model.state_dict().items():
-        torch.testing.assert_close(runner.model.state_dict()[k], v, rtol=0, atol=0)
+        torch.testing.assert_close(again.state_dict()[k], v, rtol=0, atol=0)
 
 
 def test_second_model_set_configs_are_the_published_ones():
