@@ -17,9 +17,11 @@ bottom/right to a multiple of 32 (and of the patch size) and the outputs are cro
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from functools import partial
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,7 @@ import torch.utils.checkpoint
 from timm.layers import DropPath
 from torch import Tensor, nn
 
+from .checkpoint import CheckpointError, LoadReport, convert_state_dict
 from .ms_deform_attn import MSDeformAttn, reference_points
 from .presets import build_backbone
 from .vit import EVAViT
@@ -39,8 +42,11 @@ __all__ = [
     "SpatialPriorModule",
     "ViTAdapter",
     "build_vit_adapter",
+    "convert_adapter_state_dict",
     "interaction_ranges",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: strides of the adapter's outputs
 OUTPUT_STRIDES = (4, 8, 16, 32)
@@ -413,3 +419,63 @@ def build_vit_adapter(preset: str, adapter: Optional[dict] = None, **backbone_ov
     ``adapter`` holds :class:`ViTAdapter` arguments; the keyword arguments are backbone overrides.
     """
     return ViTAdapter(build_backbone(preset, **backbone_overrides), **(adapter or {}))
+
+
+#: first name component of the adapter's own keys (everything else under the backbone prefix is the ViT's)
+_ADAPTER_ROOTS = ("level_embed", "spm", "interactions", "up", "norms", "norm1", "norm2", "norm3", "norm4")
+
+
+def _adapter_key(k: str) -> str:
+    """An adapter key of the ViT-Adapter authors' layout (EVA-01 ``seg/``) in this toolkit's layout:
+    ``norm{1..4}.*`` -> ``norms.{0..3}.*``, ``*.ffn.dwconv.dwconv.*`` -> ``*.ffn.dwconv.*``; other names agree."""
+    m = re.match(r"^norm([1-4])\.(.*)$", k)
+    if m:
+        k = f"norms.{int(m.group(1)) - 1}.{m.group(2)}"
+    return k.replace(".ffn.dwconv.dwconv.", ".ffn.dwconv.")
+
+
+def convert_adapter_state_dict(
+    state_dict: Mapping[str, Tensor], adapter: ViTAdapter, source: str = "<state dict>"
+) -> tuple[dict[str, Tensor], LoadReport]:
+    """Converts a ViT-Adapter backbone's weights (keys relative to the backbone: ``blocks.*``, ``pos_embed``,
+    ``interactions.*``, ``spm.*``, ``norm1..4`` or ``norms.*``, ...) into ``adapter``'s layout.
+
+    The ViT's keys go through :func:`eva_transfer.checkpoint.convert_state_dict` (renames, dropped buffers,
+    resized tables, reported); the adapter's are renamed (:func:`_adapter_key`) and must match ``adapter``'s
+    parameters and buffers one to one with equal shapes. The injectors' ``gamma`` is their gate, not a layer
+    scale. Returns adapter-relative keys (``backbone.blocks.0...``, ``interactions.0...``) and the ViT's report,
+    extended with the adapter's keys.
+
+    Raises :class:`CheckpointError` naming ``source`` and the key for a missing, unknown or misshapen adapter key.
+    """
+    target = {k: v for k, v in adapter.state_dict().items() if not k.startswith("backbone.")}
+    vit_sd = {k: v for k, v in state_dict.items() if k.split(".", 1)[0] not in _ADAPTER_ROOTS}
+    own = {k: v for k, v in state_dict.items() if k.split(".", 1)[0] in _ADAPTER_ROOTS}
+    vit_out, report = convert_state_dict(vit_sd, adapter.backbone, source, prefix="")
+    if report.unexpected:
+        raise CheckpointError(
+            f"{source}: backbone keys that neither the ViT nor the adapter has: {report.unexpected[:5]}"
+        )
+    out = {f"backbone.{k}": v for k, v in vit_out.items()}
+    for k, v in own.items():
+        new = _adapter_key(k)
+        if new not in target:
+            raise CheckpointError(
+                f"{source}: adapter key {k!r} (as {new!r}) is not a parameter of this adapter"
+            )
+        if tuple(v.shape) != tuple(target[new].shape):
+            raise CheckpointError(
+                f"{source}: adapter key {k!r} has shape {list(v.shape)}, the adapter expects "
+                f"{list(target[new].shape)} (another width, head count or ratio?)"
+            )
+        out[new] = v
+        report.loaded.append(new)
+        if new != k:
+            report.renamed[k] = new
+    missing = [k for k in target if k not in out]
+    if missing:
+        raise CheckpointError(
+            f"{source}: the checkpoint lacks adapter keys {missing[:5]} ({len(missing)} in all)"
+        )
+    report.missing = [f"backbone.{k}" for k in report.missing]
+    return out, report

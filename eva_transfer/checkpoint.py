@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .vit import EVAViT, beit_rel_pos_resize
+from .vit import EVAViT, beit_rel_pos_resize, resize_rel_pos_bias_table
 
 logger = logging.getLogger(__name__)
 
@@ -539,9 +539,12 @@ def _rename(sd: dict[str, Tensor], report: LoadReport) -> dict[str, Tensor]:
             out[base + "qkv.weight"] = torch.cat(parts, dim=0)
             report.renamed[base + "{q,k,v}_proj.weight"] = base + "qkv.weight"
     for k in out:
-        if re.search(r"(^|\.)gamma(_\d)?$", k) or ".ls1." in k or ".ls2." in k:
+        # blocks.N.gamma_1/2 (BEiT LayerScale) load into a backbone built with layer_scale_init; other gates named
+        # gamma (the adapter's injector) are not part of the ViT
+        if k.startswith("blocks.") and (".ls1." in k or ".ls2." in k or re.search(r"\.gamma$", k)):
             raise CheckpointError(
-                f"{report.source}: key {k!r} is a layer scale, which EVA-01 backbones do not have"
+                f"{report.source}: key {k!r} is a layer scale in a layout this toolkit does not read "
+                "(expected blocks.N.gamma_1 / blocks.N.gamma_2)"
             )
     return out
 
@@ -611,6 +614,16 @@ def convert_state_dict(
     out: dict[str, Tensor] = {}
     for k, v in sd.items():
         if k not in target:
+            if re.search(r"attn\.relative_position_index$", k):
+                report.dropped[k] = "index buffer of the bias table, recomputed from the grid"
+                continue
+            if re.match(r"^blocks\.\d+\.(gamma_[12]|attn\.relative_position_bias_table)$", k):
+                what = "a layer scale" if "gamma" in k else "a relative-position bias table"
+                option = "layer_scale_init" if "gamma" in k else "use_rel_pos_bias=True"
+                raise CheckpointError(
+                    f"{source}: key {k!r} is {what}, which this backbone was built without "
+                    f"(build it with {option})"
+                )
             if _TRAINING_ONLY.match(k):
                 report.dropped[k] = "pre-training/classification only; the model has no such parameter"
             else:
@@ -633,6 +646,13 @@ def convert_state_dict(
             elif re.search(r"attn\.rel_pos_[hw]$", k) and v.dim() == 2 and have[1] == want[1]:
                 out[k] = resize_rel_pos(v, want[0], rel_pos_resize)
                 report.resized[k] = (have, want, f"relative position, {rel_pos_resize}")
+            elif k.endswith("attn.relative_position_bias_table") and v.dim() == 2 and have[1] == want[1]:
+                g = (int(round(math.sqrt(have[0] - 3))) + 1) // 2
+                if (2 * g - 1) ** 2 + 3 != have[0]:
+                    raise ValueError("not a square grid's table with 3 CLS rows")
+                dst = vit.blocks[int(k.split(".")[1])].attn.rel_pos_bias_grid
+                out[k] = resize_rel_pos_bias_table(v, (g, g), dst)
+                report.resized[k] = (have, want, "relative-position bias table, bicubic")
             else:
                 raise ValueError("no conversion between these shapes")
         except ValueError as e:

@@ -67,11 +67,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (pretrain_img_size 224 at patch 16: the MIM 16x16 grid resized once at load, as their 14->16 script
     # does), interpolated once at run time to the image's grid
     "eva_g_det": _det(dict(_G, patch_size=16), drop_path=0.6, pos_grid=14, img=1280),
-    # segmentation: global attention at 896, no CLS token
+    # segmentation (EVA-01 seg/): global attention at 896; the pre-trained CLS token is kept through every block
+    # without a position; the position table is held at the 56x56 grid of the 896 crop (added unchanged there,
+    # interpolated for other grids)
     "eva_g_seg": dict(
         _plain(dict(_G, patch_size=16), drop_path=0.5, img=896),
-        use_cls_token=False,
-        pos_grid=16,
+        use_cls_token=True,
+        cls_token_pos=False,
+        pos_grid=56,
         final_norm=False,
     ),
     "eva_l": _plain(_L, drop_path=0.1),

@@ -26,6 +26,8 @@ __all__ = [
     "Block",
     "attention_with_rel_pos",
     "beit_rel_pos_resize",
+    "beit_rel_pos_index",
+    "resize_rel_pos_bias_table",
     "get_rel_pos",
     "interpolate_abs_pos",
     "window_partition",
@@ -176,6 +178,43 @@ def attention_with_rel_pos(
     return torch.cat(outs, dim=2)
 
 
+def beit_rel_pos_index(grid: tuple[int, int], device=None) -> Tensor:
+    """Index into a BEiT-style relative-position bias table for a grid with one leading CLS token.
+
+    The table has ``(2*Gh-1) * (2*Gw-1)`` patch-offset rows followed by three CLS rows: CLS->patch,
+    patch->CLS, CLS->CLS. Returns a ``(1+N, 1+N)`` long tensor, ``N = Gh*Gw``; row/column 0 is the CLS token.
+    """
+    gh, gw = grid
+    ys, xs = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    patch = (ys[:, None] - ys[None, :] + gh - 1) * (2 * gw - 1) + (xs[:, None] - xs[None, :] + gw - 1)
+    num = (2 * gh - 1) * (2 * gw - 1)
+    index = torch.empty(gh * gw + 1, gh * gw + 1, dtype=torch.long, device=device)
+    index[1:, 1:] = patch
+    index[0, :] = num
+    index[:, 0] = num + 1
+    index[0, 0] = num + 2
+    return index
+
+
+def resize_rel_pos_bias_table(table: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
+    """Resizes a BEiT-style ``((2*Gh-1)*(2*Gw-1) + 3, heads)`` bias table to another grid: the patch-offset part
+    bicubic (corners not aligned) as a ``(2*Gh-1, 2*Gw-1)`` image per head, the three CLS rows unchanged."""
+    if tuple(src_grid) == tuple(dst_grid):
+        return table
+    sh, sw = 2 * src_grid[0] - 1, 2 * src_grid[1] - 1
+    if table.shape[0] != sh * sw + 3:
+        raise ValueError(
+            f"relative-position bias table has {table.shape[0]} rows, expected {sh * sw + 3} for a "
+            f"{src_grid[0]}x{src_grid[1]} grid with 3 CLS rows"
+        )
+    dh, dw = 2 * dst_grid[0] - 1, 2 * dst_grid[1] - 1
+    patch = table[:-3].t().reshape(1, -1, sh, sw).float()
+    patch = F.interpolate(patch, size=(dh, dw), mode="bicubic", align_corners=False)
+    patch = patch.reshape(-1, dh * dw).t().to(table.dtype)
+    return torch.cat([patch, table[-3:]], dim=0)
+
+
 def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:
     """Splits ``(B, H, W, C)`` into ``(B * nW, ws, ws, C)`` windows, zero-padding the grid to a multiple of ``ws``.
 
@@ -219,8 +258,13 @@ class Attention(nn.Module):
         use_rel_pos: bool = False,
         rel_pos_zero_init: bool = True,
         input_size: Optional[tuple[int, int]] = None,
+        use_rel_pos_bias: bool = False,
     ):
         super().__init__()
+        if use_rel_pos and use_rel_pos_bias:
+            raise ValueError(
+                "choose one relative position: decomposed (use_rel_pos) or a bias table (use_rel_pos_bias)"
+            )
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
@@ -242,6 +286,33 @@ class Attention(nn.Module):
             if not rel_pos_zero_init:
                 nn.init.trunc_normal_(self.rel_pos_h, std=0.02)
                 nn.init.trunc_normal_(self.rel_pos_w, std=0.02)
+        # BEiT-style bias table with CLS rows, one per block, made for the grid ``input_size``
+        self.rel_pos_bias_grid = tuple(input_size) if use_rel_pos_bias and input_size is not None else None
+        if use_rel_pos_bias:
+            if input_size is None:
+                raise ValueError("a relative-position bias table needs the attention grid size (input_size)")
+            rows = (2 * input_size[0] - 1) * (2 * input_size[1] - 1) + 3
+            self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
+        else:
+            self.relative_position_bias_table = None
+
+    def rel_pos_bias(self, hw: tuple[int, int], prefix: int) -> Tensor:
+        """``(heads, prefix + H*W, prefix + H*W)`` bias of the table on the grid ``hw`` (``prefix``: 0 or 1 CLS
+        token); the table is resized (:func:`resize_rel_pos_bias_table`) only when ``hw`` is not its grid."""
+        if prefix not in (0, 1):
+            raise ValueError(
+                f"a relative-position bias table has rows for one CLS token, got {prefix} prefix tokens"
+            )
+        table = resize_rel_pos_bias_table(self.relative_position_bias_table, self.rel_pos_bias_grid, hw)
+        key = (tuple(hw), prefix, table.device)
+        cached = getattr(self, "_bias_index", None)
+        if cached is None or cached[0] != key:  # one grid cached: the index is (1+N)^2 longs
+            index = beit_rel_pos_index(hw, table.device)
+            cached = (key, index if prefix else index[1:, 1:].contiguous())
+            self._bias_index = cached
+        index = cached[1]
+        n = index.shape[0]
+        return table[index.reshape(-1)].view(n, n, -1).permute(2, 0, 1)
 
     def qkv_bias(self) -> Optional[Tensor]:
         if self.q_bias is None:
@@ -255,6 +326,9 @@ class Attention(nn.Module):
         q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.use_rel_pos:
             out = attention_with_rel_pos(q, k, v, hw, self.rel_pos_h, self.rel_pos_w, self.scale)
+        elif self.relative_position_bias_table is not None:
+            bias = self.rel_pos_bias(hw, n - hw[0] * hw[1]).to(q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0))
         else:
             out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
@@ -286,15 +360,25 @@ class Block(nn.Module):
         use_rel_pos: bool = False,
         rel_pos_zero_init: bool = True,
         input_size: Optional[tuple[int, int]] = None,
+        use_rel_pos_bias: bool = False,
+        layer_scale_init: Optional[float] = None,
     ):
         super().__init__()
         self.window_size = window_size
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         attn_grid = (window_size, window_size) if window_size > 0 else input_size
-        self.attn = Attention(dim, num_heads, qkv_bias, use_rel_pos, rel_pos_zero_init, attn_grid)
+        self.attn = Attention(
+            dim, num_heads, qkv_bias, use_rel_pos, rel_pos_zero_init, attn_grid, use_rel_pos_bias
+        )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, mlp_dim)
+        # LayerScale: per-channel gains on the two residual branches (BEiT / EVA segmentation second model set)
+        if layer_scale_init is not None:
+            self.gamma_1 = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
+            self.gamma_2 = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
+        else:
+            self.gamma_1 = self.gamma_2 = None
 
     def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
         """``x``: ``(B, N, C)`` tokens on the grid ``hw`` (``N == H*W``, or ``N > H*W`` with leading prefix
@@ -309,6 +393,9 @@ class Block(nn.Module):
             x = window_unpartition(windows.view(-1, ws, ws, c), ws, pad_hw, hw).reshape(b, -1, c)
         else:
             x = self.attn(x, hw)
+        if self.gamma_1 is not None:
+            x = shortcut + self.drop_path(self.gamma_1 * x)
+            return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
         x = shortcut + self.drop_path(x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -387,10 +474,16 @@ class EVAViT(nn.Module):
             to the input's patch grid). Default: the patch grid of ``img_size``.
         pos_cls_slot: the position table holds a leading CLS slot.
         use_cls_token: prepend a learned CLS token (global attention only).
+        cls_token_pos: add the table's CLS slot to the CLS token; False: the CLS token goes through the blocks
+            without a position (the EVA segmentation layout).
         use_mask_token: a learned token that replaces masked patches (masked image modelling).
         window_size: window side for windowed blocks; 0 = all global.
         global_block_indexes: blocks with global attention when ``window_size > 0``.
         use_rel_pos: decomposed relative position in every block.
+        use_rel_pos_bias: a BEiT-style relative-position bias table with CLS rows in every block, made for the
+            patch grid of ``img_size`` and resized (bicubic) only for another input grid.
+        layer_scale_init: LayerScale ``gamma_1``/``gamma_2`` on both residual branches with this initial value;
+            None: no layer scale.
         final_norm: LayerNorm after the last block.
         drop_path_rate: stochastic depth, linearly increasing to this rate.
         use_act_checkpoint: recompute each block in the backward pass (training only).
@@ -416,6 +509,7 @@ class EVAViT(nn.Module):
         pos_cls_slot: bool = True,
         use_abs_pos: bool = True,
         use_cls_token: bool = False,
+        cls_token_pos: bool = True,
         use_mask_token: bool = False,
         window_size: int = 0,
         global_block_indexes: Sequence[int] = (),
@@ -426,6 +520,8 @@ class EVAViT(nn.Module):
         use_act_checkpoint: bool = False,
         init_std: float = 0.02,
         init_mode: str = "plain",
+        use_rel_pos_bias: bool = False,
+        layer_scale_init: Optional[float] = None,
     ):
         super().__init__()
         if init_mode not in ("plain", "eva"):
@@ -451,6 +547,10 @@ class EVAViT(nn.Module):
             raise ValueError(f"global_block_indexes {global_block_indexes} out of range for depth {depth}")
         if use_cls_token and window_size > 0:
             raise ValueError("a CLS token needs global attention in every block (window_size=0)")
+        if use_rel_pos_bias and window_size > 0:
+            raise ValueError(
+                "a relative-position bias table needs global attention in every block (window_size=0)"
+            )
         if use_cls_token and use_rel_pos:
             raise ValueError("decomposed relative position is defined for patch tokens only (no CLS token)")
         self.img_size = img_size
@@ -461,6 +561,7 @@ class EVAViT(nn.Module):
         self.window_size = window_size
         self.global_block_indexes = global_block_indexes
         self.pos_cls_slot = pos_cls_slot
+        self.cls_token_pos = cls_token_pos
         self.drop_path_rate = drop_path_rate
         self.use_act_checkpoint = use_act_checkpoint
         mlp_dim = mlp_dim or 4 * embed_dim
@@ -492,6 +593,8 @@ class EVAViT(nn.Module):
                 use_rel_pos=use_rel_pos,
                 rel_pos_zero_init=rel_pos_zero_init,
                 input_size=feat_grid,
+                use_rel_pos_bias=use_rel_pos_bias,
+                layer_scale_init=layer_scale_init,
             )
             for i in range(depth)
         )
@@ -567,7 +670,7 @@ class EVAViT(nn.Module):
             x = x + interpolate_abs_pos(self.pos_embed, self.pos_cls_slot, hw, self.pos_grid)
         if self.cls_token is not None:
             cls = self.cls_token.expand(x.shape[0], -1, -1)
-            if self.pos_embed is not None and self.pos_cls_slot:
+            if self.pos_embed is not None and self.pos_cls_slot and self.cls_token_pos:
                 cls = cls + self.pos_embed[:, :1]
             x = torch.cat([cls, x], dim=1)
         return x, hw

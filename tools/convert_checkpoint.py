@@ -11,6 +11,9 @@ Examples:
   python tools/convert_checkpoint.py eva_psz14.pt init.pth --preset eva_g_det --output-prefix backbone.net.
   # a Detectron2 EVA / ViTDet model's backbone and feature pyramid in MMDetection's layout (backbone. / neck.)
   python tools/convert_checkpoint.py model_final.pth mmdet_init.pth --layout mmdet
+  # a released EVA-01 segmentor (mmseg 0.x layout) -> a whole MMSegmentation 1.x checkpoint for its config
+  python tools/convert_checkpoint.py eva_sem_seg_mask2former_ade_ss61p5_ms62p3.pth ade.pth \
+      --segmentor-config configs/segmentation/eva_g_mask2former_ade20k_896.py
 """
 
 from __future__ import annotations
@@ -72,7 +75,13 @@ def main(argv=None) -> int:
     p.add_argument(
         "--allow-pickle", action="store_true", help="read a file that needs full unpickling (trusted only)"
     )
+    p.add_argument(
+        "--segmentor-config",
+        help="convert a whole EVA-01 segmentor checkpoint (backbone, adapter, head) for this MMSegmentation config",
+    )
     args = p.parse_args(argv)
+    if args.segmentor_config:
+        return convert_segmentor(args)
 
     try:
         sd = unwrap_state_dict(
@@ -101,6 +110,31 @@ def main(argv=None) -> int:
     out = {args.output_prefix + k: v.contiguous() for k, v in out.items()}
     wrap = "state_dict" if args.layout == "mmdet" else "model"  # mmengine's checkpoint entry for mmdet
     save_checkpoint(out if args.output.endswith(".safetensors") else {wrap: out}, args.output)
+    print(f"wrote {len(out)} tensors to {args.output}")
+    return 0
+
+
+def convert_segmentor(args) -> int:
+    """The whole segmentor: backbone and adapter through the core converter, head through the plug-in's."""
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    import projects.segmentation  # noqa: F401  (registers the backbone; mmseg stand-ins)
+    from projects.segmentation.authors_checkpoint import convert_authors_segmentor, read_segmentor_checkpoint
+
+    try:
+        sd = unwrap_state_dict(read_segmentor_checkpoint(args.input, args.allow_pickle), args.input, args.key)
+        cfg = Config.fromfile(args.segmentor_config)
+        from mmseg.registry import MODELS
+
+        with DefaultScope.overwrite_default_scope("mmseg"), torch.device("meta"):
+            model = MODELS.build(cfg.model)
+        out, report = convert_authors_segmentor(sd, model, args.input)
+    except (CheckpointError, FileNotFoundError, KeyError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    save_checkpoint({"state_dict": {k: v.contiguous() for k, v in out.items()}}, args.output)
     print(f"wrote {len(out)} tensors to {args.output}")
     return 0
 

@@ -20,6 +20,7 @@ from mmengine.runner import Runner  # noqa: E402
 
 import projects.segmentation  # noqa: E402,F401
 from eva_transfer.checkpoint import CheckpointError  # noqa: E402
+from projects.segmentation.authors_checkpoint import prepare_test_checkpoint  # noqa: E402
 from projects.segmentation.checkpoint_io import unloaded_weights  # noqa: E402
 from projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
 
@@ -31,6 +32,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work-dir")
     p.add_argument("--tta", action="store_true", help="multi-scale + flip testing")
     p.add_argument("--show-dir", help="write images with the predicted segmentation drawn on them here")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a released checkpoint that needs full unpickling (trusted)",
+    )
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default=None)
     p.add_argument(
@@ -46,7 +52,10 @@ def build_runner(args: argparse.Namespace) -> Runner:
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint {args.checkpoint!r} does not exist")
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
-    cfg.load_from = args.checkpoint
+    # a released EVA-01 segmentor (mmseg 0.x layout) is converted to a copy in the work dir first
+    cfg.load_from = prepare_test_checkpoint(
+        args.checkpoint, cfg.model, cfg.get("work_dir"), getattr(args, "allow_pickle", False)
+    )
     cfg.resume = False
     # testing needs only the test set: the training and validation data may be absent
     for key in (
@@ -75,7 +84,9 @@ def build_runner(args: argparse.Namespace) -> Runner:
         # visualizers are per-name singletons: a fresh name, so an earlier one (in the same process) is not reused
         cfg.visualizer.name = f"show_dir:{Path(args.show_dir).resolve()}"
     runner = Runner.from_cfg(cfg)
-    check_weights_loaded(runner.model, args.checkpoint, args.allow_missing_weights)
+    check_weights_loaded(
+        runner.model, cfg.load_from, args.allow_missing_weights
+    )  # the converted copy, if any
     return runner
 
 

@@ -76,6 +76,14 @@ def make_config(args: argparse.Namespace) -> Config:
     elif args.resume:
         cfg.resume = True
         cfg.load_from = args.resume
+    if cfg.get("load_from") and not cfg.get("resume") and Path(cfg.load_from).is_file():
+        # a released EVA-01 segmentor (mmseg 0.x layout) is converted first; its classifier is dropped when the
+        # config has another class count (COCO-Stuff -> ADE20K)
+        from projects.segmentation.authors_checkpoint import prepare_test_checkpoint
+
+        cfg.load_from = prepare_test_checkpoint(
+            cfg.load_from, cfg.model, cfg.get("work_dir"), reinit_classifier=True
+        )
     return cfg
 
 

@@ -1,0 +1,222 @@
+"""The EVA-01 authors' segmentor checkpoints (mmseg 0.x ViT-Adapter + Mask2Former) in this plug-in's layout.
+
+The released files (``eva_sem_seg_mask2former_*.pth``) hold ``{"state_dict": ...}`` with
+
+- ``backbone.*``: the BEiT-style ViT (``blocks``, ``patch_embed``, ``pos_embed`` at the 56x56 grid of the 896 crop,
+  ``cls_token``; in the second model set ``gamma_1/gamma_2`` and per-block ``relative_position_bias_table`` /
+  ``relative_position_index``) and the adapter (``level_embed``, ``spm``, ``interactions``, ``up``, ``norm1..4``),
+  converted by :func:`eva_transfer.adapter.convert_adapter_state_dict`;
+- ``decode_head.*``: Mask2Former built from mmcv 1.x transformer layers, renamed here to mmseg 1.x's
+  ``Mask2FormerHead`` (mmdet 3.x layers) by :func:`head_key`.
+
+Head renames (everything else keeps its name: ``query_embed``, ``query_feat``, ``level_embed``, ``cls_embed``,
+``mask_embed``, ``decoder_input_projs``, ``post_norm``, the pixel decoder's convolutions and level encoding)::
+
+    pixel_decoder.encoder.layers.N.attentions.0.*   -> pixel_decoder.encoder.layers.N.self_attn.*
+    pixel_decoder.encoder.layers.N.ffns.0.*         -> pixel_decoder.encoder.layers.N.ffn.*
+    transformer_decoder.layers.N.attentions.0.*     -> transformer_decoder.layers.N.cross_attn.*
+    transformer_decoder.layers.N.attentions.1.*     -> transformer_decoder.layers.N.self_attn.*
+    transformer_decoder.layers.N.ffns.0.*           -> transformer_decoder.layers.N.ffn.*
+
+The decoder layers' attention order follows the authors' ``operation_order`` ``(cross_attn, norm, self_attn,
+norm, ffn, norm)``: their first attention is the cross-attention; ``norms.0..2`` keep their order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import tempfile
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from eva_transfer.adapter import ViTAdapter, convert_adapter_state_dict
+from eva_transfer.checkpoint import (
+    CheckpointError,
+    LoadReport,
+    read_checkpoint,
+    save_checkpoint,
+    unwrap_state_dict,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "read_segmentor_checkpoint",
+    "convert_authors_segmentor",
+    "head_key",
+    "is_authors_segmentor",
+    "load_authors_segmentor",
+    "prepare_test_checkpoint",
+]
+
+#: the decode head's mmcv 1.x layer names -> mmdet 3.x names
+_HEAD_RULES = (
+    (re.compile(r"^(pixel_decoder\.encoder\.layers\.\d+\.)attentions\.0\."), r"\1self_attn."),
+    (re.compile(r"^(pixel_decoder\.encoder\.layers\.\d+\.)ffns\.0\."), r"\1ffn."),
+    (re.compile(r"^(transformer_decoder\.layers\.\d+\.)attentions\.0\."), r"\1cross_attn."),
+    (re.compile(r"^(transformer_decoder\.layers\.\d+\.)attentions\.1\."), r"\1self_attn."),
+    (re.compile(r"^(transformer_decoder\.layers\.\d+\.)ffns\.0\."), r"\1ffn."),
+)
+
+#: head entries with no parameters in the mmseg 1.x head, and why
+_HEAD_DROPPED = {
+    "conv_seg.weight": "unused classifier of mmseg 0.x's BaseDecodeHead (Mask2Former classifies with cls_embed)",
+    "conv_seg.bias": "unused classifier of mmseg 0.x's BaseDecodeHead (Mask2Former classifies with cls_embed)",
+}
+
+
+def head_key(k: str) -> str:
+    """A decode-head key (relative to ``decode_head.``) of the authors' mmseg 0.x layout in mmseg 1.x's layout."""
+    for pattern, repl in _HEAD_RULES:
+        k = pattern.sub(repl, k)
+    return k
+
+
+def is_authors_segmentor(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a state dict is in the authors' mmseg 0.x layout (adapter norms ``norm1..4``, mmcv 1.x layers)."""
+    return "backbone.norm1.weight" in state_dict or any(
+        re.match(r"^decode_head\.transformer_decoder\.layers\.\d+\.attentions\.", k) for k in state_dict
+    )
+
+
+def _find_adapter(model: nn.Module) -> tuple[str, ViTAdapter]:
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, ViTAdapter)]
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one ViTAdapter inside {type(model).__name__}, found {len(found)}")
+    return found[0]
+
+
+#: the classifier: its rows are the classes (+ no-object), the one head part that fine-tuning on another dataset
+#: replaces (the authors initialise ADE20K from their COCO-Stuff model this way)
+_CLASSIFIER = ("cls_embed.weight", "cls_embed.bias")
+
+
+def convert_authors_segmentor(
+    state_dict: Mapping[str, Tensor],
+    model: nn.Module,
+    source: str = "<state dict>",
+    reinit_classifier: bool = False,
+) -> tuple[dict[str, Tensor], LoadReport]:
+    """Converts a whole segmentor state dict of the authors' layout into ``model``'s (an mmseg 1.x
+    ``EncoderDecoder`` with the ``EVAViTAdapter`` backbone and ``Mask2FormerHead``; the meta device works).
+
+    Every checkpoint key is used or dropped with a reason (in the report), and every model key must be filled
+    with a tensor of its shape; anything else raises :class:`CheckpointError` naming ``source`` and the key.
+    ``reinit_classifier``: a classifier for another class count is dropped (reported) and left out of the result,
+    for fine-tuning on another dataset.
+    """
+    adapter_name, adapter = _find_adapter(model)
+    target = model.state_dict()
+    backbone_sd = {k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    head_sd = {k[len("decode_head.") :]: v for k, v in state_dict.items() if k.startswith("decode_head.")}
+    other = [k for k in state_dict if not k.startswith(("backbone.", "decode_head."))]
+    if other:
+        raise CheckpointError(
+            f"{source}: keys outside backbone.* and decode_head.* (an auxiliary head?): {other[:5]}"
+        )
+    if not backbone_sd or not head_sd:
+        raise CheckpointError(
+            f"{source}: expected backbone.* and decode_head.* keys (first keys: {list(state_dict)[:5]})"
+        )
+    adapter_sd, report = convert_adapter_state_dict(backbone_sd, adapter, source)
+    out = {f"{adapter_name}.{k}": v for k, v in adapter_sd.items()}
+    report.loaded = [f"{adapter_name}.{k}" for k in report.loaded]
+    for k, v in head_sd.items():
+        if k in _HEAD_DROPPED:
+            report.dropped[f"decode_head.{k}"] = _HEAD_DROPPED[k]
+            continue
+        new = "decode_head." + head_key(k)
+        if new not in target:
+            raise CheckpointError(f"{source}: head key 'decode_head.{k}' (as {new!r}) is not in the model")
+        if reinit_classifier and k in _CLASSIFIER and v.shape[1:] == target[new].shape[1:]:
+            if v.shape[0] != target[new].shape[0]:
+                report.dropped[f"decode_head.{k}"] = (
+                    f"classifier for {v.shape[0] - 1} classes, the config has {target[new].shape[0] - 1}: "
+                    "left at its initial values"
+                )
+                continue
+        if tuple(v.shape) != tuple(target[new].shape):
+            raise CheckpointError(
+                f"{source}: head key 'decode_head.{k}' has shape {list(v.shape)}, the model's {new!r} has "
+                f"{list(target[new].shape)} (another class count, query count, width or decoder depth?)"
+            )
+        out[new] = v
+        report.loaded.append(new)
+        if new != f"decode_head.{k}":
+            report.renamed[f"decode_head.{k}"] = new
+    dropped_classifier = {f"decode_head.{k}" for k in _CLASSIFIER if f"decode_head.{k}" in report.dropped}
+    missing = [k for k in target if k not in out and k not in dropped_classifier]
+    if missing:
+        raise CheckpointError(
+            f"{source}: the model's {missing[:5]} ({len(missing)} in all) have no entry in the checkpoint "
+            "(is the config's decoder depth or adapter the checkpoint's?)"
+        )
+    report.missing = []
+    return out, report
+
+
+def load_authors_segmentor(
+    model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any], allow_pickle: bool = False
+) -> LoadReport:
+    """Loads a released segmentor checkpoint of the authors' layout whole into ``model`` (strict)."""
+    source = "<state dict>" if isinstance(checkpoint, Mapping) else str(checkpoint)
+    obj = (
+        checkpoint
+        if isinstance(checkpoint, Mapping)
+        else read_segmentor_checkpoint(str(checkpoint), allow_pickle)
+    )
+    sd, report = convert_authors_segmentor(unwrap_state_dict(obj, source), model, source)
+    model.load_state_dict(sd, strict=True)
+    logger.info("%s", report.summary())
+    return report
+
+
+def read_segmentor_checkpoint(checkpoint: str, allow_pickle: bool = False) -> Any:
+    """Reads a runner checkpoint (this plug-in's) or a released one without executing code (the runner's own
+    types allowed, as mmengine's loader here does); full unpickling only with ``allow_pickle``."""
+    if allow_pickle or str(checkpoint).endswith(".safetensors"):
+        return read_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    from .checkpoint_io import load_local_checkpoint
+
+    try:
+        return load_local_checkpoint(checkpoint, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{checkpoint}: the file holds Python objects that loading without executing code refuses "
+            f"({str(e).splitlines()[0]}); if you trust it, pass --allow-pickle"
+        ) from e
+
+
+def prepare_test_checkpoint(
+    checkpoint: str,
+    model_cfg: Any,
+    work_dir: Optional[str] = None,
+    allow_pickle: bool = False,
+    reinit_classifier: bool = False,
+) -> str:
+    """The checkpoint path for the runner: ``checkpoint`` itself when it is in this plug-in's layout; a converted
+    copy (in ``work_dir`` or a temporary folder) when it is in the authors' layout. ``reinit_classifier``: for
+    ``load_from`` in training, a classifier for another class count is left out (see
+    :func:`convert_authors_segmentor`)."""
+    obj = read_segmentor_checkpoint(checkpoint, allow_pickle)
+    try:
+        sd = unwrap_state_dict(obj, checkpoint)
+    except CheckpointError:
+        return checkpoint  # not a plain tensor dict: left to mmengine's loader
+    if not is_authors_segmentor(sd):
+        return checkpoint
+    from mmseg.registry import MODELS
+
+    with torch.device("meta"):
+        model = MODELS.build(model_cfg)
+    out, report = convert_authors_segmentor(sd, model, checkpoint, reinit_classifier)
+    logger.info("%s", report.summary())
+    folder = work_dir or tempfile.mkdtemp(prefix="eva_seg_ckpt_")
+    path = os.path.join(folder, os.path.basename(checkpoint).rsplit(".", 1)[0] + "_converted.pth")
+    save_checkpoint({"state_dict": {k: v.contiguous() for k, v in out.items()}}, path)
+    return path
