@@ -404,6 +404,7 @@ def test_convert_tool_and_test_seg_read_the_authors_file(loaded, tmp_path, one_t
     # (the runner itself is not built: a runner installs process-wide loggers that other tests' output would go to)
     test_seg = load_tool("test_seg")
     monkeypatch.setattr(test_seg.Runner, "from_cfg", staticmethod(lambda cfg: cfg))
+    monkeypatch.setattr(test_seg, "check_weights_loaded", lambda *args: None)  # needs a built model
     work = tmp_path / "work"
     run_cfg = test_seg.build_runner(test_seg.parse_args([str(cfg_path), str(path), "--work-dir", str(work)]))
     assert Path(run_cfg.load_from).parent == work and run_cfg.load_from.endswith("_converted.pth")
