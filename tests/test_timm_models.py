@@ -9,6 +9,7 @@ import torch
 
 import eva_transfer
 from eva_transfer import PRESETS, build_backbone, load_checkpoint
+from eva_transfer.checkpoint import export_state_dict
 from eva_transfer.timm_models import AUTHOR_CHECKPOINTS, default_out_indices
 
 TINY = ["eva_tiny", "eva_tiny_det", "eva_tiny_seg"]
@@ -157,17 +158,13 @@ def test_state_dict_round_trip(name):
 
 @pytest.mark.parametrize("name", TINY)
 def test_pretrained_local_file_goes_through_the_converter(name, tmp_path):
-    """pretrained=True with a local file (here in timm's own Eva layout and Detectron2's qkv layout) gives the
+    """pretrained=True with a local file (a detector's in Detectron2's layout, or timm's Eva layout) gives the
     features of build_backbone + load_checkpoint on the same file."""
     src = _randomize(build_backbone(name)).eval()
-    sd = {}
-    for k, v in src.state_dict().items():  # Detectron2-style one qkv bias per block, under a detector prefix
-        if k.endswith("attn.q_bias"):
-            sd["backbone.net." + k.replace("q_bias", "qkv.bias")] = torch.cat(
-                [v, torch.randn_like(v), src.state_dict()[k.replace("q_bias", "v_bias")]]
-            )
-        elif not k.endswith("attn.v_bias"):
-            sd["backbone.net." + k] = v
+    # a CLS-free backbone as a fine-tuned ViTDet writes it; the CLS one in timm's own Eva layout
+    sd, _ = export_state_dict(src, "timm" if src.cls_token is not None else "detectron2")
+    for k in [k for k in sd if k.endswith("qkv.bias")]:  # a non-zero key bias, which has no effect
+        sd[k][src.embed_dim : 2 * src.embed_dim] = torch.randn(src.embed_dim)
     path = tmp_path / "model_final.pth"
     torch.save({"model": sd}, path)
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()

@@ -9,6 +9,9 @@ Examples:
   python tools/convert_checkpoint.py model_final.pth backbone.pth
   # write it under Detectron2's key prefix, ready for train.init_checkpoint
   python tools/convert_checkpoint.py eva_psz14.pt init.pth --preset eva_g_det --output-prefix backbone.net.
+  # export the other way: a fine-tuned detector's backbone in timm's Eva layout / Detectron2 ViTDet's layout
+  python tools/convert_checkpoint.py model_final.pth eva_seg_timm.safetensors --to timm
+  python tools/convert_checkpoint.py eva_g_det.safetensors vitdet_init.pth --to detectron2
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eva_transfer.checkpoint import (  # noqa: E402
+    EXPORT_LAYOUTS,
     CheckpointError,
     convert_state_dict,
+    export_state_dict,
     extract_backbone,
     read_checkpoint,
     save_checkpoint,
@@ -58,7 +63,21 @@ def main(argv=None) -> int:
     p.add_argument("--rel-pos-resize", choices=["linear", "geometric"], default="linear")
     p.add_argument("--key", help="checkpoint entry holding the state dict (found automatically)")
     p.add_argument("--prefix", help="backbone key prefix in the checkpoint (found automatically)")
-    p.add_argument("--output-prefix", default="", help="prefix for the written keys, e.g. backbone.net.")
+    p.add_argument(
+        "--output-prefix",
+        help="prefix for the written keys, e.g. backbone.net. (default: none; backbone.net. for --to detectron2)",
+    )
+    p.add_argument(
+        "--to",
+        choices=["eva", *EXPORT_LAYOUTS],
+        default="eva",
+        help="layout written: this toolkit's (default), timm's Eva, or Detectron2 ViTDet's",
+    )
+    p.add_argument(
+        "--lossy",
+        action="store_true",
+        help="with --to: drop weights the target layout cannot represent instead of refusing",
+    )
     p.add_argument(
         "--allow-pickle", action="store_true", help="read a file that needs full unpickling (trusted only)"
     )
@@ -77,11 +96,16 @@ def main(argv=None) -> int:
         else:
             out, report = extract_backbone(sd, args.input, args.prefix)
             report.loaded = list(out)
+        if args.to != "eva":
+            print(report.summary())
+            out, report = export_state_dict(out, args.to, prefix="", strict=not args.lossy)
+            report.source = f"{args.input} -> {args.to} layout"
     except (CheckpointError, FileNotFoundError, KeyError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.summary())
-    out = {args.output_prefix + k: v.contiguous() for k, v in out.items()}
+    prefix = args.output_prefix if args.output_prefix is not None else EXPORT_LAYOUTS.get(args.to, "")
+    out = {prefix + k: v.contiguous() for k, v in out.items()}
     save_checkpoint(out if args.output.endswith(".safetensors") else {"model": out}, args.output)
     print(f"wrote {len(out)} tensors to {args.output}")
     return 0
