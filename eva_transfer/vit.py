@@ -538,6 +538,14 @@ class EVAViT(nn.Module):
         one, else the mean of the patch tokens. There is no classifier, so ``pre_logits`` changes nothing."""
         return x[:, 0] if self.cls_token is not None else x[:, self.num_prefix_tokens :].mean(dim=1)
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter grouping for layer-wise lr decay: embeddings first, then one group per block, the
+        final norm last (as :func:`eva_transfer.lr_decay.layer_id_for_name`)."""
+        return dict(
+            stem=r"^cls_token|^pos_embed|^patch_embed|^mask_token",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (len(self.blocks),))],  # a layer after the blocks
+        )
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """timm's switch for activation checkpointing (``use_act_checkpoint``)."""
         self.use_act_checkpoint = enable

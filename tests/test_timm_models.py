@@ -192,3 +192,17 @@ def test_torch_compile_aot_eager():
     compiled = torch.compile(model, backend="aot_eager", fullgraph=False)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_timm_layer_decay_matches_this_toolkits():
+    """timm's optimizer factory groups the backbone through group_matcher as param_groups_layer_decay does."""
+    from timm.optim import create_optimizer_v2
+
+    from eva_transfer.lr_decay import lr_scale_for_name
+
+    model = timm.create_model("eva_tiny")
+    opt = create_optimizer_v2(model, "adamw", lr=1.0, weight_decay=0.05, layer_decay=0.75)
+    scale_of = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert scale_of[id(p)] == pytest.approx(lr_scale_for_name(name, 0.75, model.depth)), name
+    assert len({round(s, 6) for s in scale_of.values()}) == model.depth + 2
