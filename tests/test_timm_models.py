@@ -206,3 +206,14 @@ def test_timm_layer_decay_matches_this_toolkits():
     for name, p in model.named_parameters():
         assert scale_of[id(p)] == pytest.approx(lr_scale_for_name(name, 0.75, model.depth)), name
     assert len({round(s, 6) for s in scale_of.values()}) == model.depth + 2
+
+
+@pytest.mark.parametrize("size", [(64, 96), (96, 64), (48, 48)])
+def test_windowed_batch_of_one_with_one_window_row(size):
+    """A batch of one whose padded grid is one window high or wide (timm's features_only runs such inputs)."""
+    model = _randomize(build_backbone("eva_tiny_det")).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        both = model(x)
+        one = model(x[:1])
+    torch.testing.assert_close(one, both[:1], rtol=1e-5, atol=1e-5)
