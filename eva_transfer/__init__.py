@@ -1,5 +1,6 @@
 """eva-transfer: the framework-free core (EVA ViT backbone, pyramid, adapter, checkpoints, lr decay)."""
 
+from . import timm_models  # noqa: F401  (registers every preset with timm)
 from .adapter import ViTAdapter, build_vit_adapter
 from .checkpoint import CheckpointError, LoadReport, load_checkpoint, read_checkpoint, save_checkpoint
 from .lr_decay import layer_id_for_name, param_groups_layer_decay

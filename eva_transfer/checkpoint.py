@@ -27,6 +27,7 @@ import pickle
 import re
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -44,6 +45,7 @@ __all__ = [
     "check_tensor",
     "convert_state_dict",
     "export_mmdet",
+    "export_state_dict",
     "extract_backbone",
     "extract_pyramid",
     "find_backbone",
@@ -56,6 +58,8 @@ __all__ = [
     "resize_pos_embed",
     "resize_rel_pos",
     "save_checkpoint",
+    "timm_eva_kwargs",
+    "vitdet_vit_kwargs",
     "write_bytes_atomic",
     "unwrap_state_dict",
 ]
@@ -793,3 +797,161 @@ def export_mmdet(
     out = mmdet_layout(sd, pyramid)
     report.loaded = list(out)
     return out, report
+
+
+# --------------------------------------------------------------------------------------------------- export
+#: layouts :func:`export_state_dict` writes, with their default key prefix
+EXPORT_LAYOUTS = {"timm": "", "detectron2": "backbone.net."}
+
+
+def export_state_dict(
+    source: Union[nn.Module, PathOrState],
+    layout: str,
+    *,
+    prefix: Optional[str] = None,
+    strict: bool = True,
+    allow_pickle: bool = False,
+) -> tuple[dict[str, Tensor], LoadReport]:
+    """Writes this toolkit's backbone in another library's layout: the converter's other direction.
+
+    Args:
+        source: an :class:`EVAViT` or a module holding one (a detector, a segmentor), or a checkpoint path or
+            state dict in any layout :func:`load_checkpoint` reads (a fine-tuned detector's ``model_final.pth``).
+        layout: ``"timm"`` (timm's ``Eva``: fused ``qkv.weight``, ``q_bias``, ``v_bias``; a backbone without a final norm becomes ``Eva(use_fc_norm=True)``, whose pooled head
+            output then passes a unit ``fc_norm``; the position table with a CLS slot exactly when there is a CLS token) or ``"detectron2"`` (ViTDet's
+            ``ViT``: one ``qkv.bias`` with a zero key part; no CLS token, no final norm).
+        prefix: prefix of the written keys; default ``""`` for timm, ``"backbone.net."`` for Detectron2.
+        strict: refuse (:class:`CheckpointError`) weights the target cannot represent without changing the
+            outputs: relative-position tables or windowed attention for timm's ``Eva``; a CLS token or a final
+            norm for Detectron2's ``ViT``. ``strict=False`` drops them and lists them in the report.
+    Returns:
+        The state dict and a :class:`LoadReport` (``renamed`` and ``dropped`` say what changed).
+
+    The matching model's arguments come from :func:`timm_eva_kwargs` / :func:`vitdet_vit_kwargs`.
+    """
+    if layout not in EXPORT_LAYOUTS:
+        raise ValueError(f"unknown export layout {layout!r} (expected one of {sorted(EXPORT_LAYOUTS)})")
+    prefix = EXPORT_LAYOUTS[layout] if prefix is None else prefix
+    vit = None
+    if isinstance(source, nn.Module):
+        vit = find_backbone(source)
+        sd, report = dict(vit.state_dict()), LoadReport(source=type(source).__name__)
+    else:
+        if isinstance(source, Mapping):
+            name, obj = "<state dict>", source
+        else:
+            name, obj = str(source), read_checkpoint(source, allow_pickle=allow_pickle)
+        sd, report = extract_backbone(unwrap_state_dict(obj, name), name)
+    has_cls = "cls_token" in sd
+    refuse: dict[str, str] = {}
+    out: dict[str, Tensor] = {}
+    for k, v in sd.items():
+        if k == "mask_token":
+            report.dropped[k] = "masked-image-modelling token; not part of the backbone's forward"
+            continue
+        if layout == "timm" and re.search(r"attn\.rel_pos_[hw]$", k):
+            refuse[k] = "timm's Eva has no decomposed relative position"
+            continue
+        if layout == "detectron2" and k == "cls_token":
+            refuse[k] = "Detectron2's ViT has no CLS token"
+            continue
+        if layout == "detectron2" and k.startswith("norm."):
+            refuse[k] = "Detectron2's ViT has no final norm"
+            continue
+        m = re.match(r"^(blocks\.\d+\.attn\.)(q|v)_bias$", k)
+        if m and layout == "detectron2":
+            if m.group(2) == "q":
+                v_bias = sd[m.group(1) + "v_bias"]
+                out[m.group(1) + "qkv.bias"] = torch.cat([v, torch.zeros_like(v), v_bias])
+                report.renamed[m.group(1) + "{q,v}_bias"] = m.group(1) + "qkv.bias (zero key part)"
+            continue
+        out[k] = v  # timm's Eva: the same names (its zero key bias is a non-persistent buffer)
+    if (
+        vit is not None
+        and layout == "timm"
+        and vit.window_size > 0
+        and len(vit.global_block_indexes) < vit.depth
+    ):
+        refuse["(windowed attention)"] = "timm's Eva attends globally in every block"
+    if layout == "timm":
+        pos = out.get("pos_embed")
+        if pos is not None and _has_cls_slot(pos.shape[1]) != has_cls:
+            g = int(round(math.sqrt(pos.shape[1] - int(_has_cls_slot(pos.shape[1])))))
+            out["pos_embed"] = resize_pos_embed(pos, (g, g), cls_slot=has_cls)
+            report.renamed["pos_embed"] = "pos_embed (CLS slot " + (
+                "added, zeros)" if has_cls else "dropped)"
+            )
+        if (
+            "norm.weight" not in out
+        ):  # no final norm: timm's Eva with use_fc_norm=True (norm only in its head)
+            ref = out["patch_embed.proj.weight"]
+            out["fc_norm.weight"], out["fc_norm.bias"] = (
+                ref.new_ones(ref.shape[0]),
+                ref.new_zeros(ref.shape[0]),
+            )
+            report.renamed["fc_norm.{weight,bias}"] = "unit head norm (the backbone has no final norm)"
+    if refuse:
+        if strict:
+            raise CheckpointError(
+                f"{report.source}: the {layout} layout cannot represent "
+                + "; ".join(f"{k} ({why})" for k, why in refuse.items())
+                + ". Pass strict=False (command line: --lossy) to drop them; the outputs will then differ."
+            )
+        report.dropped.update({k: f"{why} (lossy export)" for k, why in refuse.items()})
+    report.prefix = prefix
+    report.loaded = list(out)
+    return {prefix + k: v for k, v in out.items()}, report
+
+
+def _mlp_ratio(vit: EVAViT) -> float:
+    ratio = vit.blocks[0].mlp.fc1.out_features / vit.embed_dim
+    if int(vit.embed_dim * ratio) != vit.blocks[0].mlp.fc1.out_features:
+        raise ValueError(f"MLP width {vit.blocks[0].mlp.fc1.out_features} is not expressible as a ratio")
+    return ratio
+
+
+def timm_eva_kwargs(vit: EVAViT) -> dict[str, Any]:
+    """Arguments of ``timm.models.eva.Eva`` matching ``vit`` for weights from ``export_state_dict(vit, "timm")``
+    (``forward_features`` then equals ``vit.forward_features`` at the position grid's input size)."""
+    vit = find_backbone(vit)
+    return dict(
+        img_size=tuple(g * vit.patch_size for g in vit.pos_grid),
+        patch_size=vit.patch_size,
+        in_chans=vit.patch_embed.proj.in_channels,
+        embed_dim=vit.embed_dim,
+        depth=vit.depth,
+        num_heads=vit.num_heads,
+        mlp_ratio=_mlp_ratio(vit),
+        qkv_fused=True,
+        class_token=vit.cls_token is not None,
+        num_classes=0,
+        global_pool="token" if vit.cls_token is not None else "avg",
+        use_fc_norm=isinstance(vit.norm, nn.Identity),  # no final norm: timm's norm is then an identity
+        norm_layer=partial(nn.LayerNorm, eps=vit.blocks[0].norm1.eps),
+    )
+
+
+def vitdet_vit_kwargs(vit: EVAViT) -> dict[str, Any]:
+    """Arguments of Detectron2's ``detectron2.modeling.ViT`` matching ``vit`` for weights from
+    ``export_state_dict(vit, "detectron2", prefix="")`` (its ``"last_feat"`` output equals ``vit(x)``)."""
+    vit = find_backbone(vit)
+    windowed = [i for i in range(vit.depth) if i not in vit.global_block_indexes] if vit.window_size else []
+    return dict(
+        img_size=vit.img_size[0],
+        patch_size=vit.patch_size,
+        in_chans=vit.patch_embed.proj.in_channels,
+        embed_dim=vit.embed_dim,
+        depth=vit.depth,
+        num_heads=vit.num_heads,
+        mlp_ratio=_mlp_ratio(vit),
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=vit.blocks[0].norm1.eps),
+        window_size=vit.window_size,
+        window_block_indexes=windowed,
+        use_rel_pos=vit.blocks[0].attn.use_rel_pos,
+        use_abs_pos=vit.pos_embed is not None,
+        pretrain_img_size=vit.pos_grid[0] * vit.patch_size if vit.pos_grid else 224,
+        pretrain_use_cls_token=vit.pos_cls_slot,
+        use_act_checkpoint=vit.use_act_checkpoint,
+        out_feature="last_feat",
+    )

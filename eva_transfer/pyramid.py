@@ -7,7 +7,7 @@ load into it unchanged.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,11 +31,18 @@ class LayerNorm2d(nn.Module):
 
 
 class ConvNorm(nn.Conv2d):
-    """Conv2d followed by a channel LayerNorm held as ``.norm`` (bias-free conv)."""
+    """Conv2d followed by a channel norm held as ``.norm`` (bias-free conv); with ``norm_layer=None`` no norm and
+    a conv bias, as Detectron2's ``Conv2d`` with ``norm=""``."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int):
-        super().__init__(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False)
-        self.norm = LayerNorm2d(out_ch)
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        norm_layer: Optional[Callable[[int], nn.Module]] = LayerNorm2d,
+    ):
+        super().__init__(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=norm_layer is None)
+        self.norm = norm_layer(out_ch) if norm_layer is not None else nn.Identity()
         nn.init.kaiming_uniform_(self.weight, a=1)  # c2_xavier_fill, as in ViTDet
 
     def forward(self, x: Tensor) -> Tensor:
@@ -51,6 +58,8 @@ class SimpleFeaturePyramid(nn.Module):
         out_channels: width of every output level.
         scale_factors: resampling of the input per level: 4 (two transposed convs), 2 (one), 1, 0.5 (max-pool).
         top_level: add a further level by stride-2 max-pooling the last one (p6).
+        norm_layer: the channel norm, called with the width (default :class:`LayerNorm2d`, ViTDet's ``"LN"``);
+            ``None`` for none (convs with bias). Module names do not depend on it.
     Returns (forward): dict ``{"p2": (B, out, H/4, W/4), ..., "p6": (B, out, H/64, W/64)}`` for input ``H x W``
     of the image (keys named ``p{log2(stride)}``).
     """
@@ -62,6 +71,7 @@ class SimpleFeaturePyramid(nn.Module):
         out_channels: int = 256,
         scale_factors: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
         top_level: bool = True,
+        norm_layer: Optional[Callable[[int], nn.Module]] = LayerNorm2d,
     ):
         super().__init__()
         self.scale_factors = tuple(scale_factors)
@@ -72,7 +82,7 @@ class SimpleFeaturePyramid(nn.Module):
             if scale == 4.0:
                 layers = [
                     nn.ConvTranspose2d(dim, dim // 2, 2, 2),
-                    LayerNorm2d(dim // 2),
+                    norm_layer(dim // 2) if norm_layer is not None else nn.Identity(),
                     nn.GELU(),
                     nn.ConvTranspose2d(dim // 2, dim // 4, 2, 2),
                 ]
@@ -86,7 +96,10 @@ class SimpleFeaturePyramid(nn.Module):
                 layers = [nn.MaxPool2d(2, 2)]
             else:
                 raise ValueError(f"scale factor {scale} is not supported (use 4, 2, 1 or 0.5)")
-            layers += [ConvNorm(dim, out_channels, 1), ConvNorm(out_channels, out_channels, 3)]
+            layers += [
+                ConvNorm(dim, out_channels, 1, norm_layer),
+                ConvNorm(out_channels, out_channels, 3, norm_layer),
+            ]
             stride = int(in_stride / scale)
             stage = int(math.log2(stride))
             self.add_module(f"simfp_{stage}", nn.Sequential(*layers))

@@ -389,7 +389,7 @@ class Block(nn.Module):
             b, _, c = x.shape
             windows, pad_hw = window_partition(x.view(b, hw[0], hw[1], c), self.window_size)
             ws = self.window_size
-            windows = self.attn(windows.view(-1, ws * ws, c), (ws, ws))
+            windows = self.attn(windows.reshape(-1, ws * ws, c), (ws, ws))
             x = window_unpartition(windows.view(-1, ws, ws, c), ws, pad_hw, hw).reshape(b, -1, c)
         else:
             x = self.attn(x, hw)
@@ -702,34 +702,124 @@ class EVAViT(nn.Module):
             x = self.run_block(i, x, hw)
         return self.norm(x)
 
+    def _take_indices(self, indices: Optional[Sequence[int] | int]) -> list[int]:
+        """Block indexes (ascending, unique) from timm's ``indices`` convention: None = all blocks, an int ``n``
+        = the last ``n`` blocks, a sequence = those blocks (negative counts from the end)."""
+        n = len(self.blocks)
+        if indices is None:
+            return list(range(n))
+        if isinstance(indices, int):
+            if not 0 < indices <= n:
+                raise ValueError(f"indices={indices}: the last-n count must be between 1 and the depth {n}")
+            return list(range(n - indices, n))
+        take = []
+        for i in indices:
+            if not -n <= int(i) < n:
+                raise ValueError(f"block index {i} in indices={list(indices)} is out of range for depth {n}")
+            take.append(int(i) % n)
+        return sorted(set(take))
+
     def forward_intermediates(
-        self, x: Tensor, indices: Optional[Sequence[int] | int] = None, norm: bool = False
-    ) -> tuple[Tensor, list[Tensor]]:
-        """Final map and intermediate block outputs.
+        self,
+        x: Tensor,
+        indices: Optional[Sequence[int] | int] = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Block outputs, with timm's arguments.
 
         Args:
             indices: block indexes whose outputs are returned (negative counts from the end), or an int ``n`` for
                 the last ``n`` blocks; default all.
+            return_prefix_tokens: each intermediate becomes ``(map, prefix tokens (B, prefix, C))``.
             norm: apply the final norm to the intermediates too.
+            stop_early: run only up to the last requested block (the final output is then that block's).
+            output_fmt: ``"NCHW"`` (``(B, C, H/p, W/p)`` maps) or ``"NLC"`` (``(B, H/p * W/p, C)`` patch tokens).
+            intermediates_only: return the list only.
         Returns:
-            ``(B, C, H/p, W/p)`` final map and a list of ``(B, C, H/p, W/p)`` maps in block order.
+            The final output after the norm (``NCHW``: the map of :meth:`forward`; ``NLC``: all tokens, prefix
+            included, as :meth:`forward_features`) and the list of intermediates in block order; or the list only.
         """
-        if indices is None:
-            take = set(range(self.depth))
-        elif isinstance(indices, int):
-            take = set(range(self.depth - indices, self.depth))
-        else:
-            take = {i % self.depth for i in indices}
-        if x.dim() == 4 and x.shape[0] == 0:
+        fmt = getattr(output_fmt, "value", output_fmt)  # a str or timm's Format enum
+        if fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r}: expected 'NCHW' or 'NLC'")
+        nchw = fmt == "NCHW"
+        take = self._take_indices(indices)
+        last = take[-1] if stop_early and take else len(self.blocks) - 1
+        if x.dim() == 4 and x.shape[0] == 0 and nchw:
             m = self._empty_map(x)
-            return m, [m.clone() for _ in sorted(take)]
+            outs = [
+                (m.clone(), m.new_zeros(0, self.num_prefix_tokens, m.shape[1]))
+                if return_prefix_tokens
+                else m.clone()
+                for _ in take
+            ]
+            return outs if intermediates_only else (m, outs)
         x, hw = self.prepare_tokens(x)
         outs = []
-        for i in range(self.depth):
+        for i in range(last + 1):
             x = self.run_block(i, x, hw)
             if i in take:
-                outs.append(self.tokens_to_map(self.norm(x) if norm else x, hw))
-        return self.tokens_to_map(self.norm(x), hw), outs
+                y = self.norm(x) if norm else x
+                feat = self.tokens_to_map(y, hw) if nchw else y[:, self.num_prefix_tokens :]
+                outs.append((feat, y[:, : self.num_prefix_tokens]) if return_prefix_tokens else feat)
+        if intermediates_only:
+            return outs
+        x = self.norm(x)
+        return (self.tokens_to_map(x, hw) if nchw else x), outs
+
+    def prune_intermediate_layers(
+        self, indices: Optional[Sequence[int] | int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drops the blocks after the last of ``indices`` (timm's feature-extraction pruning); ``prune_norm``
+        replaces the final norm by an identity. There is no head to prune. Returns the absolute indexes."""
+        take = self._take_indices(indices)
+        self.blocks = self.blocks[: take[-1] + 1]
+        self.depth = len(self.blocks)
+        self.global_block_indexes = tuple(i for i in self.global_block_indexes if i < self.depth)
+        if prune_norm:
+            self.norm = nn.Identity()
+        return take
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """timm's feature description: one entry per block (``blocks.{i}``, width, stride)."""
+        return [
+            dict(module=f"blocks.{i}", num_chs=self.embed_dim, reduction=self.patch_size)
+            for i in range(len(self.blocks))
+        ]
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dim
+
+    @property
+    def num_classes(self) -> int:
+        return 0  # a backbone: no classifier
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` -> ``(B, prefix + N, C)`` tokens after the final norm (timm's ``forward_features``)."""
+        return self.forward_tokens(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pooled ``(B, C)`` features from :meth:`forward_features` tokens: the CLS token where the backbone has
+        one, else the mean of the patch tokens. There is no classifier, so ``pre_logits`` changes nothing."""
+        return x[:, 0] if self.cls_token is not None else x[:, self.num_prefix_tokens :].mean(dim=1)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter grouping for layer-wise lr decay: embeddings first, then one group per block, the
+        final norm last (as :func:`eva_transfer.lr_decay.layer_id_for_name`)."""
+        return dict(
+            stem=r"^cls_token|^pos_embed|^patch_embed|^mask_token",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (len(self.blocks),))],  # a layer after the blocks
+        )
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch for activation checkpointing (``use_act_checkpoint``)."""
+        self.use_act_checkpoint = enable
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, 3, H, W)`` -> ``(B, C, H/p, W/p)``: the stride-p feature map (any H, W >= p; floored, see

@@ -9,6 +9,7 @@ from torch import nn
 
 from eva_transfer import build_backbone, load_checkpoint, save_checkpoint
 from eva_transfer.adapter import ViTAdapter, build_vit_adapter, interaction_ranges
+from eva_transfer.checkpoint import export_state_dict
 
 
 def _adapter(**kwargs) -> ViTAdapter:
@@ -58,14 +59,9 @@ def test_checkpoint_through_converter_equals_weights_set_directly(tmp_path):
     direct.backbone.load_state_dict(source.state_dict())
 
     # a fine-tuned checkpoint as a segmentation framework writes it: wrapped, prefixed, one qkv bias per block
-    state = {}
-    for k, v in source.state_dict().items():
-        if k.endswith("attn.q_bias"):
-            base = k[: -len("q_bias")]
-            v_bias = source.state_dict()[base + "v_bias"]
-            state["backbone.backbone." + base + "qkv.bias"] = torch.cat([v, torch.randn_like(v), v_bias])
-        elif not k.endswith("attn.v_bias"):
-            state["backbone.backbone." + k] = v
+    state, _ = export_state_dict(source, "detectron2", prefix="backbone.backbone.")
+    for k in [k for k in state if k.endswith("qkv.bias")]:  # a non-zero key bias, which has no effect
+        state[k][64:128] = torch.randn(64)
     state["decode_head.conv_seg.weight"] = torch.randn(5, 8)
     path = tmp_path / "segmentor.pth"
     save_checkpoint({"state_dict": state, "meta": {"iter": 7}}, path)

@@ -15,7 +15,6 @@ import copy
 import os
 import sys
 import time
-from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,35 +29,17 @@ from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 from torch import nn  # noqa: E402
 
+from eva_transfer.checkpoint import export_state_dict, vitdet_vit_kwargs  # noqa: E402
 from projects.detection.engine import load_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def vitdet_backbone(ours) -> nn.Module:
-    """Detectron2's ViTDet backbone with the shape of ``ours`` (an EVADetectionBackbone) and its weights."""
-    net = ours.net
-    window_blocks = (
-        [i for i in range(net.depth) if i not in net.global_block_indexes] if net.window_size else []
-    )
+    """Detectron2's ViTDet backbone with the shape of ``ours`` (an EVADetectionBackbone) and its weights, written
+    in Detectron2's layout by the converter's exporter."""
     ref = SimpleFeaturePyramid(
-        ViT(
-            img_size=net.img_size[0],
-            patch_size=net.patch_size,
-            embed_dim=net.embed_dim,
-            depth=net.depth,
-            num_heads=net.num_heads,
-            mlp_ratio=net.blocks[0].mlp.fc1.out_features / net.embed_dim,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            window_size=net.window_size,
-            window_block_indexes=window_blocks,
-            use_rel_pos=net.blocks[0].attn.use_rel_pos,
-            pretrain_img_size=net.pos_grid[0] * net.patch_size,
-            pretrain_use_cls_token=net.pos_cls_slot,
-            use_act_checkpoint=net.use_act_checkpoint,
-            out_feature="last_feat",
-        ),
+        ViT(**vitdet_vit_kwargs(ours.net)),
         "last_feat",
         out_channels=ours.out_channels,
         scale_factors=ours.scale_factors,
@@ -66,14 +47,8 @@ def vitdet_backbone(ours) -> nn.Module:
         norm="LN",
         square_pad=ours.square_pad,
     )
-    sd = {}
-    for k, v in ours.state_dict().items():
-        if k.endswith(".attn.q_bias"):
-            sd[k.replace("q_bias", "qkv.bias")] = torch.cat(
-                [v, torch.zeros_like(v), ours.state_dict()[k.replace("q_", "v_")]]
-            )
-        elif not k.endswith(".attn.v_bias"):
-            sd[k] = v
+    sd, _ = export_state_dict(ours.net, "detectron2", prefix="net.")
+    sd.update({k: v for k, v in ours.state_dict().items() if not k.startswith("net.")})
     ref.load_state_dict(sd, strict=True)
     return ref
 

@@ -10,10 +10,13 @@ Examples:
   # write it under Detectron2's key prefix, ready for train.init_checkpoint
   python tools/convert_checkpoint.py eva_psz14.pt init.pth --preset eva_g_det --output-prefix backbone.net.
   # a Detectron2 EVA / ViTDet model's backbone and feature pyramid in MMDetection's layout (backbone. / neck.)
-  python tools/convert_checkpoint.py model_final.pth mmdet_init.pth --layout mmdet
+  python tools/convert_checkpoint.py model_final.pth mmdet_init.pth --to mmdet
   # a released EVA-01 segmentor (mmseg 0.x layout) -> a whole MMSegmentation 1.x checkpoint for its config
   python tools/convert_checkpoint.py eva_sem_seg_mask2former_ade_ss61p5_ms62p3.pth ade.pth \
       --segmentor-config configs/segmentation/eva_g_mask2former_ade20k_896.py
+  # export the other way: a fine-tuned detector's backbone in timm's Eva layout / Detectron2 ViTDet's layout
+  python tools/convert_checkpoint.py model_final.pth eva_seg_timm.safetensors --to timm
+  python tools/convert_checkpoint.py eva_g_det.safetensors vitdet_init.pth --to detectron2
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eva_transfer.checkpoint import (  # noqa: E402
+    EXPORT_LAYOUTS,
     CheckpointError,
     convert_state_dict,
+    export_state_dict,
     extract_backbone,
     extract_pyramid,
     mmdet_layout,
@@ -65,12 +70,22 @@ def main(argv=None) -> int:
     p.add_argument("--rel-pos-resize", choices=["linear", "geometric", "beit"], default="linear")
     p.add_argument("--key", help="checkpoint entry holding the state dict (found automatically)")
     p.add_argument("--prefix", help="backbone key prefix in the checkpoint (found automatically)")
-    p.add_argument("--output-prefix", default="", help="prefix for the written keys, e.g. backbone.net.")
     p.add_argument(
-        "--layout",
-        choices=["backbone", "mmdet"],
-        default="backbone",
-        help="mmdet: backbone.* and neck.simfp_* keys for projects.mmdetection (pyramid kept if the input has one)",
+        "--output-prefix",
+        help="prefix for the written keys, e.g. backbone.net. (default: none; backbone.net. for --to detectron2)",
+    )
+    p.add_argument(
+        "--to",
+        choices=["eva", *EXPORT_LAYOUTS, "mmdet"],
+        default="eva",
+        help="layout written: this toolkit's (default), timm's Eva, Detectron2 ViTDet's, or MMDetection's "
+        "(backbone.* and neck.simfp_* for projects.mmdetection; the pyramid kept if the input has one)",
+    )
+    p.add_argument("--layout", choices=["mmdet"], dest="to", help="the same as --to mmdet")
+    p.add_argument(
+        "--lossy",
+        action="store_true",
+        help="with --to timm/detectron2: drop weights the target layout cannot represent instead of refusing",
     )
     p.add_argument(
         "--allow-pickle", action="store_true", help="read a file that needs full unpickling (trusted only)"
@@ -96,19 +111,24 @@ def main(argv=None) -> int:
         else:
             out, report = extract_backbone(sd, args.input, args.prefix)
             report.loaded = list(out)
-        if args.layout == "mmdet":
+        if args.to == "mmdet":
             if args.output_prefix:
-                raise CheckpointError("--output-prefix and --layout mmdet exclude each other")
+                raise CheckpointError("--output-prefix and --to mmdet exclude each other")
             out = mmdet_layout(out, extract_pyramid(sd, args.input))
             report.unexpected = [
                 k for k in report.unexpected if ".simfp_" not in k and not k.startswith("simfp_")
             ]
+        elif args.to != "eva":
+            print(report.summary())
+            out, report = export_state_dict(out, args.to, prefix="", strict=not args.lossy)
+            report.source = f"{args.input} -> {args.to} layout"
     except (CheckpointError, FileNotFoundError, KeyError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.summary())
-    out = {args.output_prefix + k: v.contiguous() for k, v in out.items()}
-    wrap = "state_dict" if args.layout == "mmdet" else "model"  # mmengine's checkpoint entry for mmdet
+    prefix = args.output_prefix if args.output_prefix is not None else EXPORT_LAYOUTS.get(args.to, "")
+    out = {prefix + k: v.contiguous() for k, v in out.items()}
+    wrap = "state_dict" if args.to == "mmdet" else "model"  # mmengine's checkpoint entry for mmdet
     save_checkpoint(out if args.output.endswith(".safetensors") else {wrap: out}, args.output)
     print(f"wrote {len(out)} tensors to {args.output}")
     return 0

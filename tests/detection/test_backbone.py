@@ -10,6 +10,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import nn
 
 import projects.detection  # noqa: F401
+from eva_transfer.presets import preset_config
 from projects.detection.backbone import EVADetectionBackbone, build_eva_det_backbone
 from projects.detection.checkpoint import EVADetectionCheckpointer
 
@@ -91,3 +92,87 @@ def test_vitdet_checkpoint_loads_and_matches_detectron2(tmp_path):
     assert list(got) == list(want)
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-4)
+
+
+def _randomized(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return module.eval()
+
+
+def test_vit_alone_is_a_detectron2_backbone_and_feeds_detectron2_necks():
+    from detectron2.modeling import FPN
+
+    from eva_transfer import build_backbone
+    from eva_transfer.vit import EVAViT
+    from projects.detection.backbone import EVAViTBackbone
+
+    plain = _randomized(build_backbone("eva_tiny_det"))
+    vit = _randomized(EVAViTBackbone(**preset_config("eva_tiny_det")))
+    assert isinstance(vit, EVAViT)
+    assert {k: (s.channels, s.stride) for k, s in vit.output_shape().items()} == {"last_feat": (64, 16)}
+    x = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        out = vit(x)
+        assert list(out) == ["last_feat"] and out["last_feat"].shape == (1, 64, 8, 6)
+        torch.testing.assert_close(out["last_feat"], plain(x))  # same seed, same weights
+    # Detectron2's own FPN on the ViT alone (one input level, p4 + p5 from its top block)
+    top = LastLevelMaxPool()
+    top.in_feature = "p4"
+    fpn = FPN(vit, ["last_feat"], out_channels=32, top_block=top).eval()
+    with torch.no_grad():
+        feats = fpn(x)
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {"p4": (1, 32, 8, 6), "p5": (1, 32, 4, 3)}
+    # an EVAViT from build_backbone turns into the backbone in place, weights and names kept
+    names = list(plain.state_dict())
+    same = EVAViTBackbone.from_vit(plain, out_feature="vit")
+    assert same is plain and list(same.state_dict()) == names and list(same.output_shape()) == ["vit"]
+    with pytest.raises(TypeError, match="EVAViT"):
+        EVAViTBackbone.from_vit(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(
+    "norm, top_block",
+    [("LN", "maxpool"), ("GN", "p6p7"), ("BN", None)],
+)
+def test_pyramid_wraps_a_backbone_as_detectron2s_does(norm, top_block):
+    """Our pyramid on the ViT backbone equals Detectron2's SimpleFeaturePyramid on the same backbone with the same
+    weights (same state-dict names), for several norms and top blocks."""
+    from detectron2.modeling.backbone.fpn import LastLevelP6P7
+
+    from eva_transfer import build_backbone
+
+    def top():
+        if top_block == "maxpool":
+            return LastLevelMaxPool()
+        if top_block == "p6p7":
+            return LastLevelP6P7(32, 32, in_feature="p5")
+        return None
+
+    ours = EVADetectionBackbone(
+        build_backbone("eva_tiny_det"), 32, top_level=False, top_block=top(), norm=norm
+    )
+    _randomized(ours)
+    from projects.detection.backbone import EVAViTBackbone
+
+    ref_net = EVAViTBackbone(**preset_config("eva_tiny_det"))
+    ref = SimpleFeaturePyramid(ref_net, "last_feat", 32, (4.0, 2.0, 1.0, 0.5), top_block=top(), norm=norm)
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    ref.eval()
+    assert {k: (s.channels, s.stride) for k, s in ours.output_shape().items()} == {
+        k: (s.channels, s.stride) for k, s in ref.output_shape().items()
+    }
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        want, got = ref(x), ours(x)
+    assert list(got) == list(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5)
+    # the default (LN, built-in p6) keeps the ViTDet names that checkpoints use
+    default = build_eva_det_backbone("eva_tiny_det", out_channels=32)
+    assert "net.blocks.0.attn.qkv.weight" in default.state_dict()
+    assert "simfp_2.1.weight" in default.state_dict() and "simfp_5.2.norm.weight" in default.state_dict()
+    with pytest.raises(ValueError, match="in_feature 'res4'"):
+        EVADetectionBackbone(build_backbone("eva_tiny_det"), 32, in_feature="res4")
