@@ -18,19 +18,22 @@ from mmengine.config import DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import projects.segmentation  # noqa: E402,F401
+from eva_transfer.runtime import add_run_arguments  # noqa: E402
 from projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
+from projects.segmentation.runtime import configure_run  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("checkpoint", help="a segmentor checkpoint written by tools/train_seg.py")
-    p.add_argument("--work-dir")
+    p.add_argument("--work-dir", "--output-dir", dest="work_dir", help="where logs go")
     p.add_argument("--tta", action="store_true", help="multi-scale + flip testing")
     p.add_argument("--show-dir", help="write images with the predicted segmentation drawn on them here")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, default=None)
+    p.add_argument("--cfg-options", "--opts", nargs="+", action=DictAction, default=None)
     p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+    add_run_arguments(p, output=False, overrides=False)
     return p.parse_args(argv)
 
 
@@ -66,6 +69,7 @@ def build_runner(args: argparse.Namespace) -> Runner:
         cfg.visualizer.save_dir = args.show_dir
         # visualizers are per-name singletons: a fresh name, so an earlier one (in the same process) is not reused
         cfg.visualizer.name = f"show_dir:{Path(args.show_dir).resolve()}"
+    configure_run(cfg, args.num_threads, args.device)
     return Runner.from_cfg(cfg)
 
 

@@ -9,6 +9,10 @@
 
 Several machines: ``--num-machines M --machine-rank R --dist-url tcp://HOST:PORT`` on each. On a machine without
 GPUs, ``--num-gpus N`` starts N CPU processes (gloo).
+
+The options shared by all tools are accepted here too: ``--output-dir``/``--work-dir`` (train.output_dir),
+``--cfg-options``/``--opts`` (more key=value overrides), ``--device`` (train.device) and ``--num-threads``
+(CPU threads per process; by default the cores shared among processes and data-loader workers).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from detectron2.engine import default_argument_parser, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from eva_transfer.runtime import add_run_arguments, configure_cpu_threads  # noqa: E402
 from projects.detection.engine import (  # noqa: E402
     ConfigKeyError,
     do_eval_only,
@@ -36,9 +41,33 @@ from projects.detection.engine import (  # noqa: E402
 from projects.detection.registration import prepare_config_datasets  # noqa: E402
 
 
+def parse_args(argv=None):
+    """Detectron2's arguments plus the shared ones; these are folded into ``args.opts``."""
+    parser = default_argument_parser()
+    add_run_arguments(parser)
+    args = parser.parse_args(argv)
+    args.opts = list(args.opts or []) + list(args.extra_opts)
+    if args.output_dir:
+        args.opts.append(f"train.output_dir={args.output_dir}")
+    if args.device:
+        args.opts.append(f"train.device={args.device}")
+    return args
+
+
+def configure_threads(cfg, args) -> int:
+    """This process's CPU threads: one share of the cores per process and data-loader worker."""
+    loader = cfg.dataloader.test if args.eval_only else cfg.dataloader.train
+    device = str(cfg.train.get("device", "cpu"))
+    processes = max(1, int(args.num_gpus)) if not device.startswith("cuda") else 1
+    return configure_cpu_threads(
+        args.num_threads, device=device, processes=processes, workers=int(loader.get("num_workers", 0) or 0)
+    )
+
+
 def main(args):
     cfg = load_config(args.config_file, args.opts)
     setup_run(cfg, args)
+    configure_threads(cfg, args)
     setup_datasets(cfg)
     if args.eval_only:
         return do_eval_only(cfg)
@@ -47,7 +76,7 @@ def main(args):
 
 
 def cli(argv=None):
-    args = default_argument_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         cfg = load_config(args.config_file, args.opts)
     except ConfigKeyError as e:

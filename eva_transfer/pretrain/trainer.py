@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import read_checkpoint, save_checkpoint, write_bytes_atomic
 from ..lr_decay import param_groups_layer_decay
+from ..runtime import WorkerThreads
 from .data import GlobalBatchSampler, MIMDataset, collate, list_images
 from .masking import BlockMaskGenerator
 from .student import MIMStudent, build_student, export_state_dict, masked_cosine_loss
@@ -282,6 +283,7 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
                     num_workers=dcfg["workers"],
                     collate_fn=collate,
                     pin_memory=device.type == "cuda",
+                    worker_init_fn=WorkerThreads(1) if dcfg["workers"] else None,
                 )
                 for batch in loader:
                     lr = lr_at_step(

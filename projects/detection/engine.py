@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .checkpoint import EVADetectionCheckpointer
 from .registration import register_config_datasets
+from .runtime import with_worker_threads
 
 __all__ = [
     "setup_run",
@@ -197,7 +198,9 @@ def make_checkpointer(
 def do_test(cfg: DictConfig, model) -> dict:
     """Runs ``dataloader.test`` through the model and ``dataloader.evaluator``; returns the metrics."""
     results = inference_on_dataset(
-        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+        model,
+        with_worker_threads(instantiate(cfg.dataloader.test)),
+        instantiate(cfg.dataloader.evaluator),
     )
     if comm.is_main_process() and results:
         print_csv_format(results)
@@ -247,7 +250,7 @@ def do_train(cfg: DictConfig, resume: bool = False):
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
     del cfg.optimizer.params.model
-    train_loader = instantiate(cfg.dataloader.train)
+    train_loader = with_worker_threads(instantiate(cfg.dataloader.train))
     device = resolve_device(cfg)
     model = wrap_ddp(model, device, **cfg.train.ddp)
     if cfg.train.amp.enabled and device.startswith("cuda"):
