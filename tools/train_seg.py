@@ -65,6 +65,10 @@ def make_config(args: argparse.Namespace) -> Config:
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+    # a resumed run with a longer max_iters extends the lr schedule instead of running on at its final value
+    hooks = list(cfg.get("custom_hooks") or [])
+    if not any(h.get("type") == "ScheduleFollowsRunHook" for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type="ScheduleFollowsRunHook")]
     if args.resume == "auto":
         cfg.resume = True
         cfg.load_from = None

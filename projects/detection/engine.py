@@ -24,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from .checkpoint import EVADetectionCheckpointer
 from .registration import register_config_datasets
 from .runtime import with_worker_threads
+from .schedule import fit_schedule_to_run
 
 __all__ = [
     "setup_run",
@@ -144,7 +145,10 @@ def load_config(path: str, overrides: Iterable[str] = ()) -> DictConfig:
     cfg = LazyConfig.load(path)
     overrides = list(overrides)
     check_override_keys(cfg, overrides)
-    return LazyConfig.apply_overrides(cfg, overrides)
+    planned_iter = OmegaConf.select(cfg, "train.max_iter", default=None)
+    cfg = LazyConfig.apply_overrides(cfg, overrides)
+    fit_schedule_to_run(cfg, planned_iter, overrides)  # a shortened run scales steps and warm-up
+    return cfg
 
 
 def setup_datasets(cfg: DictConfig) -> None:

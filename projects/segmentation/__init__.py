@@ -23,6 +23,8 @@ from .datasets import (  # noqa: E402
     SyntheticADEDataset,
 )
 from .optimizer import LayerDecayOptimWrapperConstructor  # noqa: E402
+from .runtime import worker_threads_init  # noqa: E402
+from .schedule import ScheduleFollowsRunHook  # noqa: E402
 
 __all__ = [
     "EVAViTAdapter",
@@ -36,4 +38,6 @@ __all__ = [
     "LayerDecayOptimWrapperConstructor",
     "AtomicLocalBackend",
     "load_local_checkpoint",
+    "ScheduleFollowsRunHook",
+    "worker_threads_init",
 ]
