@@ -37,7 +37,7 @@ def fit_schedule_to_run(
     ``planned_iters`` (the config file's value). Returns the changes made (also logged)."""
     train_cfg = cfg.get("train_cfg") or {}
     max_iters = train_cfg.get("max_iters") if isinstance(train_cfg, Mapping) else None
-    if not planned_iters or not max_iters or max_iters >= planned_iters:
+    if not planned_iters or not max_iters or max_iters >= planned_iters or max_iters < 2:
         return []
     if any(str(k).lstrip("+").startswith("param_scheduler") for k in (overrides or {})):
         return []  # the schedule was set explicitly
