@@ -79,6 +79,9 @@ KNOWN_WARNINGS: tuple[tuple[type, str, str], ...] = (
 )
 
 
+#: loggers whose warnings are the same kind of note (torch.fx: Detectron2 asks ``is_fx_tracing`` on every forward)
+KNOWN_LOGGERS: tuple[str, ...] = ("torch.fx._symbolic_trace",)
+
 _WARNINGS_SILENCED = False
 
 
@@ -92,6 +95,8 @@ def silence_known_warnings() -> bool:
         return False
     for category, message, module in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name in KNOWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     _WARNINGS_SILENCED = True
     return True
 
