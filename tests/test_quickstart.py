@@ -114,7 +114,7 @@ def test_detection_quickstart(tmp_path):
     metrics = [r for r in rows if "bbox/AP" in r][-1]
     print(f"detection quick start: box AP {metrics['bbox/AP']:.1f}, mask AP {metrics['segm/AP']:.1f}")
     _check("detection", metrics, block["shortened"] if block["shorten"] else block["checks"])
-    val = sorted((work / "datasets/synthetic/coco/val").glob("*.jpg"))
+    val = sorted(p for p in (work / "datasets/synthetic/coco/val").iterdir() if p.suffix in (".png", ".jpg"))
     drawn = sorted((out / "demo").glob("*.png"))
     assert [p.stem for p in drawn] == [p.stem for p in val]
     changed = 0
