@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "quickstart.md"
 MARKER = re.compile(r"<!-- quickstart (\w+): (.*?) -->\n```bash\n(.*?)```", re.S)
 CHECK = re.compile(r"([\w/]+) (>=|<=) (-?[\d.]+)")
+#: EVA_QUICKSTART_FULL=1 runs the blocks without their shortening override (the full promises: box AP >= 50 ...)
+FULL = os.environ.get("EVA_QUICKSTART_FULL") == "1"
 
 
 def parse_blocks(text: str) -> dict:
@@ -79,7 +81,7 @@ def _run_block(block: dict, work: Path, log: Path) -> list[str]:
         pytest.skip("no .venv/bin/python (run bash tools/setup.sh)")
     outputs = []
     for command in block["commands"]:
-        if block["shorten"] and block["shorten"][0] in command:
+        if block["shorten"] and not FULL and block["shorten"][0] in command:
             command = f"{command} {block['shorten'][1]}"
         start = time.perf_counter()
         proc = subprocess.run(
@@ -113,10 +115,18 @@ def test_detection_quickstart(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line.strip()]
     metrics = [r for r in rows if "bbox/AP" in r][-1]
     print(f"detection quick start: box AP {metrics['bbox/AP']:.1f}, mask AP {metrics['segm/AP']:.1f}")
-    _check("detection", metrics, block["shortened"] if block["shorten"] else block["checks"])
+    _check("detection", metrics, block["shortened"] if block["shorten"] and not FULL else block["checks"])
     val = sorted(p for p in (work / "datasets/synthetic/coco/val").iterdir() if p.suffix in (".png", ".jpg"))
     drawn = sorted((out / "demo").glob("*.png"))
-    assert [p.stem for p in drawn] == [p.stem for p in val]
+    assert [p.stem for p in drawn] == [p.stem for p in val]  # one PNG per validation image
+    if block["shorten"] and not FULL:
+        # the shortened model has no detection above the demo's default 0.5 yet (the page says so); its first
+        # detections are drawn at a lower threshold
+        threshold = ["--confidence-threshold", "0.05", "--max-images", "6", "--output", "output/demo_low"]
+        command = f"{block['commands'][-1]} {' '.join(threshold)}"
+        _run_block(dict(block, commands=[command], shorten=None), work, tmp_path / "log.txt")
+        drawn = sorted((work / "output/demo_low").glob("*.png"))
+        val = val[: len(drawn)]
     changed = 0
     for png, src in zip(drawn, val):
         a = np.asarray(Image.open(png).convert("RGB"))
@@ -135,7 +145,11 @@ def test_segmentation_quickstart(tmp_path):
     assert found, outputs[-1][-2000:]
     miou = float(found[-1])
     print(f"segmentation quick start: mIoU {miou:.1f}")
-    _check("segmentation", {"mIoU": miou}, block["shortened"] if block["shorten"] else block["checks"])
+    _check(
+        "segmentation",
+        {"mIoU": miou},
+        block["shortened"] if block["shorten"] and not FULL else block["checks"],
+    )
     preds = sorted((work / "work_dirs/eva_tiny_mask2former_synthetic/predictions").glob("*.png"))
     assert len(preds) == len(list((work / "data/synthetic_ade/images/validation").glob("*.jpg")))
 
@@ -150,7 +164,9 @@ def test_pretrain_quickstart(tmp_path):
     first, last = records[0]["loss"], records[-1]["loss"]
     print(f"pre-training quick start: loss {first:.3f} -> {last:.3f} in {len(records)} steps")
     assert last < first
-    _check("pretrain", {"loss": last}, block["shortened"] if block["shorten"] else block["checks"])
+    _check(
+        "pretrain", {"loss": last}, block["shortened"] if block["shorten"] and not FULL else block["checks"]
+    )
     assert (out / "backbone.safetensors").is_file()
 
 
