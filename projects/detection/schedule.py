@@ -43,13 +43,15 @@ def fit_schedule_to_run(
         if scaled_warmup != warmup:
             sched.warmup_iters = scaled_warmup
             changes.append(f"warm-up {warmup} -> {scaled_warmup} iterations")
-    if changes:
-        logger.warning(
-            "train.max_iter=%d is shorter than the config's %d: the lr schedule is scaled by %.3g (%s). "
-            "Set lr_multiplier.steps / lr_multiplier.warmup_iters to choose them yourself.",
-            max_iter,
-            planned_iter,
-            ratio,
-            "; ".join(changes),
-        )
+    note = (
+        f"train.max_iter={max_iter} is shorter than the config's {planned_iter}: the lr schedule is scaled by "
+        f"{ratio:.3g} ({'; '.join(changes)}). Set lr_multiplier.steps / lr_multiplier.warmup_iters to choose "
+        "them yourself."
+    )
+    if changes and note not in _NOTED:  # the tools load the config twice in one process: one note
+        _NOTED.add(note)
+        logger.warning(note)
     return changes
+
+
+_NOTED: set = set()

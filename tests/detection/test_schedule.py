@@ -41,8 +41,13 @@ def test_shortened_run_scales_steps_and_warmup(config, caplog):
         list(full.lr_multiplier.steps),
         full.lr_multiplier.warmup_iters,
     )
+    from projects.detection import schedule
+
+    schedule._NOTED.clear()  # the note is logged once per process
     with caplog.at_level(logging.WARNING, logger="projects.detection"):
         cfg = load_config(config, ["train.max_iter=40"])
+        load_config(config, ["train.max_iter=40"])
+    assert caplog.text.count("shorter than the config's") == 1
     assert "shorter than the config's" in caplog.text and "train.max_iter=40" in caplog.text
     want_steps = [max(1, min(39, round(s * 40 / planned))) for s in steps]
     want_warmup = round(warmup * 40 / planned)
