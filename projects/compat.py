@@ -13,6 +13,10 @@ Each patch is applied only when the real component is missing, and records why:
   The stand-in also carries the ops MMDetection's two-stage detectors call, routed to torchvision's operators:
   ``roi_align_forward`` / ``roi_align_backward`` (average pooling, ``aligned`` and ``sampling_ratio`` as in mmcv)
   and ``nms`` (``offset`` 0 or 1), so ``mmcv.ops.RoIAlign``, ``nms`` and ``batched_nms`` run unchanged.
+- known start-up warnings of third-party code that users cannot act on (:data:`KNOWN_WARNINGS`: fvcore's
+  ``torch.jit.script`` at import, mmcv/mmdet's ``torch.meshgrid`` without ``indexing``, mmseg's visualization
+  hook and visualizer notes) are silenced once, here, by :func:`silence_known_warnings`, which the plug-ins'
+  ``apply_*`` calls run first. ``EVA_SHOW_ALL_WARNINGS=1`` keeps them.
 - ``lvis`` on NumPy 2: lvis-api 0.5.3 uses ``np.float``, removed in NumPy 2.0; its evaluator module is given a
   NumPy view that still has the alias.
 """
@@ -65,8 +69,44 @@ def _real_import_fails(module: str) -> str | None:
     return None
 
 
+#: (category, message regex, module regex) of third-party warnings silenced by :func:`silence_known_warnings`
+KNOWN_WARNINGS: tuple[tuple[type, str, str], ...] = (
+    (FutureWarning, r"`torch\.jit\.script` is deprecated", r""),  # fvcore, mmcv: decorators at import
+    (UserWarning, r"torch\.meshgrid: in an upcoming release", r""),  # mmcv / mmdet positional encodings
+    (UserWarning, r"The draw is False", r"mmseg"),  # mmseg's visualization hook when drawing is off
+    (
+        UserWarning,
+        r".*instance named of visualizer has been created",
+        r"mmengine",
+    ),  # one visualizer per process
+)
+
+
+#: loggers whose warnings are the same kind of note (torch.fx: Detectron2 asks ``is_fx_tracing`` on every forward)
+KNOWN_LOGGERS: tuple[str, ...] = ("torch.fx._symbolic_trace",)
+
+_WARNINGS_SILENCED = False
+
+
+def silence_known_warnings() -> bool:
+    """Ignores :data:`KNOWN_WARNINGS` in this process (once; not when ``EVA_SHOW_ALL_WARNINGS=1``)."""
+    import os
+    import warnings
+
+    global _WARNINGS_SILENCED
+    if _WARNINGS_SILENCED or os.environ.get("EVA_SHOW_ALL_WARNINGS") == "1":
+        return False
+    for category, message, module in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name in KNOWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    _WARNINGS_SILENCED = True
+    return True
+
+
 def apply_detectron2() -> bool:
     """Registers a stand-in ``detectron2._C`` if detectron2 is installed without a loadable one."""
+    silence_known_warnings()
     if "detectron2._C" in sys.modules or importlib.util.find_spec("detectron2") is None:
         return False
     reason = _real_import_fails("detectron2._C")
@@ -91,6 +131,7 @@ def apply_detectron2() -> bool:
 def apply_mmcv() -> bool:
     """Registers a stand-in ``mmcv._ext`` if mmcv is installed without its compiled ops (mmcv-lite), and routes
     mmcv's CUDA deformable-attention call to the core's pure-PyTorch op."""
+    silence_known_warnings()
     if "mmcv._ext" in APPLIED:
         return True
     if "mmcv._ext" in sys.modules or importlib.util.find_spec("mmcv") is None:

@@ -92,3 +92,26 @@ def test_detectron2_environment_report_runs_with_stand_in():
         print("ok")
     """)
     assert out == "ok"
+
+
+def test_known_third_party_warnings_are_silenced_once_in_compat():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    code = "import projects.detection, projects.segmentation, mmseg.models"
+    env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONWARNINGS": "default"}
+    env.pop("EVA_SHOW_ALL_WARNINGS", None)
+    quiet = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=repo)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "torch.jit.script" not in quiet.stderr
+    loud = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "EVA_SHOW_ALL_WARNINGS": "1"},
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
+    assert "torch.jit.script" in loud.stderr  # the filter, not the environment, removed it

@@ -6,6 +6,10 @@ Several GPUs:     torchrun --nproc_per_node 8 tools/pretrain.py --config configs
                       data.root=/data/merged30m
 Several nodes:    torchrun --nnodes 16 --node_rank $RANK --master_addr $ADDR --nproc_per_node 8 tools/pretrain.py ...
 Overrides are section.key=value with Python literals (optim.lr=5e-4 train.batch_size=2048 data.root='/x').
+The options shared by all tools: --config-file (= --config), --output-dir/--work-dir (train.output_dir),
+--cfg-options/--opts (more overrides), --resume [CHECKPOINT] (train.resume; the default already resumes from the
+output folder), --device (train.device) and --num-threads (CPU threads; default: the cores shared among the
+process and its data-loader workers).
 Interrupt with Ctrl-C (or SIGTERM): the current step finishes, a checkpoint is written, and rerunning the same
 command resumes from it.
 """
@@ -20,27 +24,63 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import torch  # noqa: E402
+
 from eva_transfer.pretrain import ConfigError, load_config, train  # noqa: E402
 from eva_transfer.pretrain.trainer import DistributedStartupError  # noqa: E402
+from eva_transfer.runtime import add_run_arguments, configure_cpu_threads  # noqa: E402
+
+
+def shared_overrides(args) -> list[str]:
+    """The shared options as ``section.key=value`` overrides (applied after the positional ones)."""
+    extra = list(args.extra_opts)
+    if args.output_dir:
+        extra.append(f"train.output_dir={args.output_dir!r}")
+    if args.resume is not None:
+        extra.append(f"train.resume={args.resume!r}")
+    if args.device:
+        extra.append(f"train.device={args.device!r}")
+    return extra
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", required=True, help="a config file under configs/pretrain/")
+    parser.add_argument(
+        "--config",
+        "--config-file",
+        dest="config",
+        required=True,
+        help="a config file under configs/pretrain/",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="CHECKPOINT",
+        help="resume from the output folder's last checkpoint (the default), or from CHECKPOINT",
+    )
+    add_run_arguments(parser)
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, list(args.overrides) + shared_overrides(args))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
         print(json.dumps(cfg, indent=2, default=str))
         return 0
+    device = cfg["train"]["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        configure_cpu_threads(args.num_threads, device=device, workers=int(cfg["data"]["workers"]))
+    except ValueError as e:  # a bad thread count
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         train(cfg)
     except (ConfigError, DistributedStartupError) as e:  # a value only the data shows wrong; a missing rank

@@ -4,6 +4,8 @@
 python tools/test_seg.py CONFIG CHECKPOINT                 # the config's inference (sliding window for EVA)
 python tools/test_seg.py CONFIG CHECKPOINT --tta           # multi-scale + flip (the config's tta_pipeline)
 python tools/test_seg.py CONFIG CHECKPOINT --show-dir vis  # also write prediction overlays
+python tools/test_seg.py CONFIG CHECKPOINT --out preds      # also save each prediction as a label PNG
+python tools/test_seg.py CONFIG CHECKPOINT --show           # display each prediction (needs a display)
 """
 
 from __future__ import annotations
@@ -20,16 +22,18 @@ from mmengine.runner import Runner  # noqa: E402
 
 import projects.segmentation  # noqa: E402,F401
 from eva_transfer.checkpoint import CheckpointError  # noqa: E402
+from eva_transfer.runtime import add_run_arguments  # noqa: E402
 from projects.segmentation.authors_checkpoint import prepare_test_checkpoint  # noqa: E402
 from projects.segmentation.checkpoint_io import unloaded_weights  # noqa: E402
 from projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
+from projects.segmentation.runtime import configure_run  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("checkpoint", help="a segmentor checkpoint written by tools/train_seg.py")
-    p.add_argument("--work-dir")
+    p.add_argument("--work-dir", "--output-dir", dest="work_dir", help="where logs go")
     p.add_argument("--tta", action="store_true", help="multi-scale + flip testing")
     p.add_argument("--show-dir", help="write images with the predicted segmentation drawn on them here")
     p.add_argument(
@@ -37,14 +41,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="read a released checkpoint that needs full unpickling (trusted)",
     )
-    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, default=None)
     p.add_argument(
         "--allow-missing-weights",
         action="store_true",
         help="evaluate even when the checkpoint does not set every weight of the model (those stay random)",
     )
+    p.add_argument(
+        "--out",
+        help="save each prediction here as a PNG of class indices, named after its image (the dataset's label "
+        "numbering, as mmseg's --out)",
+    )
+    p.add_argument("--show", action="store_true", help="display each prediction in a window")
+    p.add_argument("--wait-time", type=float, default=2.0, help="seconds each --show window stays up")
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    p.add_argument("--cfg-options", "--opts", nargs="+", action=DictAction, default=None)
     p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+    add_run_arguments(p, output=False, overrides=False)
     return p.parse_args(argv)
 
 
@@ -74,15 +86,24 @@ def build_runner(args: argparse.Namespace) -> Runner:
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
-    if args.show_dir:
+    if args.out:
+        evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
+        for evaluator in evaluators:
+            evaluator.output_dir = str(args.out)
+    if args.show or args.show_dir:
         vis = cfg.default_hooks.get("visualization")
         if vis is None:
-            raise KeyError(f"--show-dir needs default_hooks.visualization in {args.config}")
+            raise KeyError(f"--show/--show-dir need default_hooks.visualization in {args.config}")
         vis.draw = True
         vis.interval = 1
+        if args.show:
+            vis.show = True
+            vis.wait_time = args.wait_time
+    if args.show_dir:
         cfg.visualizer.save_dir = args.show_dir
         # visualizers are per-name singletons: a fresh name, so an earlier one (in the same process) is not reused
         cfg.visualizer.name = f"show_dir:{Path(args.show_dir).resolve()}"
+    configure_run(cfg, args.num_threads, args.device)
     runner = Runner.from_cfg(cfg)
     check_weights_loaded(
         runner.model, cfg.load_from, args.allow_missing_weights

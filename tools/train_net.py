@@ -9,6 +9,10 @@
 
 Several machines: ``--num-machines M --machine-rank R --dist-url tcp://HOST:PORT`` on each. On a machine without
 GPUs, ``--num-gpus N`` starts N CPU processes (gloo).
+
+The options shared by all tools are accepted here too: ``--output-dir``/``--work-dir`` (train.output_dir),
+``--cfg-options``/``--opts`` (more key=value overrides), ``--device`` (train.device) and ``--num-threads``
+(CPU threads per process; by default the cores shared among processes and data-loader workers).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from detectron2.utils import comm  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from eva_transfer.checkpoint import CheckpointError  # noqa: E402
+from eva_transfer.runtime import add_run_arguments, configure_cpu_threads  # noqa: E402
 from projects.detection.config_checks import (  # noqa: E402
     ConfigValueError,
     check_config,
@@ -45,9 +50,20 @@ from projects.detection.engine import (  # noqa: E402
 from projects.detection.registration import prepare_config_datasets  # noqa: E402
 
 
+def configure_threads(cfg, args) -> int:
+    """This process's CPU threads: one share of the cores per process and data-loader worker."""
+    loader = cfg.dataloader.test if args.eval_only else cfg.dataloader.train
+    device = str(cfg.train.get("device", "cpu"))
+    processes = max(1, int(args.num_gpus)) if not device.startswith("cuda") else 1
+    return configure_cpu_threads(
+        args.num_threads, device=device, processes=processes, workers=int(loader.get("num_workers", 0) or 0)
+    )
+
+
 def main(args):
     cfg = load_config(args.config_file, args.opts)
     setup_run(cfg, args)
+    configure_threads(cfg, args)
     setup_datasets(cfg)
     if args.eval_only:
         return do_eval_only(cfg, resume=args.resume, allow_missing_weights=args.allow_missing_weights)
@@ -69,11 +85,19 @@ def parser():
         action="store_true",
         help="with --eval-only: evaluate even when the checkpoint does not set every weight (random heads)",
     )
+    add_run_arguments(p)
     return p
 
 
 def parse_args(argv=None):
-    return parser().parse_args(argv)
+    """Detectron2's arguments plus the shared ones; these are folded into ``args.opts``."""
+    args = parser().parse_args(argv)
+    args.opts = list(args.opts or []) + list(args.extra_opts)
+    if args.output_dir:
+        args.opts.append(f"train.output_dir={args.output_dir}")
+    if args.device:
+        args.opts.append(f"train.device={args.device}")
+    return args
 
 
 def cli(argv=None):

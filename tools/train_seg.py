@@ -4,6 +4,7 @@
     python tools/train_seg.py configs/segmentation/eva_tiny_mask2former_synthetic.py \
         --cfg-options train_dataloader.dataset.data_root=data/synthetic_ade
     python tools/train_seg.py CONFIG --resume                 # continue from work_dir's last checkpoint
+    python tools/train_seg.py CONFIG --output-dir out --opts train_cfg.max_iters=40 --device cpu --num-threads 1
     torchrun --nproc-per-node 8 tools/train_seg.py CONFIG --launcher pytorch
 
 Overrides in --cfg-options must name existing keys (a typo is an error); add a new key with a leading '+'.
@@ -22,6 +23,7 @@ from mmengine.runner import Runner  # noqa: E402
 
 import projects.segmentation  # noqa: E402,F401  (registers the plug-in before the config is built)
 from eva_transfer.checkpoint import CheckpointError  # noqa: E402
+from eva_transfer.runtime import add_run_arguments  # noqa: E402
 from projects.segmentation.checkpoint_io import latest_intact_checkpoint  # noqa: E402
 from projects.segmentation.cli import (  # noqa: E402
     ConfigOverrideError,
@@ -30,12 +32,18 @@ from projects.segmentation.cli import (  # noqa: E402
     load_config,
     start_distributed,
 )
+from projects.segmentation.runtime import configure_run  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="config file")
-    p.add_argument("--work-dir", help="where logs and checkpoints go (default: work_dirs/<config name>)")
+    p.add_argument(
+        "--work-dir",
+        "--output-dir",
+        dest="work_dir",
+        help="where logs and checkpoints go (default: work_dirs/<config name>)",
+    )
     p.add_argument(
         "--resume",
         nargs="?",
@@ -54,12 +62,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--cfg-options",
+        "--opts",
         nargs="+",
         action=DictAction,
         default=None,
         help="override config keys, e.g. train_cfg.max_iters=1000 optim_wrapper.optimizer.lr=1e-4",
     )
     p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+    add_run_arguments(p, output=False, overrides=False)
     return p.parse_args(argv)
 
 
@@ -69,6 +79,10 @@ def make_config(args: argparse.Namespace) -> Config:
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+    # a resumed run with a longer max_iters extends the lr schedule instead of running on at its final value
+    hooks = list(cfg.get("custom_hooks") or [])
+    if not any(h.get("type") == "ScheduleFollowsRunHook" for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type="ScheduleFollowsRunHook")]
     if args.resume == "auto":
         cfg.resume = True
         # the newest intact checkpoint (a damaged newer one is skipped with a warning); None: start afresh
@@ -91,6 +105,7 @@ def main(argv=None) -> Runner:
     args = parse_args(argv)
     cfg = make_config(args)
     check_train_config(cfg)  # before the model and data are built
+    configure_run(cfg, args.num_threads, args.device)
     if args.launcher == "pytorch":
         start_distributed(cfg, args.dist_timeout)
     runner = Runner.from_cfg(cfg)

@@ -12,11 +12,15 @@ from __future__ import annotations
 import ast
 import copy
 import difflib
+import logging
 import runpy
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
+    "fit_warmup_to_run",
     "DEFAULTS",
     "FREE_FORM",
     "ConfigError",
@@ -239,11 +243,44 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> dict:
     """The full config: :data:`DEFAULTS` <- config file chain <- ``overrides`` (``key=value`` strings)."""
     cfg = copy.deepcopy(DEFAULTS) if path is None else _read_file(Path(path))
+    planned = copy.deepcopy(cfg["schedule"])
+    set_keys = set()
     for text in overrides:
         keys, value = parse_override(text)
+        set_keys.add(".".join(keys))
         update: Any = value
         for k in reversed(keys):
             update = {k: update}
         cfg = merge(cfg, update, f"override {text!r}")
+    fit_warmup_to_run(cfg["schedule"], planned, set_keys)  # a shortened run first, then the checks
     check_config(cfg)
     return cfg
+
+
+def fit_warmup_to_run(schedule: dict, planned: dict, set_keys: set = frozenset()) -> list[str]:
+    """Scales the warm-up of a run shortened below its config (``schedule.total_steps`` or ``schedule.epochs``
+    overridden lower) by the same ratio, unless the warm-up was overridden too; logs a note. Returns the
+    changes."""
+    changes = []
+    for length, warmup in (("total_steps", "warmup_steps"), ("epochs", "warmup_epochs")):
+        new, old = schedule[length], planned[length]
+        if not new or not old or new >= old or f"schedule.{warmup}" in set_keys or schedule[warmup] is None:
+            continue
+        if length == "epochs" and schedule["total_steps"]:
+            continue  # total_steps decides the length
+        value = schedule[warmup]
+        scaled = value * new / old
+        scaled = min(new, round(scaled)) if length == "total_steps" else scaled
+        if scaled != value:
+            schedule[warmup] = scaled
+            changes.append(f"schedule.{warmup} {value} -> {scaled}")
+            logger.warning(
+                "schedule.%s=%s is shorter than the config's %s: %s is scaled to %s. Set schedule.%s to choose it.",
+                length,
+                new,
+                old,
+                warmup,
+                scaled,
+                warmup,
+            )
+    return changes

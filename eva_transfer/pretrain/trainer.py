@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..checkpoint import CheckpointError, read_checkpoint, save_checkpoint, write_bytes_atomic
+from ..runtime import WorkerThreads
 from .config import ConfigError, check_config
 from .data import GlobalBatchSampler, MIMDataset, collate, list_images
 from .masking import BlockMaskGenerator
@@ -339,6 +340,7 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
                     num_workers=dcfg["workers"],
                     collate_fn=collate,
                     pin_memory=device.type == "cuda",
+                    worker_init_fn=WorkerThreads(1) if dcfg["workers"] else None,
                 )
                 for batch in loader:
                     lr = lr_at_step(

@@ -25,6 +25,8 @@ from .checkpoint import EVADetectionCheckpointer
 from .config_checks import check_override_types, numeric_keys
 from .interrupt import StopOnSignal, TrainingInterrupted
 from .registration import register_config_datasets
+from .runtime import with_worker_threads
+from .schedule import fit_schedule_to_run
 
 __all__ = [
     "setup_run",
@@ -148,8 +150,10 @@ def load_config(path: str, overrides: Iterable[str] = ()) -> DictConfig:
     overrides = list(overrides)
     check_override_keys(cfg, overrides)
     numeric = numeric_keys(cfg, overrides)
+    planned_iter = OmegaConf.select(cfg, "train.max_iter", default=None)
     cfg = LazyConfig.apply_overrides(cfg, overrides)
     check_override_types(cfg, numeric)  # a non-number in a numeric key is an error naming it
+    fit_schedule_to_run(cfg, planned_iter, overrides)  # a shortened run scales steps and warm-up
     return cfg
 
 
@@ -204,7 +208,9 @@ def make_checkpointer(
 def do_test(cfg: DictConfig, model) -> dict:
     """Runs ``dataloader.test`` through the model and ``dataloader.evaluator``; returns the metrics."""
     results = inference_on_dataset(
-        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+        model,
+        with_worker_threads(instantiate(cfg.dataloader.test)),
+        instantiate(cfg.dataloader.evaluator),
     )
     if comm.is_main_process() and results:
         print_csv_format(results)
@@ -254,7 +260,7 @@ def do_train(cfg: DictConfig, resume: bool = False):
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
     del cfg.optimizer.params.model
-    train_loader = instantiate(cfg.dataloader.train)
+    train_loader = with_worker_threads(instantiate(cfg.dataloader.train))
     device = resolve_device(cfg)
     model = wrap_ddp(model, device, **cfg.train.ddp)
     if cfg.train.amp.enabled and device.startswith("cuda"):

@@ -23,6 +23,8 @@ from .datasets import (  # noqa: E402
     SyntheticADEDataset,
 )
 from .optimizer import LayerDecayOptimWrapperConstructor  # noqa: E402
+from .runtime import worker_threads_init  # noqa: E402
+from .schedule import ScheduleFollowsRunHook  # noqa: E402
 from .test_time import EncoderDecoderShortSidePad, PadShortSide  # noqa: E402
 from .training import CheckedIterBasedTrainLoop  # noqa: E402
 
@@ -41,4 +43,6 @@ __all__ = [
     "load_local_checkpoint",
     "EncoderDecoderShortSidePad",
     "PadShortSide",
+    "ScheduleFollowsRunHook",
+    "worker_threads_init",
 ]

@@ -16,6 +16,8 @@ from typing import Any, Mapping, Optional
 
 from mmengine.config import Config
 
+from .schedule import fit_schedule_to_run
+
 __all__ = [
     "ConfigOverrideError",
     "ConfigValueError",
@@ -82,15 +84,18 @@ def load_config(
     work_dir: Optional[str] = None,
     launcher: str = "none",
 ) -> Config:
-    """Reads ``path``, applies checked overrides, sets ``work_dir`` (default ``work_dirs/<config name>``) and the
+    """Reads ``path``, applies checked overrides (a shortened ``train_cfg.max_iters`` scales the schedule, see
+    :mod:`projects.segmentation.schedule`), sets ``work_dir`` (default ``work_dirs/<config name>``) and the
     launcher."""
     if not osp.isfile(path):
         raise FileNotFoundError(f"config file {path!r} does not exist")
     cfg = Config.fromfile(path)
+    planned_iters = (cfg.get("train_cfg") or {}).get("max_iters")
     if cfg_options:
         checked = check_cfg_options(cfg, cfg_options)
         check_option_types(cfg, checked)
         cfg.merge_from_dict(checked)
+        fit_schedule_to_run(cfg, planned_iters, cfg_options)
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get("work_dir") is None:

@@ -62,3 +62,39 @@ def test_demo_draws_pngs(tmp_path):
                 str(tmp_path / "out"),
             ]
         )
+
+
+def test_demo_default_input_is_the_test_set_and_globs_work(tmp_path, synthetic_root):
+    model = instantiate(load_config(TINY_COCO).model)
+    EVADetectionCheckpointer(model, str(tmp_path)).save("tiny")
+    opts = [f"dataloader.synthetic_root={synthetic_root}", f"train.output_dir={tmp_path / 'run'}"]
+    common = ["--config-file", TINY_COCO, "--confidence-threshold", "0.0", "--max-images", "2"]
+    demo = _demo_module()
+    written = demo.main([*common, "--opts", f"train.init_checkpoint={tmp_path / 'tiny.pth'}", *opts])
+    val = sorted((synthetic_root / "coco/val").glob("*"))
+    assert [p.name for p in written] == [f"{v.stem}.png" for v in val[:2]]
+    assert written[0].parent == tmp_path / "run/demo"
+    for png, src in zip(written, val):
+        drawn, original = (
+            np.asarray(Image.open(png).convert("RGB")),
+            np.asarray(Image.open(src).convert("RGB")),
+        )
+        assert drawn.shape == original.shape and not np.array_equal(drawn, original)
+    globbed = demo.main(
+        [
+            *common,
+            "--checkpoint",
+            str(tmp_path / "tiny.pth"),
+            "--input",
+            str(synthetic_root / "coco/val/*"),
+            "--output",
+            str(tmp_path / "g"),
+            "--opts",
+            *opts,
+        ]
+    )
+    assert len(globbed) == 2
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        demo.main([*common, "--checkpoint", str(tmp_path / "tiny.pth"), "--input", str(tmp_path / "*.png")])
+    with pytest.raises(FileNotFoundError, match="train first"):
+        demo.main([*common, "--opts", *opts])

@@ -325,3 +325,34 @@ def test_lvis_metadata_without_id_map_uses_one_based_ids():
         assert build_evaluator("lvis_like_builtin").contiguous_to_dataset_id == {0: 1, 1: 2, 2: 3}
     finally:
         MetadataCatalog.remove("lvis_like_builtin")
+
+
+def test_evaluator_without_predictions_reports_zeros_and_the_table(coco_case, registered, caplog):
+    import logging
+
+    from detectron2.data import MetadataCatalog
+    from detectron2.structures import Boxes, Instances
+
+    path, gt, _ = coco_case
+    registered.append("eval_coco_empty")
+    register_dataset("eval_coco_empty", path, path.parent.parent / "val")
+    evaluator = build_evaluator("eval_coco_empty")
+    for img in gt["images"]:
+        empty = Instances((96, 128), pred_boxes=Boxes(torch.zeros(0, 4)), scores=torch.zeros(0))
+        empty.pred_classes = torch.zeros(0, dtype=torch.int64)
+        empty.pred_masks = torch.zeros(0, 96, 128, dtype=torch.bool)
+        evaluator.process([{"image_id": img["id"]}], [{"instances": empty}])
+    with caplog.at_level(logging.INFO, logger="projects.detection.evaluation.evaluators"):
+        out = evaluator.evaluate()
+    assert set(out) == {"bbox", "segm"}
+    names = MetadataCatalog.get("eval_coco_empty").thing_classes
+    with_gt = {c["category_id"] for c in gt["annotations"]}
+    for task in ("bbox", "segm"):
+        assert out[task]["AP"] == 0.0 and out[task]["AP50"] == 0.0
+        per_class = {k[3:]: v for k, v in out[task].items() if k.startswith("AP-")}
+        assert set(per_class) == set(names)
+        assert all(v == 0.0 for v in per_class.values()) and len(with_gt) == len(names)
+    assert "no predictions; every AP is 0" in caplog.text
+    assert caplog.text.count("Per-category bbox AP of eval_coco_empty") == 1
+    table = caplog.text.split("Per-category bbox AP of eval_coco_empty:\n", 1)[1]
+    assert all(name in table for name in names) and "0.000" in table

@@ -145,9 +145,8 @@ class _FastEvaluator(DatasetEvaluator):
         if self._gt is None:
             self._gt = fast_eval.load_ground_truth(self.json_file)
         results = OrderedDict()
-        if not predictions:
-            logger.warning("%s: no predictions to evaluate", self.dataset_name)
-            return results
+        if not predictions:  # evaluated all the same: every AP is 0 (not an empty result)
+            logger.warning("%s: no predictions; every AP is 0", self.dataset_name)
         for task in self._tasks_for(has_masks):
             task_predictions = predictions
             if task == "bbox" and any("box_score" in p for p in predictions):
@@ -174,8 +173,30 @@ class _FastEvaluator(DatasetEvaluator):
                 task,
                 ", ".join(f"{k} {res[k]:.2f}" for k in metrics),
             )
+            logger.info(
+                "Per-category %s AP of %s:\n%s",
+                task,
+                self.dataset_name,
+                per_category_table({k[3:]: v for k, v in res.items() if k.startswith("AP-")}),
+            )
             results[task] = res
         return results
+
+
+def per_category_table(ap_by_name: dict, pairs_per_row: int = 3) -> str:
+    """A plain-text table of ``category | AP`` pairs, ``pairs_per_row`` per row (NaN: no ground truth)."""
+    cells = [(str(name), "nan" if math.isnan(ap) else f"{ap:.3f}") for name, ap in ap_by_name.items()]
+    if not cells:
+        return "(no categories)"
+    name_w = max(len("category"), *(len(n) for n, _ in cells))
+    ap_w = max(len("AP"), *(len(a) for _, a in cells))
+    head = " | ".join(
+        f"{'category':<{name_w}} | {'AP':<{ap_w}}" for _ in range(min(pairs_per_row, len(cells)))
+    )
+    lines = [head, "-" * len(head)]
+    for i in range(0, len(cells), pairs_per_row):
+        lines.append(" | ".join(f"{n:<{name_w}} | {a:<{ap_w}}" for n, a in cells[i : i + pairs_per_row]))
+    return "\n".join(lines)
 
 
 class COCOEvaluator(_FastEvaluator):
