@@ -43,7 +43,7 @@ def test_matches_math_path_float64(b, nh, grid, d, max_elements):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
 
 
-@pytest.mark.parametrize("b,nh,grid,d", SHAPES[:2])
+@pytest.mark.parametrize("b,nh,grid,d", [(3, 2, (2, 2), 3), (1, 2, (2, 3), 3)])  # windows; non-square global
 def test_gradcheck(b, nh, grid, d):
     inputs = _inputs(b, nh, grid, d, seed=3)
 
