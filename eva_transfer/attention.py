@@ -35,6 +35,15 @@ __all__ = ["RelPosAttentionFunction", "rel_pos_attention", "use_recompute_attent
 MAX_CHUNK_ELEMENTS = 1 << 23
 
 
+def _fused_cpu_forward():
+    """PyTorch's fused CPU attention that returns the log-sum-exp with the output (``None`` if absent)."""
+    return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+#: compute the forward with PyTorch's fused CPU kernel (output and log-sum-exp) where it exists
+USE_FUSED_FORWARD = True
+
+
 def _rows_per_chunk(bh: int, n: int, max_elements: int) -> int:
     return max(1, min(n, max_elements // max(1, bh * n)))
 
@@ -70,8 +79,15 @@ class RelPosAttentionFunction(torch.autograd.Function):
         out = q.new_empty(bh, n, v.shape[-1])
         lse = q.new_empty(bh, n, 1)
         rows = _rows_per_chunk(bh, n, max_elements)
+        fused = _fused_cpu_forward() if USE_FUSED_FORWARD and q.device.type == "cpu" else None
         for s in range(0, n, rows):
             e = min(n, s + rows)
+            if fused is not None:  # output and log-sum-exp from the fused kernel, the bias as a mask
+                bias = (rh3[:, s:e].unsqueeze(-1) + rw3[:, s:e].unsqueeze(-2)).view(1, bh, e - s, n)
+                o, m = fused(q3[None, :, s:e], k3[None], v3[None], 0.0, False, attn_mask=bias, scale=scale)
+                out[:, s:e] = o[0]
+                lse[:, s:e] = m[0].unsqueeze(-1)
+                continue
             scores = _scores(q3[:, s:e], k_t, rh3[:, s:e], rw3[:, s:e], scale)
             m = torch.logsumexp(scores, dim=-1, keepdim=True)
             lse[:, s:e] = m

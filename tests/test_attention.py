@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import eva_transfer.vit as vit
+from eva_transfer import attention
 from eva_transfer.attention import RelPosAttentionFunction, rel_pos_attention
 
 
@@ -29,7 +30,9 @@ SHAPES = [(6, 2, (3, 3), 4), (1, 3, (3, 5), 4), (2, 1, (1, 4), 3), (1, 2, (5, 2)
 
 @pytest.mark.parametrize("b,nh,grid,d", SHAPES)
 @pytest.mark.parametrize("max_elements", [1, 40, 1 << 20])  # one row per chunk, a few chunks, one chunk
-def test_matches_math_path_float64(b, nh, grid, d, max_elements):
+@pytest.mark.parametrize("fused_forward", [True, False])
+def test_matches_math_path_float64(monkeypatch, b, nh, grid, d, max_elements, fused_forward):
+    monkeypatch.setattr(attention, "USE_FUSED_FORWARD", fused_forward)
     inputs = _inputs(b, nh, grid, d)
     scale = d**-0.5
     ours = rel_pos_attention(*inputs, scale, max_elements=max_elements)
@@ -44,7 +47,9 @@ def test_matches_math_path_float64(b, nh, grid, d, max_elements):
 
 
 @pytest.mark.parametrize("b,nh,grid,d", [(3, 2, (2, 2), 3), (1, 2, (2, 3), 3)])  # windows; non-square global
-def test_gradcheck(b, nh, grid, d):
+@pytest.mark.parametrize("fused_forward", [True, False])
+def test_gradcheck(monkeypatch, b, nh, grid, d, fused_forward):
+    monkeypatch.setattr(attention, "USE_FUSED_FORWARD", fused_forward)
     inputs = _inputs(b, nh, grid, d, seed=3)
 
     def fn(*t):
