@@ -135,3 +135,19 @@ def test_mismatched_terms_are_rejected():
     q, k, v, rel_h, rel_w = _inputs(1, 2, (3, 4), 4)
     with pytest.raises(ValueError, match="3x3 grid"):
         rel_pos_attention(q, k, v, rel_h, rel_w[..., :3], 0.5)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """Blocks recomputed by activation checkpointing run the recomputing attention twice; gradients unchanged."""
+    from eva_transfer import build_backbone
+
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        net = _randomize(build_backbone("eva_tiny_det", img_size=96, use_act_checkpoint=ckpt), seed=3).train()
+        x = torch.randn(1, 3, 80, 112, generator=torch.Generator().manual_seed(7))
+        (net(x) ** 2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any("rel_pos" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
