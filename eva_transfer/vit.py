@@ -20,6 +20,8 @@ import torch.utils.checkpoint
 from timm.layers import DropPath
 from torch import Tensor, nn
 
+from .attention import rel_pos_attention, use_recompute_attention
+
 __all__ = [
     "EVAViT",
     "Attention",
@@ -165,6 +167,8 @@ def attention_with_rel_pos(
     r_q = q.reshape(b, nh, h, w, d)
     rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh).reshape(b, nh, n, h, 1)
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).reshape(b, nh, n, 1, w)
+    if use_recompute_attention(q, k, v, rel_h, rel_w):  # training on CPU: no stored attention map
+        return rel_pos_attention(q, k, v, rel_h.view(b, nh, n, h), rel_w.view(b, nh, n, w), scale)
     rows = max(1, MAX_BIAS_ELEMENTS // (b * nh * n))
     if rows >= n:
         return F.scaled_dot_product_attention(

@@ -1,0 +1,180 @@
+"""Training-path attention with decomposed relative position that does not keep the attention map.
+
+Logits of query ``i`` (at grid cell ``(h_i, w_i)``) and key ``j`` (at ``(h_j, w_j)``) are
+
+    s_ij = scale * q_i . k_j + rel_h[i, h_j] + rel_w[i, w_j]
+
+with ``rel_h = q . R_h`` and ``rel_w = q . R_w`` (unscaled queries, the ViTDet/MViTv2 layout), ``p = softmax(s)``
+over ``j`` and ``o = p v``. PyTorch's CPU attention kernels have no backward for a bias that needs a gradient, so
+autograd falls back to the math path, which stores every ``n x n`` map of every block for the backward pass.
+
+:class:`RelPosAttentionFunction` computes the forward pass in query chunks and keeps only the output and the
+log-sum-exp ``L_i = log sum_j exp(s_ij)`` per query. The backward pass recomputes each chunk's probabilities
+``p_ij = exp(s_ij - L_i)`` and uses the standard softmax-attention gradients
+
+    dv = p^T do,   dp = do v^T,   ds_ij = p_ij (dp_ij - delta_i),   delta_i = do_i . o_i,
+    dq = scale * ds k,   dk = scale * ds^T q,
+
+and the two small relative-position gradients are sums of ``ds`` over one key axis:
+
+    d rel_h[i, a] = sum_{j: h_j = a} ds_ij,   d rel_w[i, b] = sum_{j: w_j = b} ds_ij.
+
+They flow back to the queries and the ``R_h`` / ``R_w`` tables through the einsum that built ``rel_h`` and
+``rel_w``. Peak extra memory is one chunk's ``(rows, n)`` score block instead of the whole map.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["RelPosAttentionFunction", "rel_pos_attention", "use_recompute_attention", "MAX_CHUNK_ELEMENTS"]
+
+#: score elements (batch x heads x rows x keys) of one query chunk in the recomputing attention
+MAX_CHUNK_ELEMENTS = 1 << 23
+
+
+def _fused_cpu_forward():
+    """PyTorch's fused CPU attention that returns the log-sum-exp with the output (``None`` if absent)."""
+    return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+#: compute the forward with PyTorch's fused CPU kernel (output and log-sum-exp) where it exists
+USE_FUSED_FORWARD = True
+
+
+def _rows_per_chunk(bh: int, n: int, max_elements: int) -> int:
+    return max(1, min(n, max_elements // max(1, bh * n)))
+
+
+def _scores(q: Tensor, k_t: Tensor, rel_h: Tensor, rel_w: Tensor, scale: float) -> Tensor:
+    """``(BH, r, n)`` logits of a query chunk: ``scale * q k^T`` plus the decomposed bias."""
+    bh, r, _ = q.shape
+    gh, gw = rel_h.shape[-1], rel_w.shape[-1]
+    bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).view(bh, r, gh * gw)
+    return torch.baddbmm(bias, q, k_t, alpha=scale)
+
+
+class RelPosAttentionFunction(torch.autograd.Function):
+    """``softmax(scale * q k^T + rel_h[..., h_j] + rel_w[..., w_j]) v`` with a map-free backward.
+
+    Inputs: ``q, k, v`` ``(B, heads, n, D)`` with ``n = gh * gw``; ``rel_h`` ``(B, heads, n, gh)``; ``rel_w``
+    ``(B, heads, n, gw)``; ``scale`` a float; ``max_elements`` the score elements per query chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, rel_h, rel_w, scale, max_elements):
+        b, nh, n, d = q.shape
+        gh, gw = rel_h.shape[-1], rel_w.shape[-1]
+        if gh * gw != n or rel_h.shape[:3] != q.shape[:3] or rel_w.shape[:3] != q.shape[:3]:
+            raise ValueError(
+                f"relative-position terms {tuple(rel_h.shape)} / {tuple(rel_w.shape)} do not match queries "
+                f"{tuple(q.shape)} on a {gh}x{gw} grid"
+            )
+        bh = b * nh
+        q3, k3, v3 = q.reshape(bh, n, d), k.reshape(bh, n, d), v.reshape(bh, n, -1)
+        rh3, rw3 = rel_h.reshape(bh, n, gh), rel_w.reshape(bh, n, gw)
+        k_t = k3.transpose(1, 2)
+        out = q.new_empty(bh, n, v.shape[-1])
+        lse = q.new_empty(bh, n, 1)
+        rows = _rows_per_chunk(bh, n, max_elements)
+        fused = _fused_cpu_forward() if USE_FUSED_FORWARD and q.device.type == "cpu" else None
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            if fused is not None:  # output and log-sum-exp from the fused kernel, the bias as a mask
+                bias = (rh3[:, s:e].unsqueeze(-1) + rw3[:, s:e].unsqueeze(-2)).view(1, bh, e - s, n)
+                o, m = fused(q3[None, :, s:e], k3[None], v3[None], 0.0, False, attn_mask=bias, scale=scale)
+                out[:, s:e] = o[0]
+                lse[:, s:e] = m[0].unsqueeze(-1)
+                continue
+            scores = _scores(q3[:, s:e], k_t, rh3[:, s:e], rw3[:, s:e], scale)
+            m = torch.logsumexp(scores, dim=-1, keepdim=True)
+            lse[:, s:e] = m
+            torch.bmm(scores.sub_(m).exp_(), v3, out=out[:, s:e])
+        ctx.save_for_backward(q, k, v, rel_h, rel_w, out, lse)
+        ctx.scale, ctx.rows = scale, rows
+        return out.view(b, nh, n, -1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, rel_h, rel_w, out, lse = ctx.saved_tensors
+        scale, rows = ctx.scale, ctx.rows
+        b, nh, n, d = q.shape
+        gh, gw = rel_h.shape[-1], rel_w.shape[-1]
+        bh = b * nh
+        q3, k3, v3 = q.reshape(bh, n, d), k.reshape(bh, n, d), v.reshape(bh, n, -1)
+        rh3, rw3 = rel_h.reshape(bh, n, gh), rel_w.reshape(bh, n, gw)
+        do = grad_out.reshape(bh, n, -1)
+        k_t, v_t = k3.transpose(1, 2), v3.transpose(1, 2)
+        delta = (do * out).sum(-1, keepdim=True)  # (bh, n, 1)
+        dq = torch.empty_like(q3)
+        dk = torch.zeros_like(k3)
+        dv = torch.zeros_like(v3)
+        d_rel_h = q.new_empty(bh, n, gh)
+        d_rel_w = q.new_empty(bh, n, gw)
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            p = _scores(q3[:, s:e], k_t, rh3[:, s:e], rw3[:, s:e], scale).sub_(lse[:, s:e]).exp_()
+            dv.baddbmm_(p.transpose(1, 2), do[:, s:e])
+            ds = torch.bmm(do[:, s:e], v_t).sub_(delta[:, s:e]).mul_(p)  # (bh, r, n)
+            del p
+            grid = ds.view(bh, e - s, gh, gw)
+            torch.sum(grid, dim=-1, out=d_rel_h[:, s:e])
+            torch.sum(grid, dim=-2, out=d_rel_w[:, s:e])
+            torch.bmm(ds, k3, out=dq[:, s:e])
+            dk.baddbmm_(ds.transpose(1, 2), q3[:, s:e])
+        dq.mul_(scale)
+        dk.mul_(scale)
+        return (
+            dq.view_as(q),
+            dk.view_as(k),
+            dv.view_as(v),
+            d_rel_h.view_as(rel_h),
+            d_rel_w.view_as(rel_w),
+            None,
+            None,
+        )
+
+
+def rel_pos_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel_h: Tensor,
+    rel_w: Tensor,
+    scale: float,
+    max_elements: int | None = None,
+) -> Tensor:
+    """Attention with a decomposed relative-position bias whose backward recomputes the map per query chunk.
+
+    Args:
+        q, k, v: ``(B, heads, n, D)`` with ``n = gh * gw`` (row-major grid).
+        rel_h: ``(B, heads, n, gh)``: the bias of each query towards each key row.
+        rel_w: ``(B, heads, n, gw)``: the bias of each query towards each key column.
+        scale: factor of ``q k^T`` (the bias is not scaled).
+        max_elements: score elements per query chunk (default :data:`MAX_CHUNK_ELEMENTS`).
+    Returns:
+        ``(B, heads, n, D)``, equal to plain softmax attention with the bias ``rel_h[i, h_j] + rel_w[i, w_j]``.
+    """
+    if max_elements is None:
+        max_elements = MAX_CHUNK_ELEMENTS
+    return RelPosAttentionFunction.apply(
+        q.contiguous(),
+        k.contiguous(),
+        v.contiguous(),
+        rel_h.contiguous(),
+        rel_w.contiguous(),
+        scale,
+        max_elements,
+    )
+
+
+def use_recompute_attention(*tensors: Tensor) -> bool:
+    """Whether :func:`rel_pos_attention` should replace SDPA: gradients are being recorded for one of the tensors
+    and the device has no fused kernel with a bias gradient (CPU). On CUDA, SDPA's memory-efficient kernel
+    computes the bias gradient itself without keeping the map."""
+    if not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
+        return False
+    return tensors[0].device.type == "cpu"

@@ -1,0 +1,153 @@
+"""The training-path attention with decomposed relative position (eva_transfer/attention.py): exact to the math
+path in float64 (forward and every gradient), numerically checked by gradcheck, and free of stored n x n maps."""
+
+import pytest
+import torch
+
+import eva_transfer.vit as vit
+from eva_transfer import attention
+from eva_transfer.attention import RelPosAttentionFunction, rel_pos_attention
+
+
+def _math_attention(q, k, v, rel_h, rel_w, scale):
+    """Plain softmax attention from the equations: s_ij = scale q_i.k_j + rel_h[i, h_j] + rel_w[i, w_j]."""
+    b, nh, n, _ = q.shape
+    gh, gw = rel_h.shape[-1], rel_w.shape[-1]
+    bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, nh, n, gh * gw)
+    return torch.softmax(scale * q @ k.transpose(-1, -2) + bias, dim=-1) @ v
+
+
+def _inputs(b, nh, grid, d, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    n = grid[0] * grid[1]
+    shapes = [(b, nh, n, d)] * 3 + [(b, nh, n, grid[0]), (b, nh, n, grid[1])]
+    return [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in shapes]
+
+
+# windowed-like (many windows, square), global non-square, a single row, tall grid
+SHAPES = [(6, 2, (3, 3), 4), (1, 3, (3, 5), 4), (2, 1, (1, 4), 3), (1, 2, (5, 2), 2)]
+
+
+@pytest.mark.parametrize("b,nh,grid,d", SHAPES)
+@pytest.mark.parametrize("max_elements", [1, 40, 1 << 20])  # one row per chunk, a few chunks, one chunk
+@pytest.mark.parametrize("fused_forward", [True, False])
+def test_matches_math_path_float64(monkeypatch, b, nh, grid, d, max_elements, fused_forward):
+    monkeypatch.setattr(attention, "USE_FUSED_FORWARD", fused_forward)
+    inputs = _inputs(b, nh, grid, d)
+    scale = d**-0.5
+    ours = rel_pos_attention(*inputs, scale, max_elements=max_elements)
+    ref = _math_attention(*inputs, scale)
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(5), dtype=ref.dtype)
+    g_ours = torch.autograd.grad(ours, inputs, grad)
+    g_ref = torch.autograd.grad(ref, inputs, grad)
+    for name, a, e in zip(["q", "k", "v", "rel_h", "rel_w"], g_ours, g_ref):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("b,nh,grid,d", [(3, 2, (2, 2), 3), (1, 2, (2, 3), 3)])  # windows; non-square global
+@pytest.mark.parametrize("fused_forward", [True, False])
+def test_gradcheck(monkeypatch, b, nh, grid, d, fused_forward):
+    monkeypatch.setattr(attention, "USE_FUSED_FORWARD", fused_forward)
+    inputs = _inputs(b, nh, grid, d, seed=3)
+
+    def fn(*t):
+        return RelPosAttentionFunction.apply(
+            *t, 0.7, 2 * b * nh * grid[0] * grid[1]
+        )  # two query rows a chunk
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
+
+
+def _randomize(module, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
+    return module
+
+
+@pytest.mark.parametrize(
+    "window,grid",
+    [(3, (6, 6)), (3, (5, 7)), (0, (4, 6)), (0, (3, 5))],  # windows without / with padding; global grids
+)
+def test_block_gradients_equal_math_path(monkeypatch, window, grid):
+    """A whole block (window partition with zero padding, or global attention) in float64: output and every
+    parameter gradient, including the relative-position tables, equal to autograd through SDPA's math path."""
+    block = _randomize(
+        vit.Block(16, 2, 32, window_size=window, use_rel_pos=True, input_size=grid).double(), seed=2
+    )
+    x = torch.randn(2, grid[0] * grid[1], 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def run():
+        block.zero_grad()
+        xi = x.clone().requires_grad_()
+        out = block(xi, grid)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        return out.detach(), xi.grad, {n: p.grad.clone() for n, p in block.named_parameters()}
+
+    calls = []
+    apply = RelPosAttentionFunction.apply
+    monkeypatch.setattr(RelPosAttentionFunction, "apply", lambda *a: calls.append(1) or apply(*a))
+    out, gx, grads = run()
+    assert calls, "the recomputing attention was not used in training on CPU"
+    monkeypatch.setattr(vit, "use_recompute_attention", lambda *t: False)
+    n_calls = len(calls)
+    out_ref, gx_ref, grads_ref = run()
+    assert len(calls) == n_calls
+    torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-12)
+    assert grads["attn.rel_pos_h"].abs().max() > 0 and grads["attn.rel_pos_w"].abs().max() > 0
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_inference_keeps_sdpa(monkeypatch):
+    calls = []
+    apply = RelPosAttentionFunction.apply
+    monkeypatch.setattr(RelPosAttentionFunction, "apply", lambda *a: calls.append(1) or apply(*a))
+    attn = vit.Attention(16, 2, use_rel_pos=True, input_size=(4, 4))
+    with torch.no_grad():
+        attn(torch.randn(1, 16, 16), (4, 4))
+    assert not calls
+    attn(torch.randn(1, 16, 16), (4, 4))
+    assert calls
+
+
+def test_no_attention_map_is_saved_for_backward():
+    """The largest tensor kept for the backward of a global block is linear in the token count, not n x n."""
+    grid, heads = (16, 16), 2
+    n = grid[0] * grid[1]
+    block = _randomize(vit.Block(16, heads, 32, use_rel_pos=True, input_size=grid))
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(torch.randn(1, n, 16, requires_grad=True), grid).sum().backward()
+    assert max(sizes) < heads * n * n // 8, max(sizes)
+
+
+def test_mismatched_terms_are_rejected():
+    q, k, v, rel_h, rel_w = _inputs(1, 2, (3, 4), 4)
+    with pytest.raises(ValueError, match="3x3 grid"):
+        rel_pos_attention(q, k, v, rel_h, rel_w[..., :3], 0.5)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """Blocks recomputed by activation checkpointing run the recomputing attention twice; gradients unchanged."""
+    from eva_transfer import build_backbone
+
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        net = _randomize(build_backbone("eva_tiny_det", img_size=96, use_act_checkpoint=ckpt), seed=3).train()
+        x = torch.randn(1, 3, 80, 112, generator=torch.Generator().manual_seed(7))
+        (net(x) ** 2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any("rel_pos" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
