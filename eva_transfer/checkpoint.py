@@ -735,7 +735,7 @@ def load_checkpoint(
         patch_resize: ``bicubic`` (EVA) or ``pinv`` (timm) for a patch kernel of another size.
         rel_pos_resize: ``linear``, ``geometric`` or ``beit`` for relative-position tables of another length.
         allow_pickle: read a file that needs arbitrary unpickling (only for files you trust).
-        verbose: print the report.
+        verbose: log the report at INFO level (otherwise at DEBUG); tools decide what reaches the console.
         check_finite: refuse NaN or infinite values (the error names the key).
         source: the name errors and the report give an in-memory checkpoint (default ``<state dict>``).
     Returns:
@@ -753,9 +753,7 @@ def load_checkpoint(
     result = vit.load_state_dict(converted, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # convert_state_dict keeps model keys only
     _load_lm_head(model, sd, report, source)
-    if verbose:
-        print(report.summary())
-    logger.info("%s", report.summary())
+    logger.log(logging.INFO if verbose else logging.DEBUG, "%s", report.summary())
     return report
 
 

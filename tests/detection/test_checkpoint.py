@@ -17,7 +17,7 @@ def _model(*overrides):
     return instantiate(load_config(TINY_COCO, list(overrides)).model)
 
 
-def test_eva_mim_backbone_checkpoint(tmp_path, capsys):
+def test_eva_mim_backbone_checkpoint(tmp_path, logged):
     # an EVA MIM-style file: {"model": {cls_token, mask_token, pos_embed, patch_embed, blocks, norm, lm_head}}
     mim = build_backbone("eva_tiny", use_mask_token=True)
     sd = dict(mim.state_dict())
@@ -25,8 +25,9 @@ def test_eva_mim_backbone_checkpoint(tmp_path, capsys):
     torch.save({"model": sd, "epoch": 3}, tmp_path / "eva_mim.pth")
     model = _model()
     head_before = model.roi_heads.box_predictor[0].cls_score.weight.clone()
+    log = logged("projects.detection.checkpoint")
     EVADetectionCheckpointer(model).load(str(tmp_path / "eva_mim.pth"))
-    out = capsys.readouterr().out
+    out = log()
     assert "loaded" in out.lower() and "mask_token" in out  # the converter's report, with what it dropped
     net = model.backbone.net
     torch.testing.assert_close(net.blocks[2].mlp.fc1.weight, sd["blocks.2.mlp.fc1.weight"])
