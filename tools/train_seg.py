@@ -108,7 +108,9 @@ def main(argv=None) -> Runner:
     check_train_config(cfg)  # before the model and data are built
     configure_run(cfg, args.num_threads, args.device)
     if args.launcher == "pytorch":
-        logging.basicConfig(level=logging.INFO, format="%(message)s")  # the rendezvous wait is logged
+        logging.basicConfig(
+            level=logging.INFO, format="%(message)s", stream=sys.stdout
+        )  # the rendezvous wait is logged
         start_distributed(cfg, args.dist_timeout)
     runner = Runner.from_cfg(cfg)
     runner.train()
