@@ -127,3 +127,17 @@ def test_no_weight_decay_list_comes_from_the_model():
     assert "no_weight_decay_names" in _called_names(
         _function("eva_transfer/lr_decay.py", "param_groups_layer_decay")
     )
+
+
+def test_converter_resize_matches_a_direct_bicubic_reference():
+    import torch
+    import torch.nn.functional as F
+
+    from eva_transfer.checkpoint import resize_pos_embed
+
+    pos = torch.randn(1, 1 + 4 * 4, 8)
+    ref = F.interpolate(pos[:, 1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2), size=(5, 7), mode="bicubic")
+    ref = ref.permute(0, 2, 3, 1).reshape(1, 35, 8)
+    torch.testing.assert_close(resize_pos_embed(pos, (5, 7), cls_slot=True), torch.cat([pos[:, :1], ref], 1))
+    torch.testing.assert_close(resize_pos_embed(pos, (5, 7), cls_slot=False), ref)
+    torch.testing.assert_close(resize_pos_embed(pos[:, 1:], (4, 4), cls_slot=False), pos[:, 1:])
