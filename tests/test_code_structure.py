@@ -141,3 +141,16 @@ def test_converter_resize_matches_a_direct_bicubic_reference():
     torch.testing.assert_close(resize_pos_embed(pos, (5, 7), cls_slot=True), torch.cat([pos[:, :1], ref], 1))
     torch.testing.assert_close(resize_pos_embed(pos, (5, 7), cls_slot=False), ref)
     torch.testing.assert_close(resize_pos_embed(pos[:, 1:], (4, 4), cls_slot=False), pos[:, 1:])
+
+
+def test_citations_point_inside_the_repository_or_to_papers():
+    # "SPEC section N" named a document that is not part of the repository
+    stale = [
+        str(path.relative_to(REPO))
+        for folder in ("eva_transfer", "projects", "configs", "tools", "docs", "tests")
+        for path in sorted((REPO / folder).rglob("*"))
+        if path.suffix in (".py", ".md")
+        and path.name != Path(__file__).name
+        and "SPEC section" in path.read_text()
+    ]
+    assert not stale, stale
