@@ -25,9 +25,13 @@ def logged(caplog):
         log.addHandler(caplog.handler)
         attached.append((log, log.level))
         log.setLevel(logging.INFO)
-        return lambda: "\n".join(
-            r.getMessage() for r in caplog.records if r.name == name or r.name.startswith(name + ".")
-        )
+
+        def text() -> str:
+            # a record that also propagates to the root logger reaches the same handler twice: count it once
+            unique = {id(r): r for r in caplog.records if r.name == name or r.name.startswith(name + ".")}
+            return "\n".join(r.getMessage() for r in unique.values())
+
+        return text
 
     yield start
     for log, level in attached:

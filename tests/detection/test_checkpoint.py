@@ -56,3 +56,17 @@ def test_save_is_atomic_and_roundtrips(tmp_path):
     assert extra["iteration"] == 9
     for (k, a), b in zip(model.state_dict().items(), other.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k)
+
+
+def test_load_report_is_logged_once_by_the_main_process(tmp_path, logged, monkeypatch):
+    import projects.detection.checkpoint as det_checkpoint
+
+    path = tmp_path / "eva_mim.pth"
+    torch.save({"model": build_backbone("eva_tiny").state_dict()}, path)
+    core, det = logged("eva_transfer.checkpoint"), logged("projects.detection.checkpoint")
+    EVADetectionCheckpointer(_model()).load(str(path))
+    assert det().startswith(f"checkpoint {path}") and det().count("  loaded: ") == 1
+    assert "  loaded: " not in core()  # the core logs it at DEBUG only here: one report, not two
+    monkeypatch.setattr(det_checkpoint.comm, "is_main_process", lambda: False)
+    EVADetectionCheckpointer(_model()).load(str(path))
+    assert det().count("  loaded: ") == 1  # other processes load silently
