@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .vit import EVAViT, beit_rel_pos_resize, resize_rel_pos_bias_table
+from .lr_decay import backbone_prefix
+from .vit import EVAViT, beit_rel_pos_resize, interpolate_abs_pos, resize_rel_pos_bias_table
 
 logger = logging.getLogger(__name__)
 
@@ -418,10 +419,7 @@ def resize_pos_embed(pos: Tensor, grid: tuple[int, int], cls_slot: bool) -> Tens
     g = int(round(math.sqrt(table.shape[1])))
     if g * g != table.shape[1]:
         raise ValueError(f"position table with {n} slots is not a square grid (with or without a CLS slot)")
-    if (g, g) != tuple(grid):
-        table = table.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
-        table = F.interpolate(table, size=tuple(grid), mode="bicubic", align_corners=False)
-        table = table.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos.dtype)
+    table = interpolate_abs_pos(table, False, tuple(grid), (g, g))  # the one resize the model also uses
     return torch.cat([cls, table], dim=1) if cls_slot else table
 
 
@@ -482,13 +480,9 @@ def _geometric_cubic(table: Tensor, length: int) -> Tensor:
 
 # ------------------------------------------------------------------------------------------------ conversion
 def find_backbone(model: nn.Module) -> EVAViT:
-    """The EVA ViT inside ``model`` (``model`` itself, or its only :class:`EVAViT` submodule)."""
-    if isinstance(model, EVAViT):
-        return model
-    found = [m for m in model.modules() if isinstance(m, EVAViT)]
-    if len(found) != 1:
-        raise ValueError(f"expected exactly one EVAViT inside {type(model).__name__}, found {len(found)}")
-    return found[0]
+    """The EVA ViT inside ``model`` (``model`` itself, or its only :class:`EVAViT` submodule); the search is
+    :func:`eva_transfer.lr_decay.backbone_prefix`'s."""
+    return backbone_prefix(model)[1]
 
 
 def _find_prefix(sd: Mapping[str, Tensor], source: str) -> str:
@@ -735,7 +729,7 @@ def load_checkpoint(
         patch_resize: ``bicubic`` (EVA) or ``pinv`` (timm) for a patch kernel of another size.
         rel_pos_resize: ``linear``, ``geometric`` or ``beit`` for relative-position tables of another length.
         allow_pickle: read a file that needs arbitrary unpickling (only for files you trust).
-        verbose: print the report.
+        verbose: log the report at INFO level (otherwise at DEBUG); tools decide what reaches the console.
         check_finite: refuse NaN or infinite values (the error names the key).
         source: the name errors and the report give an in-memory checkpoint (default ``<state dict>``).
     Returns:
@@ -753,9 +747,7 @@ def load_checkpoint(
     result = vit.load_state_dict(converted, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # convert_state_dict keeps model keys only
     _load_lm_head(model, sd, report, source)
-    if verbose:
-        print(report.summary())
-    logger.info("%s", report.summary())
+    logger.log(logging.INFO if verbose else logging.DEBUG, "%s", report.summary())
     return report
 
 

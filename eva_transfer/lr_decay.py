@@ -15,7 +15,13 @@ from torch import nn
 
 from .vit import EVAViT
 
-__all__ = ["layer_id_for_name", "lr_scale_for_name", "backbone_prefix", "param_groups_layer_decay"]
+__all__ = [
+    "layer_id_for_name",
+    "lr_scale_for_name",
+    "backbone_prefix",
+    "no_weight_decay_names",
+    "param_groups_layer_decay",
+]
 
 _EMBED = ("patch_embed", "pos_embed", "cls_token", "mask_token")
 
@@ -46,13 +52,19 @@ def backbone_prefix(model: nn.Module) -> tuple[str, EVAViT]:
     return (name + "." if name else ""), vit
 
 
-def _no_decay(name: str, param, extra: Iterable[str]) -> bool:
-    return (
-        param.ndim <= 1
-        or name.endswith(("pos_embed", "cls_token", "mask_token"))
-        or "rel_pos" in name
-        or any(re.search(p, name) for p in extra)
-    )
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters that ``model``'s modules list in their ``no_weight_decay()`` (the EVA ViT's
+    position embedding, CLS/mask tokens and relative-position tables; the ViT-Adapter's level embedding)."""
+    names: set[str] = set()
+    for module_name, module in model.named_modules():
+        listed = getattr(module, "no_weight_decay", None)
+        if callable(listed):
+            names |= {f"{module_name}.{n}" if module_name else n for n in listed()}
+    return names
+
+
+def _no_decay(name: str, param, skip: set[str], extra: Iterable[str]) -> bool:
+    return param.ndim <= 1 or name in skip or any(re.search(p, name) for p in extra)
 
 
 def param_groups_layer_decay(
@@ -64,8 +76,9 @@ def param_groups_layer_decay(
     depth: Optional[int] = None,
     weight_decay_scope: str = "standard",
 ) -> list[dict]:
-    """Optimizer parameter groups with layer-wise lr decay and no weight decay on 1-D parameters, embeddings and
-    relative-position tables (plus names matching ``no_decay_patterns``, regular expressions).
+    """Optimizer parameter groups with layer-wise lr decay and no weight decay on 1-D parameters and on the
+    parameters the model's modules list in ``no_weight_decay()`` (:func:`no_weight_decay_names`: embeddings,
+    relative-position tables), plus names matching ``no_decay_patterns`` (regular expressions).
 
     ``weight_decay_scope="all"`` decays every parameter instead (norms, biases, ``pos_embed``, ``rel_pos``): the
     EVA-01 detection configs reset Detectron2's ``weight_decay_norm`` and ``overrides``, which does that.
@@ -78,12 +91,13 @@ def param_groups_layer_decay(
     prefix, vit = backbone_prefix(model)
     depth = vit.depth if depth is None else depth
     patterns = tuple(no_decay_patterns)
+    skip = no_weight_decay_names(model)
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         layer = layer_id_for_name(name[len(prefix) :], depth) if name.startswith(prefix) else depth + 1
-        no_wd = weight_decay_scope == "standard" and _no_decay(name, p, patterns)
+        no_wd = weight_decay_scope == "standard" and _no_decay(name, p, skip, patterns)
         g = groups.get((layer, no_wd))
         if g is None:
             scale = decay_rate ** (depth + 1 - layer)

@@ -83,10 +83,11 @@ def test_mim_checkpoint_features_equal_timm(mim_file):
         assert (ours.forward_tokens(x) - ref.forward_features(x)).abs().max() <= 1e-5
 
 
-def test_mim_checkpoint_into_detection_variant(mim_file, capsys):
+def test_mim_checkpoint_into_detection_variant(mim_file, logged):
     det = build_backbone("eva_tiny_det")
+    log = logged("eva_transfer.checkpoint")
     report = load_checkpoint(det, mim_file)
-    out = capsys.readouterr().out
+    out = log()
     # only the zero-initialised relative-position tables, which pre-training never has, stay at their init
     assert report.missing and all(re.search(r"attn\.rel_pos_[hw]$", k) for k in report.missing)
     assert report.resized["patch_embed.proj.weight"][:2] == ((64, 3, 14, 14), (64, 3, 16, 16))

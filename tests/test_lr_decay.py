@@ -64,3 +64,37 @@ def test_frozen_parameters_left_out():
     model.backbone.net.patch_embed.requires_grad_(False)
     names = [n for g in param_groups_layer_decay(model, 1e-4, 0.1, 0.9) for n in g["param_names"]]
     assert not any("patch_embed" in n for n in names)
+
+
+def _no_decay_names(groups) -> set[str]:
+    return {n for g in groups if g["weight_decay"] == 0.0 for n in g["param_names"]}
+
+
+def test_no_weight_decay_follows_the_models_own_list():
+    model = Detector()
+    groups = param_groups_layer_decay(model, 1e-4, 0.1, 0.9)
+    # the rule written out: 1-D parameters, the ViT's position embedding, CLS/mask tokens, relative-position tables
+    expected = {
+        n
+        for n, p in model.named_parameters()
+        if p.ndim <= 1
+        or n.startswith("backbone.net.")
+        and (n.rsplit(".", 1)[-1] in ("pos_embed", "cls_token", "mask_token") or "rel_pos" in n)
+    }
+    assert "backbone.net.blocks.0.attn.rel_pos_h" in expected and "backbone.net.pos_embed" in expected
+    assert _no_decay_names(groups) == expected
+
+    # a module that lists its own parameter in no_weight_decay() is heard, under its full name
+    class Table(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Parameter(torch.zeros(3, 4))
+
+        def no_weight_decay(self):
+            return {"table"}
+
+    model.extra = Table()
+    assert "extra.table" in _no_decay_names(param_groups_layer_decay(model, 1e-4, 0.1, 0.9))
+    assert "extra.table" not in _no_decay_names(
+        param_groups_layer_decay(model, 1e-4, 0.1, 0.9, weight_decay_scope="all")
+    )

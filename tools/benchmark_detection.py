@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import os
 import sys
 import time
@@ -137,6 +138,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--eval-dets", type=int, default=300)
     ap.add_argument("--skip-eval", action="store_true")
     args = ap.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", stream=sys.stdout
+    )  # the evaluation benchmark logs its rows
     report = {"models": []}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name in args.configs:

@@ -107,6 +107,8 @@ def main(argv=None) -> list[Path]:
     if args.max_images is not None:
         images = images[: args.max_images]
     predictor = Predictor(cfg, checkpoint)
+    for report in predictor.load_reports.values():
+        print(report.summary())
     metadata = MetadataCatalog.get(dataset or "__demo__")
     if not metadata.get("thing_classes", None) and predictor.class_names:
         metadata.thing_classes = predictor.class_names

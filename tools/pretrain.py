@@ -43,6 +43,26 @@ def shared_overrides(args) -> list[str]:
     return extra
 
 
+def show_progress_on_stdout() -> None:
+    """The trainer logs its progress; this tool prints it on stdout as ``[pretrain] ...`` lines. Warnings and
+    other modules' records stay on stderr with the rest of the log."""
+    name = "eva_transfer.pretrain.trainer"
+
+    def is_progress(record: logging.LogRecord) -> bool:
+        return record.name == name and record.levelno < logging.WARNING
+
+    trainer_log = logging.getLogger(name)
+    if any(getattr(h, "pretrain_progress", False) for h in trainer_log.handlers):
+        return  # already set up (main() called again in this process)
+    progress = logging.StreamHandler(sys.stdout)
+    progress.pretrain_progress = True
+    progress.setFormatter(logging.Formatter("[pretrain] %(message)s"))
+    progress.addFilter(is_progress)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: not is_progress(record))
+    trainer_log.addHandler(progress)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -67,6 +87,7 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    show_progress_on_stdout()
     try:
         cfg = load_config(args.config, list(args.overrides) + shared_overrides(args))
     except ConfigError as e:

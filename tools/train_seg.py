@@ -13,6 +13,7 @@ Overrides in --cfg-options must name existing keys (a typo is an error); add a n
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -107,6 +108,9 @@ def main(argv=None) -> Runner:
     check_train_config(cfg)  # before the model and data are built
     configure_run(cfg, args.num_threads, args.device)
     if args.launcher == "pytorch":
+        logging.basicConfig(
+            level=logging.INFO, format="%(message)s", stream=sys.stdout
+        )  # the rendezvous wait is logged
         start_distributed(cfg, args.dist_timeout)
     runner = Runner.from_cfg(cfg)
     runner.train()

@@ -281,7 +281,7 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
     adamw = dict(lr=ocfg["lr"], betas=tuple(ocfg["betas"]), eps=ocfg["eps"])
     use_zero = bool(ocfg["zero"]) and world > 1
     if ocfg["zero"] and not use_zero and is_main:
-        print("[pretrain] optim.zero: one process, nothing to shard; using plain AdamW", flush=True)
+        logger.info("optim.zero: one process, nothing to shard; using plain AdamW")
     if use_zero:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
@@ -302,7 +302,7 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
         if is_main:
             _warn_if_schedule_changed(ckpt.get("config") or {}, cfg, world)
             _truncate_log(out_dir / "log.jsonl", start_step)  # steps after the checkpoint are trained again
-            print(f"[pretrain] resumed from {resume_path} at step {start_step}/{total_steps}", flush=True)
+            logger.info("resumed from %s at step %d/%d", resume_path, start_step, total_steps)
 
     model: nn.Module = student
     if world > 1:
@@ -316,11 +316,18 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
     writer = _tensorboard(out_dir, start_step) if (is_main and tcfg["tensorboard"]) else None
     log_file = open(out_dir / "log.jsonl", "a") if is_main else None
     if is_main:
-        print(
-            f"[pretrain] {len(dataset)} images, {steps_per_epoch} steps/epoch, {total_steps} steps "
-            f"(warm-up {warmup_steps}), global batch {global_batch} on {world} process(es), {device}, "
-            f"amp={amp_dtype}, zero={use_zero}",
-            flush=True,
+        logger.info(
+            "%d images, %d steps/epoch, %d steps (warm-up %d), global batch %d on %d process(es), %s, "
+            "amp=%s, zero=%s",
+            len(dataset),
+            steps_per_epoch,
+            total_steps,
+            warmup_steps,
+            global_batch,
+            world,
+            device,
+            amp_dtype,
+            use_zero,
         )
 
     history: list[StepRecord] = []
@@ -399,7 +406,7 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
                             for k in ("loss", "lr", "grad_norm"):
                                 writer.add_scalar(f"train/{k}", record[k], step)
                         if step % tcfg["log_every"] == 0 or step == total_steps or step == start_step + 1:
-                            print(_progress(record, total_steps), flush=True)
+                            logger.info("%s", _progress(record, total_steps))
                     for cb in callbacks:
                         cb(record)
                     run_limit = tcfg["max_steps_per_run"]
@@ -423,17 +430,14 @@ def train(cfg: dict, callbacks: Sequence[Callable[[StepRecord], None]] = ()) -> 
         export_path = out_dir / tcfg["export"]
         if is_main:
             save_checkpoint(export_state_dict(student), export_path)
-            print(f"[pretrain] backbone written to {export_path}", flush=True)
+            logger.info("backbone written to %s", export_path)
     if world > 1:
         dist.barrier()
         if owns_group:
             dist.destroy_process_group()
     if is_main:
         msg = "interrupted" if interrupted else "finished"
-        print(
-            f"[pretrain] {msg} at step {step}/{total_steps}; {skipped_total} unreadable image(s) skipped",
-            flush=True,
-        )
+        logger.info("%s at step %d/%d; %d unreadable image(s) skipped", msg, step, total_steps, skipped_total)
     return dict(
         history=history,
         step=step,
@@ -452,7 +456,7 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 def _progress(r: StepRecord, total: int) -> str:
     eta = int(r["eta_s"])
     return (
-        f"[pretrain] step {r['step']}/{total} epoch {r['epoch']} loss {r['loss']:.4f} lr {r['lr']:.3e} "
+        f"step {r['step']}/{total} epoch {r['epoch']} loss {r['loss']:.4f} lr {r['lr']:.3e} "
         f"grad {r['grad_norm']:.3f} {r['images_per_s']:.1f} img/s eta {eta // 3600}:{eta // 60 % 60:02d}:"
         f"{eta % 60:02d}" + (f" skipped {r['skipped']}" if r["skipped"] else "")
     )

@@ -21,6 +21,7 @@ import pickle
 from typing import Any, Mapping, Optional, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils import comm
 from fvcore.common.checkpoint import _IncompatibleKeys
 
 from eva_transfer.checkpoint import (
@@ -212,7 +213,8 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         sd = checkpoint["model"]
         source = checkpoint.pop("__source__", "<checkpoint>")
         if checkpoint.pop("__backbone_only__", False) and not any(k.startswith(prefix) for k in sd):
-            report = load_checkpoint(self.model, sd, verbose=True, source=source, **self.load_options)
+            report = load_checkpoint(self.model, sd, verbose=False, source=source, **self.load_options)
+            _log_report(report)
             self.last_load_reports = {"backbone": report}
             loaded = {prefix + k for k in report.loaded}
             missing = [k for k in self.model.state_dict() if k not in loaded]
@@ -230,7 +232,7 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         converted, report = convert_state_dict(
             {k: sd[k] for k in vit_keys}, self.model, source, prefix=prefix, **self.load_options
         )
-        print(report.summary())
+        _log_report(report)
         new_sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
         model_sd = self.model.state_dict()
         for k, v in new_sd.items():  # the heads: the same checks as the backbone's keys
@@ -245,11 +247,17 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
                 new_sd, self.model.state_dict(), source_classes, self.thing_classes, self.class_synonyms
             )
             if class_report.keys:
-                print(class_report.summary())
+                _log_report(class_report)
                 reports["classes"] = class_report
         self.last_load_reports = reports
         checkpoint["model"] = new_sd
         return super()._load_model(checkpoint)
+
+
+def _log_report(report) -> None:
+    """A load report, logged once by the main process (every process loads the same file)."""
+    if comm.is_main_process():
+        logger.info("%s", report.summary())
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -31,6 +31,8 @@ class Predictor:
         checkpointer = EVADetectionCheckpointer(self.model, thing_classes=class_names)
         checkpointer.load(checkpoint)
         self.class_names = list(class_names or checkpointer.loaded_thing_classes or [])
+        #: what the checkpointer loaded, resized and re-initialised (``{"backbone": LoadReport, ...}``)
+        self.load_reports = dict(getattr(checkpointer, "last_load_reports", None) or {})
         self.augment = T.AugmentationList(instantiate(cfg.dataloader.test.mapper.augmentations))
         self.input_format = cfg.model.input_format
 

@@ -12,7 +12,7 @@ Config::
     )
 
 ``init_checkpoint`` is loaded into the EVA ViT by :func:`eva_transfer.load_checkpoint` (any format it reads:
-EVA MIM, timm, this toolkit's, a fine-tuned MMSeg model), which prints what it loaded, resized and skipped. It is
+EVA MIM, timm, this toolkit's, a fine-tuned MMSeg model), which logs what it loaded, resized and skipped. It is
 loaded by ``init_weights`` (training from a pre-trained backbone); testing loads the whole segmentor instead.
 """
 

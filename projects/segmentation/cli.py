@@ -8,6 +8,7 @@ use the old value). A new key is added on purpose with a leading ``+`` (``+model
 from __future__ import annotations
 
 import difflib
+import logging
 import numbers
 import os
 import os.path as osp
@@ -17,6 +18,8 @@ from typing import Any, Mapping, Optional
 from mmengine.config import Config
 
 from .schedule import fit_schedule_to_run
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ConfigOverrideError",
@@ -212,7 +215,7 @@ def start_distributed(cfg: Config, timeout_s: float) -> None:
     elif backend == "nccl":
         backend = "gloo"
     dist_cfg["timeout"] = timeout_s
-    print(f"rank {rank}: waiting up to {timeout_s:g} s for {world} processes at {where}", flush=True)
+    logger.info("rank %d: waiting up to %g s for %d processes at %s", rank, timeout_s, world, where)
     try:
         dist.init_process_group(
             backend,

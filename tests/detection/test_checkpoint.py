@@ -17,7 +17,7 @@ def _model(*overrides):
     return instantiate(load_config(TINY_COCO, list(overrides)).model)
 
 
-def test_eva_mim_backbone_checkpoint(tmp_path, capsys):
+def test_eva_mim_backbone_checkpoint(tmp_path, logged):
     # an EVA MIM-style file: {"model": {cls_token, mask_token, pos_embed, patch_embed, blocks, norm, lm_head}}
     mim = build_backbone("eva_tiny", use_mask_token=True)
     sd = dict(mim.state_dict())
@@ -25,8 +25,9 @@ def test_eva_mim_backbone_checkpoint(tmp_path, capsys):
     torch.save({"model": sd, "epoch": 3}, tmp_path / "eva_mim.pth")
     model = _model()
     head_before = model.roi_heads.box_predictor[0].cls_score.weight.clone()
+    log = logged("projects.detection.checkpoint")
     EVADetectionCheckpointer(model).load(str(tmp_path / "eva_mim.pth"))
-    out = capsys.readouterr().out
+    out = log()
     assert "loaded" in out.lower() and "mask_token" in out  # the converter's report, with what it dropped
     net = model.backbone.net
     torch.testing.assert_close(net.blocks[2].mlp.fc1.weight, sd["blocks.2.mlp.fc1.weight"])
@@ -55,3 +56,17 @@ def test_save_is_atomic_and_roundtrips(tmp_path):
     assert extra["iteration"] == 9
     for (k, a), b in zip(model.state_dict().items(), other.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k)
+
+
+def test_load_report_is_logged_once_by_the_main_process(tmp_path, logged, monkeypatch):
+    import projects.detection.checkpoint as det_checkpoint
+
+    path = tmp_path / "eva_mim.pth"
+    torch.save({"model": build_backbone("eva_tiny").state_dict()}, path)
+    core, det = logged("eva_transfer.checkpoint"), logged("projects.detection.checkpoint")
+    EVADetectionCheckpointer(_model()).load(str(path))
+    assert det().startswith(f"checkpoint {path}") and det().count("  loaded: ") == 1
+    assert "  loaded: " not in core()  # the core logs it at DEBUG only here: one report, not two
+    monkeypatch.setattr(det_checkpoint.comm, "is_main_process", lambda: False)
+    EVADetectionCheckpointer(_model()).load(str(path))
+    assert det().count("  loaded: ") == 1  # other processes load silently

@@ -28,7 +28,7 @@ def _model(num_classes):
     return instantiate(cfg.model).eval()
 
 
-def test_o365_to_coco_rows(tmp_path, capsys):
+def test_o365_to_coco_rows(tmp_path, logged):
     source = _model(len(SOURCE))
     with torch.no_grad():
         for p in source.parameters():
@@ -38,8 +38,9 @@ def test_o365_to_coco_rows(tmp_path, capsys):
     torch.manual_seed(1)
     target = _model(len(TARGET))
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    log = logged("projects.detection.checkpoint")
     EVADetectionCheckpointer(target, thing_classes=TARGET).load(str(tmp_path / "o365.pth"))
-    out = capsys.readouterr().out
+    out = log()
     assert "4 classes initialised from the source model by name" in out
     assert "1 classes re-initialised (no match): zebra" in out
 
@@ -59,13 +60,14 @@ def test_o365_to_coco_rows(tmp_path, capsys):
             torch.testing.assert_close(got[k], src[k], msg=k)
 
 
-def test_unknown_source_classes_reinitialise(tmp_path, capsys):
+def test_unknown_source_classes_reinitialise(tmp_path, logged):
     source = _model(3)
     torch.save({"model": source.state_dict()}, tmp_path / "plain.pth")  # no class names in the file
     target = _model(4)
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    log = logged("projects.detection.checkpoint")
     EVADetectionCheckpointer(target, thing_classes=["a", "b", "c", "d"]).load(str(tmp_path / "plain.pth"))
-    assert "4 classes re-initialised" in capsys.readouterr().out
+    assert "4 classes re-initialised" in log()
     k = "roi_heads.box_predictor.2.cls_score.weight"
     torch.testing.assert_close(target.state_dict()[k][:4], fresh[k][:4])
     torch.testing.assert_close(target.state_dict()[k][4], source.state_dict()[k][3])

@@ -1,5 +1,6 @@
-"""The config tree: every recipe loads and saves (no lambdas), the published settings (SPEC section 3) are what
-the recipes build, overrides of unknown keys fail with a suggestion, and yacs users can build the backbone."""
+"""The config tree: every recipe loads and saves (no lambdas), the published settings (the authors' `EVA-01/det`
+configs) are what the recipes build, overrides of unknown keys fail with a suggestion, and yacs users can build the
+backbone."""
 
 import glob
 import math

@@ -64,13 +64,16 @@ def test_demo_draws_pngs(tmp_path):
         )
 
 
-def test_demo_default_input_is_the_test_set_and_globs_work(tmp_path, synthetic_root):
+def test_demo_default_input_is_the_test_set_and_globs_work(tmp_path, synthetic_root, capsys):
     model = instantiate(load_config(TINY_COCO).model)
     EVADetectionCheckpointer(model, str(tmp_path)).save("tiny")
     opts = [f"dataloader.synthetic_root={synthetic_root}", f"train.output_dir={tmp_path / 'run'}"]
     common = ["--config-file", TINY_COCO, "--confidence-threshold", "0.0", "--max-images", "2"]
     demo = _demo_module()
     written = demo.main([*common, "--opts", f"train.init_checkpoint={tmp_path / 'tiny.pth'}", *opts])
+    printed = capsys.readouterr().out
+    # the tool prints the checkpointer's load report
+    assert f"checkpoint {tmp_path / 'tiny.pth'}" in printed and "loaded:" in printed
     val = sorted((synthetic_root / "coco/val").glob("*"))
     assert [p.name for p in written] == [f"{v.stem}.png" for v in val[:2]]
     assert written[0].parent == tmp_path / "run/demo"

@@ -311,7 +311,11 @@ def test_benchmark_runs_and_agrees(tmp_path):
         verbose=False,
     )
     for key in ("lvis/bbox", "coco/bbox"):
-        assert report[key]["max_abs_diff"] < TOL and report[key]["speedup"] > 0
+        row = report[key]
+        assert row["max_abs_diff"] < TOL
+        # the synthetic detections overlap the ground truth: a working evaluator finds some AP, never all
+        assert 0.05 < row["metrics"]["AP"] < 1.0, row["metrics"]["AP"]
+        assert row["speedup"] == pytest.approx(row["reference_s"] / row["fast_s"])
 
 
 def test_lvis_metadata_without_id_map_uses_one_based_ids():

@@ -39,7 +39,6 @@ def test_published_settings_statistics():
     counts = np.array(counts)
     assert counts.max() <= 105
     # the published algorithm stops early on a crowded grid: about 104.4 on average
-    assert abs(counts.mean() - 105) <= 0.01 * 105, counts.mean()
     assert 104.0 < counts.mean() < 104.9, counts.mean()
 
 

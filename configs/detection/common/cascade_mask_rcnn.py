@@ -1,4 +1,5 @@
-"""Cascade Mask R-CNN on the EVA-g detection backbone (SPEC section 3), 80 classes.
+"""Cascade Mask R-CNN on the EVA-g detection backbone, 80 classes (the authors'
+`cascade_mask_rcnn_vitdet_eva.py`; docs/detection.md).
 
 RPN with 2 convs and anchors 32..512 x {0.5, 1, 2}; 512 RoIs per image, 25% positive; RoIAlign 7x7 (box) and
 14x14 (mask); 3 stages at IoU 0.5 / 0.6 / 0.7 with box weights (10,10,5,5) / (20,20,10,10) / (30,30,15,15),

@@ -26,6 +26,8 @@ from projects.detection.data.synthetic import make_synthetic_dataset  # noqa: E4
 from .fast_eval import COCO_METRICS, LVIS_METRICS, evaluate_results  # noqa: E402
 from .synthetic_predictions import make_predictions  # noqa: E402
 
+logger = logging.getLogger(__name__)
+
 
 def _for_iou_type(results, iou_type):
     drop = "segmentation" if iou_type == "bbox" else "bbox"
@@ -126,11 +128,18 @@ def run_eval_benchmark(
                 }
                 if verbose:
                     name = "lvis-api" if style == "lvis" else "pycocotools"
-                    print(
-                        f"{key:12s} {num_images} images x {dets_per_image} dets: fast {fast_s:7.2f} s, "
-                        f"{name} {ref_s:7.2f} s, speed-up {ref_s / fast_s:5.1f}x, max |diff| {diff:.1e}, "
-                        f"AP {100 * fast['AP']:.2f}",
-                        flush=True,
+                    logger.info(
+                        "%-12s %d images x %d dets: fast %7.2f s, %s %7.2f s, speed-up %5.1fx, "
+                        "max |diff| %.1e, AP %.2f",
+                        key,
+                        num_images,
+                        dets_per_image,
+                        fast_s,
+                        name,
+                        ref_s,
+                        ref_s / fast_s,
+                        diff,
+                        100 * fast["AP"],
                     )
     finally:
         if tmp is not None:
@@ -149,6 +158,7 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=1, help="runs per evaluator; the best time counts")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     report = run_eval_benchmark(
         args.num_images,
         args.dets_per_image,

@@ -1,7 +1,7 @@
-# Mask2Former on the EVA ViT-Adapter, EVA-g published settings (SPEC section 4): 200 queries, feature width
-# 1024, deformable pixel decoder with 6 layers, 8 decoder layers, class CE 2.0 (no-object 0.1), mask BCE 5.0,
-# dice 5.0, 12544 sampled points. Attention heads keep 32 channels each. The crop size (training pad size, test
-# window) comes with the dataset config.
+# Mask2Former on the EVA ViT-Adapter, EVA-g published settings (the authors' `EVA-01/seg/configs`;
+# docs/segmentation.md): 200 queries, feature width 1024, deformable pixel decoder with 6 layers, 8 decoder layers,
+# class CE 2.0 (no-object 0.1), mask BCE 5.0, dice 5.0, 12544 sampled points. Attention heads keep 32 channels each.
+# The crop size (training pad size, test window) comes with the dataset config.
 num_classes = 150
 embed_dim = 1408  # EVA-g width: the adapter's four maps have this many channels
 feat_width = 1024
