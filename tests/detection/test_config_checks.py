@@ -122,6 +122,7 @@ def _run(*argv, timeout=240):
     )
 
 
+@pytest.mark.slow
 def test_cli_errors_before_building_anything(tmp_path):
     missing = tmp_path / "nope.py"
     out = _run("--config-file", str(missing))
@@ -136,6 +137,7 @@ def test_cli_errors_before_building_anything(tmp_path):
     assert not (tmp_path / "o").exists()  # nothing was set up
 
 
+@pytest.mark.slow
 def test_missing_machine_ends_after_a_bounded_wait(tmp_path):
     # machine 0 of 2 started alone: rendezvous times out and says who is missing
     import socket

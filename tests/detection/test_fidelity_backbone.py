@@ -83,6 +83,7 @@ def _write_checkpoint(path: Path, backbone: dict, released: str) -> None:
     torch.save({"model": model, "iteration": 44999, "trainer": trainer}, path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,released,train_img,interp", CASES, ids=[c[0] for c in CASES])
 def test_backbone_features_match_the_authors(name, released, train_img, interp, tmp_path):
     path = REPO / "configs/detection" / f"{name}.py"

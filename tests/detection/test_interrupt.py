@@ -12,6 +12,8 @@ import torch
 
 from .conftest import TINY_COCO, TRAIN_NET, python, train_net_env
 
+pytestmark = pytest.mark.slow  # trains for a minute or more (still in the full run)
+
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_finishes_the_iteration_saves_and_exits(tmp_path, signum):

@@ -68,6 +68,7 @@ def test_pytorch_launcher_outside_torchrun_says_what_to_run(train, tmp_path, mon
         train.main([TINY_CONFIG, "--work-dir", str(tmp_path), "--launcher", "pytorch"])
 
 
+@pytest.mark.slow
 def test_missing_rank_ends_after_a_bounded_wait(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,6 +13,8 @@ from projects.segmentation.synthetic import write_synthetic_ade
 
 from .conftest import TINY_CONFIG, data_options, load_tool
 
+pytestmark = pytest.mark.slow  # trains for a minute or more (still in the full run)
+
 
 class SimulatedKill(RuntimeError):
     pass

@@ -28,6 +28,7 @@ def _options(data, *extra):
             "val_dataloader.persistent_workers=False", "test_dataloader.persistent_workers=False", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_finishes_the_iteration_saves_and_exits(data, tmp_path, signum):
     work = tmp_path / "work"
