@@ -154,3 +154,14 @@ def test_convert_tool_exports(tmp_path, capsys):
         torch.testing.assert_close(ref(x)["last_feat"], det(x), rtol=1e-4, atol=1e-4)
     assert tool.main([str(src), str(tmp_path / "x.pth"), "--to", "timm"]) == 2
     assert "--lossy" in capsys.readouterr().err
+
+
+def test_segmentor_conversion_refuses_backbone_only_options(tmp_path, capsys):
+    """--segmentor-config converts for its config; backbone options given with it would be ignored, so they are
+    refused by name."""
+    tool = _convert_tool()
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(
+            [str(tmp_path / "a.pth"), str(tmp_path / "b.pth"), "--segmentor-config", "c.py", "--to", "timm"]
+        )
+    assert exit_info.value.code == 2 and "--to" in capsys.readouterr().err

@@ -96,6 +96,24 @@ def main(argv=None) -> int:
     )
     args = p.parse_args(argv)
     if args.segmentor_config:
+        ignored = [
+            flag
+            for flag, value, default in (
+                ("--preset", args.preset, None),
+                ("--set", args.set, []),
+                ("--prefix", args.prefix, None),
+                ("--output-prefix", args.output_prefix, None),
+                ("--to", args.to, "eva"),
+                ("--lossy", args.lossy, False),
+                ("--patch-resize", args.patch_resize, "bicubic"),
+                ("--rel-pos-resize", args.rel_pos_resize, "linear"),
+            )
+            if value != default
+        ]
+        if ignored:
+            p.error(
+                f"--segmentor-config converts the whole segmentor for its config; it takes none of {ignored}"
+            )
         return convert_segmentor(args)
 
     try:

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from eva_transfer.checkpoint import CheckpointError  # noqa: E402
 from eva_transfer.pretrain import ConfigError, load_config, train  # noqa: E402
 from eva_transfer.pretrain.trainer import DistributedStartupError  # noqa: E402
 from eva_transfer.runtime import add_run_arguments, configure_cpu_threads  # noqa: E402
@@ -104,7 +105,8 @@ def main(argv=None) -> int:
         return 2
     try:
         train(cfg)
-    except (ConfigError, DistributedStartupError) as e:  # a value only the data shows wrong; a missing rank
+    # a value only the data shows wrong; a missing rank; a --resume file that is missing or damaged
+    except (ConfigError, DistributedStartupError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -134,7 +134,8 @@ def cli(argv=None):
     except (WeightsNotLoadedError, CheckpointError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     except Exception as e:
-        message = explain_startup_failure(e, args, args.dist_timeout)
+        # only a multi-process start-up failure is translated; anything else keeps its traceback
+        message = explain_startup_failure(e, args, args.dist_timeout) if world > 1 else None
         if message is None:
             raise
         sys.exit(f"error: {message}")

@@ -60,7 +60,7 @@ def test_a_checkpoint_without_the_decode_head_is_refused(test_seg, full_state, t
     with pytest.raises(CheckpointError, match=r"backbone_only\.pth does not set \d+ .*decode_head\."):
         test_seg.build_runner(_args(test_seg, path, tmp_path))
     runner = test_seg.build_runner(_args(test_seg, path, tmp_path, "--allow-missing-weights"))
-    assert runner is not None  # the explicit flag evaluates anyway
+    assert runner.cfg.load_from == str(path)  # the explicit flag evaluates this file anyway
 
 
 def test_a_weight_of_another_shape_is_refused(test_seg, full_state, tmp_path):
@@ -80,7 +80,7 @@ def test_a_complete_checkpoint_is_accepted(test_seg, full_state, tmp_path, tta):
         {"state_dict": {f"module.{k}" if tta else k: v for k, v in full_state.items()}, "meta": {}}, path
     )
     runner = test_seg.build_runner(_args(test_seg, path, tmp_path, *(["--tta"] if tta else [])))
-    assert runner is not None
+    assert runner.cfg.load_from == str(path)  # the runner evaluates this file
 
 
 def test_nan_weights_are_named(test_seg, full_state, tmp_path):
