@@ -45,7 +45,8 @@ optim_wrapper = dict(
     _delete_=True,
     type="AmpOptimWrapper",
     constructor="LayerDecayOptimWrapperConstructor",
-    paramwise_cfg=dict(layer_decay_rate=0.9),
+    # the standard scope: no decay on 1-D parameters and position tables (docs/fidelity.md, MMDetection)
+    paramwise_cfg=dict(layer_decay_rate=0.9, scheme="head_full_lr"),
     optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1),
 )
 max_iters = 184375

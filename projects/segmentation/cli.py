@@ -176,7 +176,9 @@ def check_train_config(cfg: Config) -> None:
                 f"{name} begins at iteration {begin}, at or after the end of the run (train_cfg.max_iters="
                 f"{max_iters})"
             )
-        if end is not None and end > max_iters:
+        # mmengine reaches a phase's final value at ``end - 1``: a phase may end at ``max_iters + 1`` so that its
+        # last value applies after the last iteration (the poly curve counted as mmcv 1.x did)
+        if end is not None and end > max_iters + 1:
             raise ConfigValueError(
                 f"{name} ends at iteration {end}, after the run (train_cfg.max_iters={max_iters}); shorten the "
                 f"warm-up or lengthen the run"

@@ -48,9 +48,12 @@ def fit_schedule_to_run(
             continue  # epoch-based boundaries do not follow max_iters
         for key in ("begin", "end"):
             value = sched.get(key)
-            if not isinstance(value, int) or value <= 0 or value > planned_iters:
+            if not isinstance(value, int) or value <= 0 or value > planned_iters + 1:
                 continue
-            scaled = max(1, min(max_iters - 1, round(value * ratio)))
+            if value == planned_iters + 1:
+                scaled = max_iters + 1  # "after the last iteration" (the poly curve counted from 0) stays so
+            else:
+                scaled = max(1, min(max_iters - 1, round(value * ratio)))
             if scaled != value:
                 sched[key] = scaled
                 changes.append(f"param_scheduler.{i}.{key} ({sched.get('type')}) {value} -> {scaled}")

@@ -33,7 +33,7 @@ def test_published_configs_pass_the_checks(name):
         (["train_dataloader.batch_size=0"], r"train_dataloader\.batch_size must be an integer >= 1, got 0"),
         (["train_cfg.max_iters=0"], r"train_cfg\.max_iters must be an integer >= 1, got 0"),
         (
-            ["train_cfg.max_iters=10"],
+            ["train_cfg.max_iters=10", "param_scheduler.0.end=20"],  # an explicit warm-up is not scaled
             r"param_scheduler\[0\] \(LinearLR\) ends at iteration 20, after the run .*=10",
         ),
         (["param_scheduler.1.begin=200"], r"param_scheduler\[1\] \(PolyLR\) begins at iteration 200, .*=150"),
