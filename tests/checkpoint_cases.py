@@ -13,8 +13,8 @@ with the exception types it documents. Kinds come in three groups:
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +53,13 @@ def reference_state_dict() -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
         _REFERENCE.update(tiny_backbone().state_dict())
     return {k: v.clone() for k, v in _REFERENCE.items()}
+
+
+class _RunsCodeOnLoad:
+    """Unpickling this calls a function (a harmless one): what the safe reader must refuse."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
 
 
 @dataclass
@@ -149,7 +156,7 @@ def make_case(kind: str, seed: int, folder: Path) -> Case:
     elif kind == "directory":
         path.mkdir()
     elif kind == "unsafe_pickle":
-        torch.save({"model": sd, "args": argparse.Namespace(lr=rng.random())}, path)
+        torch.save({"model": sd, "hook": _RunsCodeOnLoad()}, path)  # argparse.Namespace is plain data
     elif kind == "nan":
         case.key = rng.choice([k for k, v in sd.items() if v.is_floating_point()])
         sd[case.key].view(-1)[rng.randrange(sd[case.key].numel())] = rng.choice(

@@ -40,11 +40,27 @@ def test_licence_and_citation():
     assert "Exploring the Limits of Masked Visual Representation Learning at Scale" in citation
 
 
+def _guarded_imports(tree: ast.AST) -> set[int]:
+    """ids of import nodes inside ``try: ... except ImportError`` (optional: used only when installed)."""
+    guarded: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+            isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+            for h in node.handlers
+        ):
+            guarded |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return guarded
+
+
 def core_third_party_imports() -> dict[str, str]:
-    """Top-level module name -> first file that imports it, over every module of the core package."""
+    """Top-level module name -> first file that imports it unconditionally, over every module of the core."""
     found: dict[str, str] = {}
     for path in sorted((REPO / "eva_transfer").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        guarded = _guarded_imports(tree)
+        for node in ast.walk(tree):
+            if id(node) in guarded:
+                continue
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
