@@ -62,9 +62,15 @@ def _numpy_globals() -> list:
     return types
 
 
+def _statistics_method_names() -> set:
+    # HistoryBuffer fills its registry of built-in statistics in __init__: a fresh process that has built no
+    # buffer yet sees it empty, so the built-in names are listed here too
+    return {"min", "max", "mean", "current"} | set(HistoryBuffer._statistics_methods)
+
+
 def history_buffer_method(owner, name: str):
     """What ``builtins.getattr`` means inside a runner checkpoint: one of HistoryBuffer's statistics methods."""
-    if owner is HistoryBuffer and isinstance(name, str) and name in HistoryBuffer._statistics_methods:
+    if owner is HistoryBuffer and isinstance(name, str) and name in _statistics_method_names():
         return getattr(HistoryBuffer, name)
     raise pickle.UnpicklingError(
         f"Unsupported global: getattr({getattr(owner, '__name__', type(owner).__name__)}, {name!r}) is not a "

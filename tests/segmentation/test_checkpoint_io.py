@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from mmengine.logging import MessageHub
@@ -37,6 +41,23 @@ def test_the_runners_own_message_hub_still_loads(tmp_path):
     assert isinstance(buf, HistoryBuffer)
     assert buf.mean() == pytest.approx(7 / 3)
     assert buf.current() == 4.0
+
+
+def test_a_fresh_process_reads_the_runners_checkpoint(tmp_path):
+    """HistoryBuffer fills its statistics registry only when a buffer is built: a tool that reads a checkpoint
+    before building any (tools/test_seg.py) must still accept the runner's own file."""
+    hub = MessageHub.get_instance("checkpoint_io_fresh")
+    hub.update_scalar("train/loss", 1.0)
+    path = tmp_path / "iter_30.pth"
+    torch.save({"state_dict": {"w": torch.ones(3)}, "message_hub": hub.state_dict()}, path)
+    code = (
+        "import sys; from projects.segmentation.checkpoint_io import load_local_checkpoint; "
+        "c = load_local_checkpoint(sys.argv[1]); print(c['message_hub']['log_scalars']['train/loss'].current())"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=repo)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "1.0"
 
 
 @pytest.mark.parametrize("data", [b"not a checkpoint", b"", b"\x80\x02garbage"])
