@@ -2,7 +2,7 @@
 whole into the published configs and give the authors' outputs.
 
 The published configs are shrunk through config overrides (width, depth, heads, head width); the weights are
-random tensors written in the authors' key layout by the small references in test_authors_checkpoints_ref.py
+random tensors written in the authors' key layout by the small references in authors_seg_reference.py
 (which import nothing from this toolkit: enforced below).
 """
 
@@ -29,7 +29,7 @@ from projects.segmentation.authors_checkpoint import (
 
 from .conftest import CONFIG_DIR, load_tool
 
-REF_PATH = Path(__file__).with_name("test_authors_checkpoints_ref.py")
+REF_PATH = Path(__file__).with_name("authors_seg_reference.py")
 _spec = importlib.util.spec_from_file_location("authors_seg_reference", REF_PATH)
 ref = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ref)
