@@ -771,7 +771,7 @@ def extract_pyramid(state_dict: Mapping[str, Tensor], source: str = "<state dict
 
 
 def mmdet_layout(backbone: Mapping[str, Tensor], pyramid: Mapping[str, Tensor] = {}) -> dict[str, Tensor]:
-    """Keys as in an MMDetection detector built on the ``projects.mmdetection`` plug-in: ``backbone.<ViT key>``
+    """Keys as in an MMDetection detector built on the ``eva_transfer_projects.mmdetection`` plug-in: ``backbone.<ViT key>``
     and ``neck.simfp_*``."""
     out = {f"backbone.{k}": v for k, v in backbone.items()}
     out.update({f"neck.{k}": v for k, v in pyramid.items()})

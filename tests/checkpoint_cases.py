@@ -231,7 +231,7 @@ def _core_loader(path: Path):
 def _detection_loader(path: Path):
     from torch import nn
 
-    from projects.detection.checkpoint import EVADetectionCheckpointer
+    from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
 
     model = nn.Module()
     model.backbone = nn.Module()
@@ -240,7 +240,7 @@ def _detection_loader(path: Path):
 
 
 def _segmentation_reader(path: Path):
-    from projects.segmentation.checkpoint_io import load_local_checkpoint
+    from eva_transfer_projects.segmentation.checkpoint_io import load_local_checkpoint
 
     return load_local_checkpoint(str(path))
 
@@ -255,13 +255,13 @@ def entry_points() -> list[EntryPoint]:
         EntryPoint("eva_transfer.load_checkpoint", _core_loader, documented, True),
     ]
     try:
-        import projects.detection  # noqa: F401
+        import eva_transfer_projects.detection  # noqa: F401
 
         points.append(EntryPoint("detection checkpointer", _detection_loader, documented, True))
     except ImportError:  # Detectron2 not installed
         pass
     try:
-        import projects.segmentation  # noqa: F401
+        import eva_transfer_projects.segmentation  # noqa: F401
 
         points.append(EntryPoint("segmentation runner reader", _segmentation_reader, documented, False))
     except ImportError:  # MMSegmentation not installed

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import projects.compat as compat
+import eva_transfer_projects.compat as compat
 from eva_transfer import build_backbone, load_checkpoint
 
 

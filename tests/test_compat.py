@@ -14,13 +14,13 @@ def _run(code: str) -> str:
 
 
 def test_detectron2_stand_in_applies_when_extension_missing():
-    # whether the compiled extension loads, asked of a separate interpreter that never imports projects.compat
+    # whether the compiled extension loads, asked of a separate interpreter that never imports eva_transfer_projects.compat
     probe = subprocess.run(
         [sys.executable, "-c", "import detectron2._C"], capture_output=True, text=True, timeout=300
     )
     real = probe.returncode == 0
     out = _run("""
-        import projects.compat as c
+        import eva_transfer_projects.compat as c
         applied = c.apply_detectron2()
         import detectron2.layers  # imports once the extension (or its stand-in) is there
         from detectron2 import _C
@@ -41,7 +41,7 @@ def test_stand_ins_not_applied_when_real_component_present():
         import sys, types
         sys.modules["detectron2._C"] = types.ModuleType("detectron2._C")  # a loadable extension
         sys.modules["mmcv._ext"] = types.ModuleType("mmcv._ext")
-        import projects.compat as c
+        import eva_transfer_projects.compat as c
         print(c.apply_detectron2(), c.apply_mmcv())
     """)
     assert out == "False False"
@@ -55,7 +55,7 @@ def test_mmcv_stand_in_lets_pure_pytorch_ops_run():
             real = True
         except ImportError:
             real = False
-        import projects.compat as c
+        import eva_transfer_projects.compat as c
         assert c.apply_mmcv() == (not real)
         import torch
         from mmcv.ops import point_sample
@@ -69,7 +69,7 @@ def test_mmcv_stand_in_lets_pure_pytorch_ops_run():
 def test_lvis_numpy_alias():
     out = _run("""
         import numpy as np
-        import projects.compat as c
+        import eva_transfer_projects.compat as c
         applied = c.apply_lvis_numpy()
         assert applied == (not hasattr(np, "float"))
         import lvis.eval
@@ -82,7 +82,7 @@ def test_lvis_numpy_alias():
 
 def test_detectron2_environment_report_runs_with_stand_in():
     out = _run("""
-        import projects.compat as c
+        import eva_transfer_projects.compat as c
         c.apply_detectron2()
         from detectron2.utils.collect_env import collect_env_info
         info = collect_env_info()
@@ -99,7 +99,7 @@ def test_known_third_party_warnings_are_silenced_once_in_compat():
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    code = "import projects.detection, projects.segmentation, mmseg.models"
+    code = "import eva_transfer_projects.detection, eva_transfer_projects.segmentation, mmseg.models"
     env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONWARNINGS": "default"}
     env.pop("EVA_SHOW_ALL_WARNINGS", None)
     quiet = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=repo)

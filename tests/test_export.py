@@ -9,7 +9,7 @@ import pytest
 import torch
 from timm.models.eva import Eva
 
-import projects.compat as compat
+import eva_transfer_projects.compat as compat
 from eva_transfer import build_backbone, load_checkpoint
 from eva_transfer.checkpoint import (
     CheckpointError,

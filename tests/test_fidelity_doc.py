@@ -56,7 +56,7 @@ def _load(path: str):
     full = REPO / path
     assert full.is_file(), f"{path} does not exist"
     if path.startswith("configs/detection/"):
-        from projects.detection.engine import load_config
+        from eva_transfer_projects.detection.engine import load_config
 
         return load_config(str(full))
     if path.startswith(("configs/segmentation/", "configs/mmdetection/")):

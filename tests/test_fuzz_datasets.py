@@ -239,7 +239,7 @@ def coco_root(tmp_path_factory):
 
 
 def test_valid_base_datasets_load(coco_root, tmp_path):
-    from projects.detection.data import load_dataset_dicts
+    from eva_transfer_projects.detection.data import load_dataset_dicts
 
     for fmt in ("coco", "lvis"):
         data = _base_dataset(coco_root, fmt)
@@ -252,7 +252,7 @@ def test_valid_base_datasets_load(coco_root, tmp_path):
 @SETTINGS
 @given(case=coco_cases())
 def test_malformed_annotation_files(coco_root, tmp_path_factory, case):
-    from projects.detection.data import DatasetError, load_dataset_dicts
+    from eva_transfer_projects.detection.data import DatasetError, load_dataset_dicts
 
     fmt, data, mutations = case
     path = tmp_path_factory.mktemp("case") / "annotations.json"
@@ -356,9 +356,9 @@ def test_malformed_ade_folders(tmp_path_factory, mutations, seed):
     from mmengine.registry import DefaultScope
     from mmseg.registry import DATASETS
 
-    import projects.segmentation  # noqa: F401
-    from projects.segmentation.datasets import DatasetFileError
-    from projects.segmentation.synthetic import write_synthetic_ade
+    import eva_transfer_projects.segmentation  # noqa: F401
+    from eva_transfer_projects.segmentation.datasets import DatasetFileError
+    from eva_transfer_projects.segmentation.synthetic import write_synthetic_ade
 
     root = write_synthetic_ade(tmp_path_factory.mktemp("ade"), num_train=3, num_val=1, size=32, seed=1)
     rng = np.random.default_rng(seed)

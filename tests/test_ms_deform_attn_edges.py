@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from eva_transfer.ms_deform_attn import MSDeformAttn, level_start_index, ms_deform_attn
-from projects.compat import apply_mmcv
+from eva_transfer_projects.compat import apply_mmcv
 
 apply_mmcv()
 from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttention  # noqa: E402

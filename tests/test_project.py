@@ -84,3 +84,74 @@ def test_every_core_import_is_a_core_dependency():
         if name not in OPTIONAL_IMPORTS and DISTRIBUTION.get(name, name).lower() not in declared
     }
     assert not missing, f"imported by the core but not in [project].dependencies: {sorted(missing)}"
+
+
+# --- the installed layout ------------------------------------------------------------------------------------------
+# The plug-ins live in the folder projects/ and install under the distinct name eva_transfer_projects: a top-level
+# package called `projects` in site-packages collides with any other project installed the same way.
+
+INSTALLED_NAME = {"eva_transfer": "eva_transfer", "eva_transfer_projects": "projects"}
+
+
+def _package_folders() -> set[str]:
+    names = set()
+    for installed, folder in INSTALLED_NAME.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(REPO / folder).parts
+            names.add(".".join((installed, *parts)))
+    return names
+
+
+def test_pyproject_lists_every_package_under_its_installed_name():
+    setuptools_cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert set(setuptools_cfg["packages"]) == _package_folders()
+    assert setuptools_cfg["package-dir"] == {"eva_transfer_projects": "projects"}
+    assert not any(p.split(".")[0] == "projects" for p in setuptools_cfg["packages"])
+
+
+def _imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_nothing_imports_the_folder_name():
+    # configs, tools, tests and the packages all import the installed name; `projects.` would only work from the
+    # repository root and would break in an installed copy
+    found = [
+        str(path.relative_to(REPO))
+        for folder in ("eva_transfer", "projects", "configs", "tools", "tests")
+        for path in sorted((REPO / folder).rglob("*.py"))
+        if "projects" in _imported_roots(path)
+    ]
+    assert not found, found
+    text_refs = [
+        str(path.relative_to(REPO))
+        for folder in ("configs", "docs", "tools")
+        for path in sorted((REPO / folder).rglob("*"))
+        if path.suffix in (".py", ".md", ".sh")
+        and re.search(
+            r"(?<![\w/.-])projects\.(detection|segmentation|mmdetection|compat)\b", path.read_text()
+        )
+    ]
+    assert not text_refs, f"module paths must use eva_transfer_projects: {text_refs}"
+
+
+def test_installed_name_resolves_to_the_projects_folder(tmp_path):
+    # run outside the repository, so the working directory cannot stand in for the install
+    import subprocess
+
+    code = (
+        "import importlib.util, eva_transfer_projects.detection as d; "
+        "print(d.__file__); print(importlib.util.find_spec('projects'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    location, projects_spec = out.stdout.split()
+    assert Path(location).resolve() == (REPO / "projects" / "detection" / "__init__.py").resolve()
+    assert projects_spec == "None"

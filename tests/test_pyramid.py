@@ -5,7 +5,7 @@ from functools import partial
 import torch
 from torch import nn
 
-import projects.compat as compat
+import eva_transfer_projects.compat as compat
 from eva_transfer import SimpleFeaturePyramid, build_backbone, load_checkpoint
 
 

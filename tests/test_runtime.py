@@ -76,7 +76,7 @@ def test_segmentation_worker_init_sets_threads_and_seeds():
     import numpy as np
     from mmengine.config import Config
 
-    from projects.segmentation.runtime import apply_worker_threads, worker_threads_init
+    from eva_transfer_projects.segmentation.runtime import apply_worker_threads, worker_threads_init
 
     cfg = Config(
         dict(

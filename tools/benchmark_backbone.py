@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import projects.compat as compat  # noqa: E402
+import eva_transfer_projects.compat as compat  # noqa: E402
 from eva_transfer import SimpleFeaturePyramid, build_backbone, load_checkpoint  # noqa: E402
 
 VITDET_B = dict(window_size=14, global_block_indexes=(2, 5, 8, 11))

@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import projects.detection  # noqa: E402,F401
+import eva_transfer_projects.detection  # noqa: E402,F401
 
 # isort: split
 import torch  # noqa: E402
@@ -31,7 +31,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 from torch import nn  # noqa: E402
 
 from eva_transfer.checkpoint import export_state_dict, vitdet_vit_kwargs  # noqa: E402
-from projects.detection.engine import load_config  # noqa: E402
+from eva_transfer_projects.detection.engine import load_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -156,7 +156,7 @@ def main(argv=None) -> dict:
             flush=True,
         )
     if not args.skip_eval:
-        from projects.detection.evaluation.benchmark import run_eval_benchmark
+        from eva_transfer_projects.detection.evaluation.benchmark import run_eval_benchmark
 
         report["eval"] = run_eval_benchmark(num_images=args.eval_images, dets_per_image=args.eval_dets)
     return report

@@ -35,7 +35,7 @@ def _rss_kb(field: str) -> int:
 def child(job: dict) -> dict:
     sys.path.insert(0, REPO)
     sys.path.insert(0, os.path.join(REPO, "tools"))
-    import projects.detection  # noqa: F401
+    import eva_transfer_projects.detection  # noqa: F401
 
     # isort: split
     import torch
@@ -43,7 +43,7 @@ def child(job: dict) -> dict:
     from detectron2.config import instantiate
     from detectron2.utils.events import EventStorage
 
-    from projects.detection.engine import load_config
+    from eva_transfer_projects.detection.engine import load_config
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])

@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from eva_transfer.adapter import build_vit_adapter  # noqa: E402
-from projects.compat import apply_mmcv  # noqa: E402
+from eva_transfer_projects.compat import apply_mmcv  # noqa: E402
 
 mda = importlib.import_module("eva_transfer.ms_deform_attn")
 

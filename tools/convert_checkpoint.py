@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         choices=["eva", *EXPORT_LAYOUTS, "mmdet"],
         default="eva",
         help="layout written: this toolkit's (default), timm's Eva, Detectron2 ViTDet's, or MMDetection's "
-        "(backbone.* and neck.simfp_* for projects.mmdetection; the pyramid kept if the input has one)",
+        "(backbone.* and neck.simfp_* for eva_transfer_projects.mmdetection; the pyramid kept if the input has one)",
     )
     p.add_argument("--layout", choices=["mmdet"], dest="to", help="the same as --to mmdet")
     p.add_argument(
@@ -157,8 +157,11 @@ def convert_segmentor(args) -> int:
     from mmengine.config import Config
     from mmengine.registry import DefaultScope
 
-    import projects.segmentation  # noqa: F401  (registers the backbone; mmseg stand-ins)
-    from projects.segmentation.authors_checkpoint import convert_authors_segmentor, read_segmentor_checkpoint
+    import eva_transfer_projects.segmentation  # noqa: F401  (registers the backbone; mmseg stand-ins)
+    from eva_transfer_projects.segmentation.authors_checkpoint import (
+        convert_authors_segmentor,
+        read_segmentor_checkpoint,
+    )
 
     try:
         sd = unwrap_state_dict(read_segmentor_checkpoint(args.input, args.allow_pickle), args.input, args.key)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import projects.detection  # noqa: E402,F401
+import eva_transfer_projects.detection  # noqa: E402,F401
 
 # isort: split
 import numpy as np  # noqa: E402
@@ -31,8 +31,8 @@ from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from eva_transfer.runtime import configure_cpu_threads  # noqa: E402
-from projects.detection.engine import load_config, setup_datasets  # noqa: E402
-from projects.detection.predictor import Predictor  # noqa: E402
+from eva_transfer_projects.detection.engine import load_config, setup_datasets  # noqa: E402
+from eva_transfer_projects.detection.predictor import Predictor  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 

@@ -86,14 +86,14 @@ def run_benchmark(repeats: int) -> None:
 
 
 def eva_g_train_step(size: int, batch: int) -> None:
-    import projects.detection  # noqa: F401
+    import eva_transfer_projects.detection  # noqa: F401
 
     # isort: split
     from benchmark_detection import synthetic_batch
     from detectron2.config import instantiate
     from detectron2.utils.events import EventStorage
 
-    from projects.detection.engine import load_config
+    from eva_transfer_projects.detection.engine import load_config
 
     overrides = [
         "train.device=cuda",

@@ -17,11 +17,11 @@ from mmengine.config import DictAction  # noqa: E402
 from PIL import Image  # noqa: E402
 
 # isort: off
-import projects.segmentation  # noqa: E402,F401  (mmcv-lite stand-ins before mmseg's models import mmcv.ops)
+import eva_transfer_projects.segmentation  # noqa: E402,F401  (mmcv-lite stand-ins before mmseg's models import mmcv.ops)
 from mmseg.apis import inference_model, init_model  # noqa: E402
 # isort: on
 
-from projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
+from eva_transfer_projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
 
 
 def colourise(labels: np.ndarray, palette) -> np.ndarray:

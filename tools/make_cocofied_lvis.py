@@ -107,7 +107,7 @@ COCO_ID_OF_SYNSET = {
 
 def _coco_names() -> dict[int, str]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import projects.detection  # noqa: F401  (Detectron2 stand-ins)
+    import eva_transfer_projects.detection  # noqa: F401  (Detectron2 stand-ins)
 
     # isort: split
     from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from projects.segmentation.synthetic import SYNTHETIC_CLASSES, write_synthetic_ade  # noqa: E402
+from eva_transfer_projects.segmentation.synthetic import SYNTHETIC_CLASSES, write_synthetic_ade  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -3,7 +3,7 @@
 
     python tools/make_synthetic_dataset.py --out datasets/shapes --format coco --train 300 --val 50 --size 128 128
 
-prints the annotation files written; register them with ``projects.detection.data.register_dataset``.
+prints the annotation files written; register them with ``eva_transfer_projects.detection.data.register_dataset``.
 """
 
 import argparse
@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from projects.detection.data.synthetic import make_synthetic_dataset  # noqa: E402
+from eva_transfer_projects.detection.data.synthetic import make_synthetic_dataset  # noqa: E402
 
 
 def main(argv=None):

@@ -15,7 +15,7 @@ log() { echo "[setup] $*"; }
 
 want=$(cat tools/setup.sh pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
-   && "$VENV/bin/python" -c "import projects.compat as c; c.apply(); import torch, timm, detectron2.modeling, mmseg, mmdet.models, lvis, faster_coco_eval" 2>/dev/null; then
+   && "$VENV/bin/python" -c "import eva_transfer_projects.compat as c; c.apply(); import torch, timm, detectron2.modeling, mmseg, mmdet.models, lvis, faster_coco_eval" 2>/dev/null; then
   log "environment at .venv is ready (nothing to do)"
   exit 0
 fi
@@ -69,7 +69,7 @@ fi
 
 log "checking imports"
 "$VENV/bin/python" - <<'PY'
-import projects.compat as compat
+import eva_transfer_projects.compat as compat
 applied = compat.apply()
 import torch, torchvision, timm, detectron2, mmengine, mmcv, mmseg, mmdet, lvis, faster_coco_eval, pycocotools  # noqa
 import detectron2.modeling, mmseg.models, mmdet.models  # noqa

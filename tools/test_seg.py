@@ -20,13 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-import projects.segmentation  # noqa: E402,F401
+import eva_transfer_projects.segmentation  # noqa: E402,F401
 from eva_transfer.checkpoint import CheckpointError  # noqa: E402
 from eva_transfer.runtime import add_run_arguments  # noqa: E402
-from projects.segmentation.authors_checkpoint import prepare_test_checkpoint  # noqa: E402
-from projects.segmentation.checkpoint_io import unloaded_weights  # noqa: E402
-from projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
-from projects.segmentation.runtime import configure_run  # noqa: E402
+from eva_transfer_projects.segmentation.authors_checkpoint import prepare_test_checkpoint  # noqa: E402
+from eva_transfer_projects.segmentation.checkpoint_io import unloaded_weights  # noqa: E402
+from eva_transfer_projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
+from eva_transfer_projects.segmentation.runtime import configure_run  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -124,7 +124,7 @@ def check_weights_loaded(model, checkpoint: str, allow_missing: bool = False) ->
     )
     if not allow_missing:
         raise CheckpointError(f"{message}. Pass the segmentor checkpoint, or --allow-missing-weights.")
-    logging.getLogger("projects.segmentation").warning("%s (--allow-missing-weights)", message)
+    logging.getLogger("eva_transfer_projects.segmentation").warning("%s (--allow-missing-weights)", message)
 
 
 def main(argv=None) -> dict:

@@ -23,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import projects.detection  # noqa: E402,F401  (stand-ins and registrations first)
+import eva_transfer_projects.detection  # noqa: E402,F401  (stand-ins and registrations first)
 
 # isort: split
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
@@ -32,13 +32,13 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from eva_transfer.checkpoint import CheckpointError  # noqa: E402
 from eva_transfer.runtime import add_run_arguments, configure_cpu_threads  # noqa: E402
-from projects.detection.config_checks import (  # noqa: E402
+from eva_transfer_projects.detection.config_checks import (  # noqa: E402
     ConfigValueError,
     check_config,
     check_launch_args,
     explain_startup_failure,
 )
-from projects.detection.engine import (  # noqa: E402
+from eva_transfer_projects.detection.engine import (  # noqa: E402
     ConfigKeyError,
     WeightsNotLoadedError,
     do_eval_only,
@@ -47,7 +47,7 @@ from projects.detection.engine import (  # noqa: E402
     setup_datasets,
     setup_run,
 )
-from projects.detection.registration import prepare_config_datasets  # noqa: E402
+from eva_transfer_projects.detection.registration import prepare_config_datasets  # noqa: E402
 
 
 def configure_threads(cfg, args) -> int:

@@ -22,18 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-import projects.segmentation  # noqa: E402,F401  (registers the plug-in before the config is built)
+import eva_transfer_projects.segmentation  # noqa: E402,F401  (registers the plug-in before the config is built)
 from eva_transfer.checkpoint import CheckpointError  # noqa: E402
 from eva_transfer.runtime import add_run_arguments  # noqa: E402
-from projects.segmentation.checkpoint_io import latest_intact_checkpoint  # noqa: E402
-from projects.segmentation.cli import (  # noqa: E402
+from eva_transfer_projects.segmentation.checkpoint_io import latest_intact_checkpoint  # noqa: E402
+from eva_transfer_projects.segmentation.cli import (  # noqa: E402
     ConfigOverrideError,
     ConfigValueError,
     check_train_config,
     load_config,
     start_distributed,
 )
-from projects.segmentation.runtime import configure_run  # noqa: E402
+from eva_transfer_projects.segmentation.runtime import configure_run  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,7 +94,7 @@ def make_config(args: argparse.Namespace) -> Config:
     if cfg.get("load_from") and not cfg.get("resume") and Path(cfg.load_from).is_file():
         # a released EVA-01 segmentor (mmseg 0.x layout) is converted first; its classifier is dropped when the
         # config has another class count (COCO-Stuff -> ADE20K)
-        from projects.segmentation.authors_checkpoint import prepare_test_checkpoint
+        from eva_transfer_projects.segmentation.authors_checkpoint import prepare_test_checkpoint
 
         cfg.load_from = prepare_test_checkpoint(
             cfg.load_from, cfg.model, cfg.get("work_dir"), reinit_classifier=True

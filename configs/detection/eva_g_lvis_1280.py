@@ -9,7 +9,7 @@ weighted by image_count^0.5), repeat-factor sampling (threshold 0.001), lr 2e-4,
 from detectron2.config import LazyCall as L
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 
-from projects.detection.class_frequency import FedLossClassWeights, repeat_factors
+from eva_transfer_projects.detection.class_frequency import FedLossClassWeights, repeat_factors
 
 from .eva_g_coco_1280 import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 

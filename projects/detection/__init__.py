@@ -4,7 +4,7 @@ Importing this package registers the EVA backbones (the ViT alone and with its p
 without a loadable ``detectron2._C``, the stand-in that lets ``detectron2.layers`` import.
 """
 
-from projects import compat
+from eva_transfer_projects import compat
 
 compat.apply_detectron2()
 

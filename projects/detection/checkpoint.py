@@ -10,7 +10,7 @@
   detector checkpoint (``backbone.net.*``, ViTDet/EVA layout) goes through the same converter, so a checkpoint
   of another backbone is a clear :class:`~eva_transfer.checkpoint.CheckpointError`;
 - class-specific head rows are mapped to the model's classes by name (Objects365 -> COCO/LVIS), see
-  :mod:`projects.detection.class_transfer`.
+  :mod:`eva_transfer_projects.detection.class_transfer`.
 """
 
 from __future__ import annotations

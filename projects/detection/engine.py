@@ -2,7 +2,7 @@
 
 Detectron2's trainers and hooks do the work (DDP, AMP, periodic checkpoints, metrics writers with ETA); this
 module wires them to the EVA pieces: dataset registration from ``dataloader.datasets``, the layer-decay
-optimizer, :class:`~projects.detection.checkpoint.EVADetectionCheckpointer`, and the checks that turn common
+optimizer, :class:`~eva_transfer_projects.detection.checkpoint.EVADetectionCheckpointer`, and the checks that turn common
 mistakes (a mistyped override, a class-count mismatch) into clear errors.
 """
 
@@ -42,7 +42,7 @@ __all__ = [
     "WeightsNotLoadedError",
 ]
 
-logger = logging.getLogger("projects.detection")
+logger = logging.getLogger("eva_transfer_projects.detection")
 
 
 class ConfigKeyError(KeyError):
@@ -135,7 +135,7 @@ def setup_run(cfg: DictConfig, args=None) -> None:
         os.makedirs(output_dir, exist_ok=True)
     setup_logger(output_dir, distributed_rank=rank, name="fvcore")
     setup_logger(output_dir, distributed_rank=rank, name="detectron2")
-    setup_logger(output_dir, distributed_rank=rank, name="projects")
+    setup_logger(output_dir, distributed_rank=rank, name="eva_transfer_projects")
     setup_logger(output_dir, distributed_rank=rank, name="eva_transfer")
     logger.info("Rank %d of %d; arguments: %s", rank, comm.get_world_size(), args)
     if comm.is_main_process():

@@ -1,5 +1,5 @@
 """A clean stop of detection training on SIGINT / SIGTERM: the iteration finishes, a checkpoint is written, and
-:func:`~projects.detection.engine.do_train` returns (exit status 0), as pre-training does.
+:func:`~eva_transfer_projects.detection.engine.do_train` returns (exit status 0), as pre-training does.
 
 :class:`StopOnSignal` runs after the checkpoint and evaluation hooks, before the writer. After each iteration it reads the flag the signal handler
 set (reduced over the processes, so that all stop after the same iteration), writes ``model_<iter>.pth`` with
@@ -20,7 +20,7 @@ from detectron2.utils import comm
 
 __all__ = ["StopOnSignal", "TrainingInterrupted"]
 
-logger = logging.getLogger("projects.detection")
+logger = logging.getLogger("eva_transfer_projects.detection")
 
 
 class TrainingInterrupted(BaseException):

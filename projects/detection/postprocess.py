@@ -1,6 +1,6 @@
 """Test-time post-processing options: Soft-NMS and maskness rescoring.
 
-Both are plain functions on tensors, used by :class:`projects.detection.roi_heads.EVACascadeROIHeads` when its
+Both are plain functions on tensors, used by :class:`eva_transfer_projects.detection.roi_heads.EVACascadeROIHeads` when its
 config enables them; Detectron2's own inference is not modified.
 """
 

@@ -2,7 +2,7 @@
 
 Each entry is ``dict(name=, json_file=, image_root=, fmt="coco"|"lvis")`` for your own data, or
 ``dict(name=, fmt=, synthetic=dict(root=, split=, num_images=, ...))`` for a synthetic dataset that is written
-on first use (arguments of :func:`projects.detection.data.make_synthetic_dataset`).
+on first use (arguments of :func:`eva_transfer_projects.detection.data.make_synthetic_dataset`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["fit_schedule_to_run"]
 
-logger = logging.getLogger("projects.detection")
+logger = logging.getLogger("eva_transfer_projects.detection")
 
 
 def fit_schedule_to_run(

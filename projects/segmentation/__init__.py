@@ -1,12 +1,12 @@
 """MMSegmentation plug-in: EVA ViT-Adapter backbone, layer-decay optimizer constructor, checked datasets.
 
 Importing this package registers everything in mmseg's / mmengine's registries; configs do it with
-``custom_imports = dict(imports=["projects.segmentation"])``. The packaging stand-ins come first: mmcv-lite has
+``custom_imports = dict(imports=["eva_transfer_projects.segmentation"])``. The packaging stand-ins come first: mmcv-lite has
 no compiled ops, so ``mmcv._ext`` is stood in for and mmcv's GPU deformable attention is routed to the core's
 pure-PyTorch op (both only when the compiled ops are missing).
 """
 
-from projects.compat import apply_mmcv
+from eva_transfer_projects.compat import apply_mmcv
 
 apply_mmcv()
 

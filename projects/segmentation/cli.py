@@ -88,7 +88,7 @@ def load_config(
     launcher: str = "none",
 ) -> Config:
     """Reads ``path``, applies checked overrides (a shortened ``train_cfg.max_iters`` scales the schedule, see
-    :mod:`projects.segmentation.schedule`), sets ``work_dir`` (default ``work_dirs/<config name>``) and the
+    :mod:`eva_transfer_projects.segmentation.schedule`), sets ``work_dir`` (default ``work_dirs/<config name>``) and the
     launcher."""
     if not osp.isfile(path):
         raise FileNotFoundError(f"config file {path!r} does not exist")

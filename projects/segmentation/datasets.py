@@ -1,7 +1,7 @@
 """Datasets and a checked annotation loader: bad input fails early with an error naming the file.
 
 - :class:`CheckedADE20KDataset`, :class:`CheckedCOCOStuffDataset`, :class:`CheckedSegDataset` (any classes given
-  in ``metainfo``), :class:`SyntheticADEDataset` (the data of :mod:`projects.segmentation.synthetic`): mmseg's
+  in ``metainfo``), :class:`SyntheticADEDataset` (the data of :mod:`eva_transfer_projects.segmentation.synthetic`): mmseg's
   datasets plus a check, when the dataset is built, that the image folder has images and every image has its
   label file. Each sample carries ``num_classes`` for :class:`LoadCheckedAnnotations`.
 - :class:`LoadCheckedAnnotations`: mmseg's ``LoadAnnotations`` that also checks the label against its image:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import projects.detection  # noqa: F401  (stand-ins before any detectron2 model import)
+import eva_transfer_projects.detection  # noqa: F401  (stand-ins before any detectron2 model import)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_COCO = str(REPO / "configs/detection/tiny_coco.py")
@@ -19,7 +19,7 @@ TRAIN_NET = str(REPO / "tools/train_net.py")
 @pytest.fixture
 def registered():
     """A list a test appends dataset names to; they are unregistered afterwards."""
-    from projects.detection.data import unregister_dataset
+    from eva_transfer_projects.detection.data import unregister_dataset
 
     names = []
     yield names

@@ -9,10 +9,10 @@ from detectron2.modeling import SimpleFeaturePyramid, ViT
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import nn
 
-import projects.detection  # noqa: F401
+import eva_transfer_projects.detection  # noqa: F401
 from eva_transfer.presets import preset_config
-from projects.detection.backbone import EVADetectionBackbone, build_eva_det_backbone
-from projects.detection.checkpoint import EVADetectionCheckpointer
+from eva_transfer_projects.detection.backbone import EVADetectionBackbone, build_eva_det_backbone
+from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
 
 
 class Detector(nn.Module):
@@ -107,7 +107,7 @@ def test_vit_alone_is_a_detectron2_backbone_and_feeds_detectron2_necks():
 
     from eva_transfer import build_backbone
     from eva_transfer.vit import EVAViT
-    from projects.detection.backbone import EVAViTBackbone
+    from eva_transfer_projects.detection.backbone import EVAViTBackbone
 
     plain = _randomized(build_backbone("eva_tiny_det"))
     vit = _randomized(EVAViTBackbone(**preset_config("eva_tiny_det")))
@@ -155,7 +155,7 @@ def test_pyramid_wraps_a_backbone_as_detectron2s_does(norm, top_block):
         build_backbone("eva_tiny_det"), 32, top_level=False, top_block=top(), norm=norm
     )
     _randomized(ours)
-    from projects.detection.backbone import EVAViTBackbone
+    from eva_transfer_projects.detection.backbone import EVAViTBackbone
 
     ref_net = EVAViTBackbone(**preset_config("eva_tiny_det"))
     ref = SimpleFeaturePyramid(ref_net, "last_feat", 32, (4.0, 2.0, 1.0, 0.5), top_block=top(), norm=norm)

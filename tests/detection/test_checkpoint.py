@@ -7,8 +7,8 @@ from detectron2.config import instantiate
 
 from eva_transfer.checkpoint import CheckpointError
 from eva_transfer.presets import build_backbone
-from projects.detection.checkpoint import EVADetectionCheckpointer
-from projects.detection.engine import load_config
+from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
+from eva_transfer_projects.detection.engine import load_config
 
 from .conftest import TINY_COCO
 
@@ -25,7 +25,7 @@ def test_eva_mim_backbone_checkpoint(tmp_path, logged):
     torch.save({"model": sd, "epoch": 3}, tmp_path / "eva_mim.pth")
     model = _model()
     head_before = model.roi_heads.box_predictor[0].cls_score.weight.clone()
-    log = logged("projects.detection.checkpoint")
+    log = logged("eva_transfer_projects.detection.checkpoint")
     EVADetectionCheckpointer(model).load(str(tmp_path / "eva_mim.pth"))
     out = log()
     assert "loaded" in out.lower() and "mask_token" in out  # the converter's report, with what it dropped
@@ -59,11 +59,11 @@ def test_save_is_atomic_and_roundtrips(tmp_path):
 
 
 def test_load_report_is_logged_once_by_the_main_process(tmp_path, logged, monkeypatch):
-    import projects.detection.checkpoint as det_checkpoint
+    import eva_transfer_projects.detection.checkpoint as det_checkpoint
 
     path = tmp_path / "eva_mim.pth"
     torch.save({"model": build_backbone("eva_tiny").state_dict()}, path)
-    core, det = logged("eva_transfer.checkpoint"), logged("projects.detection.checkpoint")
+    core, det = logged("eva_transfer.checkpoint"), logged("eva_transfer_projects.detection.checkpoint")
     EVADetectionCheckpointer(_model()).load(str(path))
     assert det().startswith(f"checkpoint {path}") and det().count("  loaded: ") == 1
     assert "  loaded: " not in core()  # the core logs it at DEBUG only here: one report, not two

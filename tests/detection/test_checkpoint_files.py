@@ -12,7 +12,7 @@ from torch import nn
 
 from eva_transfer import build_backbone
 from eva_transfer.checkpoint import CheckpointError
-from projects.detection.checkpoint import EVADetectionCheckpointer, read_pkl_weights
+from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer, read_pkl_weights
 
 
 def _detector():

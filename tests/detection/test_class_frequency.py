@@ -6,8 +6,12 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from projects.detection.class_frequency import FedLossClassWeights, category_image_counts, repeat_factors
-from projects.detection.data import make_synthetic_dataset, register_dataset, unregister_dataset
+from eva_transfer_projects.detection.class_frequency import (
+    FedLossClassWeights,
+    category_image_counts,
+    repeat_factors,
+)
+from eva_transfer_projects.detection.data import make_synthetic_dataset, register_dataset, unregister_dataset
 
 
 def _register_plain(name):

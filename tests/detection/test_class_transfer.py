@@ -4,9 +4,9 @@ names (case/separator/synonym-insensitive), unmatched classes keep their fresh i
 import torch
 from detectron2.config import instantiate
 
-from projects.detection.checkpoint import EVADetectionCheckpointer
-from projects.detection.class_transfer import class_aliases, match_classes, normalize_class_name
-from projects.detection.engine import load_config
+from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
+from eva_transfer_projects.detection.class_transfer import class_aliases, match_classes, normalize_class_name
+from eva_transfer_projects.detection.engine import load_config
 
 from .conftest import TINY_COCO
 
@@ -38,7 +38,7 @@ def test_o365_to_coco_rows(tmp_path, logged):
     torch.manual_seed(1)
     target = _model(len(TARGET))
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
-    log = logged("projects.detection.checkpoint")
+    log = logged("eva_transfer_projects.detection.checkpoint")
     EVADetectionCheckpointer(target, thing_classes=TARGET).load(str(tmp_path / "o365.pth"))
     out = log()
     assert "4 classes initialised from the source model by name" in out
@@ -65,7 +65,7 @@ def test_unknown_source_classes_reinitialise(tmp_path, logged):
     torch.save({"model": source.state_dict()}, tmp_path / "plain.pth")  # no class names in the file
     target = _model(4)
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
-    log = logged("projects.detection.checkpoint")
+    log = logged("eva_transfer_projects.detection.checkpoint")
     EVADetectionCheckpointer(target, thing_classes=["a", "b", "c", "d"]).load(str(tmp_path / "plain.pth"))
     assert "4 classes re-initialised" in log()
     k = "roi_heads.box_predictor.2.cls_score.weight"

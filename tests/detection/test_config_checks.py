@@ -8,13 +8,13 @@ import subprocess
 
 import pytest
 
-from projects.detection.config_checks import (
+from eva_transfer_projects.detection.config_checks import (
     ConfigValueError,
     check_config,
     check_launch_args,
     explain_startup_failure,
 )
-from projects.detection.engine import load_config
+from eva_transfer_projects.detection.engine import load_config
 
 from .conftest import REPO, TINY_COCO, TRAIN_NET, python, train_net_env
 

@@ -12,8 +12,8 @@ import torch
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_backbone as d2_build_backbone
 
-from projects.detection.backbone import add_eva_config
-from projects.detection.engine import ConfigKeyError, load_config
+from eva_transfer_projects.detection.backbone import add_eva_config
+from eva_transfer_projects.detection.engine import ConfigKeyError, load_config
 
 from .conftest import REPO, TINY_COCO
 
@@ -178,7 +178,7 @@ def test_yacs_trains_the_tiny_recipe(tmp_path, registered):
     from detectron2.solver import build_optimizer
     from detectron2.utils.events import EventStorage
 
-    from projects.detection.data import make_synthetic_dataset, register_dataset
+    from eva_transfer_projects.detection.data import make_synthetic_dataset, register_dataset
 
     json_file = make_synthetic_dataset(tmp_path, "train", 8, fmt="coco", num_classes=3, seed=0)
     register_dataset("yacs_tiny_train", json_file, tmp_path / "train")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from projects import compat
+from eva_transfer_projects import compat
 
 compat.apply()
 
@@ -20,7 +20,7 @@ from detectron2.data.samplers import RepeatFactorTrainingSampler  # noqa: E402
 from lvis import LVIS  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 
-from projects.detection.data import (  # noqa: E402
+from eva_transfer_projects.detection.data import (  # noqa: E402
     DatasetError,
     make_synthetic_dataset,
     register_dataset,
@@ -277,7 +277,7 @@ def test_boxes_outside_the_image_or_empty_are_counted_and_reported_once(
     ids = [a["id"] for a in data["annotations"][:3]]
     path = _write(tmp_path, data)
     registered.append("syn_boxes")
-    with caplog.at_level(logging.WARNING, logger="projects.detection.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="eva_transfer_projects.detection.data.datasets"):
         register_dataset("syn_boxes", path, coco_json.parent.parent / "train")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -287,14 +287,14 @@ def test_boxes_outside_the_image_or_empty_are_counted_and_reported_once(
     assert f"1 box(es) have zero width or height (annotation ids {ids[2]})" in text
     caplog.clear()  # a clean file warns nothing
     registered.append("syn_clean")
-    with caplog.at_level(logging.WARNING, logger="projects.detection.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="eva_transfer_projects.detection.data.datasets"):
         register_dataset("syn_clean", coco_json, coco_json.parent.parent / "train")
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def _mapper(image_size=128, scale=(0.1, 2.0)):
-    from projects.detection.config_helpers import lsj_train_augmentations
-    from projects.detection.data import CheckedDatasetMapper
+    from eva_transfer_projects.detection.config_helpers import lsj_train_augmentations
+    from eva_transfer_projects.detection.data import CheckedDatasetMapper
 
     return CheckedDatasetMapper(
         is_train=True,
@@ -308,7 +308,7 @@ def _mapper(image_size=128, scale=(0.1, 2.0)):
 def test_truncated_or_unresizable_image_stops_with_the_file_name(tmp_path):
     from PIL import Image
 
-    from projects.detection.data import ImageFileError
+    from eva_transfer_projects.detection.data import ImageFileError
 
     rng = np.random.default_rng(0)
     good = tmp_path / "good.jpg"
@@ -337,7 +337,7 @@ def test_image_error_in_a_loader_worker_reaches_the_main_process_with_the_file_n
     import torch
     from PIL import Image
 
-    from projects.detection.data import ImageFileError
+    from eva_transfer_projects.detection.data import ImageFileError
 
     good = tmp_path / "good.jpg"
     Image.fromarray(np.full((64, 80, 3), 100, np.uint8)).save(good)

@@ -7,8 +7,8 @@ import pytest
 from detectron2.config import instantiate
 from PIL import Image
 
-from projects.detection.checkpoint import EVADetectionCheckpointer
-from projects.detection.engine import load_config
+from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
+from eva_transfer_projects.detection.engine import load_config
 
 from .conftest import REPO, TINY_COCO
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from projects import compat
+from eva_transfer_projects import compat
 
 compat.apply()
 
@@ -19,10 +19,10 @@ from pycocotools import mask as mask_util  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
-from projects.detection.data import make_synthetic_dataset, register_dataset  # noqa: E402
-from projects.detection.evaluation import COCOEvaluator, LVISEvaluator, build_evaluator  # noqa: E402
-from projects.detection.evaluation.fast_eval import evaluate_results, limit_detections_per_image  # noqa: E402
-from projects.detection.evaluation.synthetic_predictions import make_predictions  # noqa: E402
+from eva_transfer_projects.detection.data import make_synthetic_dataset, register_dataset  # noqa: E402
+from eva_transfer_projects.detection.evaluation import COCOEvaluator, LVISEvaluator, build_evaluator  # noqa: E402
+from eva_transfer_projects.detection.evaluation.fast_eval import evaluate_results, limit_detections_per_image  # noqa: E402
+from eva_transfer_projects.detection.evaluation.synthetic_predictions import make_predictions  # noqa: E402
 
 logging.getLogger("lvis").setLevel(logging.WARNING)
 TOL = 1e-6
@@ -299,7 +299,7 @@ def test_results_for_unknown_images_are_an_error(coco_case):
 
 
 def test_benchmark_runs_and_agrees(tmp_path):
-    from projects.detection.evaluation.benchmark import run_eval_benchmark
+    from eva_transfer_projects.detection.evaluation.benchmark import run_eval_benchmark
 
     report = run_eval_benchmark(
         num_images=12,
@@ -346,7 +346,7 @@ def test_evaluator_without_predictions_reports_zeros_and_the_table(coco_case, re
         empty.pred_classes = torch.zeros(0, dtype=torch.int64)
         empty.pred_masks = torch.zeros(0, 96, 128, dtype=torch.bool)
         evaluator.process([{"image_id": img["id"]}], [{"instances": empty}])
-    with caplog.at_level(logging.INFO, logger="projects.detection.evaluation.evaluators"):
+    with caplog.at_level(logging.INFO, logger="eva_transfer_projects.detection.evaluation.evaluators"):
         out = evaluator.evaluate()
     assert set(out) == {"bbox", "segm"}
     names = MetadataCatalog.get("eval_coco_empty").thing_classes

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from eva_transfer.checkpoint import save_checkpoint
-from projects.detection import engine
-from projects.detection.checkpoint import EVADetectionCheckpointer
+from eva_transfer_projects.detection import engine
+from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
 
 from .conftest import TINY_COCO
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from projects.detection.checkpoint import EVADetectionCheckpointer
-from projects.detection.engine import load_config
+from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
+from eva_transfer_projects.detection.engine import load_config
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -67,7 +67,9 @@ def test_reference_imports_nothing_from_the_toolkit():
         elif isinstance(node, ast.ImportFrom):
             names.append("." * node.level + (node.module or ""))
     assert names, "no imports found: the check reads the wrong file"
-    bad = [n for n in names if n.split(".")[0] in ("eva_transfer", "projects") or n.startswith(".")]
+    bad = [
+        n for n in names if n.split(".")[0] in ("eva_transfer", "eva_transfer_projects") or n.startswith(".")
+    ]
     assert not bad, f"{REFERENCE.name} imports {bad}"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from projects.detection.engine import load_config
+from eva_transfer_projects.detection.engine import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("make_cocofied_lvis", REPO / "tools/make_cocofied_lvis.py")

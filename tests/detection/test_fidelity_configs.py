@@ -12,7 +12,7 @@ from detectron2.config import instantiate
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from projects.detection.engine import load_config
+from eva_transfer_projects.detection.engine import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

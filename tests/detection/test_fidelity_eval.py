@@ -9,14 +9,14 @@ import logging
 
 import pytest
 
-from projects import compat
+from eva_transfer_projects import compat
 
 compat.apply()
 
 from lvis import LVIS, LVISEval, LVISResults  # noqa: E402
 from pycocotools import mask as mask_util  # noqa: E402
 
-from projects.detection.evaluation.fast_eval import evaluate_results  # noqa: E402
+from eva_transfer_projects.detection.evaluation.fast_eval import evaluate_results  # noqa: E402
 
 logging.getLogger("lvis").setLevel(logging.WARNING)
 

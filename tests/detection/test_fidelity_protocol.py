@@ -15,7 +15,7 @@ import pytest
 import torch
 from detectron2.structures import Boxes, Instances
 
-from projects.detection.postprocess import batched_soft_nms, detection_inference
+from eva_transfer_projects.detection.postprocess import batched_soft_nms, detection_inference
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,7 +84,7 @@ def test_soft_nms_equals_the_authors(method):
 
 _BOUNDED_RUN = r"""
 import resource, sys, torch
-from projects.detection.postprocess import detection_inference
+from eva_transfer_projects.detection.postprocess import detection_inference
 
 torch.manual_seed(0)
 r, k = 1000, 80
@@ -134,7 +134,7 @@ def test_topk_after_soft_nms_is_an_option():
 
 
 def test_separate_box_scores_from_one_pass():
-    from projects.detection.roi_heads import EVACascadeROIHeads
+    from eva_transfer_projects.detection.roi_heads import EVACascadeROIHeads
 
     inst = Instances((8, 8))
     inst.pred_boxes = Boxes(torch.tensor([[0.0, 0, 4, 4], [2, 2, 8, 8]]))
@@ -159,9 +159,9 @@ def test_separate_box_scores_from_one_pass():
 
 
 def test_evaluator_scores_box_results_with_box_scores(tmp_path, registered):
-    from projects.detection.data import make_synthetic_dataset, register_dataset
-    from projects.detection.evaluation import build_evaluator, evaluate_results
-    from projects.detection.evaluation.synthetic_predictions import make_predictions
+    from eva_transfer_projects.detection.data import make_synthetic_dataset, register_dataset
+    from eva_transfer_projects.detection.evaluation import build_evaluator, evaluate_results
+    from eva_transfer_projects.detection.evaluation.synthetic_predictions import make_predictions
 
     path = make_synthetic_dataset(
         tmp_path, "val", 12, image_size=(96, 128), fmt="coco", num_classes=4, seed=3

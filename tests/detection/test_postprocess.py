@@ -7,8 +7,8 @@ import torch
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
 from detectron2.structures import Boxes, Instances
 
-import projects.detection  # noqa: F401
-from projects.detection.postprocess import (
+import eva_transfer_projects.detection  # noqa: F401
+from eva_transfer_projects.detection.postprocess import (
     batched_soft_nms,
     detection_inference,
     maskness,

@@ -7,7 +7,7 @@ import logging
 import pytest
 from detectron2.config import instantiate
 
-from projects.detection.engine import load_config
+from eva_transfer_projects.detection.engine import load_config
 
 from .conftest import REPO, TINY_COCO
 
@@ -41,10 +41,10 @@ def test_shortened_run_scales_steps_and_warmup(config, caplog):
         list(full.lr_multiplier.steps),
         full.lr_multiplier.warmup_iters,
     )
-    from projects.detection import schedule
+    from eva_transfer_projects.detection import schedule
 
     schedule._NOTED.clear()  # the note is logged once per process
-    with caplog.at_level(logging.WARNING, logger="projects.detection"):
+    with caplog.at_level(logging.WARNING, logger="eva_transfer_projects.detection"):
         cfg = load_config(config, ["train.max_iter=40"])
         load_config(config, ["train.max_iter=40"])
     assert caplog.text.count("shorter than the config's") == 1

@@ -1,6 +1,6 @@
 """mmcv's RoIAlign and NMS, as MMDetection calls them, against small references written from the equations.
 
-With mmcv-lite the compiled ops are missing and ``projects.compat`` routes them to torchvision; with a full mmcv
+With mmcv-lite the compiled ops are missing and ``eva_transfer_projects.compat`` routes them to torchvision; with a full mmcv
 build the compiled ops are tested against the same references. The references import nothing from this project.
 """
 
@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from projects.compat import apply_mmcv
+from eva_transfer_projects.compat import apply_mmcv
 
 apply_mmcv()
 
@@ -234,7 +234,7 @@ def test_empty_inputs():
 
 
 def test_max_pool_mode_is_a_clear_error_on_the_torchvision_route():
-    import projects.compat as compat
+    import eva_transfer_projects.compat as compat
 
     if "mmcv._ext.roi_align/nms" not in compat.APPLIED:
         pytest.skip("compiled mmcv ops present")

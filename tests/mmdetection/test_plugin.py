@@ -10,7 +10,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-import projects.mmdetection  # noqa: F401  (registers the plug-in, applies the stand-ins)
+import eva_transfer_projects.mmdetection  # noqa: F401  (registers the plug-in, applies the stand-ins)
 from eva_transfer import SimpleFeaturePyramid, build_backbone, load_checkpoint, save_checkpoint
 from eva_transfer.checkpoint import CheckpointError, export_mmdet, read_checkpoint, resize_patch_kernel
 

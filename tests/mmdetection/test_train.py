@@ -12,8 +12,8 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-import projects.mmdetection  # noqa: F401
-from projects.detection.data.synthetic import class_names, make_synthetic_dataset
+import eva_transfer_projects.mmdetection  # noqa: F401
+from eva_transfer_projects.detection.data.synthetic import class_names, make_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs/mmdetection/eva_tiny_mask_rcnn_synthetic.py"

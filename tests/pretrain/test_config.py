@@ -118,7 +118,7 @@ def test_the_package_imports_no_framework():
     code = (
         "import sys, eva_transfer.pretrain; "
         "bad = sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'detectron2', 'mmcv', 'mmseg', 'mmdet', 'mmengine', 'open_clip', 'projects', 'tensorboard'}); "
+        "{'detectron2', 'mmcv', 'mmseg', 'mmdet', 'mmengine', 'open_clip', 'eva_transfer_projects', 'tensorboard'}); "
         "print(bad)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)

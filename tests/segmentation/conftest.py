@@ -9,7 +9,7 @@ import pytest
 import torch
 from mmengine.registry import DefaultScope
 
-import projects.segmentation  # noqa: F401  (stand-ins and registration before any mmseg model import)
+import eva_transfer_projects.segmentation  # noqa: F401  (stand-ins and registration before any mmseg model import)
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = str(ROOT / "configs/segmentation/eva_tiny_mask2former_synthetic.py")

@@ -19,7 +19,7 @@ from mmengine.config import Config
 from mmseg.registry import MODELS
 
 from eva_transfer.checkpoint import CheckpointError
-from projects.segmentation.authors_checkpoint import (
+from eva_transfer_projects.segmentation.authors_checkpoint import (
     convert_authors_segmentor,
     head_key,
     is_authors_segmentor,
@@ -191,7 +191,7 @@ def test_reference_imports_nothing_from_the_toolkit():
         elif isinstance(node, ast.ImportFrom):
             names.append(node.module or "")
     assert names, "the reference imports nothing at all: the scan is broken"
-    bad = [n for n in names if n.split(".")[0] in ("eva_transfer", "projects", "conftest")]
+    bad = [n for n in names if n.split(".")[0] in ("eva_transfer", "eva_transfer_projects", "conftest")]
     assert not bad, f"the reference of the authors' layouts imports {bad}"
     assert {n.split(".")[0] for n in names} <= {"__future__", "math", "torch"}
 

@@ -12,7 +12,7 @@ from mmengine.logging import MessageHub
 from mmengine.logging.history_buffer import HistoryBuffer
 
 from eva_transfer.checkpoint import CheckpointError
-from projects.segmentation.checkpoint_io import load_local_checkpoint
+from eva_transfer_projects.segmentation.checkpoint_io import load_local_checkpoint
 
 
 class _Planted:
@@ -51,7 +51,7 @@ def test_a_fresh_process_reads_the_runners_checkpoint(tmp_path):
     path = tmp_path / "iter_30.pth"
     torch.save({"state_dict": {"w": torch.ones(3)}, "message_hub": hub.state_dict()}, path)
     code = (
-        "import sys; from projects.segmentation.checkpoint_io import load_local_checkpoint; "
+        "import sys; from eva_transfer_projects.segmentation.checkpoint_io import load_local_checkpoint; "
         "c = load_local_checkpoint(sys.argv[1]); print(c['message_hub']['log_scalars']['train/loss'].current())"
     )
     repo = Path(__file__).resolve().parents[2]

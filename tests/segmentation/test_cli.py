@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from projects.segmentation.cli import ConfigOverrideError
+from eva_transfer_projects.segmentation.cli import ConfigOverrideError
 
 from .conftest import TINY_CONFIG, load_tool
 

@@ -8,8 +8,8 @@ import torch
 from mmcv.ops import multi_scale_deform_attn as msda
 from mmengine.utils.dl_utils import mmcv_full_available
 
-import projects.compat as compat
-import projects.segmentation  # noqa: F401  (applies the stand-ins as a user's import does)
+import eva_transfer_projects.compat as compat
+import eva_transfer_projects.segmentation  # noqa: F401  (applies the stand-ins as a user's import does)
 
 needs_lite = pytest.mark.skipif("mmcv._ext" not in compat.APPLIED, reason="a full mmcv build is installed")
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from projects.segmentation.cli import ConfigValueError, check_train_config, load_config
+from eva_transfer_projects.segmentation.cli import ConfigValueError, check_train_config, load_config
 
 from .conftest import CONFIG_DIR, ROOT, TINY_CONFIG, load_tool
 

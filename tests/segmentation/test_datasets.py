@@ -7,8 +7,8 @@ import pytest
 from mmseg.registry import DATASETS
 from PIL import Image
 
-from projects.segmentation.datasets import DatasetFileError
-from projects.segmentation.synthetic import SYNTHETIC_CLASSES, write_synthetic_ade
+from eva_transfer_projects.segmentation.datasets import DatasetFileError
+from eva_transfer_projects.segmentation.synthetic import SYNTHETIC_CLASSES, write_synthetic_ade
 
 _PIPELINE = [dict(type="LoadImageFromFile"), dict(type="LoadCheckedAnnotations")]
 

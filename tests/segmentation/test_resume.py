@@ -8,8 +8,8 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import Runner
 
-from projects.segmentation.checkpoint_io import load_local_checkpoint
-from projects.segmentation.synthetic import write_synthetic_ade
+from eva_transfer_projects.segmentation.checkpoint_io import load_local_checkpoint
+from eva_transfer_projects.segmentation.synthetic import write_synthetic_ade
 
 from .conftest import TINY_CONFIG, data_options, load_tool
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from eva_transfer.checkpoint import CheckpointError
-from projects.segmentation.checkpoint_io import latest_intact_checkpoint
+from eva_transfer_projects.segmentation.checkpoint_io import latest_intact_checkpoint
 
 from .conftest import TINY_CONFIG, load_tool
 

@@ -10,7 +10,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import Runner
 
-from projects.segmentation.synthetic import write_synthetic_ade
+from eva_transfer_projects.segmentation.synthetic import write_synthetic_ade
 
 from .conftest import CONFIG_DIR, TINY_CONFIG, data_options, load_tool
 

@@ -12,7 +12,7 @@ import threading
 import pytest
 import torch
 
-from projects.segmentation.synthetic import write_synthetic_ade
+from eva_transfer_projects.segmentation.synthetic import write_synthetic_ade
 
 from .conftest import ROOT, TINY_CONFIG, data_options, load_tool
 

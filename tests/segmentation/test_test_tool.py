@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from projects.segmentation.synthetic import write_synthetic_ade
+from eva_transfer_projects.segmentation.synthetic import write_synthetic_ade
 
 from .conftest import TINY_CONFIG, data_options, load_tool
 

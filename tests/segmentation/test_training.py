@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from projects.segmentation.synthetic import SYNTHETIC_PALETTE, write_synthetic_ade
+from eva_transfer_projects.segmentation.synthetic import SYNTHETIC_PALETTE, write_synthetic_ade
 
 from .conftest import TINY_CONFIG, data_options, load_tool
 

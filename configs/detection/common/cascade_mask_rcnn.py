@@ -6,7 +6,7 @@ RPN with 2 convs and anchors 32..512 x {0.5, 1, 2}; 512 RoIs per image, 25% posi
 class-agnostic; box heads 4 conv + 1 fc with LN, mask head 4 conv with LN. Inference averages the stage scores.
 """
 
-import projects.detection  # noqa: F401  (Detectron2 stand-ins before detectron2 imports)
+import eva_transfer_projects.detection  # noqa: F401  (Detectron2 stand-ins before detectron2 imports)
 
 # isort: split
 
@@ -21,8 +21,8 @@ from detectron2.modeling.proposal_generator import RPN, StandardRPNHead
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLayers, MaskRCNNConvUpsampleHead
 
 from eva_transfer.presets import build_backbone
-from projects.detection.backbone import EVADetectionBackbone
-from projects.detection.roi_heads import EVACascadeROIHeads
+from eva_transfer_projects.detection.backbone import EVADetectionBackbone
+from eva_transfer_projects.detection.roi_heads import EVACascadeROIHeads
 
 LEVELS = ["p2", "p3", "p4", "p5"]
 SCALES = (1.0 / 4, 1.0 / 8, 1.0 / 16, 1.0 / 32)

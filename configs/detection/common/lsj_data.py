@@ -2,7 +2,7 @@
 ``image_size``. ``dataloader.datasets`` lists datasets to register before building (your own data).
 The mapper is Detectron2's ``DatasetMapper`` with errors that name the image file."""
 
-import projects.detection  # noqa: F401  (Detectron2 stand-ins before detectron2 imports)
+import eva_transfer_projects.detection  # noqa: F401  (Detectron2 stand-ins before detectron2 imports)
 
 # isort: split
 
@@ -14,9 +14,9 @@ from detectron2.data import (
 )
 from omegaconf import OmegaConf
 
-from projects.detection.config_helpers import lsj_train_augmentations, test_augmentations
-from projects.detection.data import CheckedDatasetMapper
-from projects.detection.evaluation import build_evaluator
+from eva_transfer_projects.detection.config_helpers import lsj_train_augmentations, test_augmentations
+from eva_transfer_projects.detection.data import CheckedDatasetMapper
+from eva_transfer_projects.detection.evaluation import build_evaluator
 
 dataloader = OmegaConf.create()
 dataloader.image_size = 1280

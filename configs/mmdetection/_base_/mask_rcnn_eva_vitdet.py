@@ -2,7 +2,7 @@
 # simple feature pyramid (p2..p6), two convs in the RPN head, a 4-conv + 1-fc box head and LayerNorm (LN2d) in the
 # box and mask heads, as ViTDet (Li et al., 2022) and mmdet's projects/ViTDet set them.
 _base_ = ["mmdet::_base_/models/mask-rcnn_r50_fpn.py"]
-custom_imports = dict(imports=["projects.mmdetection"], allow_failed_imports=False)
+custom_imports = dict(imports=["eva_transfer_projects.mmdetection"], allow_failed_imports=False)
 
 head_norm_cfg = dict(type="LN2d", requires_grad=True)
 model = dict(

@@ -1,6 +1,6 @@
 # Runtime shared by every segmentation config: registry scope, hooks, logging, SyncBN when distributed.
 default_scope = "mmseg"
-custom_imports = dict(imports=["projects.segmentation"], allow_failed_imports=False)
+custom_imports = dict(imports=["eva_transfer_projects.segmentation"], allow_failed_imports=False)
 env_cfg = dict(
     cudnn_benchmark=True,
     mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),

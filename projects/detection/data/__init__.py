@@ -1,6 +1,6 @@
 """Detection data: your own COCO/LVIS-format datasets in Detectron2, and a synthetic dataset maker."""
 
-from projects import compat
+from eva_transfer_projects import compat
 
 compat.apply_detectron2()
 

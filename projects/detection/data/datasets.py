@@ -27,7 +27,7 @@ import math
 import os
 from pathlib import Path
 
-from projects import compat
+from eva_transfer_projects import compat
 
 compat.apply_detectron2()
 

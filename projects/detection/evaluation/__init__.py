@@ -1,6 +1,6 @@
 """COCO / LVIS evaluation through faster-coco-eval, equal to pycocotools / lvis-api, plus LVIS boundary AP."""
 
-from projects import compat
+from eva_transfer_projects import compat
 
 compat.apply_detectron2()
 

@@ -1,6 +1,6 @@
 """Evaluation speed: the fast evaluator against pycocotools and lvis-api on the same synthetic results.
 
-    python -m projects.detection.evaluation.benchmark [--num-images 1000] [--dets-per-image 300]
+    python -m eva_transfer_projects.detection.evaluation.benchmark [--num-images 1000] [--dets-per-image 300]
 
 Each evaluation runs end to end (read the ground-truth json, load the results, evaluate, accumulate, summarise),
 in this process, one after the other; the table gives seconds, the speed-up and the largest difference between
@@ -17,11 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from projects import compat
+from eva_transfer_projects import compat
 
 compat.apply_lvis_numpy()
 
-from projects.detection.data.synthetic import make_synthetic_dataset  # noqa: E402
+from eva_transfer_projects.detection.data.synthetic import make_synthetic_dataset  # noqa: E402
 
 from .fast_eval import COCO_METRICS, LVIS_METRICS, evaluate_results  # noqa: E402
 from .synthetic_predictions import make_predictions  # noqa: E402

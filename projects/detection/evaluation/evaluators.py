@@ -19,7 +19,7 @@ import os
 from collections import OrderedDict
 from typing import Sequence
 
-from projects import compat
+from eva_transfer_projects import compat
 
 compat.apply_detectron2()
 
@@ -28,7 +28,7 @@ from detectron2.evaluation import DatasetEvaluator  # noqa: E402
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-from projects.detection.data.synthetic import write_json_atomic  # noqa: E402
+from eva_transfer_projects.detection.data.synthetic import write_json_atomic  # noqa: E402
 
 from . import fast_eval  # noqa: E402
 
@@ -64,7 +64,7 @@ class _FastEvaluator(DatasetEvaluator):
         if not json_file:
             raise ValueError(
                 f"dataset {dataset_name!r} has no 'json_file' in its metadata; register it with "
-                "projects.detection.data.register_dataset"
+                "eva_transfer_projects.detection.data.register_dataset"
             )
         if tasks is not None:
             unknown = set(tasks) - set(fast_eval.IOU_TYPES)
@@ -222,5 +222,5 @@ def build_evaluator(dataset_name: str, output_dir: str | None = None, **kwargs) 
         return LVISEvaluator(dataset_name, output_dir=output_dir, **kwargs)
     raise ValueError(
         f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; expected 'coco' or 'lvis' "
-        "(register it with projects.detection.data.register_dataset)"
+        "(register it with eva_transfer_projects.detection.data.register_dataset)"
     )
