@@ -90,7 +90,11 @@ def test_every_core_import_is_a_core_dependency():
 # The plug-ins live in the folder projects/ and install under the distinct name eva_transfer_projects: a top-level
 # package called `projects` in site-packages collides with any other project installed the same way.
 
-INSTALLED_NAME = {"eva_transfer": "eva_transfer", "eva_transfer_projects": "projects"}
+INSTALLED_NAME = {
+    "eva_transfer": "eva_transfer",
+    "eva_transfer_projects": "projects",
+    "eva_transfer_bench": "benchmarks",
+}
 
 
 def _package_folders() -> set[str]:
@@ -105,7 +109,10 @@ def _package_folders() -> set[str]:
 def test_pyproject_lists_every_package_under_its_installed_name():
     setuptools_cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert set(setuptools_cfg["packages"]) == _package_folders()
-    assert setuptools_cfg["package-dir"] == {"eva_transfer_projects": "projects"}
+    assert setuptools_cfg["package-dir"] == {
+        "eva_transfer_projects": "projects",
+        "eva_transfer_bench": "benchmarks",
+    }
     assert not any(p.split(".")[0] == "projects" for p in setuptools_cfg["packages"])
 
 
@@ -124,7 +131,7 @@ def test_nothing_imports_the_folder_name():
     # repository root and would break in an installed copy
     found = [
         str(path.relative_to(REPO))
-        for folder in ("eva_transfer", "projects", "configs", "tools", "tests")
+        for folder in ("eva_transfer", "projects", "benchmarks", "configs", "tools", "tests")
         for path in sorted((REPO / folder).rglob("*.py"))
         if "projects" in _imported_roots(path)
     ]
