@@ -1,19 +1,11 @@
-"""tools/benchmark_published.py runs a config in a subprocess and reports time, peak memory and parameters."""
+"""eva_transfer_bench.published (tools/benchmark_published.py) runs a config in a subprocess and reports time, peak
+memory and parameters."""
 
-import importlib.util
-from pathlib import Path
-
-
-def _module():
-    path = Path(__file__).resolve().parents[2] / "tools" / "benchmark_published.py"
-    spec = importlib.util.spec_from_file_location("benchmark_published", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from eva_transfer_bench import published
 
 
 def test_tiny_inference_and_training_step_are_reported():
-    rows = _module().main(
+    rows = published.main(
         ["--infer", "tiny_coco", "--train", "tiny_coco", "--train-size", "96", "--threads", "1"]
     )
     assert [r["mode"] for r in rows] == ["infer", "train"]
@@ -24,5 +16,5 @@ def test_tiny_inference_and_training_step_are_reported():
 
 
 def test_unknown_config_is_reported_as_a_failure():
-    rows = _module().main(["--infer", "no_such_config"])
+    rows = published.main(["--infer", "no_such_config"])
     assert "error" in rows[0] and "no_such_config" in rows[0]["error"]
