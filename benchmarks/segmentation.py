@@ -25,20 +25,13 @@ import argparse
 import importlib
 import json
 import os
-import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from eva_transfer.adapter import build_vit_adapter
+from eva_transfer_projects.compat import apply_mmcv
 
-from eva_transfer.adapter import build_vit_adapter  # noqa: E402
-from eva_transfer_projects.compat import apply_mmcv  # noqa: E402
+from . import measure
 
 mda = importlib.import_module("eva_transfer.ms_deform_attn")
 
@@ -82,27 +75,9 @@ def make_inputs(case: dict, device: str, requires_grad: bool):
 
 
 # ------------------------------------------------------------------------------------------------ timing
-def _sync(device: str):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def interleaved_times(fns: dict, device: str, repeat: int) -> dict:
     """Median wall and CPU seconds of each callable, run alternately after one warm-up each."""
-    for fn in fns.values():
-        fn()
-    _sync(device)
-    wall = {k: [] for k in fns}
-    cpu = {k: [] for k in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            _sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            _sync(device)
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
+    return measure.medians(measure.interleaved_times(fns, device, repeat))
 
 
 def attention_runner(impl, inputs, backward: bool):
@@ -151,31 +126,14 @@ def attention_difference(inputs) -> tuple[float, float, int]:
 
 
 # ------------------------------------------------------------------------------------------------ memory
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def measure_peak(build, device: str) -> int:
     """Bytes the measured call needs above what ``build`` left allocated (``build`` returns the call). The call
     runs once before the measurement, so that one-time costs (kernel code paged in, caches) are left out."""
     fn = build()
     fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+    with measure.PeakMemory(device) as peak:
         fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets the peak resident size to the current one
-    base = _status_kib("VmRSS")
-    fn()
-    return (_status_kib("VmHWM") - base) * 1024
+    return peak.bytes
 
 
 def peak_in_child(spec: dict, device: str) -> int:
@@ -184,9 +142,13 @@ def peak_in_child(spec: dict, device: str) -> int:
     if device.startswith("cuda"):
         return _child_measure(spec, device)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-    cmd = [sys.executable, __file__, "--child", json.dumps(spec), "--device", device]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    return int(out.strip().splitlines()[-1])
+    cmd = ["--child", json.dumps(spec), "--device", device]
+    proc = measure.run_child("eva_transfer_bench.segmentation", cmd, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"memory measurement {spec} failed (exit code {proc.returncode}): {proc.stderr.strip()[-2000:]}"
+        )
+    return int(proc.stdout.strip().splitlines()[-1])
 
 
 def _child_measure(spec: dict, device: str) -> int:
@@ -251,7 +213,7 @@ def _fmt_mib(b: int) -> str:
     return f"{b / 2**20:8.1f}"
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -271,7 +233,7 @@ def main():
     parser.add_argument("--skip-adapter", action="store_true")
     parser.add_argument("--skip-train", action="store_true", help="adapter: inference only")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.child is not None:
         print(_child_measure(json.loads(args.child), args.device))
