@@ -68,13 +68,15 @@ def _is_cuda(device) -> bool:
 
 class PeakMemory:
     """Context manager: ``bytes`` is the peak memory the ``with`` block needed above what was in use when it
-    started (see the module's docstring). On a CPU where the high-water mark cannot be reset, ``bytes`` is
-    ``None`` with ``strict=False`` and an error with ``strict=True``."""
+    started (see the module's docstring), ``total`` the peak including what was in use before (CUDA: the
+    allocator's peak; CPU: the resident-set high-water mark). On a CPU where the high-water mark cannot be reset,
+    both are ``None`` with ``strict=False`` and an error with ``strict=True``."""
 
     def __init__(self, device="cpu", strict: bool = True):
         self.device = str(device)
         self.strict = strict
         self.bytes: int | None = None
+        self.total: int | None = None
         self._base = 0
 
     def __enter__(self) -> PeakMemory:
@@ -96,9 +98,11 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         if _is_cuda(self.device):
             torch.cuda.synchronize()
-            self.bytes = torch.cuda.max_memory_allocated() - self._base
+            self.total = torch.cuda.max_memory_allocated()
         elif self._base is not None:
-            self.bytes = proc_status_kb("VmHWM") * 1024 - self._base
+            self.total = proc_status_kb("VmHWM") * 1024
+        if self.total is not None:
+            self.bytes = self.total - self._base
 
 
 # ------------------------------------------------------------------------------------------------ timing

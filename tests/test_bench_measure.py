@@ -21,6 +21,7 @@ def test_peak_memory_sees_a_tensor_that_lived_only_inside_the_block():
         del x
     assert peak.bytes is not None
     assert size * 0.95 <= peak.bytes <= size * 1.5, peak.bytes
+    assert peak.total - peak.bytes == peak._base > 0  # the total counts what the process held before
     with measure.PeakMemory("cpu") as small:
         torch.ones(16)
     assert small.bytes < size * 0.25, small.bytes
