@@ -132,9 +132,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--eval-dets", type=int, default=300)
     ap.add_argument("--skip-eval", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(message)s", stream=sys.stdout
-    )  # the evaluation benchmark logs its rows
+    # the evaluation benchmark logs its rows (force: lvis-api configures the root logger when imported)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
     report = {"models": []}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name in args.configs:
@@ -150,7 +149,7 @@ def main(argv=None) -> dict:
             flush=True,
         )
     if not args.skip_eval:
-        from eva_transfer_projects.detection.evaluation.benchmark import run_eval_benchmark
+        from .detection_eval import run_eval_benchmark
 
         report["eval"] = run_eval_benchmark(num_images=args.eval_images, dets_per_image=args.eval_dets)
     return report

@@ -159,9 +159,9 @@ def test_separate_box_scores_from_one_pass():
 
 
 def test_evaluator_scores_box_results_with_box_scores(tmp_path, registered):
+    from eva_transfer_bench.synthetic_predictions import make_predictions
     from eva_transfer_projects.detection.data import make_synthetic_dataset, register_dataset
     from eva_transfer_projects.detection.evaluation import build_evaluator, evaluate_results
-    from eva_transfer_projects.detection.evaluation.synthetic_predictions import make_predictions
 
     path = make_synthetic_dataset(
         tmp_path, "val", 12, image_size=(96, 128), fmt="coco", num_classes=4, seed=3

@@ -310,10 +310,5 @@ def make_synthetic_dataset(
         "categories": categories,
     }
     json_path = root / "annotations" / f"{fmt}_{split}.json"
-    write_json_atomic(dataset, json_path)
+    write_bytes_atomic(json.dumps(dataset).encode(), json_path)
     return json_path
-
-
-def write_json_atomic(obj, path: str | Path) -> None:
-    """Writes ``obj`` as JSON to ``path`` atomically (the core's ``write_bytes_atomic``)."""
-    write_bytes_atomic(json.dumps(obj).encode(), path)

@@ -13,6 +13,7 @@ Undefined metrics (no ground truth in that group) are NaN, as in Detectron2.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import os
@@ -28,7 +29,7 @@ from detectron2.evaluation import DatasetEvaluator  # noqa: E402
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-from eva_transfer_projects.detection.data.synthetic import write_json_atomic  # noqa: E402
+from eva_transfer.checkpoint import write_bytes_atomic  # noqa: E402
 
 from . import fast_eval  # noqa: E402
 
@@ -132,7 +133,7 @@ class _FastEvaluator(DatasetEvaluator):
             has_masks = any(m for _, m in gathered)
         if self.output_dir:
             path = os.path.join(self.output_dir, f"{self.style}_instances_results.json")
-            write_json_atomic(predictions, path)
+            write_bytes_atomic(json.dumps(predictions).encode(), path)
             logger.info("Saved %d results to %s", len(predictions), path)
         return self.evaluate_predictions(predictions, has_masks, img_ids)
 

@@ -1,6 +1,7 @@
 """Evaluation speed: the fast evaluator against pycocotools and lvis-api on the same synthetic results.
 
-    python -m eva_transfer_projects.detection.evaluation.benchmark [--num-images 1000] [--dets-per-image 300]
+    python tools/benchmark_eval.py [--num-images 1000] [--dets-per-image 300] [--repeat 2]
+    python -m eva_transfer_bench.detection_eval [--num-images 1000] [--dets-per-image 300]   # the same
 
 Each evaluation runs end to end (read the ground-truth json, load the results, evaluate, accumulate, summarise),
 in this process, one after the other; the table gives seconds, the speed-up and the largest difference between
@@ -14,16 +15,21 @@ import copy
 import json
 import logging
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 from eva_transfer_projects import compat
 
 compat.apply_lvis_numpy()
 
-from eva_transfer_projects.detection.data.synthetic import make_synthetic_dataset  # noqa: E402
+from eva_transfer_projects.detection.data import make_synthetic_dataset  # noqa: E402
+from eva_transfer_projects.detection.evaluation.fast_eval import (  # noqa: E402
+    COCO_METRICS,
+    LVIS_METRICS,
+    evaluate_results,
+)
 
-from .fast_eval import COCO_METRICS, LVIS_METRICS, evaluate_results  # noqa: E402
+from .measure import best_time  # noqa: E402
 from .synthetic_predictions import make_predictions  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -55,16 +61,6 @@ def _lvis_api(json_file, results, iou_type, max_dets=300):
     )
     ev.run()
     return {k: float(v) for k, v in ev.get_results().items() if k in LVIS_METRICS}
-
-
-def _timed(fn, *args, repeat: int = 1):
-    """(result, best wall time in seconds over ``repeat`` runs); the best run is the least disturbed one."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn(*args)
-        best = min(best, time.perf_counter() - start)
-    return out, best
 
 
 def run_eval_benchmark(
@@ -114,9 +110,11 @@ def run_eval_benchmark(
                 reference = _lvis_api if style == "lvis" else _pycocotools
                 ref_s = float("inf")
                 for _ in range(repeat):  # the reference tools write into their inputs: a fresh copy per run
-                    ref, seconds = _timed(reference, json_file, copy.deepcopy(results), iou_type)
+                    ref, seconds = best_time(partial(reference, json_file, copy.deepcopy(results), iou_type))
                     ref_s = min(ref_s, seconds)
-                fast, fast_s = _timed(evaluate_results, json_file, results, iou_type, style, repeat=repeat)
+                fast, fast_s = best_time(
+                    partial(evaluate_results, json_file, results, iou_type, style), repeat
+                )
                 diff = max(abs(fast[k] - ref[k]) for k in ref)
                 key = f"{style}/{iou_type}"
                 report[key] = {
@@ -158,7 +156,9 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=1, help="runs per evaluator; the best time counts")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", force=True
+    )  # lvis-api configures the root logger on import
     report = run_eval_benchmark(
         args.num_images,
         args.dets_per_image,
