@@ -154,3 +154,154 @@ def test_citations_point_inside_the_repository_or_to_papers():
         and "SPEC section" in path.read_text()
     ]
     assert not stale, stale
+
+
+# --- the product imports nothing from tests, tools, benchmarks or synthetic-data modules ------------------------------
+# The product packages are eva_transfer (the core) and eva_transfer_projects (folder projects/). Measuring code lives
+# in eva_transfer_bench (folder benchmarks/), command lines in tools/, and neither is imported by the product.
+# Synthetic data is a product feature in its own modules; only the places listed here, which produce a tiny
+# recipe's data, import from them.
+
+FOLDER_PACKAGE = {"eva_transfer": "eva_transfer", "projects": "eva_transfer_projects"}
+NOT_FOR_THE_PRODUCT = {"tests", "tools", "benchmarks", "eva_transfer_bench"}
+SYNTHETIC_DATA_USERS = {
+    "eva_transfer_projects.detection.data": "the data package's public maker make_synthetic_dataset, which the "
+    "tiny detection recipes' dataset registration calls",
+    "eva_transfer_projects.detection.registration": "writes a tiny recipe's synthetic dataset on first use "
+    "(dataloader.datasets entries with synthetic=dict(...))",
+    "eva_transfer_projects.segmentation.datasets": "SyntheticADEDataset, the tiny segmentation recipes' dataset, "
+    "takes its class names and palette from the module that writes the data",
+}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = [FOLDER_PACKAGE.get(rel.parts[0], rel.parts[0]), *rel.parts[1:]]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_synthetic_module(name: str) -> bool:
+    return "synthetic" in name.rsplit(".", 1)[-1]
+
+
+def _product_modules():
+    for path, tree in _modules():
+        yield _module_name(path), path.name == "__init__.py", tree
+
+
+def _synthetic_names() -> set[str]:
+    """Public names defined at the top of the product's synthetic-data modules."""
+    names = set()
+    for name, _, tree in _product_modules():
+        if _is_synthetic_module(name):
+            for node in tree.body:
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                    names.add(node.name)
+                elif isinstance(node, ast.Assign):
+                    names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return {n for n in names if not n.startswith("_")}
+
+
+def _imports(module: str, is_package: bool, tree: ast.AST) -> list[tuple[int, str, list[str]]]:
+    """(line, absolute module, imported names) of every import in a module: ``import``, ``from ... import``
+    (relative ones resolved) and ``importlib.import_module("...")`` / ``__import__("...")`` with a literal name."""
+    package = module if is_package else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            if node.level:
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.append((node.lineno, target, [a.name for a in node.names]))
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            f = node.func
+            called = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            if called in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                found.append((node.lineno, node.args[0].value, []))
+    return found
+
+
+def _import_violations(module: str, is_package: bool, tree: ast.AST, synthetic_names: set[str]) -> list[str]:
+    problems = []
+    for line, target, names in _imports(module, is_package, tree):
+        where = f"{module}:{line} imports {target}" + (f" ({', '.join(names)})" if names else "")
+        top = target.split(".")[0]
+        submodules = [f"{target}.{n}" for n in names]
+        if top in NOT_FOR_THE_PRODUCT:
+            problems.append(f"{where}: the product imports nothing from {top}")
+        elif module.split(".")[0] == "eva_transfer" and top == "eva_transfer_projects":
+            problems.append(f"{where}: the core never imports the plug-ins")
+        elif not _is_synthetic_module(module) and module not in SYNTHETIC_DATA_USERS:
+            if any(_is_synthetic_module(m) for m in [target, *submodules]) or set(names) & synthetic_names:
+                problems.append(
+                    f"{where}: synthetic data is imported only where a tiny recipe's data is made"
+                )
+    return problems
+
+
+def test_product_imports_nothing_from_tests_tools_benchmarks_or_synthetic_data():
+    names = _synthetic_names()
+    assert {
+        "make_synthetic_dataset",
+        "write_synthetic_ade",
+        "SYNTHETIC_CLASSES",
+    } <= names  # the scan sees them
+    problems = [p for m, pkg, tree in _product_modules() for p in _import_violations(m, pkg, tree, names)]
+    assert not problems, "\n".join(problems)
+
+
+def test_each_listed_synthetic_data_user_still_needs_its_place():
+    names = _synthetic_names()
+    users = {
+        m
+        for m, pkg, tree in _product_modules()
+        if m in SYNTHETIC_DATA_USERS
+        and any(
+            _is_synthetic_module(t) or any(_is_synthetic_module(f"{t}.{n}") for n in ns) or set(ns) & names
+            for _, t, ns in _imports(m, pkg, tree)
+        )
+    }
+    assert users == set(SYNTHETIC_DATA_USERS), set(SYNTHETIC_DATA_USERS) - users
+
+
+def test_import_scan_finds_each_kind_of_violation():
+    source = (
+        "import tools.train_net\n"
+        "from eva_transfer_bench.measure import PeakMemory\n"
+        "from tests import conftest\n"
+        "from ..data.synthetic import make_synthetic_dataset\n"
+        "from ..data import make_synthetic_dataset\n"
+        "from .. import synthetic_predictions\n"
+        "def f():\n"
+        "    return importlib.import_module('benchmarks.backbone')\n"
+        "from . import fast_eval\n"
+        "from eva_transfer_projects.detection.data import register_dataset\n"
+    )
+    problems = _import_violations(
+        "eva_transfer_projects.detection.evaluation.evaluators",
+        False,
+        ast.parse(source),
+        {"make_synthetic_dataset"},
+    )
+    lines = sorted(int(p.split(":")[1].split()[0]) for p in problems)
+    assert lines == [1, 2, 3, 4, 5, 6, 8], problems
+    assert "imports eva_transfer_projects.detection.data.synthetic (make_synthetic_dataset)" in problems[3]
+    core = _import_violations(
+        "eva_transfer.vit", False, ast.parse("from eva_transfer_projects import compat\n"), set()
+    )
+    assert len(core) == 1 and "the core never imports the plug-ins" in core[0]
+    # the same import is fine where the tiny recipes make their data
+    assert not _import_violations(
+        "eva_transfer_projects.detection.registration",
+        False,
+        ast.parse("from .data import make_synthetic_dataset\n"),
+        {"make_synthetic_dataset"},
+    )
+    assert (
+        _module_name(REPO / "projects/detection/data/__init__.py") == "eva_transfer_projects.detection.data"
+    )
