@@ -44,6 +44,7 @@ __all__ = [
     "CheckpointError",
     "LoadReport",
     "check_tensor",
+    "convert_backbone_file",
     "convert_state_dict",
     "export_mmdet",
     "export_state_dict",
@@ -779,11 +780,22 @@ def mmdet_layout(backbone: Mapping[str, Tensor], pyramid: Mapping[str, Tensor] =
 
 
 def export_mmdet(
-    state_dict: Mapping[str, Tensor], source: str = "<state dict>", prefix: Optional[str] = None
+    state_dict: Mapping[str, Tensor],
+    source: str = "<state dict>",
+    prefix: Optional[str] = None,
+    *,
+    model: Optional[nn.Module] = None,
+    patch_resize: str = "bicubic",
+    rel_pos_resize: str = "linear",
 ) -> tuple[dict[str, Tensor], LoadReport]:
     """The backbone (and simple feature pyramid, if present) of any supported checkpoint in the MMDetection
-    layout (``backbone.`` / ``neck.`` keys); detection heads of other frameworks are reported as unexpected."""
-    sd, report = extract_backbone(state_dict, source, prefix)
+    layout (``backbone.`` / ``neck.`` keys); detection heads of other frameworks are reported as unexpected.
+    With ``model`` (an :class:`EVAViT` or a module holding one; the meta device works) the backbone is first
+    converted and resized for it by :func:`convert_state_dict`."""
+    if model is None:
+        sd, report = extract_backbone(state_dict, source, prefix)
+    else:
+        sd, report = convert_state_dict(state_dict, model, source, prefix, patch_resize, rel_pos_resize)
     pyramid = extract_pyramid(state_dict, source)
     report.unexpected = [k for k in report.unexpected if not _PYRAMID_KEY.match(k)]
     out = mmdet_layout(sd, pyramid)
@@ -947,3 +959,50 @@ def vitdet_vit_kwargs(vit: EVAViT) -> dict[str, Any]:
         use_act_checkpoint=vit.use_act_checkpoint,
         out_feature="last_feat",
     )
+
+
+def convert_backbone_file(
+    path: str | os.PathLike,
+    *,
+    model: Optional[nn.Module] = None,
+    layout: str = "eva",
+    key: Optional[str] = None,
+    prefix: Optional[str] = None,
+    output_prefix: Optional[str] = None,
+    patch_resize: str = "bicubic",
+    rel_pos_resize: str = "linear",
+    strict: bool = True,
+    allow_pickle: bool = False,
+) -> tuple[dict[str, Tensor], list[LoadReport]]:
+    """The backbone of the checkpoint file ``path`` (any layout :func:`load_checkpoint` reads) in ``layout``:
+    ``"eva"`` (this toolkit's), ``"mmdet"`` (:func:`export_mmdet`: the pyramid kept if the file has one) or one
+    of :data:`EXPORT_LAYOUTS` (:func:`export_state_dict`; ``strict=False`` drops what the target cannot
+    represent). With ``model`` (the meta device works) the backbone is converted and resized for it first;
+    without, it is only extracted.
+
+    Returns the state dict with ``output_prefix`` on every key (default ``""``; the layout's own prefix for
+    :data:`EXPORT_LAYOUTS`) and the reports in the order the steps ran (extraction or conversion, then export).
+    This is ``tools/convert_checkpoint.py`` without its printing and saving."""
+    source = str(path)
+    sd = unwrap_state_dict(read_checkpoint(path, allow_pickle=allow_pickle), source, key)
+    if layout == "mmdet":
+        if output_prefix:
+            raise CheckpointError("--output-prefix and --to mmdet exclude each other")
+        out, report = export_mmdet(
+            sd, source, prefix, model=model, patch_resize=patch_resize, rel_pos_resize=rel_pos_resize
+        )
+        return {k: v.contiguous() for k, v in out.items()}, [report]
+    if layout != "eva" and layout not in EXPORT_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected eva, mmdet or one of {sorted(EXPORT_LAYOUTS)}")
+    if model is not None:
+        out, report = convert_state_dict(sd, model, source, prefix, patch_resize, rel_pos_resize)
+    else:
+        out, report = extract_backbone(sd, source, prefix)
+        report.loaded = list(out)
+    reports = [report]
+    if layout != "eva":
+        out, report = export_state_dict(out, layout, prefix="", strict=strict)
+        report.source = f"{source} -> {layout} layout"
+        reports.append(report)
+    head = output_prefix if output_prefix is not None else EXPORT_LAYOUTS.get(layout, "")
+    return {head + k: v.contiguous() for k, v in out.items()}, reports

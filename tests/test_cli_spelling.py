@@ -1,10 +1,10 @@
 """The four training / evaluation tools accept the same options, in the Detectron2 and the MMSeg spelling, and are
-executable."""
+executable. Each tool's options come from the module it calls (imported here, the scripts are not)."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
+import ast
+import importlib
 import os
 import stat
 from pathlib import Path
@@ -13,13 +13,32 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = ("train_net", "train_seg", "test_seg", "pretrain", "demo")
+#: tool -> the module holding its options
+OPTIONS_MODULE = {
+    "train_net": "eva_transfer_projects.detection.train_command",
+    "train_seg": "eva_transfer_projects.segmentation.train_command",
+    "test_seg": "eva_transfer_projects.segmentation.evaluate_command",
+    "pretrain": "eva_transfer.pretrain.command",
+    "demo": "eva_transfer_projects.detection.demo",
+}
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"spelling_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(OPTIONS_MODULE[name])
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_tools_take_their_options_from_the_module_tested_here(name):
+    tree = ast.parse((REPO / "tools" / f"{name}.py").read_text())
+    imported = {
+        (node.module, alias.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert {(OPTIONS_MODULE[name], "build_parser"), (OPTIONS_MODULE[name], "parse_args")} & imported, imported
+    # and defines no parser of its own
+    assert "ArgumentParser" not in {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
 
 
 @pytest.mark.parametrize("name", TOOLS)
@@ -71,9 +90,10 @@ def test_segmentation_spellings(name, out_flag, opts_flag):
 @pytest.mark.parametrize("config_flag", ["--config", "--config-file"])
 @pytest.mark.parametrize("out_flag", ["--output-dir", "--work-dir"])
 @pytest.mark.parametrize("opts_flag", ["--opts", "--cfg-options"])
-def test_pretrain_spellings(config_flag, out_flag, opts_flag, capsys):
+def test_pretrain_spellings(config_flag, out_flag, opts_flag):
+    command = _tool("pretrain")
     config = str(REPO / "configs/pretrain/eva_tiny_cpu.py")
-    rc = _tool("pretrain").main(
+    args = command.build_parser().parse_args(
         [
             config_flag,
             config,
@@ -89,7 +109,7 @@ def test_pretrain_spellings(config_flag, out_flag, opts_flag, capsys):
             "train.batch_size=4",
         ]
     )
-    assert rc == 0
-    cfg = json.loads(capsys.readouterr().out)
+    assert args.print_config
+    cfg = command.config_from_args(args)
     assert cfg["train"]["output_dir"] == "o" and cfg["train"]["resume"] == "last.pth"
     assert cfg["train"]["device"] == "cpu" and cfg["train"]["batch_size"] == 4 and cfg["optim"]["lr"] == 0.5

@@ -305,3 +305,95 @@ def test_import_scan_finds_each_kind_of_violation():
     assert (
         _module_name(REPO / "projects/detection/data/__init__.py") == "eva_transfer_projects.detection.data"
     )
+
+
+# --- tests import modules, not the scripts in tools/ ---------------------------------------------------------------
+
+#: loaders that execute a Python file by path: the name of the call -> the position of its path argument
+_PATH_LOADERS = {"spec_from_file_location": 1, "SourceFileLoader": 1, "run_path": 0}
+#: files that still load a measuring script by path until it moves to eva_transfer_bench (benchmarks/)
+_LOADS_A_BENCHMARK_SCRIPT = {"tests/test_gpu_check.py", "tests/detection/test_benchmark_published.py"}
+
+
+def _names_tools_folder(text: str) -> bool:
+    return text == "tools" or text.startswith("tools/") or "/tools/" in text
+
+
+def _constants(node: ast.AST, tree: ast.AST, depth: int = 0) -> list[str]:
+    """The strings an expression can be built from: its own constants, those assigned to the names it uses, and
+    for a function parameter those passed at the function's call sites in the same file (three levels deep)."""
+    found = [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    if depth >= 3:
+        return found
+    for name in {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}:
+        for other in ast.walk(tree):
+            if isinstance(other, (ast.Assign, ast.AnnAssign)) and other.value is not None:
+                targets = other.targets if isinstance(other, ast.Assign) else [other.target]
+                if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                    found += _constants(other.value, tree, depth + 1)
+            if isinstance(other, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                params = [a.arg for a in other.args.posonlyargs + other.args.args + other.args.kwonlyargs]
+                if name not in params:
+                    continue
+                for call in ast.walk(tree):
+                    if (
+                        isinstance(call, ast.Call)
+                        and isinstance(call.func, ast.Name)
+                        and call.func.id == other.name
+                    ):
+                        for arg in [*call.args, *(k.value for k in call.keywords)]:
+                            found += _constants(arg, tree, depth + 1)
+    return found
+
+
+def _loads_a_tool_script(source: str) -> list[int]:
+    """Lines where ``source`` executes a file under ``tools/`` by path (``importlib.util.spec_from_file_location``,
+    ``SourceFileLoader``, ``runpy.run_path``)."""
+    tree = ast.parse(source)
+    lines = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+        if name not in _PATH_LOADERS:
+            continue
+        position = _PATH_LOADERS[name]
+        path_args = [node.args[position]] if len(node.args) > position else []
+        path_args += [k.value for k in node.keywords if k.arg in ("location", "path", "path_name")]
+        if any(_names_tools_folder(c) for arg in path_args for c in _constants(arg, tree)):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_scan_sees_a_tool_loaded_by_path():
+    direct = (
+        'import importlib.util\nspec = importlib.util.spec_from_file_location("t", ROOT / "tools/demo.py")\n'
+    )
+    assert _loads_a_tool_script(direct) == [2]
+    through_a_helper = (
+        "def _load(path, name):\n"
+        "    return importlib.util.spec_from_file_location(name, path)\n"
+        "tool = _load(REPO / 'tools' / 'convert_checkpoint.py', 'c')\n"
+    )
+    assert _loads_a_tool_script(through_a_helper) == [2]
+    assigned = 'p = Path(__file__).parents[1] / "tools" / f"{n}.py"\nm = runpy.run_path(str(p))\n'
+    assert _loads_a_tool_script(assigned) == [2]
+    # a test-side reference module loaded by path is not a tool
+    reference = 'spec = importlib.util.spec_from_file_location("r", Path(__file__).with_name("ref.py"))\n'
+    assert _loads_a_tool_script(reference) == []
+    assert _loads_a_tool_script('subprocess.run([sys.executable, "tools/demo.py", "--help"])\n') == []
+
+
+def test_tests_import_modules_not_tool_scripts():
+    """A tool's logic lives in an importable module; a test imports that module (or runs the tool as a command)
+    instead of executing ``tools/*.py`` by path."""
+    found = {
+        f"{path.relative_to(REPO)}:{line}": str(path.relative_to(REPO))
+        for path in sorted((REPO / "tests").rglob("*.py"))
+        for line in _loads_a_tool_script(path.read_text())
+    }
+    offending = [where for where, file in found.items() if file not in _LOADS_A_BENCHMARK_SCRIPT]
+    assert not offending, (
+        "tests load tools/ scripts by path (import the module the tool calls): " + ", ".join(offending)
+    )

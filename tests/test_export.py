@@ -2,7 +2,8 @@
 in timm's ``Eva`` layout and Detectron2 ViTDet's layout, loaded strictly into the real timm ``Eva`` and Detectron2
 ``ViT`` classes, with equal outputs; and back through ``load_checkpoint`` unchanged."""
 
-import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,8 @@ import eva_transfer_projects.compat as compat
 from eva_transfer import build_backbone, load_checkpoint
 from eva_transfer.checkpoint import (
     CheckpointError,
+    convert_backbone_file,
     export_state_dict,
-    read_checkpoint,
     timm_eva_kwargs,
     vitdet_vit_kwargs,
 )
@@ -118,23 +119,21 @@ def test_export_refuses_what_the_target_cannot_represent():
         export_state_dict(plain, "mmseg")
 
 
-def _convert_tool():
-    path = Path(__file__).resolve().parents[1] / "tools" / "convert_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("convert_checkpoint_tool", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _run_convert_tool(*args: str) -> subprocess.CompletedProcess:
+    tool = Path(__file__).resolve().parents[1] / "tools" / "convert_checkpoint.py"
+    return subprocess.run([sys.executable, str(tool), *args], capture_output=True, text=True, timeout=300)
 
 
-def test_convert_tool_exports(tmp_path, capsys):
-    tool = _convert_tool()
+def test_convert_tool_exports(tmp_path):
+    """What tools/convert_checkpoint.py --to timm / detectron2 writes: a segmentor's or a bare backbone's file in
+    the other layout, loaded strictly by timm's Eva / Detectron2's ViT with the same outputs."""
     seg = _randomize(build_backbone("eva_tiny_seg")).eval()
     src = tmp_path / "segmentor.pth"
     torch.save({"state_dict": {"backbone." + k: v for k, v in seg.state_dict().items()}}, src)
-    out = tmp_path / "timm.safetensors"
-    assert tool.main([str(src), str(out), "--to", "timm"]) == 0
+    out, reports = convert_backbone_file(src, layout="timm")
+    assert [r.source for r in reports] == [str(src), f"{src} -> timm layout"]
     ref = Eva(**timm_eva_kwargs(seg)).eval()
-    ref.load_state_dict(read_checkpoint(out), strict=True)
+    ref.load_state_dict(out, strict=True)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ref.forward_features(x), seg.forward_features(x), rtol=1e-5, atol=1e-5)
@@ -144,24 +143,29 @@ def test_convert_tool_exports(tmp_path, capsys):
     from safetensors.torch import save_file
 
     save_file(det.state_dict(), src)
-    out = tmp_path / "vitdet.pth"
-    assert tool.main([str(src), str(out), "--to", "detectron2"]) == 0
-    written = read_checkpoint(out)["model"]
+    written, _ = convert_backbone_file(src, layout="detectron2")
     assert all(k.startswith("backbone.net.") for k in written)
     ref = _d2_vit(**vitdet_vit_kwargs(det))
     ref.load_state_dict({k[len("backbone.net.") :]: v for k, v in written.items()}, strict=True)
     with torch.no_grad():
         torch.testing.assert_close(ref(x)["last_feat"], det(x), rtol=1e-4, atol=1e-4)
-    assert tool.main([str(src), str(tmp_path / "x.pth"), "--to", "timm"]) == 2
-    assert "--lossy" in capsys.readouterr().err
+    plain, _ = convert_backbone_file(src, layout="detectron2", output_prefix="")
+    assert set(plain) == {k[len("backbone.net.") :] for k in written}
+    with pytest.raises(CheckpointError, match="--lossy"):
+        convert_backbone_file(src, layout="timm")
+    # the tool: exit status 2 and the message, nothing written
+    run = _run_convert_tool(str(src), str(tmp_path / "x.pth"), "--to", "timm")
+    assert run.returncode == 2 and "rel_pos_h" in run.stderr and "--lossy" in run.stderr, run.stderr
+    assert not (tmp_path / "x.pth").exists()
+    lossy, reports = convert_backbone_file(src, layout="timm", strict=False)
+    assert not any("rel_pos" in k for k in lossy) and "blocks.0.attn.rel_pos_h" in reports[-1].dropped
+    with pytest.raises(ValueError, match="unknown layout 'mmseg'"):
+        convert_backbone_file(src, layout="mmseg")
 
 
-def test_segmentor_conversion_refuses_backbone_only_options(tmp_path, capsys):
-    """--segmentor-config converts for its config; backbone options given with it would be ignored, so they are
-    refused by name."""
-    tool = _convert_tool()
-    with pytest.raises(SystemExit) as exit_info:
-        tool.main(
-            [str(tmp_path / "a.pth"), str(tmp_path / "b.pth"), "--segmentor-config", "c.py", "--to", "timm"]
-        )
-    assert exit_info.value.code == 2 and "--to" in capsys.readouterr().err
+def test_segmentor_conversion_refuses_backbone_only_options(tmp_path):
+    """--segmentor-config converts for its config; backbone options given with it would be ignored, so the tool
+    refuses them by name (argparse's exit status 2)."""
+    args = [str(tmp_path / "a.pth"), str(tmp_path / "b.pth"), "--segmentor-config", "c.py", "--to", "timm"]
+    run = _run_convert_tool(*args)
+    assert run.returncode == 2 and "takes none of ['--to']" in run.stderr, run.stderr

@@ -33,14 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eva_transfer.checkpoint import (  # noqa: E402
     EXPORT_LAYOUTS,
     CheckpointError,
-    convert_state_dict,
-    export_state_dict,
-    extract_backbone,
-    extract_pyramid,
-    mmdet_layout,
-    read_checkpoint,
+    convert_backbone_file,
     save_checkpoint,
-    unwrap_state_dict,
 )
 from eva_transfer.presets import PRESETS, build_backbone  # noqa: E402
 
@@ -58,7 +52,7 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="checkpoint file (.pth/.pt/.bin/.safetensors)")
     p.add_argument("output", help="output file; .safetensors writes safetensors, anything else torch.save")
@@ -94,6 +88,11 @@ def main(argv=None) -> int:
         "--segmentor-config",
         help="convert a whole EVA-01 segmentor checkpoint (backbone, adapter, head) for this MMSegmentation config",
     )
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.segmentor_config:
         ignored = [
@@ -117,35 +116,27 @@ def main(argv=None) -> int:
         return convert_segmentor(args)
 
     try:
-        sd = unwrap_state_dict(
-            read_checkpoint(args.input, allow_pickle=args.allow_pickle), args.input, args.key
-        )
+        model = None
         if args.preset:
             with torch.device("meta"):  # shapes only: no memory for a 1B-parameter model
                 model = build_backbone(args.preset, **parse_overrides(args.set))
-            out, report = convert_state_dict(
-                sd, model, args.input, args.prefix, args.patch_resize, args.rel_pos_resize
-            )
-        else:
-            out, report = extract_backbone(sd, args.input, args.prefix)
-            report.loaded = list(out)
-        if args.to == "mmdet":
-            if args.output_prefix:
-                raise CheckpointError("--output-prefix and --to mmdet exclude each other")
-            out = mmdet_layout(out, extract_pyramid(sd, args.input))
-            report.unexpected = [
-                k for k in report.unexpected if ".simfp_" not in k and not k.startswith("simfp_")
-            ]
-        elif args.to != "eva":
-            print(report.summary())
-            out, report = export_state_dict(out, args.to, prefix="", strict=not args.lossy)
-            report.source = f"{args.input} -> {args.to} layout"
+        out, reports = convert_backbone_file(
+            args.input,
+            model=model,
+            layout=args.to,
+            key=args.key,
+            prefix=args.prefix,
+            output_prefix=args.output_prefix,
+            patch_resize=args.patch_resize,
+            rel_pos_resize=args.rel_pos_resize,
+            strict=not args.lossy,
+            allow_pickle=args.allow_pickle,
+        )
     except (CheckpointError, FileNotFoundError, KeyError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(report.summary())
-    prefix = args.output_prefix if args.output_prefix is not None else EXPORT_LAYOUTS.get(args.to, "")
-    out = {prefix + k: v.contiguous() for k, v in out.items()}
+    for report in reports:
+        print(report.summary())
     wrap = "state_dict" if args.to == "mmdet" else "model"  # mmengine's checkpoint entry for mmdet
     save_checkpoint(out if args.output.endswith(".safetensors") else {wrap: out}, args.output)
     print(f"wrote {len(out)} tensors to {args.output}")
@@ -153,29 +144,17 @@ def main(argv=None) -> int:
 
 
 def convert_segmentor(args) -> int:
-    """The whole segmentor: backbone and adapter through the core converter, head through the plug-in's."""
-    from mmengine.config import Config
-    from mmengine.registry import DefaultScope
-
+    """The whole segmentor, converted for its config by the segmentation plug-in."""
     import eva_transfer_projects.segmentation  # noqa: F401  (registers the backbone; mmseg stand-ins)
-    from eva_transfer_projects.segmentation.authors_checkpoint import (
-        convert_authors_segmentor,
-        read_segmentor_checkpoint,
-    )
+    from eva_transfer_projects.segmentation.authors_checkpoint import convert_segmentor_file
 
     try:
-        sd = unwrap_state_dict(read_segmentor_checkpoint(args.input, args.allow_pickle), args.input, args.key)
-        cfg = Config.fromfile(args.segmentor_config)
-        from mmseg.registry import MODELS
-
-        with DefaultScope.overwrite_default_scope("mmseg"), torch.device("meta"):
-            model = MODELS.build(cfg.model)
-        out, report = convert_authors_segmentor(sd, model, args.input)
+        out, report = convert_segmentor_file(args.input, args.segmentor_config, args.key, args.allow_pickle)
     except (CheckpointError, FileNotFoundError, KeyError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.summary())
-    save_checkpoint({"state_dict": {k: v.contiguous() for k, v in out.items()}}, args.output)
+    save_checkpoint({"state_dict": out}, args.output)
     print(f"wrote {len(out)} tensors to {args.output}")
     return 0
 

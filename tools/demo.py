@@ -14,123 +14,16 @@ name per image with boxes, class names, scores and masks drawn.
 
 from __future__ import annotations
 
-import argparse
-import glob
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import eva_transfer_projects.detection  # noqa: E402,F401
-
-# isort: split
-import numpy as np  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from eva_transfer.runtime import configure_cpu_threads  # noqa: E402
-from eva_transfer_projects.detection.engine import load_config, setup_datasets  # noqa: E402
-from eva_transfer_projects.detection.predictor import Predictor  # noqa: E402
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
-
-def list_images(inputs: list[str]) -> list[Path]:
-    """Files, folders (their images, sorted) and glob patterns -> image paths."""
-    found = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            found.append(p)
-        elif glob.has_magic(item):
-            matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(item)) if Path(m).is_file())
-            if not matches:
-                raise FileNotFoundError(f"--input {item}: the pattern matches no file")
-            found += matches
-        else:
-            raise FileNotFoundError(f"--input {item}: no such file or folder")
-    if not found:
-        raise FileNotFoundError(f"--input {inputs}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return found
-
-
-def test_images(cfg) -> tuple[list[Path], str]:
-    """The config's test images (registering, and for synthetic datasets writing, them) and the dataset name."""
-    setup_datasets(cfg)
-    names = cfg.dataloader.test.dataset.names
-    name = names if isinstance(names, str) else list(names)[0]
-    return [Path(d["file_name"]) for d in DatasetCatalog.get(name)], name
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config-file", required=True, metavar="FILE")
-    ap.add_argument(
-        "--checkpoint", help="detector weights (default: train.init_checkpoint, else model_final)"
-    )
-    ap.add_argument("--input", nargs="+", help="images, folders or glob patterns (default: the test images)")
-    ap.add_argument("--output", help="folder for the drawn PNGs (default: <train.output_dir>/demo)")
-    ap.add_argument(
-        "--confidence-threshold",
-        "--score",
-        dest="confidence_threshold",
-        type=float,
-        default=0.5,
-        help="draw detections with at least this score (default 0.5)",
-    )
-    ap.add_argument("--max-images", type=int, default=None, help="draw at most this many images")
-    ap.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: all cores)")
-    ap.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
-    return ap.parse_args(argv)
-
-
-def main(argv=None) -> list[Path]:
-    args = parse_args(argv)
-    cfg = load_config(args.config_file, args.opts)
-    configure_cpu_threads(args.num_threads, device=str(cfg.train.get("device", "cpu")))
-    output_dir = Path(cfg.train.output_dir)
-    checkpoint = args.checkpoint or cfg.train.get("init_checkpoint") or str(output_dir / "model_final.pth")
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(
-            f"checkpoint {checkpoint} does not exist: train first (tools/train_net.py --config-file "
-            f"{args.config_file}) or give --checkpoint / --opts train.init_checkpoint=FILE"
-        )
-    dataset = None
-    if args.input:
-        images = list_images(args.input)
-    else:
-        images, dataset = test_images(cfg)
-    if args.max_images is not None:
-        images = images[: args.max_images]
-    predictor = Predictor(cfg, checkpoint)
-    for report in predictor.load_reports.values():
-        print(report.summary())
-    metadata = MetadataCatalog.get(dataset or "__demo__")
-    if not metadata.get("thing_classes", None) and predictor.class_names:
-        metadata.thing_classes = predictor.class_names
-    out_dir = Path(args.output) if args.output else output_dir / "demo"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in images:
-        image = np.asarray(Image.open(path).convert("RGB"))
-        instances = predictor(image)
-        instances = instances[instances.scores >= args.confidence_threshold]
-        drawn = Visualizer(image, metadata, instance_mode=ColorMode.IMAGE).draw_instance_predictions(
-            instances
-        )
-        target = out_dir / f"{path.stem}.png"
-        Image.fromarray(drawn.get_image()).save(target)
-        print(f"{path}: {len(instances)} detections >= {args.confidence_threshold} -> {target}")
-        written.append(target)
-    return written
-
+from eva_transfer_projects.detection.demo import build_parser, draw_detections  # noqa: E402
 
 if __name__ == "__main__":
+    args = build_parser(__doc__).parse_args()
     try:
-        main()
+        draw_detections(args, echo=print)
     except FileNotFoundError as e:
         sys.exit(f"error: {e}")

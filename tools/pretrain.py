@@ -16,7 +16,6 @@ command resumes from it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -24,24 +23,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-
 from eva_transfer.checkpoint import CheckpointError  # noqa: E402
-from eva_transfer.pretrain import ConfigError, load_config, train  # noqa: E402
+from eva_transfer.pretrain import ConfigError, train  # noqa: E402
+from eva_transfer.pretrain.command import build_parser, config_from_args, configure_threads  # noqa: E402
 from eva_transfer.pretrain.trainer import DistributedStartupError  # noqa: E402
-from eva_transfer.runtime import add_run_arguments, configure_cpu_threads  # noqa: E402
-
-
-def shared_overrides(args) -> list[str]:
-    """The shared options as ``section.key=value`` overrides (applied after the positional ones)."""
-    extra = list(args.extra_opts)
-    if args.output_dir:
-        extra.append(f"train.output_dir={args.output_dir!r}")
-    if args.resume is not None:
-        extra.append(f"train.resume={args.resume!r}")
-    if args.device:
-        extra.append(f"train.device={args.device!r}")
-    return extra
 
 
 def show_progress_on_stdout() -> None:
@@ -65,41 +50,19 @@ def show_progress_on_stdout() -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--config",
-        "--config-file",
-        dest="config",
-        required=True,
-        help="a config file under configs/pretrain/",
-    )
-    parser.add_argument(
-        "--resume",
-        nargs="?",
-        const="auto",
-        default=None,
-        metavar="CHECKPOINT",
-        help="resume from the output folder's last checkpoint (the default), or from CHECKPOINT",
-    )
-    add_run_arguments(parser)
-    parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    args = parser.parse_args(argv)
+    args = build_parser(__doc__).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     show_progress_on_stdout()
     try:
-        cfg = load_config(args.config, list(args.overrides) + shared_overrides(args))
+        cfg = config_from_args(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
         print(json.dumps(cfg, indent=2, default=str))
         return 0
-    device = cfg["train"]["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        configure_cpu_threads(args.num_threads, device=device, workers=int(cfg["data"]["workers"]))
+        configure_threads(cfg, args.num_threads)
     except ValueError as e:  # a bad thread count
         print(f"error: {e}", file=sys.stderr)
         return 2

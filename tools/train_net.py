@@ -17,7 +17,6 @@ The options shared by all tools are accepted here too: ``--output-dir``/``--work
 
 from __future__ import annotations
 
-import datetime
 import os
 import sys
 
@@ -26,95 +25,27 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eva_transfer_projects.detection  # noqa: E402,F401  (stand-ins and registrations first)
 
 # isort: split
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
 from eva_transfer.checkpoint import CheckpointError  # noqa: E402
-from eva_transfer.runtime import add_run_arguments, configure_cpu_threads  # noqa: E402
-from eva_transfer_projects.detection.config_checks import (  # noqa: E402
-    ConfigValueError,
-    check_config,
-    check_launch_args,
-    explain_startup_failure,
+from eva_transfer_projects.detection.config_checks import ConfigValueError, explain_startup_failure  # noqa: E402
+from eva_transfer_projects.detection.engine import ConfigKeyError, WeightsNotLoadedError  # noqa: E402
+from eva_transfer_projects.detection.train_command import (  # noqa: E402
+    check_before_launch,
+    launch_processes,
+    parse_args,
+    prepare_datasets,
+    world_size,
 )
-from eva_transfer_projects.detection.engine import (  # noqa: E402
-    ConfigKeyError,
-    WeightsNotLoadedError,
-    do_eval_only,
-    do_train,
-    load_config,
-    setup_datasets,
-    setup_run,
-)
-from eva_transfer_projects.detection.registration import prepare_config_datasets  # noqa: E402
-
-
-def configure_threads(cfg, args) -> int:
-    """This process's CPU threads: one share of the cores per process and data-loader worker."""
-    loader = cfg.dataloader.test if args.eval_only else cfg.dataloader.train
-    device = str(cfg.train.get("device", "cpu"))
-    processes = max(1, int(args.num_gpus)) if not device.startswith("cuda") else 1
-    return configure_cpu_threads(
-        args.num_threads, device=device, processes=processes, workers=int(loader.get("num_workers", 0) or 0)
-    )
-
-
-def main(args):
-    cfg = load_config(args.config_file, args.opts)
-    setup_run(cfg, args)
-    configure_threads(cfg, args)
-    setup_datasets(cfg)
-    if args.eval_only:
-        return do_eval_only(cfg, resume=args.resume, allow_missing_weights=args.allow_missing_weights)
-    do_train(cfg, resume=args.resume)
-    comm.synchronize()
-
-
-def parser():
-    p = default_argument_parser()
-    p.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=1800.0,
-        help="seconds to wait for every process of a distributed run to start (and for each collective "
-        "operation; Detectron2's 30 minutes by default)",
-    )
-    p.add_argument(
-        "--allow-missing-weights",
-        action="store_true",
-        help="with --eval-only: evaluate even when the checkpoint does not set every weight (random heads)",
-    )
-    add_run_arguments(p)
-    return p
-
-
-def parse_args(argv=None):
-    """Detectron2's arguments plus the shared ones; these are folded into ``args.opts``."""
-    args = parser().parse_args(argv)
-    args.opts = list(args.opts or []) + list(args.extra_opts)
-    if args.output_dir:
-        args.opts.append(f"train.output_dir={args.output_dir}")
-    if args.device:
-        args.opts.append(f"train.device={args.device}")
-    return args
 
 
 def cli(argv=None):
     args = parse_args(argv)
     try:
-        check_launch_args(args)
-        if not os.path.isfile(args.config_file):
-            raise ConfigValueError(f"--config-file {args.config_file!r}: no such file")
-        cfg = load_config(args.config_file, args.opts)
-        if not args.eval_only:
-            check_config(cfg, args.num_gpus * args.num_machines)
+        cfg = check_before_launch(args)
     except (ConfigKeyError, ConfigValueError) as e:
         sys.exit(f"error: {e}")
-    # write synthetic datasets once, before worker processes start
-    prepare_config_datasets(OmegaConf.to_container(cfg.dataloader.get("datasets", []), resolve=True))
+    prepare_datasets(cfg)  # write synthetic datasets once, before worker processes start
     del cfg
-    world = args.num_gpus * args.num_machines
+    world = world_size(args)
     if world > 1:
         print(
             f"waiting up to {args.dist_timeout:g} s for {world} processes ({args.num_machines} machine(s) x "
@@ -122,15 +53,7 @@ def cli(argv=None):
             flush=True,
         )
     try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-            timeout=datetime.timedelta(seconds=args.dist_timeout),
-        )
+        launch_processes(args)
     except (WeightsNotLoadedError, CheckpointError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     except Exception as e:

@@ -52,6 +52,7 @@ __all__ = [
     "is_authors_segmentor",
     "load_authors_segmentor",
     "prepare_test_checkpoint",
+    "convert_segmentor_file",
 ]
 
 #: the decode head's mmcv 1.x layer names -> mmdet 3.x names
@@ -220,3 +221,22 @@ def prepare_test_checkpoint(
     path = os.path.join(folder, os.path.basename(checkpoint).rsplit(".", 1)[0] + "_converted.pth")
     save_checkpoint({"state_dict": {k: v.contiguous() for k, v in out.items()}}, path)
     return path
+
+
+def convert_segmentor_file(
+    checkpoint: str, config: str, key: Optional[str] = None, allow_pickle: bool = False
+) -> tuple[dict[str, Tensor], LoadReport]:
+    """A whole EVA-01 segmentor checkpoint (backbone and adapter through the core converter, head through
+    :func:`head_key`) for the MMSegmentation config file ``config``; the model is built on the meta device (shapes
+    only). Returns the state dict to save under ``state_dict`` and the report (``tools/convert_checkpoint.py
+    --segmentor-config``)."""
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    from mmseg.registry import MODELS
+
+    sd = unwrap_state_dict(read_segmentor_checkpoint(checkpoint, allow_pickle), checkpoint, key)
+    cfg = Config.fromfile(config)
+    with DefaultScope.overwrite_default_scope("mmseg"), torch.device("meta"):
+        model = MODELS.build(cfg.model)
+    out, report = convert_authors_segmentor(sd, model, checkpoint)
+    return {k: v.contiguous() for k, v in out.items()}, report

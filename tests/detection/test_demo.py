@@ -1,23 +1,16 @@
-"""tools/demo.py: an image and a folder in, one PNG with drawn detections per image out."""
-
-import importlib.util
+"""tools/demo.py (``eva_transfer_projects.detection.demo``): an image and a folder in, one PNG with drawn
+detections per image out."""
 
 import numpy as np
 import pytest
 from detectron2.config import instantiate
 from PIL import Image
 
+from eva_transfer_projects.detection import demo
 from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
 from eva_transfer_projects.detection.engine import load_config
 
-from .conftest import REPO, TINY_COCO
-
-
-def _demo_module():
-    spec = importlib.util.spec_from_file_location("demo_tool", REPO / "tools/demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import TINY_COCO
 
 
 def test_demo_draws_pngs(tmp_path):
@@ -32,7 +25,7 @@ def test_demo_draws_pngs(tmp_path):
     single = tmp_path / "single.png"
     Image.fromarray(rng.integers(0, 255, (90, 90, 3), dtype=np.uint8)).save(single)
 
-    written = _demo_module().main(
+    written = demo.main(
         [
             "--config-file",
             TINY_COCO,
@@ -50,7 +43,7 @@ def test_demo_draws_pngs(tmp_path):
     assert sorted(p.name for p in written) == ["a.png", "b.png", "single.png"]
     assert Image.open(tmp_path / "out/a.png").size == (140, 100)
     with pytest.raises(FileNotFoundError, match="no such file"):
-        _demo_module().main(
+        demo.main(
             [
                 "--config-file",
                 TINY_COCO,
@@ -64,16 +57,19 @@ def test_demo_draws_pngs(tmp_path):
         )
 
 
-def test_demo_default_input_is_the_test_set_and_globs_work(tmp_path, synthetic_root, capsys):
+def test_demo_default_input_is_the_test_set_and_globs_work(tmp_path, synthetic_root):
     model = instantiate(load_config(TINY_COCO).model)
     EVADetectionCheckpointer(model, str(tmp_path)).save("tiny")
     opts = [f"dataloader.synthetic_root={synthetic_root}", f"train.output_dir={tmp_path / 'run'}"]
     common = ["--config-file", TINY_COCO, "--confidence-threshold", "0.0", "--max-images", "2"]
-    demo = _demo_module()
-    written = demo.main([*common, "--opts", f"train.init_checkpoint={tmp_path / 'tiny.pth'}", *opts])
-    printed = capsys.readouterr().out
-    # the tool prints the checkpointer's load report
+    lines = []
+    written = demo.main(
+        [*common, "--opts", f"train.init_checkpoint={tmp_path / 'tiny.pth'}", *opts], echo=lines.append
+    )
+    printed = "\n".join(lines)
+    # the checkpointer's load report and one line per image reach the tool's output
     assert f"checkpoint {tmp_path / 'tiny.pth'}" in printed and "loaded:" in printed
+    assert sum(" detections >= 0.0 -> " in line for line in lines) == 2
     val = sorted((synthetic_root / "coco/val").glob("*"))
     assert [p.name for p in written] == [f"{v.stem}.png" for v in val[:2]]
     assert written[0].parent == tmp_path / "run/demo"

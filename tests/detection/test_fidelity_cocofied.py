@@ -3,18 +3,17 @@ detector on it, as the authors' ``cascade_mask_rcnn_vitdet_eva_1536_lvis_annotat
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from eva_transfer_projects.detection.data.cocofied import cocofy_lvis, write_cocofied_lvis
 from eva_transfer_projects.detection.engine import load_config
 
 REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("make_cocofied_lvis", REPO / "tools/make_cocofied_lvis.py")
-tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tool)
 
 
 def _lvis():
@@ -36,12 +35,12 @@ def _lvis():
     return dict(info={"v": 1}, images=images, annotations=anns, categories=cats)
 
 
-def test_cocofied_file(tmp_path, capsys):
+def test_cocofied_file(tmp_path):
     src, dst = tmp_path / "lvis_v1_val.json", tmp_path / "out" / "lvis_v1_val_cocofied.json"
     src.write_text(json.dumps(_lvis()))
-    assert tool.main([str(src), str(dst)]) == 0
-    assert "2 of 3 annotations, 2 COCO classes" in capsys.readouterr().out
+    returned, original = write_cocofied_lvis(src, dst)
     out = json.loads(dst.read_text())
+    assert out == returned and original == _lvis()
     assert [(c["id"], c["name"], c["frequency"]) for c in out["categories"]] == [
         (1, "person", "f"),
         (11, "fire hydrant", "c"),
@@ -55,17 +54,36 @@ def test_cocofied_file(tmp_path, capsys):
         ([], []),
     ]
     assert out["info"] == {"v": 1}
+    # the command line writes the same file and says what it kept
+    again = tmp_path / "tool" / "cocofied.json"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "tools/make_cocofied_lvis.py"), str(src), str(again)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"wrote {again}: 2 of 3 annotations, 2 COCO classes, 2 images" in run.stdout
+    assert json.loads(again.read_text()) == out
 
 
-def test_cocofied_input_errors(tmp_path, capsys):
+def test_cocofied_input_errors(tmp_path):
     bad = _lvis()
     del bad["categories"][0]["synset"]
     path = tmp_path / "lvis.json"
     path.write_text(json.dumps(bad))
-    assert tool.main([str(path), str(tmp_path / "o.json")]) == 2
-    assert "lvis.json: categories [1] have no 'synset'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"lvis\.json: categories \[1\] have no 'synset'"):
+        write_cocofied_lvis(path, tmp_path / "o.json")
+    assert not (tmp_path / "o.json").exists()
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"lvis\.json: not a JSON file"):
+        write_cocofied_lvis(path, tmp_path / "o.json")
     with pytest.raises(ValueError, match="no 'images'"):
-        tool.cocofy_lvis({"annotations": [], "categories": []}, "x.json")
+        cocofy_lvis({"annotations": [], "categories": []}, "x.json")
+    no_neg = _lvis()
+    del no_neg["images"][1]["neg_category_ids"]
+    with pytest.raises(ValueError, match="image 11 has no 'neg_category_ids'"):
+        cocofy_lvis(no_neg, "x.json")
 
 
 def test_cocofied_config_is_the_authors():

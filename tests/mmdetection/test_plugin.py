@@ -12,7 +12,13 @@ from mmengine.registry import init_default_scope
 
 import eva_transfer_projects.mmdetection  # noqa: F401  (registers the plug-in, applies the stand-ins)
 from eva_transfer import SimpleFeaturePyramid, build_backbone, load_checkpoint, save_checkpoint
-from eva_transfer.checkpoint import CheckpointError, export_mmdet, read_checkpoint, resize_patch_kernel
+from eva_transfer.checkpoint import (
+    CheckpointError,
+    convert_backbone_file,
+    export_mmdet,
+    read_checkpoint,
+    resize_patch_kernel,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs/mmdetection/eva_tiny_mask_rcnn_synthetic.py"
@@ -89,10 +95,9 @@ def test_init_cfg_prefix_and_bad_entries(tmp_path):
 
 
 def test_mmdet_export_round_trip(tmp_path):
-    """Detectron2 layout -> mmdet layout (the converter tool) -> mmengine's own checkpoint loader into the mmdet
-    detector -> same features as the Detectron2-layout modules; mmdet layout -> bare EVAViT -> same weights."""
-    import importlib.util
-
+    """Detectron2 layout -> mmdet layout (the converter tool's function) -> mmengine's own checkpoint loader into
+    the mmdet detector -> same features as the Detectron2-layout modules; mmdet layout -> bare EVAViT -> same
+    weights."""
     from mmengine.runner import load_checkpoint as mmengine_load
 
     vit = build_backbone("eva_tiny_det", img_size=128).eval()
@@ -103,13 +108,15 @@ def test_mmdet_export_round_trip(tmp_path):
     d2 = tmp_path / "model_final.pth"
     save_checkpoint({"model": _detectron2_layout(vit, pyramid)}, d2)
 
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", ROOT / "tools/convert_checkpoint.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    with pytest.raises(CheckpointError, match="--output-prefix and --to mmdet exclude each other"):
+        convert_backbone_file(d2, layout="mmdet", output_prefix="backbone.net.")
+    exported_now, reports = convert_backbone_file(d2, layout="mmdet")  # what the converter tool writes
+    assert len(reports) == 1 and sorted(reports[0].unexpected) == [
+        "proposal_generator.rpn_head.conv.weight",
+        "roi_heads.box_predictor.cls_score.weight",
+    ]
     out = tmp_path / "mmdet_init.pth"
-    assert tool.main([str(d2), str(out), "--layout", "mmdet", "--output-prefix", "backbone.net."]) == 2
-    assert not out.exists()
-    assert tool.main([str(d2), str(out), "--layout", "mmdet"]) == 0
+    save_checkpoint({"state_dict": exported_now}, out)
     exported = read_checkpoint(out)["state_dict"]
 
     det = _build().eval()

@@ -1,8 +1,7 @@
-"""Shared helpers of the segmentation tests: the plug-in registered, tools loaded as modules, tiny-config overrides."""
+"""Shared helpers of the segmentation tests: the plug-in registered, tiny-config overrides."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,6 @@ import eva_transfer_projects.segmentation  # noqa: F401  (stand-ins and registra
 ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = str(ROOT / "configs/segmentation/eva_tiny_mask2former_synthetic.py")
 CONFIG_DIR = ROOT / "configs/segmentation"
-
-
-def load_tool(name: str):
-    """Imports ``tools/<name>.py`` as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"seg_tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def data_options(root) -> list[str]:

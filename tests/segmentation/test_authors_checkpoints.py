@@ -19,15 +19,17 @@ from mmengine.config import Config
 from mmseg.registry import MODELS
 
 from eva_transfer.checkpoint import CheckpointError
+from eva_transfer_projects.segmentation import evaluate_command, train_command
 from eva_transfer_projects.segmentation.authors_checkpoint import (
     convert_authors_segmentor,
+    convert_segmentor_file,
     head_key,
     is_authors_segmentor,
     load_authors_segmentor,
     prepare_test_checkpoint,
 )
 
-from .conftest import CONFIG_DIR, load_tool
+from .conftest import CONFIG_DIR
 
 REF_PATH = Path(__file__).with_name("authors_seg_reference.py")
 _spec = importlib.util.spec_from_file_location("authors_seg_reference", REF_PATH)
@@ -391,18 +393,15 @@ def test_convert_tool_and_test_seg_read_the_authors_file(loaded, tmp_path, one_t
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert prepare_test_checkpoint(converted, cfg.model, str(tmp_path)) == converted  # already ours
     # tools/convert_checkpoint.py --segmentor-config writes the same tensors
-    tool = load_tool("convert_checkpoint")
     cfg_path = tmp_path / "shrunk.py"
     cfg.dump(str(cfg_path))
-    out = tmp_path / "tool.pth"
-    assert tool.main([str(path), str(out), "--segmentor-config", str(cfg_path)]) == 0
-    written = torch.load(out, map_location="cpu", weights_only=True)["state_dict"]
+    written, _ = convert_segmentor_file(str(path), str(cfg_path))
     assert set(written) == set(model.state_dict())
     for k, v in model.state_dict().items():
         torch.testing.assert_close(written[k], v, rtol=0, atol=0)
     # tools/test_seg.py itself: the runner's load_from is the converted copy in the work dir, and it loads
     # (the runner itself is not built: a runner installs process-wide loggers that other tests' output would go to)
-    test_seg = load_tool("test_seg")
+    test_seg = evaluate_command
     monkeypatch.setattr(test_seg.Runner, "from_cfg", staticmethod(lambda cfg: cfg))
     monkeypatch.setattr(test_seg, "check_weights_loaded", lambda *args: None)  # needs a built model
     work = tmp_path / "work"
@@ -521,7 +520,7 @@ def test_train_seg_fine_tunes_from_a_released_file_of_another_dataset(loaded, tm
     cfg = shrunk_config(ade)
     cfg_path = tmp_path / "ade_shrunk.py"
     cfg.dump(str(cfg_path))
-    train = load_tool("train_seg")
+    train = train_command
     work = tmp_path / "work"
     args = train.parse_args([str(cfg_path), "--work-dir", str(work), "--cfg-options", f"load_from={path}"])
     run_cfg = train.make_config(args)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from eva_transfer_projects.segmentation.cli import ConfigOverrideError
+from eva_transfer_projects.segmentation import train_command
+from eva_transfer_projects.segmentation.config_checks import ConfigOverrideError
 
-from .conftest import TINY_CONFIG, load_tool
+from .conftest import TINY_CONFIG
 
 
 @pytest.fixture(scope="module")
 def train():
-    return load_tool("train_seg")
+    return train_command
 
 
 def _cfg(train, *options):

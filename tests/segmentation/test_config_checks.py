@@ -10,16 +10,17 @@ import sys
 
 import pytest
 
-from eva_transfer_projects.segmentation.cli import ConfigValueError, check_train_config, load_config
+from eva_transfer_projects.segmentation import train_command
+from eva_transfer_projects.segmentation.config_checks import ConfigValueError, check_train_config, load_config
 
-from .conftest import CONFIG_DIR, ROOT, TINY_CONFIG, load_tool
+from .conftest import CONFIG_DIR, ROOT, TINY_CONFIG
 
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.py"))
 
 
 @pytest.fixture(scope="module")
 def train():
-    return load_tool("train_seg")
+    return train_command
 
 
 @pytest.mark.parametrize("name", CONFIGS)

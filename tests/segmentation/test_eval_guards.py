@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from eva_transfer.checkpoint import CheckpointError
+from eva_transfer_projects.segmentation import evaluate_command
 
-from .conftest import TINY_CONFIG, data_options, load_tool
+from .conftest import TINY_CONFIG, data_options
 
 
 @pytest.fixture(scope="module")
 def test_seg():
-    return load_tool("test_seg")
+    return evaluate_command
 
 
 def _args(test_seg, checkpoint, tmp_path, *extra):
@@ -26,7 +27,7 @@ def _args(test_seg, checkpoint, tmp_path, *extra):
 def full_state(tmp_path_factory):
     """The tiny segmentor's complete state dict (what tools/train_seg.py writes under 'state_dict')."""
     tmp = tmp_path_factory.mktemp("full")
-    test_seg = load_tool("test_seg")
+    test_seg = evaluate_command
     placeholder = tmp / "placeholder.pth"
     torch.save({"state_dict": {}}, placeholder)
     runner = test_seg.build_runner(_args(test_seg, placeholder, tmp, "--allow-missing-weights"))

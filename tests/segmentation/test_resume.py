@@ -8,10 +8,11 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import Runner
 
+from eva_transfer_projects.segmentation import train_command
 from eva_transfer_projects.segmentation.checkpoint_io import load_local_checkpoint
 from eva_transfer_projects.segmentation.synthetic import write_synthetic_ade
 
-from .conftest import TINY_CONFIG, data_options, load_tool
+from .conftest import TINY_CONFIG, data_options
 
 pytestmark = pytest.mark.slow  # trains for a minute or more (still in the full run)
 
@@ -58,7 +59,7 @@ def _options(root, max_iters):
 def test_resume_continues_from_last_checkpoint(tmp_path, one_thread):
     root = write_synthetic_ade(tmp_path / "data", num_train=4, num_val=1, size=32)
     work = tmp_path / "work"
-    train = load_tool("train_seg")
+    train = train_command
     RecordStartHook.started.clear()
     common = [TINY_CONFIG, "--work-dir", str(work)]
     cfg = train.make_config(train.parse_args([*common, "--cfg-options", *_options(root, 24)]))

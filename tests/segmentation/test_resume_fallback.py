@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from eva_transfer.checkpoint import CheckpointError
+from eva_transfer_projects.segmentation import train_command
 from eva_transfer_projects.segmentation.checkpoint_io import latest_intact_checkpoint
 
-from .conftest import TINY_CONFIG, load_tool
+from .conftest import TINY_CONFIG
 
 
 def _write(path, it):
@@ -27,7 +28,7 @@ def test_resume_falls_back_to_the_previous_intact_checkpoint(tmp_path, caplog):
         assert latest_intact_checkpoint(str(tmp_path)) == str(tmp_path / "iter_20.pth")
     assert any("iter_30.pth" in r.getMessage() and "previous" in r.getMessage() for r in caplog.records)
     # the command line resumes from it
-    train = load_tool("train_seg")
+    train = train_command
     cfg = train.make_config(train.parse_args([TINY_CONFIG, "--work-dir", str(tmp_path), "--resume"]))
     assert cfg.resume and cfg.load_from == str(tmp_path / "iter_20.pth")
 

@@ -10,9 +10,10 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import Runner
 
+from eva_transfer_projects.segmentation import train_command
 from eva_transfer_projects.segmentation.synthetic import write_synthetic_ade
 
-from .conftest import CONFIG_DIR, TINY_CONFIG, data_options, load_tool
+from .conftest import CONFIG_DIR, TINY_CONFIG, data_options
 
 
 @HOOKS.register_module(force=True)
@@ -26,7 +27,7 @@ class RecordLrHook(Hook):
 
 
 def test_published_configs_keep_absolute_values_and_short_runs_scale(caplog):
-    train = load_tool("train_seg")
+    train = train_command
     cfg = train.make_config(train.parse_args([str(CONFIG_DIR / "eva_g_mask2former_ade20k_896.py")]))
     # the authors' ADE20K schedule: warm-up 500, poly counted from 0 to the end of the run (mmengine's end is
     # exclusive of the last value, hence 501 and 20001)
@@ -79,7 +80,7 @@ def _run(train, root, work, max_iters, resume=False):
 
 def test_resume_with_longer_max_iters_extends_the_schedule(tmp_path, one_thread):
     root = write_synthetic_ade(tmp_path / "data", num_train=2, num_val=1, size=32)
-    train = load_tool("train_seg")
+    train = train_command
     planned = _run(train, root, tmp_path / "planned", 8)  # the reference: planned 8 iterations from the start
     first = _run(train, root, tmp_path / "resumed", 4)
     assert first[3] == 0.0  # the poly decay has reached its end (eta_min 0) in the last planned iteration

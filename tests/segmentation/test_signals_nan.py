@@ -12,9 +12,10 @@ import threading
 import pytest
 import torch
 
+from eva_transfer_projects.segmentation import train_command
 from eva_transfer_projects.segmentation.synthetic import write_synthetic_ade
 
-from .conftest import ROOT, TINY_CONFIG, data_options, load_tool
+from .conftest import ROOT, TINY_CONFIG, data_options
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_signal_finishes_the_iteration_saves_and_exits(data, tmp_path, signum):
 
 
 def test_nan_loss_names_the_iteration(data, tmp_path, one_thread):
-    train = load_tool("train_seg")
+    train = train_command
     from mmengine.runner import Runner
 
     cfg = train.make_config(
@@ -92,7 +93,7 @@ def test_nan_loss_names_the_iteration(data, tmp_path, one_thread):
 
 def test_divergence_reaching_the_matcher_names_the_iteration(data, tmp_path, one_thread):
     # an absurd lr: the weights blow up and the NaN appears in the predictions (the Hungarian matcher) or the loss
-    train = load_tool("train_seg")
+    train = train_command
     argv = [TINY_CONFIG, "--work-dir", str(tmp_path / "w"),
             *_options(data, "train_cfg.max_iters=20", "optim_wrapper.optimizer.lr=1e30",
                       "optim_wrapper.clip_grad=None", "param_scheduler=[]")]  # fmt: skip

@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from eva_transfer_projects.segmentation import evaluate_command, train_command
 from eva_transfer_projects.segmentation.synthetic import write_synthetic_ade
 
-from .conftest import TINY_CONFIG, data_options, load_tool
+from .conftest import TINY_CONFIG, data_options
 
 
 def test_out_saves_predictions_and_show_is_configured(tmp_path, one_thread):
     root = write_synthetic_ade(tmp_path / "data", num_train=2, num_val=3, size=32)
     work = tmp_path / "work"
-    train = load_tool("train_seg")
+    train = train_command
     opts = [
         *data_options(root),
         "train_cfg.max_iters=2",
@@ -22,7 +23,7 @@ def test_out_saves_predictions_and_show_is_configured(tmp_path, one_thread):
     ]
     runner = train.main([TINY_CONFIG, "--output-dir", str(work), "--num-threads", "1", "--opts", *opts])
     checkpoint = work / f"iter_{runner.iter}.pth"
-    test = load_tool("test_seg")
+    test = evaluate_command
     out = tmp_path / "preds"
     metrics = test.main(
         [

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from eva_transfer_projects.segmentation import evaluate_command, infer_command, train_command
 from eva_transfer_projects.segmentation.synthetic import SYNTHETIC_PALETTE, write_synthetic_ade
 
-from .conftest import TINY_CONFIG, data_options, load_tool
+from .conftest import TINY_CONFIG, data_options
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +31,7 @@ def trained(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("synthetic_ade")
     write_synthetic_ade(root, num_train=64, num_val=16, size=64, seed=0)
     work_dir = tmp_path_factory.mktemp("work")
-    train = load_tool("train_seg")
+    train = train_command
     wall, cpu = time.perf_counter(), _cpu_seconds()
     runner = train.main([TINY_CONFIG, "--work-dir", str(work_dir), "--cfg-options", *data_options(root)])
     wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
@@ -41,7 +42,7 @@ def trained(tmp_path_factory, one_thread):
 
 
 def test_tiny_config_reaches_miou_on_held_out_images(trained):
-    test = load_tool("test_seg")
+    test = evaluate_command
     metrics = test.main(
         [
             TINY_CONFIG,
@@ -57,7 +58,7 @@ def test_tiny_config_reaches_miou_on_held_out_images(trained):
 
 
 def test_infer_writes_colour_coded_prediction(trained, tmp_path):
-    infer = load_tool("infer_seg")
+    infer = infer_command
     stem = "synthetic_validation_00003"
     image = trained["root"] / "images/validation" / f"{stem}.jpg"
     out = tmp_path / "pred.png"
@@ -85,7 +86,7 @@ def test_infer_writes_colour_coded_prediction(trained, tmp_path):
 
 
 def test_tta_and_show_dir(trained, tmp_path):
-    test = load_tool("test_seg")
+    test = evaluate_command
     show = tmp_path / "show"
     metrics = test.main(
         [
