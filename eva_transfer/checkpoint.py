@@ -607,69 +607,85 @@ def convert_state_dict(
     vit = find_backbone(model)
     sd, report = extract_backbone(state_dict, source, prefix)
     target = vit.state_dict()
-
-    ckpt_blocks = {int(m.group(1)) for k in sd if (m := re.match(r"^blocks\.(\d+)\.", k))}
-    if ckpt_blocks and (max(ckpt_blocks) + 1 != vit.depth or len(ckpt_blocks) != vit.depth):
-        raise CheckpointError(
-            f"{source}: the checkpoint has {len(ckpt_blocks)} blocks (blocks.{min(ckpt_blocks)}.."
-            f"blocks.{max(ckpt_blocks)}), the model expects depth {vit.depth} "
-            f"(first differing key: blocks.{vit.depth if max(ckpt_blocks) >= vit.depth else max(ckpt_blocks) + 1}.*)"
-        )
-
+    _check_depth(sd, vit.depth, source)
     out: dict[str, Tensor] = {}
     for k, v in sd.items():
         if k not in target:
-            if re.search(r"attn\.relative_position_index$", k):
-                report.dropped[k] = "index buffer of the bias table, recomputed from the grid"
-                continue
-            if re.match(r"^blocks\.\d+\.(gamma_[12]|attn\.relative_position_bias_table)$", k):
-                what = "a layer scale" if "gamma" in k else "a relative-position bias table"
-                option = "layer_scale_init" if "gamma" in k else "use_rel_pos_bias=True"
-                raise CheckpointError(
-                    f"{source}: key {k!r} is {what}, which this backbone was built without "
-                    f"(build it with {option})"
-                )
-            if _TRAINING_ONLY.match(k):
-                report.dropped[k] = "pre-training/classification only; the model has no such parameter"
-            else:
-                report.unexpected.append(k)
+            _sort_foreign_key(k, report, source)
             continue
         check_tensor(v, target[k], source, k, check_finite)
-        want = tuple(target[k].shape)
-        have = tuple(v.shape)
-        if have == want:
-            out[k] = v
-            report.loaded.append(k)
-            continue
-        try:
-            if k == "patch_embed.proj.weight" and have[:2] == want[:2]:
-                out[k] = resize_patch_kernel(v, want[-2:], patch_resize)
-                report.resized[k] = (have, want, f"patch kernel, {patch_resize}")
-            elif k == "pos_embed" and v.dim() == 3 and have[2] == want[2]:
-                out[k] = resize_pos_embed(v, vit.pos_grid, vit.pos_cls_slot)
-                report.resized[k] = (have, want, "position grid, bicubic")
-            elif re.search(r"attn\.rel_pos_[hw]$", k) and v.dim() == 2 and have[1] == want[1]:
-                out[k] = resize_rel_pos(v, want[0], rel_pos_resize)
-                report.resized[k] = (have, want, f"relative position, {rel_pos_resize}")
-            elif k.endswith("attn.relative_position_bias_table") and v.dim() == 2 and have[1] == want[1]:
-                g = (int(round(math.sqrt(have[0] - 3))) + 1) // 2
-                if (2 * g - 1) ** 2 + 3 != have[0]:
-                    raise ValueError("not a square grid's table with 3 CLS rows")
-                dst = vit.blocks[int(k.split(".")[1])].attn.rel_pos_bias_grid
-                out[k] = resize_rel_pos_bias_table(v, (g, g), dst)
-                report.resized[k] = (have, want, "relative-position bias table, bicubic")
-            else:
-                raise ValueError("no conversion between these shapes")
-        except ValueError as e:
-            raise CheckpointError(
-                f"{source}: key {k!r} has shape {list(have)}, the model expects {list(want)} ({e}); "
-                f"is this checkpoint for another backbone width or layout?"
-            ) from e
+        have, want = tuple(v.shape), tuple(target[k].shape)
+        out[k] = v if have == want else _resize_entry(k, v, want, vit, report, patch_resize, rel_pos_resize)
         report.loaded.append(k)
     report.missing = [k for k in target if k not in out]
     if not out:
         raise CheckpointError(f"{source}: no key matches the backbone (first keys: {list(state_dict)[:5]})")
     return out, report
+
+
+def _check_depth(sd: Mapping[str, Tensor], depth: int, source: str) -> None:
+    """A checkpoint with blocks must have exactly ``depth`` of them, numbered from 0."""
+    ckpt_blocks = {int(m.group(1)) for k in sd if (m := re.match(r"^blocks\.(\d+)\.", k))}
+    if ckpt_blocks and (max(ckpt_blocks) + 1 != depth or len(ckpt_blocks) != depth):
+        raise CheckpointError(
+            f"{source}: the checkpoint has {len(ckpt_blocks)} blocks (blocks.{min(ckpt_blocks)}.."
+            f"blocks.{max(ckpt_blocks)}), the model expects depth {depth} "
+            f"(first differing key: blocks.{depth if max(ckpt_blocks) >= depth else max(ckpt_blocks) + 1}.*)"
+        )
+
+
+def _sort_foreign_key(k: str, report: LoadReport, source: str) -> None:
+    """A key the model does not have: dropped (a recomputed index, a training-only entry), unexpected, or an
+    error when it is a layer scale / bias table of a backbone built without them."""
+    if re.search(r"attn\.relative_position_index$", k):
+        report.dropped[k] = "index buffer of the bias table, recomputed from the grid"
+        return
+    if re.match(r"^blocks\.\d+\.(gamma_[12]|attn\.relative_position_bias_table)$", k):
+        what = "a layer scale" if "gamma" in k else "a relative-position bias table"
+        option = "layer_scale_init" if "gamma" in k else "use_rel_pos_bias=True"
+        raise CheckpointError(
+            f"{source}: key {k!r} is {what}, which this backbone was built without (build it with {option})"
+        )
+    if _TRAINING_ONLY.match(k):
+        report.dropped[k] = "pre-training/classification only; the model has no such parameter"
+    else:
+        report.unexpected.append(k)
+
+
+def _resize_entry(
+    k: str,
+    v: Tensor,
+    want: tuple,
+    vit: EVAViT,
+    report: LoadReport,
+    patch_resize: str,
+    rel_pos_resize: str,
+) -> Tensor:
+    """Entry ``k`` resized to the model's shape ``want`` (patch kernel, position grid, relative-position tables);
+    a CheckpointError naming the key for shapes with no conversion."""
+    have = tuple(v.shape)
+    try:
+        if k == "patch_embed.proj.weight" and have[:2] == want[:2]:
+            resized, how = resize_patch_kernel(v, want[-2:], patch_resize), f"patch kernel, {patch_resize}"
+        elif k == "pos_embed" and v.dim() == 3 and have[2] == want[2]:
+            resized, how = resize_pos_embed(v, vit.pos_grid, vit.pos_cls_slot), "position grid, bicubic"
+        elif re.search(r"attn\.rel_pos_[hw]$", k) and v.dim() == 2 and have[1] == want[1]:
+            resized, how = resize_rel_pos(v, want[0], rel_pos_resize), f"relative position, {rel_pos_resize}"
+        elif k.endswith("attn.relative_position_bias_table") and v.dim() == 2 and have[1] == want[1]:
+            g = (int(round(math.sqrt(have[0] - 3))) + 1) // 2
+            if (2 * g - 1) ** 2 + 3 != have[0]:
+                raise ValueError("not a square grid's table with 3 CLS rows")
+            dst = vit.blocks[int(k.split(".")[1])].attn.rel_pos_bias_grid
+            resized, how = resize_rel_pos_bias_table(v, (g, g), dst), "relative-position bias table, bicubic"
+        else:
+            raise ValueError("no conversion between these shapes")
+    except ValueError as e:
+        raise CheckpointError(
+            f"{report.source}: key {k!r} has shape {list(have)}, the model expects {list(want)} ({e}); "
+            f"is this checkpoint for another backbone width or layout?"
+        ) from e
+    report.resized[k] = (have, want, how)
+    return resized
 
 
 def _load_lm_head(model: nn.Module, sd: Mapping[str, Tensor], report: LoadReport, source: str) -> None:
@@ -836,17 +852,51 @@ def export_state_dict(
     if layout not in EXPORT_LAYOUTS:
         raise ValueError(f"unknown export layout {layout!r} (expected one of {sorted(EXPORT_LAYOUTS)})")
     prefix = EXPORT_LAYOUTS[layout] if prefix is None else prefix
-    vit = None
+    vit, sd, report = _export_source(source, allow_pickle)
+    out, refuse = _export_entries(sd, layout, report)
+    if (
+        vit is not None
+        and layout == "timm"
+        and vit.window_size > 0
+        and len(vit.global_block_indexes) < vit.depth
+    ):
+        refuse["(windowed attention)"] = "timm's Eva attends globally in every block"
+    if layout == "timm":
+        _fit_timm_eva(out, "cls_token" in sd, report)
+    if refuse:
+        if strict:
+            raise CheckpointError(
+                f"{report.source}: the {layout} layout cannot represent "
+                + "; ".join(f"{k} ({why})" for k, why in refuse.items())
+                + ". Pass strict=False (command line: --lossy) to drop them; the outputs will then differ."
+            )
+        report.dropped.update({k: f"{why} (lossy export)" for k, why in refuse.items()})
+    report.prefix = prefix
+    report.loaded = list(out)
+    return {prefix + k: v for k, v in out.items()}, report
+
+
+def _export_source(
+    source: Union[nn.Module, PathOrState], allow_pickle: bool
+) -> tuple[Optional[EVAViT], dict[str, Tensor], LoadReport]:
+    """The backbone's weights in this toolkit's layout: from a model (with its :class:`EVAViT`) or a checkpoint
+    (path or state dict; no model then)."""
     if isinstance(source, nn.Module):
         vit = find_backbone(source)
-        sd, report = dict(vit.state_dict()), LoadReport(source=type(source).__name__)
+        return vit, dict(vit.state_dict()), LoadReport(source=type(source).__name__)
+    if isinstance(source, Mapping):
+        name, obj = "<state dict>", source
     else:
-        if isinstance(source, Mapping):
-            name, obj = "<state dict>", source
-        else:
-            name, obj = str(source), read_checkpoint(source, allow_pickle=allow_pickle)
-        sd, report = extract_backbone(unwrap_state_dict(obj, name), name)
-    has_cls = "cls_token" in sd
+        name, obj = str(source), read_checkpoint(source, allow_pickle=allow_pickle)
+    sd, report = extract_backbone(unwrap_state_dict(obj, name), name)
+    return None, sd, report
+
+
+def _export_entries(
+    sd: dict[str, Tensor], layout: str, report: LoadReport
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The entries renamed for ``layout`` (Detectron2: one ``qkv.bias`` with a zero key part), and those the
+    layout cannot represent, each with the reason."""
     refuse: dict[str, str] = {}
     out: dict[str, Tensor] = {}
     for k, v in sd.items():
@@ -870,41 +920,21 @@ def export_state_dict(
                 report.renamed[m.group(1) + "{q,v}_bias"] = m.group(1) + "qkv.bias (zero key part)"
             continue
         out[k] = v  # timm's Eva: the same names (its zero key bias is a non-persistent buffer)
-    if (
-        vit is not None
-        and layout == "timm"
-        and vit.window_size > 0
-        and len(vit.global_block_indexes) < vit.depth
-    ):
-        refuse["(windowed attention)"] = "timm's Eva attends globally in every block"
-    if layout == "timm":
-        pos = out.get("pos_embed")
-        if pos is not None and _has_cls_slot(pos.shape[1]) != has_cls:
-            g = int(round(math.sqrt(pos.shape[1] - int(_has_cls_slot(pos.shape[1])))))
-            out["pos_embed"] = resize_pos_embed(pos, (g, g), cls_slot=has_cls)
-            report.renamed["pos_embed"] = "pos_embed (CLS slot " + (
-                "added, zeros)" if has_cls else "dropped)"
-            )
-        if (
-            "norm.weight" not in out
-        ):  # no final norm: timm's Eva with use_fc_norm=True (norm only in its head)
-            ref = out["patch_embed.proj.weight"]
-            out["fc_norm.weight"], out["fc_norm.bias"] = (
-                ref.new_ones(ref.shape[0]),
-                ref.new_zeros(ref.shape[0]),
-            )
-            report.renamed["fc_norm.{weight,bias}"] = "unit head norm (the backbone has no final norm)"
-    if refuse:
-        if strict:
-            raise CheckpointError(
-                f"{report.source}: the {layout} layout cannot represent "
-                + "; ".join(f"{k} ({why})" for k, why in refuse.items())
-                + ". Pass strict=False (command line: --lossy) to drop them; the outputs will then differ."
-            )
-        report.dropped.update({k: f"{why} (lossy export)" for k, why in refuse.items()})
-    report.prefix = prefix
-    report.loaded = list(out)
-    return {prefix + k: v for k, v in out.items()}, report
+    return out, refuse
+
+
+def _fit_timm_eva(out: dict[str, Tensor], has_cls: bool, report: LoadReport) -> None:
+    """timm's ``Eva``: a position table with a CLS slot exactly when there is a CLS token; a backbone without a
+    final norm gets a unit ``fc_norm`` (``Eva(use_fc_norm=True)``, the norm only in its head)."""
+    pos = out.get("pos_embed")
+    if pos is not None and _has_cls_slot(pos.shape[1]) != has_cls:
+        g = int(round(math.sqrt(pos.shape[1] - int(_has_cls_slot(pos.shape[1])))))
+        out["pos_embed"] = resize_pos_embed(pos, (g, g), cls_slot=has_cls)
+        report.renamed["pos_embed"] = "pos_embed (CLS slot " + ("added, zeros)" if has_cls else "dropped)")
+    if "norm.weight" not in out:
+        ref = out["patch_embed.proj.weight"]
+        out["fc_norm.weight"], out["fc_norm.bias"] = ref.new_ones(ref.shape[0]), ref.new_zeros(ref.shape[0])
+        report.renamed["fc_norm.{weight,bias}"] = "unit head norm (the backbone has no final norm)"
 
 
 def _mlp_ratio(vit: EVAViT) -> float:

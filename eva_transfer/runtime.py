@@ -8,13 +8,19 @@ recipe ran 8-15x slower on 2 cores that way. :func:`configure_cpu_threads` picks
 
 The user's choice wins, in this order: an explicit ``threads`` argument (the tools' ``--num-threads``), then the
 ``EVA_NUM_THREADS`` or ``OMP_NUM_THREADS`` environment variable.
+
+Also the pieces every training loop shares: :class:`StopSignals` (SIGINT / SIGTERM finish the step, save, stop)
+and :func:`join_process_group` (a bounded distributed start-up whose error says who is missing).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Optional
+import re
+import signal
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -164,3 +170,149 @@ def add_run_arguments(parser, *, output: bool = True, overrides: bool = True) ->
         help="intra-op CPU threads per process (default: EVA_NUM_THREADS / OMP_NUM_THREADS, else the cores "
         "shared among processes and data-loader workers)",
     )
+
+
+# ------------------------------------------------------------------------ stopping on a signal, distributed start-up
+# One definition of each for the three training loops: pre-training (eva_transfer.pretrain.trainer), the Detectron2
+# hook (eva_transfer_projects.detection.interrupt) and the mmengine loop (eva_transfer_projects.segmentation.training).
+
+__all__ += [
+    "StopSignals",
+    "DistributedStartupError",
+    "RendezvousFailure",
+    "rendezvous_failure",
+    "join_process_group",
+]
+
+
+class StopSignals:
+    """SIGINT / SIGTERM set :attr:`set`, so that a training loop finishes its step, saves and returns; a second
+    signal raises ``KeyboardInterrupt`` at once.
+
+    A context manager (or :meth:`install` / :meth:`restore`, for frameworks with before/after hooks): the previous
+    handlers come back on exit. Outside the main thread Python allows no handlers, and none are installed.
+    ``unit`` names what finishes in the warning ("step", "iteration"); ``warn`` receives that warning (default:
+    this module's logger).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, unit: str = "step", warn: Optional[Callable[[str], None]] = None):
+        self.set = False
+        self.unit = unit
+        self._warn = warn if warn is not None else logger.warning
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.set:  # a second signal: give up immediately
+            raise KeyboardInterrupt
+        self._warn(f"signal {signum}: finishing this {self.unit}, writing a checkpoint, then stopping")
+        self.set = True
+
+    def install(self) -> StopSignals:
+        try:
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handler)
+        except ValueError:  # not the main thread: no handlers
+            pass
+        return self
+
+    def restore(self) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous = {}
+
+    def __enter__(self) -> StopSignals:
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    def requested(self, device: Any = None) -> bool:
+        """The flag, reduced over the processes of an initialised process group (any process signalled: all
+        stop after the same step); a collective there, so every process calls it at the same point. ``device``
+        holds the reduced value (default: the current CUDA device for ``nccl``, else the CPU)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self.set
+        if device is None:
+            device = torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu"
+        flag = torch.tensor([float(self.set)], device=device)
+        dist.all_reduce(flag)
+        return flag.item() > 0
+
+
+class DistributedStartupError(RuntimeError):
+    """Not every process of a distributed run started; the message says who is missing."""
+
+
+@dataclass(frozen=True)
+class RendezvousFailure:
+    """What a failed rendezvous says about the processes: ``kind`` is ``"partial"`` (only ``joined`` of
+    ``expected`` processes arrived: the server side), ``"unreachable"`` (this process could not connect to the
+    server) or ``"timeout"`` (a time-out that says neither)."""
+
+    kind: str
+    joined: Optional[int] = None
+    expected: Optional[int] = None
+
+
+def rendezvous_failure(error: BaseException) -> Optional[RendezvousFailure]:
+    """Reads torch's rendezvous error text (``"... 2/6 clients joined"``, ``"... trying to connect ..."``,
+    ``"Timed out ..."``); None when ``error`` is something else."""
+    text = str(error)
+    joined = re.search(r"(\d+)/(\d+) clients joined", text)
+    if joined:
+        return RendezvousFailure("partial", int(joined.group(1)), int(joined.group(2)))
+    lower = text.lower()
+    if "connect" in lower:  # "trying to connect", "Connection refused"
+        return RendezvousFailure("unreachable")
+    if "timed out" in lower:
+        return RendezvousFailure("timeout")
+    return None
+
+
+def join_process_group(
+    backend: str,
+    rank: int,
+    world: int,
+    timeout_s: float,
+    *,
+    missing_hint: str = "",
+    unreachable_hint: str = "",
+    error: type[Exception] = DistributedStartupError,
+) -> None:
+    """``torch.distributed.init_process_group`` from torchrun's variables (``MASTER_ADDR`` / ``MASTER_PORT``
+    set), waiting at most ``timeout_s`` seconds. A rendezvous that fails raises ``error`` saying who is missing:
+    "only k of n processes (WORLD_SIZE=...) joined within ... s at host:port; ... are missing" followed by
+    ``missing_hint``, or "rank r could not reach rank 0 at host:port within ... s" followed by
+    ``unreachable_hint``."""
+    import datetime
+
+    import torch.distributed as dist
+
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    logger.info("rank %d: waiting up to %g s for %d processes at %s", rank, timeout_s, world, where)
+    try:
+        dist.init_process_group(
+            backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    except Exception as e:
+        failure = rendezvous_failure(e)
+        if failure is None:
+            raise
+        if failure.kind == "partial":
+            k, n = failure.joined, failure.expected
+            raise error(
+                f"distributed start-up: only {k} of {n} processes (WORLD_SIZE={world}) joined within {timeout_s:g} s "
+                f"at {where}; {n - k} of ranks 1..{n - 1} are missing{missing_hint}"
+            ) from e
+        raise error(
+            f"distributed start-up: rank {rank} could not reach rank 0 at {where} within {timeout_s:g} s"
+            f"{unreachable_hint}"
+        ) from e

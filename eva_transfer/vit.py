@@ -442,6 +442,28 @@ class PatchEmbed(nn.Module):
         return self.proj(x)
 
 
+def _check_attention_options(
+    depth: int,
+    global_block_indexes: tuple[int, ...],
+    window_size: int,
+    use_cls_token: bool,
+    use_rel_pos: bool,
+    use_rel_pos_bias: bool,
+) -> None:
+    """Combinations of :class:`EVAViT` attention options that cannot work: a global block index outside the
+    depth, a CLS token or a bias table with windowed attention, decomposed relative position with a CLS token."""
+    if any(i < 0 or i >= depth for i in global_block_indexes):
+        raise ValueError(f"global_block_indexes {global_block_indexes} out of range for depth {depth}")
+    if use_cls_token and window_size > 0:
+        raise ValueError("a CLS token needs global attention in every block (window_size=0)")
+    if use_rel_pos_bias and window_size > 0:
+        raise ValueError(
+            "a relative-position bias table needs global attention in every block (window_size=0)"
+        )
+    if use_cls_token and use_rel_pos:
+        raise ValueError("decomposed relative position is defined for patch tokens only (no CLS token)")
+
+
 def _check_arguments(**args) -> None:
     """A ValueError naming the argument for sizes that no transformer has."""
     positive = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads")
@@ -547,16 +569,9 @@ class EVAViT(nn.Module):
             drop_path_rate=drop_path_rate,
         )
         global_block_indexes = tuple(sorted(set(global_block_indexes)))
-        if any(i < 0 or i >= depth for i in global_block_indexes):
-            raise ValueError(f"global_block_indexes {global_block_indexes} out of range for depth {depth}")
-        if use_cls_token and window_size > 0:
-            raise ValueError("a CLS token needs global attention in every block (window_size=0)")
-        if use_rel_pos_bias and window_size > 0:
-            raise ValueError(
-                "a relative-position bias table needs global attention in every block (window_size=0)"
-            )
-        if use_cls_token and use_rel_pos:
-            raise ValueError("decomposed relative position is defined for patch tokens only (no CLS token)")
+        _check_attention_options(
+            depth, global_block_indexes, window_size, use_cls_token, use_rel_pos, use_rel_pos_bias
+        )
         self.img_size = img_size
         self.patch_size = patch_size
         self.embed_dim = embed_dim
@@ -573,15 +588,14 @@ class EVAViT(nn.Module):
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_cls_token else None
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_mask_token else None
+        self.pos_grid = None
+        self.pos_embed = None
         if use_abs_pos:
             if pos_grid is None:
                 pos_grid = (img_size[0] // patch_size, img_size[1] // patch_size)
             self.pos_grid = (pos_grid, pos_grid) if isinstance(pos_grid, int) else tuple(pos_grid)
             num = self.pos_grid[0] * self.pos_grid[1] + int(pos_cls_slot)
             self.pos_embed = nn.Parameter(torch.zeros(1, num, embed_dim))
-        else:
-            self.pos_grid = None
-            self.pos_embed = None
 
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, 0 to the rate
         feat_grid = (img_size[0] // patch_size, img_size[1] // patch_size)

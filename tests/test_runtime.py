@@ -99,3 +99,75 @@ def test_segmentation_worker_init_sets_threads_and_seeds():
         assert np.random.rand() == a
     finally:
         torch.set_num_threads(before)
+
+
+# --- the stop-on-signal flag and the distributed start-up shared by the three training loops ----------------------
+
+
+def test_stop_signals_set_the_flag_then_a_second_signal_interrupts():
+    import os
+    import signal
+
+    from eva_transfer.runtime import StopSignals
+
+    before = signal.getsignal(signal.SIGTERM)
+    warnings = []
+    with StopSignals("iteration", warn=warnings.append) as stop:
+        assert not stop.set and not stop.requested()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.set and stop.requested()  # one process: the flag itself
+        assert warnings == [
+            f"signal {int(signal.SIGTERM)}: finishing this iteration, writing a checkpoint, then stopping"
+        ]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
+
+
+def test_rendezvous_failure_reads_torch_messages():
+    from eva_transfer.runtime import RendezvousFailure, rendezvous_failure
+
+    server = RuntimeError(
+        "DistStoreError: Timed out after 9 seconds waiting for clients. 2/6 clients joined."
+    )
+    client = RuntimeError(
+        "DistNetworkError: The client socket has timed out after 8000ms while trying to connect"
+    )
+    assert rendezvous_failure(server) == RendezvousFailure("partial", 2, 6)
+    assert rendezvous_failure(client) == RendezvousFailure("unreachable")
+    assert rendezvous_failure(RuntimeError("Socket Timed out")) == RendezvousFailure("timeout")
+    assert rendezvous_failure(ValueError("something else")) is None
+
+
+def test_join_process_group_names_who_is_missing(monkeypatch):
+    import torch.distributed as dist
+
+    from eva_transfer.runtime import DistributedStartupError, join_process_group
+
+    monkeypatch.setenv("MASTER_ADDR", "node0")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    seen = {}
+
+    def fail(backend, **kwargs):
+        seen.update(kwargs, backend=backend)
+        raise RuntimeError(
+            seen.get("text", "Timed out after 5 seconds waiting for clients. 1/3 clients joined.")
+        )
+
+    monkeypatch.setattr(dist, "init_process_group", fail)
+    with pytest.raises(DistributedStartupError) as err:
+        join_process_group("gloo", 0, 3, 5, missing_hint=" (hint)")
+    assert str(err.value) == (
+        "distributed start-up: only 1 of 3 processes (WORLD_SIZE=3) joined within 5 s at node0:29500; "
+        "2 of ranks 1..2 are missing (hint)"
+    )
+    assert seen["rank"] == 0 and seen["world_size"] == 3 and seen["timeout"].total_seconds() == 5
+
+    seen["text"] = "connection refused"
+    with pytest.raises(
+        KeyError, match=r"rank 2 could not reach rank 0 at node0:29500 within 2.5 s; start it"
+    ):
+        join_process_group("gloo", 2, 3, 2.5, unreachable_hint="; start it", error=KeyError)
+    seen["text"] = "an unrelated failure"
+    with pytest.raises(RuntimeError, match="an unrelated failure"):
+        join_process_group("gloo", 1, 3, 2.5)

@@ -11,10 +11,11 @@ is built: each failure is a :class:`ConfigValueError` naming the key (or argumen
 from __future__ import annotations
 
 import numbers
-import re
 from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig, OmegaConf
+
+from eva_transfer.runtime import rendezvous_failure
 
 __all__ = [
     "ConfigValueError",
@@ -160,11 +161,12 @@ def check_launch_args(args) -> None:
 
 def explain_startup_failure(error: BaseException, args, timeout_s: float) -> Optional[str]:
     """A message saying who is missing when ``error`` is torch's rendezvous time-out, else None."""
-    text = str(error)
     world = args.num_machines * args.num_gpus
-    joined = re.search(r"(\d+)/(\d+) clients joined", text)
-    if joined:
-        k, n = int(joined.group(1)), int(joined.group(2))
+    failure = rendezvous_failure(error)
+    if failure is None:
+        return None
+    if failure.kind == "partial":
+        k, n = failure.joined, failure.expected
         missing = n - k
         return (
             f"distributed start-up: only {k} of {n} processes joined within {timeout_s:g} s at {args.dist_url}; "
@@ -172,15 +174,13 @@ def explain_startup_failure(error: BaseException, args, timeout_s: float) -> Opt
             f" with --num-gpus {args.num_gpus} each). Start tools/train_net.py on every machine with the same "
             f"--num-machines {args.num_machines} --dist-url {args.dist_url} and its own --machine-rank"
         )
-    if "trying to connect" in text or "Connection refused" in text:
+    if failure.kind == "unreachable":
         return (
             f"distributed start-up: machine {args.machine_rank} could not reach machine 0 at {args.dist_url} "
             f"within {timeout_s:g} s; start machine 0 (--machine-rank 0) and check --dist-url "
             f"({world} processes expected in all)"
         )
-    if "Timed out" in text or "timed out" in text:
-        return (
-            f"distributed start-up timed out after {timeout_s:g} s at {args.dist_url}: not all {world} processes "
-            f"({args.num_machines} machine(s) x {args.num_gpus}) started"
-        )
-    return None
+    return (
+        f"distributed start-up timed out after {timeout_s:g} s at {args.dist_url}: not all {world} processes "
+        f"({args.num_machines} machine(s) x {args.num_gpus}) started"
+    )

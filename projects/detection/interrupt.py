@@ -11,12 +11,11 @@ stops at once.
 from __future__ import annotations
 
 import logging
-import signal
-from typing import Any
 
-import torch
 from detectron2.engine import hooks
 from detectron2.utils import comm
+
+from eva_transfer.runtime import StopSignals
 
 __all__ = ["StopOnSignal", "TrainingInterrupted"]
 
@@ -38,35 +37,21 @@ class StopOnSignal(hooks.HookBase):
     def __init__(self, checkpointer, device: str = "cpu"):
         self.checkpointer = checkpointer
         self.device = device
-        self.set = False
-        self._previous: dict[int, Any] = {}
+        self.signals = StopSignals("iteration", warn=logger.warning)
 
-    def _handler(self, signum, frame):
-        if self.set:
-            raise KeyboardInterrupt
-        logger.warning("signal %d: finishing this iteration, writing a checkpoint, then stopping", signum)
-        self.set = True
+    @property
+    def set(self) -> bool:
+        """Whether this process received a signal."""
+        return self.signals.set
 
     def before_train(self):
-        try:
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._previous[s] = signal.signal(s, self._handler)
-        except ValueError:  # not the main thread
-            pass
+        self.signals.install()
 
     def after_train(self):
-        for s, h in self._previous.items():
-            signal.signal(s, h)
-        self._previous = {}
+        self.signals.restore()
 
     def _requested(self) -> bool:
-        if comm.get_world_size() == 1:
-            return self.set
-        flag = torch.tensor(
-            [float(self.set)], device=self.device if self.device.startswith("cuda") else "cpu"
-        )
-        torch.distributed.all_reduce(flag)
-        return flag.item() > 0
+        return self.signals.requested(self.device if self.device.startswith("cuda") else "cpu")
 
     def after_step(self):
         if not self._requested():

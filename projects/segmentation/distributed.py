@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 
 from mmengine.config import Config
 
@@ -22,10 +21,9 @@ def start_distributed(cfg: Config, timeout_s: float) -> None:
     """For ``--launcher pytorch``: checks that torchrun's variables are set and joins the process group with a
     bounded wait; a missing rank ends with a message saying who is missing. mmengine's runner then uses the
     group. Without CUDA the ``nccl`` backend of the configs is replaced by ``gloo``."""
-    import datetime
-
     import torch
-    import torch.distributed as dist
+
+    from eva_transfer.runtime import join_process_group
 
     missing = [v for v in TORCHRUN_VARIABLES if v not in os.environ]
     if missing:
@@ -37,7 +35,6 @@ def start_distributed(cfg: Config, timeout_s: float) -> None:
     if timeout_s <= 0:
         raise ConfigValueError(f"--dist-timeout {timeout_s}: give a number of seconds > 0")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     dist_cfg = cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})
     backend = dist_cfg.get("backend", "nccl")
     if torch.cuda.is_available():
@@ -45,28 +42,12 @@ def start_distributed(cfg: Config, timeout_s: float) -> None:
     elif backend == "nccl":
         backend = "gloo"
     dist_cfg["timeout"] = timeout_s
-    logger.info("rank %d: waiting up to %g s for %d processes at %s", rank, timeout_s, world, where)
-    try:
-        dist.init_process_group(
-            backend,
-            init_method="env://",
-            rank=rank,
-            world_size=world,
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
-    except Exception as e:
-        text = str(e)
-        joined = re.search(r"(\d+)/(\d+) clients joined", text)
-        if joined:
-            k, n = int(joined.group(1)), int(joined.group(2))
-            raise ConfigValueError(
-                f"distributed start-up: only {k} of {n} processes (WORLD_SIZE={world}) joined within {timeout_s:g} s "
-                f"at {where}; {n - k} of ranks 1..{n - 1} are missing. Start every process (torchrun "
-                "--nnodes/--nproc-per-node on each machine)"
-            ) from e
-        if "timed out" in text.lower() or "connect" in text.lower():
-            raise ConfigValueError(
-                f"distributed start-up: rank {rank} could not reach rank 0 at {where} within {timeout_s:g} s; "
-                "start rank 0 and check MASTER_ADDR / MASTER_PORT"
-            ) from e
-        raise
+    join_process_group(
+        backend,
+        rank,
+        world,
+        timeout_s,
+        missing_hint=". Start every process (torchrun --nnodes/--nproc-per-node on each machine)",
+        unreachable_hint="; start rank 0 and check MASTER_ADDR / MASTER_PORT",
+        error=ConfigValueError,
+    )

@@ -16,47 +16,21 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-from typing import Any, Sequence
+from typing import Sequence
 
-import torch
-from mmengine.dist import all_reduce, get_world_size, is_main_process
+from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.runner import IterBasedTrainLoop
 from mmseg.registry import LOOPS
+
+from eva_transfer.runtime import StopSignals
 
 __all__ = ["CheckedIterBasedTrainLoop", "StopSignals"]
 
 
 def _warn(msg: str) -> None:
     print_log(msg, logger="current", level=logging.WARNING)
-
-
-class StopSignals:
-    """Context manager: SIGINT / SIGTERM set :attr:`set`; a second signal raises ``KeyboardInterrupt``."""
-
-    def __init__(self):
-        self.set = False
-        self._previous: dict[int, Any] = {}
-
-    def _handler(self, signum, frame):
-        if self.set:
-            raise KeyboardInterrupt
-        _warn(f"signal {signum}: finishing this iteration, writing a checkpoint, then stopping")
-        self.set = True
-
-    def __enter__(self):
-        try:
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._previous[s] = signal.signal(s, self._handler)
-        except ValueError:  # not the main thread: no handlers
-            pass
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self._previous.items():
-            signal.signal(s, h)
 
 
 def _nan_message(step: int, what: str, runner) -> str:
@@ -86,7 +60,7 @@ class CheckedIterBasedTrainLoop(IterBasedTrainLoop):
         self.interrupted = False
 
     def run(self):
-        with StopSignals() as self._signals:
+        with StopSignals("iteration", warn=_warn) as self._signals:
             return super().run()
 
     def run_iter(self, data_batch: Sequence[dict]) -> None:
@@ -124,12 +98,7 @@ class CheckedIterBasedTrainLoop(IterBasedTrainLoop):
         raise FloatingPointError(_nan_message(step, f"{first[0]} is {first[1]}", self.runner))
 
     def _stop_requested(self) -> bool:
-        flag = bool(self._signals and self._signals.set)
-        if get_world_size() > 1:
-            t = torch.tensor([float(flag)])
-            all_reduce(t)
-            flag = t.item() > 0
-        return flag
+        return self._signals is not None and self._signals.requested()
 
     def _save_and_stop(self) -> None:
         runner = self.runner

@@ -21,9 +21,11 @@ from lvis import LVIS  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 
 from eva_transfer_projects.detection.data import (  # noqa: E402
+    DatasetCheck,
     DatasetError,
     make_synthetic_dataset,
     register_dataset,
+    validate_dataset,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -290,6 +292,19 @@ def test_boxes_outside_the_image_or_empty_are_counted_and_reported_once(
     with caplog.at_level(logging.WARNING, logger="eva_transfer_projects.detection.data.datasets"):
         register_dataset("syn_clean", coco_json, coco_json.parent.parent / "train")
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_validation_returns_the_ids_and_the_noted_boxes(coco_json):
+    data = json.loads(coco_json.read_text())
+    data["annotations"][1]["bbox"] = [-3, 4, 10, 10]  # outside
+    data["annotations"][4]["bbox"] = [4, 5, 6, 0]  # zero height
+    data["annotations"][3]["bbox"] = [1, 1, 0, 1e6]  # both
+    check = validate_dataset(data, coco_json, coco_json.parent.parent / "train", "coco")
+    ids = [a["id"] for a in data["annotations"]]
+    assert isinstance(check, DatasetCheck)
+    assert check.outside == [ids[1], ids[3]] and check.empty == [ids[3], ids[4]]
+    assert check.image_ids == {img["id"] for img in data["images"]} and len(check.image_ids) == 16
+    assert check.category_ids == {1, 2, 3, 4, 5}
 
 
 def _mapper(image_size=128, scale=(0.1, 2.0)):

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import threading
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from .conftest import TINY_COCO, TRAIN_NET, python, train_net_env
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from signal_run import signal_once_started  # noqa: E402
 
 pytestmark = pytest.mark.slow  # trains for a minute or more (still in the full run)
 
@@ -24,25 +26,7 @@ def test_signal_finishes_the_iteration_saves_and_exits(tmp_path, signum):
            "dataloader.train.num_workers=0", "train.log_period=1", "train.eval_period=-1",
            "train.max_iter=5000", "lr_multiplier.steps=[4000]"]  # fmt: skip
     env = dict(train_net_env(), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines: list[str] = []
-    started = threading.Event()
-
-    def read():
-        for line in proc.stdout:
-            lines.append(line)
-            if " iter: " in line:
-                started.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        assert started.wait(300), "training did not start:\n" + "".join(lines[-40:])
-        proc.send_signal(signum)
-        rc = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    log = "".join(lines)
+    rc, log = signal_once_started(cmd, env, " iter: ", signum, start_timeout=300)
     assert rc == 0, log[-3000:]
     assert "rerun with --resume to continue" in log and "Traceback" not in log, log[-3000:]
     name = (out / "last_checkpoint").read_text().strip()

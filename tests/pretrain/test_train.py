@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from eva_transfer import build_backbone, load_checkpoint, read_checkpoint
 from eva_transfer.pretrain import BlockMaskGenerator, MIMDataset, list_images, load_config, mim_loss, train
 from eva_transfer.pretrain.data import collate
-from eva_transfer.pretrain.trainer import build_models
+from eva_transfer.pretrain.trainer import TrainSummary, build_models
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,7 +77,7 @@ def test_tiny_preset_learns_and_exports_a_loadable_backbone(
 
 
 def _records(summary):
-    return {r["step"]: (r["loss"], r["lr"]) for r in summary["history"]}
+    return {r["step"]: (r["loss"], r["lr"]) for r in summary.history}
 
 
 def test_resume_continues_the_same_schedule(tmp_path, image_folder, tiny_config, tiny_overrides):
@@ -114,10 +114,13 @@ def test_resume_continues_the_same_schedule(tmp_path, image_folder, tiny_config,
             os.kill(os.getpid(), signal.SIGINT)
 
     first = train(cfg, callbacks=[interrupt])
-    assert first["interrupted"] and first["step"] == 4 and first["export"] is None
+    assert first.interrupted and first.step == 4 and first.export is None
+    assert isinstance(first, TrainSummary) and first["step"] == 4  # indexing by name still works
+    with pytest.raises(KeyError):
+        first["steps"]
     assert read_checkpoint(tmp_path / "c" / "last.pth")["step"] == 4
     second = train(cfg)
-    assert not second["interrupted"] and second["export"] is not None
+    assert not second.interrupted and second.export is not None
     resumed = _records(second)
     assert sorted(resumed) == list(range(5, 17))
     for step, (loss, lr) in resumed.items():

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +15,9 @@ from eva_transfer_projects.segmentation import train_command
 from eva_transfer_projects.segmentation.synthetic import write_synthetic_ade
 
 from .conftest import ROOT, TINY_CONFIG, data_options
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from signal_run import signal_once_started  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,25 +38,7 @@ def test_signal_finishes_the_iteration_saves_and_exits(data, tmp_path, signum):
     cmd = [sys.executable, str(ROOT / "tools/train_seg.py"), TINY_CONFIG, "--work-dir", str(work),
            *_options(data, "train_cfg.max_iters=10000", "default_hooks.logger.interval=1")]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines: list[str] = []
-    started = threading.Event()
-
-    def read():
-        for line in proc.stdout:
-            lines.append(line)
-            if "Iter(train) [" in line:
-                started.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        assert started.wait(240), "training did not start:\n" + "".join(lines[-40:])
-        proc.send_signal(signum)
-        rc = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    log = "".join(lines)
+    rc, log = signal_once_started(cmd, env, "Iter(train) [", signum, start_timeout=240)
     assert rc == 0, log[-3000:]
     assert "stopped at iteration" in log and "rerun with --resume" in log, log[-3000:]
     last = (work / "last_checkpoint").read_text().strip()

@@ -6,6 +6,7 @@ compat.apply_detectron2()
 
 from .datasets import (  # noqa: E402
     CheckedDatasetMapper,
+    DatasetCheck,
     DatasetError,
     ImageFileError,
     dataset_metadata,
@@ -18,6 +19,7 @@ from .synthetic import make_synthetic_dataset  # noqa: E402
 
 __all__ = [
     "CheckedDatasetMapper",
+    "DatasetCheck",
     "DatasetError",
     "ImageFileError",
     "dataset_metadata",

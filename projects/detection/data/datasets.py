@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from eva_transfer_projects import compat
@@ -125,130 +126,169 @@ def _check_polygons(json_file, ann, segm):
         _fail(json_file, f"annotation id {ann['id']}: segmentation must be polygons (list) or RLE (dict)")
 
 
-def validate_dataset(data: dict, json_file, image_root, fmt: str, check_files: bool = True) -> None:
+@dataclass
+class DatasetCheck:
+    """What :func:`validate_dataset` found in a valid file: the ids of the categories and images, and the
+    annotations (by id) whose boxes reach outside their image or have zero width or height (warned once, kept)."""
+
+    category_ids: set = field(default_factory=set)
+    image_ids: set = field(default_factory=set)
+    outside: list = field(default_factory=list)
+    empty: list = field(default_factory=list)
+
+
+def validate_dataset(data: dict, json_file, image_root, fmt: str, check_files: bool = True) -> DatasetCheck:
     """Checks ids, references, boxes, polygons and (optionally) that every image file exists.
 
+    Returns:
+        a :class:`DatasetCheck`; the boxes outside their image or without area are logged once.
     Raises:
         DatasetError: naming ``json_file`` and the offending image / annotation / category.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
-    cat_ids = set()
+    check = DatasetCheck()
     for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-            _fail(json_file, f"categories[{i}] needs 'id' and 'name'")
-        if not _is_id(cat["id"]) or not isinstance(cat["name"], str):
-            _fail(
-                json_file,
-                f"categories[{i}]: 'id' must be an integer and 'name' a string, got {cat['id']!r}, {cat['name']!r}",
-            )
-        if "image_count" in cat and not _is_count(cat["image_count"]):
-            _fail(
-                json_file,
-                f"category id {cat['id']}: image_count must be an integer >= 0, got {cat['image_count']!r}",
-            )
-        if cat["id"] in cat_ids:
-            _fail(json_file, f"category id {cat['id']} appears twice in 'categories'")
-        cat_ids.add(cat["id"])
-        if fmt == "lvis" and cat.get("frequency", "f") not in ("r", "c", "f"):
-            _fail(
-                json_file,
-                f"category id {cat['id']}: frequency must be 'r', 'c' or 'f', got {cat['frequency']!r}",
-            )
-
-    img_ids = set()
+        _check_category(json_file, i, cat, fmt, check.category_ids)
     for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or "id" not in img:
-            _fail(json_file, f"images[{i}] has no 'id'")
-        if not _is_id(img["id"]):
-            _fail(json_file, f"images[{i}]: 'id' must be an integer, got {img['id']!r}")
-        if img["id"] in img_ids:
-            _fail(json_file, f"image id {img['id']} appears twice in 'images'")
-        img_ids.add(img["id"])
-        for key in ("height", "width"):
-            if not _is_count(img.get(key), 1):
-                _fail(
-                    json_file,
-                    f"image id {img['id']}: '{key}' must be a positive integer, got {img.get(key)!r}",
-                )
-        for key in ("file_name", "coco_url"):
-            if img.get(key) is not None and not isinstance(img[key], str):
-                _fail(json_file, f"image id {img['id']}: '{key}' must be a string, got {img[key]!r}")
-        try:
-            path = image_path(img, image_root, fmt)
-        except KeyError as e:
-            _fail(json_file, f"image id {img['id']} has no '{e.args[0]}' to locate its file")
-        if check_files and not os.path.isfile(path):
-            _fail(json_file, f"image id {img['id']}: file not found: {path}")
-        if fmt == "lvis":
-            for key in ("neg_category_ids", "not_exhaustive_category_ids"):
-                if not isinstance(img.get(key, []), list) or not all(_is_id(c) for c in img.get(key, [])):
-                    _fail(
-                        json_file,
-                        f"image id {img['id']}: {key} must be a list of category ids, got {img[key]!r}",
-                    )
-                unknown = set(img.get(key, [])) - cat_ids
-                if unknown:
-                    _fail(
-                        json_file, f"image id {img['id']}: {key} has unknown category ids {sorted(unknown)}"
-                    )
-
+        _check_image(json_file, i, img, image_root, fmt, check_files, check)
     sizes = {img["id"]: (img["width"], img["height"]) for img in data["images"]}
-    outside, empty = [], []
-    ann_ids = set()
+    ann_ids: set = set()
     for i, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict) or "id" not in ann:
-            _fail(json_file, f"annotations[{i}] has no 'id'")
-        if not _is_id(ann["id"]):
-            _fail(json_file, f"annotations[{i}]: 'id' must be an integer, got {ann['id']!r}")
-        for key in ("image_id", "category_id"):
-            if not _is_id(ann.get(key)):
-                _fail(
-                    json_file,
-                    f"annotation id {ann['id']}: '{key}' must be an integer id, got {ann.get(key)!r}",
-                )
-        if ann["id"] in ann_ids:
-            _fail(json_file, f"annotation id {ann['id']} appears twice in 'annotations'")
-        ann_ids.add(ann["id"])
-        if ann.get("image_id") not in img_ids:
-            _fail(
-                json_file, f"annotation id {ann['id']}: image_id {ann.get('image_id')!r} is not in 'images'"
-            )
-        if ann.get("category_id") not in cat_ids:
-            _fail(
-                json_file,
-                f"annotation id {ann['id']}: unknown category_id {ann.get('category_id')!r} "
-                f"(not in 'categories', which has {len(cat_ids)} ids)",
-            )
-        box = ann.get("bbox")
-        if (
-            not isinstance(box, (list, tuple))
-            or len(box) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
-        ):
-            _fail(json_file, f"annotation id {ann['id']}: bbox must be [x, y, width, height], got {box!r}")
-        if not all(math.isfinite(v) for v in box):
-            _fail(json_file, f"annotation id {ann['id']}: bbox has a non-finite value: {box}")
-        if box[2] < 0 or box[3] < 0:
-            _fail(
-                json_file,
-                f"annotation id {ann['id']}: bbox has negative size (width {box[2]}, height {box[3]})",
-            )
-        if "iscrowd" in ann and (not _is_count(ann["iscrowd"]) or ann["iscrowd"] > 1):
-            _fail(json_file, f"annotation id {ann['id']}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
-        if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
-            _fail(
-                json_file,
-                f"annotation id {ann['id']}: area must be a finite number >= 0, got {ann['area']!r}",
-            )
-        if box[2] == 0 or box[3] == 0:
-            empty.append(ann["id"])
-        width, height = sizes[ann["image_id"]]
-        if box[0] < 0 or box[1] < 0 or box[0] + box[2] > width or box[1] + box[3] > height:
-            outside.append(ann["id"])
+        _check_annotation(json_file, i, ann, ann_ids, check)
+        _note_box(ann, sizes[ann["image_id"]], check)
         if "segmentation" in ann:
             _check_polygons(json_file, ann, ann["segmentation"])
-    report_boxes(json_file, outside, empty)
+    report_boxes(json_file, check.outside, check.empty)
+    return check
+
+
+def _check_category(json_file, i: int, cat, fmt: str, cat_ids: set) -> None:
+    """``categories[i]``: id and name, image_count, LVIS frequency; a new id (added to ``cat_ids``)."""
+    if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+        _fail(json_file, f"categories[{i}] needs 'id' and 'name'")
+    if not _is_id(cat["id"]) or not isinstance(cat["name"], str):
+        _fail(
+            json_file,
+            f"categories[{i}]: 'id' must be an integer and 'name' a string, got {cat['id']!r}, {cat['name']!r}",
+        )
+    if "image_count" in cat and not _is_count(cat["image_count"]):
+        _fail(
+            json_file,
+            f"category id {cat['id']}: image_count must be an integer >= 0, got {cat['image_count']!r}",
+        )
+    if cat["id"] in cat_ids:
+        _fail(json_file, f"category id {cat['id']} appears twice in 'categories'")
+    cat_ids.add(cat["id"])
+    if fmt == "lvis" and cat.get("frequency", "f") not in ("r", "c", "f"):
+        _fail(
+            json_file,
+            f"category id {cat['id']}: frequency must be 'r', 'c' or 'f', got {cat['frequency']!r}",
+        )
+
+
+def _check_image(
+    json_file, i: int, img, image_root, fmt: str, check_files: bool, check: DatasetCheck
+) -> None:
+    """``images[i]``: a new id, its size, its file's location (and existence), LVIS category lists."""
+    if not isinstance(img, dict) or "id" not in img:
+        _fail(json_file, f"images[{i}] has no 'id'")
+    if not _is_id(img["id"]):
+        _fail(json_file, f"images[{i}]: 'id' must be an integer, got {img['id']!r}")
+    if img["id"] in check.image_ids:
+        _fail(json_file, f"image id {img['id']} appears twice in 'images'")
+    check.image_ids.add(img["id"])
+    for key in ("height", "width"):
+        if not _is_count(img.get(key), 1):
+            _fail(
+                json_file,
+                f"image id {img['id']}: '{key}' must be a positive integer, got {img.get(key)!r}",
+            )
+    for key in ("file_name", "coco_url"):
+        if img.get(key) is not None and not isinstance(img[key], str):
+            _fail(json_file, f"image id {img['id']}: '{key}' must be a string, got {img[key]!r}")
+    try:
+        path = image_path(img, image_root, fmt)
+    except KeyError as e:
+        _fail(json_file, f"image id {img['id']} has no '{e.args[0]}' to locate its file")
+    if check_files and not os.path.isfile(path):
+        _fail(json_file, f"image id {img['id']}: file not found: {path}")
+    if fmt == "lvis":
+        _check_lvis_image_lists(json_file, img, check.category_ids)
+
+
+def _check_lvis_image_lists(json_file, img: dict, cat_ids: set) -> None:
+    for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+        if not isinstance(img.get(key, []), list) or not all(_is_id(c) for c in img.get(key, [])):
+            _fail(
+                json_file,
+                f"image id {img['id']}: {key} must be a list of category ids, got {img[key]!r}",
+            )
+        unknown = set(img.get(key, [])) - cat_ids
+        if unknown:
+            _fail(json_file, f"image id {img['id']}: {key} has unknown category ids {sorted(unknown)}")
+
+
+def _check_annotation(json_file, i: int, ann, ann_ids: set, check: DatasetCheck) -> None:
+    """``annotations[i]``: a new id (added to ``ann_ids``) referring to a known image and category; bbox,
+    iscrowd, area."""
+    if not isinstance(ann, dict) or "id" not in ann:
+        _fail(json_file, f"annotations[{i}] has no 'id'")
+    if not _is_id(ann["id"]):
+        _fail(json_file, f"annotations[{i}]: 'id' must be an integer, got {ann['id']!r}")
+    for key in ("image_id", "category_id"):
+        if not _is_id(ann.get(key)):
+            _fail(
+                json_file,
+                f"annotation id {ann['id']}: '{key}' must be an integer id, got {ann.get(key)!r}",
+            )
+    if ann["id"] in ann_ids:
+        _fail(json_file, f"annotation id {ann['id']} appears twice in 'annotations'")
+    ann_ids.add(ann["id"])
+    if ann.get("image_id") not in check.image_ids:
+        _fail(json_file, f"annotation id {ann['id']}: image_id {ann.get('image_id')!r} is not in 'images'")
+    if ann.get("category_id") not in check.category_ids:
+        _fail(
+            json_file,
+            f"annotation id {ann['id']}: unknown category_id {ann.get('category_id')!r} "
+            f"(not in 'categories', which has {len(check.category_ids)} ids)",
+        )
+    _check_box(json_file, ann)
+    if "iscrowd" in ann and (not _is_count(ann["iscrowd"]) or ann["iscrowd"] > 1):
+        _fail(json_file, f"annotation id {ann['id']}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
+    if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
+        _fail(
+            json_file,
+            f"annotation id {ann['id']}: area must be a finite number >= 0, got {ann['area']!r}",
+        )
+
+
+def _check_box(json_file, ann: dict) -> None:
+    """The annotation's ``bbox`` is ``[x, y, w, h]`` of finite numbers, w, h >= 0."""
+    box = ann.get("bbox")
+    if (
+        not isinstance(box, (list, tuple))
+        or len(box) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+    ):
+        _fail(json_file, f"annotation id {ann['id']}: bbox must be [x, y, width, height], got {box!r}")
+    if not all(math.isfinite(v) for v in box):
+        _fail(json_file, f"annotation id {ann['id']}: bbox has a non-finite value: {box}")
+    if box[2] < 0 or box[3] < 0:
+        _fail(
+            json_file,
+            f"annotation id {ann['id']}: bbox has negative size (width {box[2]}, height {box[3]})",
+        )
+
+
+def _note_box(ann: dict, image_size: tuple, check: DatasetCheck) -> None:
+    """A checked box of zero area, or one reaching outside its ``(width, height)`` image, is noted in ``check``."""
+    box = ann["bbox"]
+    if box[2] == 0 or box[3] == 0:
+        check.empty.append(ann["id"])
+    width, height = image_size
+    if box[0] < 0 or box[1] < 0 or box[0] + box[2] > width or box[1] + box[3] > height:
+        check.outside.append(ann["id"])
 
 
 def report_boxes(json_file, outside: list, empty: list) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -162,6 +163,33 @@ def _draw_image(
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+@dataclass
+class _Spec:
+    """The settings of one :func:`make_synthetic_dataset` call and where its files go."""
+
+    root: Path
+    split: str
+    num_images: int
+    height: int
+    width: int
+    fmt: str
+    num_classes: int
+    objects_per_image: tuple[int, int]
+    size_range: tuple[float, float]
+    image_format: str
+    min_visible: float
+    groups: list[str] = field(default_factory=list)  # LVIS frequency tag of each class
+    weights: np.ndarray = None  # sampling probability of each class
+
+    @property
+    def image_dir(self) -> Path:
+        return self.root / self.split
+
+    @property
+    def json_path(self) -> Path:
+        return self.root / "annotations" / f"{self.fmt}_{self.split}.json"
+
+
 def make_synthetic_dataset(
     root: str | Path,
     split: str,
@@ -196,108 +224,21 @@ def make_synthetic_dataset(
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     if num_images < 1 or num_classes < 1:
         raise ValueError(f"num_images and num_classes must be >= 1, got {num_images} and {num_classes}")
-    height, width = int(image_size[0]), int(image_size[1])
-    root = Path(root)
-    image_dir = root / split
-    image_dir.mkdir(parents=True, exist_ok=True)
+    spec = _Spec(
+        Path(root), split, num_images, int(image_size[0]), int(image_size[1]), fmt, num_classes,
+        objects_per_image, size_range, image_format, min_visible,
+    )  # fmt: skip
+    spec.image_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, sum(map(ord, split))])
-
-    groups = frequency_groups(num_classes)
-    weights = np.array([GROUP_WEIGHT[g] for g in groups]) if fmt == "lvis" else np.ones(num_classes)
-    weights = weights / weights.sum()
-    names = class_names(num_classes)
-    short = min(height, width)
+    spec.groups = frequency_groups(num_classes)
+    weights = np.array([GROUP_WEIGHT[g] for g in spec.groups]) if fmt == "lvis" else np.ones(num_classes)
+    spec.weights = weights / weights.sum()
 
     images, annotations = [], []
     for i in range(num_images):
-        image_id = i + 1
-        count = int(rng.integers(objects_per_image[0], objects_per_image[1] + 1))
-        classes = list(rng.choice(num_classes, size=count, p=weights))
-        if i < num_classes and num_images >= num_classes:
-            classes[0] = i  # every class appears at least once per split
-        placed: list[int] = []
-        full_masks: list[np.ndarray] = []
-        for cls in classes:
-            for _ in range(20):
-                # log-uniform extent, so small, medium and large objects all occur
-                side = short * math.exp(rng.uniform(math.log(size_range[0]), math.log(size_range[1])))
-                aspect = math.exp(rng.uniform(-0.4, 0.4))
-                w, h = side * aspect, side / aspect
-                cx = rng.uniform(w / 2, width - w / 2) if w < width else width / 2
-                cy = rng.uniform(h / 2, height - h / 2) if h < height else height / 2
-                mask = _fill(
-                    shape_polygon(class_style(int(cls))[0], cx, cy, w, h, rng.uniform(-0.3, 0.3)),
-                    height,
-                    width,
-                )
-                grown = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-                if any(c == cls and (grown & m).any() for c, m in zip(placed, full_masks)):
-                    continue  # touching objects of one class would read as one instance
-                trial = full_masks + [mask]
-                if mask.any() and all(
-                    v.sum() >= min_visible * f.sum() for v, f in zip(_visible_masks(trial), trial)
-                ):
-                    placed.append(int(cls))
-                    full_masks.append(mask)
-                    break
-        masks = _visible_masks(full_masks)
-        image = _draw_image(rng, height, width, placed, masks)
-        file_name = f"{image_id:06d}.{image_format}"
-        Image.fromarray(image).save(
-            image_dir / file_name, **({"quality": 95} if image_format == "jpg" else {})
-        )
-
-        present = sorted({c + 1 for c in placed})
-        record = {"id": image_id, "height": height, "width": width, "license": 1}
-        if fmt == "coco":
-            record["file_name"] = file_name
-        else:
-            record["coco_url"] = f"http://images.cocodataset.org/{split}/{file_name}"
-            record["flickr_url"] = record["coco_url"]
-            record["date_captured"] = "2026-01-01 00:00:00"
-            absent = [c for c in range(1, num_classes + 1) if c not in present]
-            k = min(len(absent), int(rng.integers(0, 4)))
-            record["neg_category_ids"] = (
-                sorted(int(c) for c in rng.choice(absent, size=k, replace=False)) if k else []
-            )
-            record["not_exhaustive_category_ids"] = (
-                [int(rng.choice(present))] if present and rng.random() < 0.1 else []
-            )
+        record, objects = _write_image(rng, spec, i)
         images.append(record)
-
-        for cls, mask in zip(placed, masks):
-            polygons = mask_to_polygons(mask)
-            if not polygons:
-                continue
-            ys, xs = np.nonzero(mask)
-            x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-            ann = {
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": cls + 1,
-                "segmentation": polygons,
-                "area": float(mask.sum()),
-                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-            }
-            if fmt == "coco":
-                ann["iscrowd"] = 0
-            annotations.append(ann)
-
-    categories = []
-    for k in range(num_classes):
-        cat = {"id": k + 1, "name": names[k], "supercategory": class_style(k)[0]}
-        if fmt == "lvis":
-            img_ids = {a["image_id"] for a in annotations if a["category_id"] == k + 1}
-            cat.update(
-                synonyms=[names[k]],
-                synset=f"{names[k]}.n.01",
-                frequency=groups[k],
-                image_count=len(img_ids),
-                instance_count=sum(a["category_id"] == k + 1 for a in annotations),
-                **{"def": f"a {class_style(k)[0]} of colour {class_style(k)[1]}"},
-            )
-        categories.append(cat)
-
+        annotations += _annotations(objects, record["id"], spec.fmt, first_id=len(annotations) + 1)
     dataset = {
         "info": {
             "description": f"eva-transfer synthetic shapes ({fmt}, {split})",
@@ -307,8 +248,123 @@ def make_synthetic_dataset(
         "licenses": [{"id": 1, "name": "CC0", "url": ""}],
         "images": images,
         "annotations": annotations,
-        "categories": categories,
+        "categories": _categories(spec, annotations),
     }
-    json_path = root / "annotations" / f"{fmt}_{split}.json"
-    write_bytes_atomic(json.dumps(dataset).encode(), json_path)
-    return json_path
+    write_bytes_atomic(json.dumps(dataset).encode(), spec.json_path)
+    return spec.json_path
+
+
+def _write_image(rng: np.random.Generator, spec: _Spec, i: int) -> tuple[dict, list[tuple[int, np.ndarray]]]:
+    """Draws and saves image ``i``; returns its image record and its objects as (class index, visible mask)."""
+    image_id = i + 1
+    count = int(rng.integers(spec.objects_per_image[0], spec.objects_per_image[1] + 1))
+    classes = list(rng.choice(spec.num_classes, size=count, p=spec.weights))
+    if i < spec.num_classes and spec.num_images >= spec.num_classes:
+        classes[0] = i  # every class appears at least once per split
+    placed: list[int] = []
+    full_masks: list[np.ndarray] = []
+    for cls in classes:
+        mask = _place_object(rng, spec, int(cls), placed, full_masks)
+        if mask is not None:
+            placed.append(int(cls))
+            full_masks.append(mask)
+    masks = _visible_masks(full_masks)
+    image = _draw_image(rng, spec.height, spec.width, placed, masks)
+    file_name = f"{image_id:06d}.{spec.image_format}"
+    Image.fromarray(image).save(
+        spec.image_dir / file_name, **({"quality": 95} if spec.image_format == "jpg" else {})
+    )
+    return _image_record(rng, spec, image_id, file_name, placed), list(zip(placed, masks))
+
+
+def _place_object(
+    rng: np.random.Generator, spec: _Spec, cls: int, placed: list[int], full_masks: list[np.ndarray]
+) -> np.ndarray | None:
+    """The full mask of an object of class ``cls`` that touches no object of its class and leaves every object at
+    least ``min_visible`` visible; None after 20 tries."""
+    short = min(spec.height, spec.width)
+    lo, hi = spec.size_range
+    for _ in range(20):
+        # log-uniform extent, so small, medium and large objects all occur
+        side = short * math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        aspect = math.exp(rng.uniform(-0.4, 0.4))
+        w, h = side * aspect, side / aspect
+        cx = rng.uniform(w / 2, spec.width - w / 2) if w < spec.width else spec.width / 2
+        cy = rng.uniform(h / 2, spec.height - h / 2) if h < spec.height else spec.height / 2
+        polygon = shape_polygon(class_style(cls)[0], cx, cy, w, h, rng.uniform(-0.3, 0.3))
+        mask = _fill(polygon, spec.height, spec.width)
+        grown = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        if any(c == cls and (grown & m).any() for c, m in zip(placed, full_masks)):
+            continue  # touching objects of one class would read as one instance
+        trial = full_masks + [mask]
+        if mask.any() and all(
+            v.sum() >= spec.min_visible * f.sum() for v, f in zip(_visible_masks(trial), trial)
+        ):
+            return mask
+    return None
+
+
+def _image_record(
+    rng: np.random.Generator, spec: _Spec, image_id: int, file_name: str, placed: list[int]
+) -> dict:
+    """The image entry: COCO ``file_name``; LVIS ``coco_url`` and the negative / not-exhaustive category lists."""
+    present = sorted({c + 1 for c in placed})
+    record = {"id": image_id, "height": spec.height, "width": spec.width, "license": 1}
+    if spec.fmt == "coco":
+        record["file_name"] = file_name
+        return record
+    record["coco_url"] = f"http://images.cocodataset.org/{spec.split}/{file_name}"
+    record["flickr_url"] = record["coco_url"]
+    record["date_captured"] = "2026-01-01 00:00:00"
+    absent = [c for c in range(1, spec.num_classes + 1) if c not in present]
+    k = min(len(absent), int(rng.integers(0, 4)))
+    record["neg_category_ids"] = (
+        sorted(int(c) for c in rng.choice(absent, size=k, replace=False)) if k else []
+    )
+    record["not_exhaustive_category_ids"] = (
+        [int(rng.choice(present))] if present and rng.random() < 0.1 else []
+    )
+    return record
+
+
+def _annotations(objects: list[tuple[int, np.ndarray]], image_id: int, fmt: str, first_id: int) -> list[dict]:
+    """One annotation per object with a visible polygon: polygons, area and box of its visible mask."""
+    annotations = []
+    for cls, mask in objects:
+        polygons = mask_to_polygons(mask)
+        if not polygons:
+            continue
+        ys, xs = np.nonzero(mask)
+        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        ann = {
+            "id": first_id + len(annotations),
+            "image_id": image_id,
+            "category_id": cls + 1,
+            "segmentation": polygons,
+            "area": float(mask.sum()),
+            "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+        }
+        if fmt == "coco":
+            ann["iscrowd"] = 0
+        annotations.append(ann)
+    return annotations
+
+
+def _categories(spec: _Spec, annotations: list[dict]) -> list[dict]:
+    """The category entries; LVIS ones with synonyms, synset, frequency, image and instance counts, definition."""
+    names = class_names(spec.num_classes)
+    categories = []
+    for k in range(spec.num_classes):
+        cat = {"id": k + 1, "name": names[k], "supercategory": class_style(k)[0]}
+        if spec.fmt == "lvis":
+            img_ids = {a["image_id"] for a in annotations if a["category_id"] == k + 1}
+            cat.update(
+                synonyms=[names[k]],
+                synset=f"{names[k]}.n.01",
+                frequency=spec.groups[k],
+                image_count=len(img_ids),
+                instance_count=sum(a["category_id"] == k + 1 for a in annotations),
+                **{"def": f"a {class_style(k)[0]} of colour {class_style(k)[1]}"},
+            )
+        categories.append(cat)
+    return categories
