@@ -30,7 +30,7 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, LoadReport, convert_state_dict
-from .ms_deform_attn import MSDeformAttn, reference_points
+from .ms_deform_attn import MSDeformAttn, make_reference_points
 from .presets import build_backbone
 from .vit import EVAViT
 
@@ -377,8 +377,8 @@ class ViTAdapter(nn.Module):
         device = x.device
         shapes_c = torch.as_tensor(spatial_shapes, device=device, dtype=torch.long)
         shape_vit = torch.as_tensor([hw], device=device, dtype=torch.long)
-        ref_vit = reference_points([hw], device)  # ViT tokens sampling the three spatial levels
-        ref_c = reference_points(spatial_shapes, device)  # spatial features sampling the ViT grid
+        ref_vit = make_reference_points([hw], device)  # ViT tokens sampling the three spatial levels
+        ref_c = make_reference_points(spatial_shapes, device)  # spatial features sampling the ViT grid
 
         vit_maps = []
         for interaction, (first, last) in zip(self.interactions, self.interaction_indexes):
