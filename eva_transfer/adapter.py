@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, LoadReport, convert_state_dict
 from .ms_deform_attn import MSDeformAttn, make_reference_points
-from .presets import build_backbone
+from .presets import build_eva_vit
 from .vit import EVAViT
 
 __all__ = [
@@ -418,7 +418,7 @@ def build_vit_adapter(preset: str, adapter: Optional[dict] = None, **backbone_ov
     Example: ``build_vit_adapter("eva_g_seg", adapter=dict(deform_num_heads=16), drop_path_rate=0.5)``.
     ``adapter`` holds :class:`ViTAdapter` arguments; the keyword arguments are backbone overrides.
     """
-    return ViTAdapter(build_backbone(preset, **backbone_overrides), **(adapter or {}))
+    return ViTAdapter(build_eva_vit(preset, **backbone_overrides), **(adapter or {}))
 
 
 #: first name component of the adapter's own keys (everything else under the backbone prefix is the ViT's)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from eva_transfer import SimpleFeaturePyramid, build_backbone, param_groups_layer_decay
+from eva_transfer import EVASimpleFeaturePyramid, build_eva_vit, param_groups_layer_decay
 from eva_transfer.lr_decay import layer_id_for_name, lr_scale_for_name
 
 
@@ -12,8 +12,8 @@ class Detector(nn.Module):
     def __init__(self):
         super().__init__()
         self.backbone = nn.Module()
-        self.backbone.net = build_backbone("eva_tiny_det")
-        self.backbone.pyramid = SimpleFeaturePyramid(64, out_channels=32)
+        self.backbone.net = build_eva_vit("eva_tiny_det")
+        self.backbone.pyramid = EVASimpleFeaturePyramid(64, out_channels=32)
         self.queries = nn.Embedding(10, 32)
         self.level_embed = nn.Parameter(torch.zeros(4, 32))
         self.head = nn.Linear(32, 5)

@@ -31,7 +31,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 from torch import nn  # noqa: E402
 
 from eva_transfer.checkpoint import export_state_dict, vitdet_vit_kwargs  # noqa: E402
-from eva_transfer_projects.detection.engine import load_config  # noqa: E402
+from eva_transfer_projects.detection.engine import load_det_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,7 +87,7 @@ def bench_config(name: str, image_size: int | None, batch: int, repeat: int) -> 
     overrides = ["train.device=cpu", "model.backbone.net.use_act_checkpoint=False"]
     if image_size:
         overrides += [f"dataloader.image_size={image_size}"]
-    cfg = load_config(os.path.join(REPO, "configs/detection", f"{name}.py"), overrides)
+    cfg = load_det_config(os.path.join(REPO, "configs/detection", f"{name}.py"), overrides)
     size = cfg.dataloader.image_size
     ours = instantiate(cfg.model)
     ref = copy.deepcopy(ours)

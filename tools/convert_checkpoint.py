@@ -42,7 +42,7 @@ from eva_transfer.checkpoint import (  # noqa: E402
     save_checkpoint,
     unwrap_state_dict,
 )
-from eva_transfer.presets import PRESETS, build_backbone  # noqa: E402
+from eva_transfer.presets import PRESETS, build_eva_vit  # noqa: E402
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         )
         if args.preset:
             with torch.device("meta"):  # shapes only: no memory for a 1B-parameter model
-                model = build_backbone(args.preset, **parse_overrides(args.set))
+                model = build_eva_vit(args.preset, **parse_overrides(args.set))
             out, report = convert_state_dict(
                 sd, model, args.input, args.prefix, args.patch_resize, args.rel_pos_resize
             )

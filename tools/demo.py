@@ -31,7 +31,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from eva_transfer.runtime import configure_cpu_threads  # noqa: E402
-from eva_transfer_projects.detection.engine import load_config, setup_datasets  # noqa: E402
+from eva_transfer_projects.detection.engine import load_det_config, setup_datasets  # noqa: E402
 from eva_transfer_projects.detection.predictor import Predictor  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -90,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[Path]:
     args = parse_args(argv)
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_det_config(args.config_file, args.opts)
     configure_cpu_threads(args.num_threads, device=str(cfg.train.get("device", "cpu")))
     output_dir = Path(cfg.train.output_dir)
     checkpoint = args.checkpoint or cfg.train.get("init_checkpoint") or str(output_dir / "model_final.pth")

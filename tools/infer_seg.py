@@ -21,7 +21,7 @@ import eva_transfer_projects.segmentation  # noqa: E402,F401  (mmcv-lite stand-i
 from mmseg.apis import inference_model, init_model  # noqa: E402
 # isort: on
 
-from eva_transfer_projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
+from eva_transfer_projects.segmentation.cli import ConfigOverrideError, load_seg_config  # noqa: E402
 
 
 def colourise(labels: np.ndarray, palette) -> np.ndarray:
@@ -54,7 +54,7 @@ def main(argv=None) -> np.ndarray:
     for what, path in (("checkpoint", args.checkpoint), ("image", args.image)):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{what} {path!r} does not exist")
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_seg_config(args.config, args.cfg_options)
     # a single image has no label file: drop the annotation loader from the test pipeline
     cfg.test_pipeline = [
         t for t in cfg.test_pipeline if t["type"] not in ("LoadAnnotations", "LoadCheckedAnnotations")

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from eva_transfer.checkpoint import CheckpointError  # noqa: E402
-from eva_transfer.pretrain import ConfigError, load_config, train  # noqa: E402
+from eva_transfer.pretrain import ConfigError, load_pretrain_config, train  # noqa: E402
 from eva_transfer.pretrain.trainer import DistributedStartupError  # noqa: E402
 from eva_transfer.runtime import add_run_arguments, configure_cpu_threads  # noqa: E402
 
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     show_progress_on_stdout()
     try:
-        cfg = load_config(args.config, list(args.overrides) + shared_overrides(args))
+        cfg = load_pretrain_config(args.config, list(args.overrides) + shared_overrides(args))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

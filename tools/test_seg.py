@@ -25,7 +25,7 @@ from eva_transfer.checkpoint import CheckpointError  # noqa: E402
 from eva_transfer.runtime import add_run_arguments  # noqa: E402
 from eva_transfer_projects.segmentation.authors_checkpoint import prepare_test_checkpoint  # noqa: E402
 from eva_transfer_projects.segmentation.checkpoint_io import unloaded_weights  # noqa: E402
-from eva_transfer_projects.segmentation.cli import ConfigOverrideError, load_config  # noqa: E402
+from eva_transfer_projects.segmentation.cli import ConfigOverrideError, load_seg_config  # noqa: E402
 from eva_transfer_projects.segmentation.runtime import configure_run  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_runner(args: argparse.Namespace) -> Runner:
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint {args.checkpoint!r} does not exist")
-    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    cfg = load_seg_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     # a released EVA-01 segmentor (mmseg 0.x layout) is converted to a copy in the work dir first
     cfg.load_from = prepare_test_checkpoint(
         args.checkpoint, cfg.model, cfg.get("work_dir"), getattr(args, "allow_pickle", False)

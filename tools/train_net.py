@@ -43,7 +43,7 @@ from eva_transfer_projects.detection.engine import (  # noqa: E402
     WeightsNotLoadedError,
     do_eval_only,
     do_train,
-    load_config,
+    load_det_config,
     setup_datasets,
     setup_run,
 )
@@ -61,7 +61,7 @@ def configure_threads(cfg, args) -> int:
 
 
 def main(args):
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_det_config(args.config_file, args.opts)
     setup_run(cfg, args)
     configure_threads(cfg, args)
     setup_datasets(cfg)
@@ -106,7 +106,7 @@ def cli(argv=None):
         check_launch_args(args)
         if not os.path.isfile(args.config_file):
             raise ConfigValueError(f"--config-file {args.config_file!r}: no such file")
-        cfg = load_config(args.config_file, args.opts)
+        cfg = load_det_config(args.config_file, args.opts)
         if not args.eval_only:
             check_config(cfg, args.num_gpus * args.num_machines)
     except (ConfigKeyError, ConfigValueError) as e:

@@ -30,7 +30,7 @@ from eva_transfer_projects.segmentation.cli import (  # noqa: E402
     ConfigOverrideError,
     ConfigValueError,
     check_train_config,
-    load_config,
+    load_seg_config,
     start_distributed,
 )
 from eva_transfer_projects.segmentation.runtime import configure_run  # noqa: E402
@@ -76,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_config(args: argparse.Namespace) -> Config:
     """The run's config: the file, checked overrides, work dir, launcher, AMP and resume settings."""
-    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    cfg = load_seg_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
