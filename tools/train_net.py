@@ -38,6 +38,7 @@ from eva_transfer_projects.detection.config_checks import (  # noqa: E402
     check_launch_args,
     explain_startup_failure,
 )
+from eva_transfer_projects.detection.data.config_datasets import prepare_config_datasets  # noqa: E402
 from eva_transfer_projects.detection.engine import (  # noqa: E402
     ConfigKeyError,
     WeightsNotLoadedError,
@@ -47,7 +48,6 @@ from eva_transfer_projects.detection.engine import (  # noqa: E402
     setup_datasets,
     setup_run,
 )
-from eva_transfer_projects.detection.registration import prepare_config_datasets  # noqa: E402
 
 
 def configure_threads(cfg, args) -> int:

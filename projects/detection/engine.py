@@ -23,8 +23,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .checkpoint import EVADetectionCheckpointer
 from .config_checks import check_override_types, numeric_keys
+from .data.config_datasets import register_config_datasets
 from .interrupt import StopOnSignal, TrainingInterrupted
-from .registration import register_config_datasets
 from .runtime import with_worker_threads
 from .schedule import fit_schedule_to_run
 

@@ -293,8 +293,8 @@ def test_boxes_outside_the_image_or_empty_are_counted_and_reported_once(
 
 
 def _mapper(image_size=128, scale=(0.1, 2.0)):
-    from eva_transfer_projects.detection.config_helpers import lsj_train_augmentations
     from eva_transfer_projects.detection.data import CheckedDatasetMapper
+    from eva_transfer_projects.detection.data.augmentations import lsj_train_augmentations
 
     return CheckedDatasetMapper(
         is_train=True,
