@@ -26,7 +26,7 @@ from functools import partial
 import torch
 
 import eva_transfer_projects.compat as compat
-from eva_transfer import SimpleFeaturePyramid, build_backbone, load_checkpoint
+from eva_transfer import EVASimpleFeaturePyramid, build_eva_vit, load_checkpoint
 
 from .measure import PeakMemory, matmul_rate, run_child, time_call
 
@@ -50,13 +50,12 @@ def make_pair(case: str, size: int, device: str):
             num_classes=0,
             use_fc_norm=False,
         )
-        ours = build_backbone("eva_b", img_size=size)
+        ours = build_eva_vit("eva_b", img_size=size)
         load_checkpoint(ours, ref.state_dict(), verbose=False)
         ref_fn, ours_fn = ref.forward_features, ours.forward_tokens
     elif case == "det":
         compat.apply_detectron2()
-        from detectron2.modeling import SimpleFeaturePyramid as D2Pyramid
-        from detectron2.modeling import ViT
+        from detectron2.modeling import SimpleFeaturePyramid, ViT
         from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
         windowed = tuple(i for i in range(12) if i not in VITDET_B["global_block_indexes"])
@@ -72,7 +71,7 @@ def make_pair(case: str, size: int, device: str):
             window_size=VITDET_B["window_size"],
             window_block_indexes=windowed,
         )
-        ref = D2Pyramid(
+        ref = SimpleFeaturePyramid(
             vit,
             "last_feat",
             256,
@@ -81,9 +80,9 @@ def make_pair(case: str, size: int, device: str):
             norm="LN",
             square_pad=size,
         )
-        net = build_backbone("eva_b_det", img_size=size, drop_path_rate=0.0, **VITDET_B)  # as the reference
+        net = build_eva_vit("eva_b_det", img_size=size, drop_path_rate=0.0, **VITDET_B)  # as the reference
         load_checkpoint(net, ref.state_dict(), verbose=False)
-        pyramid = SimpleFeaturePyramid(768, out_channels=256)
+        pyramid = EVASimpleFeaturePyramid(768, out_channels=256)
         pyramid.load_state_dict({k: v for k, v in ref.state_dict().items() if k.startswith("simfp_")})
         ours = torch.nn.ModuleDict({"net": net, "pyramid": pyramid})
 

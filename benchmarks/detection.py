@@ -28,7 +28,7 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from eva_transfer.checkpoint import export_state_dict, vitdet_vit_kwargs
-from eva_transfer_projects.detection.engine import load_config
+from eva_transfer_projects.detection.engine import load_det_config
 
 from .measure import interleaved_times
 
@@ -86,7 +86,7 @@ def bench_config(name: str, image_size: int | None, batch: int, repeat: int) -> 
     overrides = ["train.device=cpu", "model.backbone.net.use_act_checkpoint=False"]
     if image_size:
         overrides += [f"dataloader.image_size={image_size}"]
-    cfg = load_config(os.path.join(REPO, "configs/detection", f"{name}.py"), overrides)
+    cfg = load_det_config(os.path.join(REPO, "configs/detection", f"{name}.py"), overrides)
     size = cfg.dataloader.image_size
     ours = instantiate(cfg.model)
     ref = copy.deepcopy(ours)

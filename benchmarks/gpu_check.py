@@ -91,7 +91,7 @@ def eva_g_train_step(size: int, batch: int) -> None:
     from detectron2.config import instantiate
     from detectron2.utils.events import EventStorage
 
-    from eva_transfer_projects.detection.engine import load_config
+    from eva_transfer_projects.detection.engine import load_det_config
 
     from .detection import synthetic_batch
 
@@ -100,7 +100,7 @@ def eva_g_train_step(size: int, batch: int) -> None:
         f"dataloader.image_size={size}",
         "model.backbone.net.use_act_checkpoint=True",
     ]
-    cfg = load_config(os.path.join(REPO, "configs/detection/eva_g_coco_1280.py"), overrides)
+    cfg = load_det_config(os.path.join(REPO, "configs/detection/eva_g_coco_1280.py"), overrides)
     model = instantiate(cfg.model).cuda().train()
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1)

@@ -31,7 +31,7 @@ def child(job: dict) -> dict:
     from detectron2.config import instantiate
     from detectron2.utils.events import EventStorage
 
-    from eva_transfer_projects.detection.engine import load_config
+    from eva_transfer_projects.detection.engine import load_det_config
 
     from .detection import synthetic_batch
 
@@ -43,7 +43,7 @@ def child(job: dict) -> dict:
         overrides.append(f"dataloader.image_size={job['size']}")
     if job["mode"] == "train":
         overrides.append("model.backbone.net.use_act_checkpoint=True")
-    cfg = load_config(os.path.join(REPO, "configs/detection", job["config"] + ".py"), overrides)
+    cfg = load_det_config(os.path.join(REPO, "configs/detection", job["config"] + ".py"), overrides)
     size = cfg.dataloader.image_size
     model = instantiate(cfg.model).to(device)
     data = synthetic_batch(1, size, cfg.model.roi_heads.num_classes)

@@ -66,7 +66,7 @@ def make_inputs(case: dict, device: str, requires_grad: bool):
         len(shapes),
     )
     value = torch.randn(b, s, heads, d, generator=g)
-    ref = mda.reference_points(case["query_shapes"])[:, :, None, :, None, :]  # (1, Q, 1, 1, 1, 2)
+    ref = mda.make_reference_points(case["query_shapes"])[:, :, None, :, None, :]  # (1, Q, 1, 1, 1, 2)
     pixel = 1.0 / shapes.flip(-1).float().view(1, 1, 1, levels, 1, 2)
     loc = ref + torch.randn(b, q, heads, levels, p, 2, generator=g) * 3.0 * pixel
     weights = torch.randn(b, q, heads, levels * p, generator=g).softmax(-1).view(b, q, heads, levels, p)

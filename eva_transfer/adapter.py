@@ -30,8 +30,8 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, LoadReport, convert_state_dict
-from .ms_deform_attn import MSDeformAttn, reference_points
-from .presets import build_backbone
+from .ms_deform_attn import MSDeformAttn, make_reference_points
+from .presets import build_eva_vit
 from .vit import EVAViT
 
 __all__ = [
@@ -377,8 +377,8 @@ class ViTAdapter(nn.Module):
         device = x.device
         shapes_c = torch.as_tensor(spatial_shapes, device=device, dtype=torch.long)
         shape_vit = torch.as_tensor([hw], device=device, dtype=torch.long)
-        ref_vit = reference_points([hw], device)  # ViT tokens sampling the three spatial levels
-        ref_c = reference_points(spatial_shapes, device)  # spatial features sampling the ViT grid
+        ref_vit = make_reference_points([hw], device)  # ViT tokens sampling the three spatial levels
+        ref_c = make_reference_points(spatial_shapes, device)  # spatial features sampling the ViT grid
 
         vit_maps = []
         for interaction, (first, last) in zip(self.interactions, self.interaction_indexes):
@@ -418,7 +418,7 @@ def build_vit_adapter(preset: str, adapter: Optional[dict] = None, **backbone_ov
     Example: ``build_vit_adapter("eva_g_seg", adapter=dict(deform_num_heads=16), drop_path_rate=0.5)``.
     ``adapter`` holds :class:`ViTAdapter` arguments; the keyword arguments are backbone overrides.
     """
-    return ViTAdapter(build_backbone(preset, **backbone_overrides), **(adapter or {}))
+    return ViTAdapter(build_eva_vit(preset, **backbone_overrides), **(adapter or {}))
 
 
 #: first name component of the adapter's own keys (everything else under the backbone prefix is the ViT's)

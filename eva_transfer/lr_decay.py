@@ -9,9 +9,9 @@ parameters get the full learning rate.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
-from torch import nn
+from torch import Tensor, nn
 
 from .vit import EVAViT
 
@@ -75,6 +75,8 @@ def param_groups_layer_decay(
     no_decay_patterns: Iterable[str] = (),
     depth: Optional[int] = None,
     weight_decay_scope: str = "standard",
+    layer_id_rules: Mapping[str, int] | Iterable[tuple[str, int]] = (),
+    no_decay_fn: Optional[Callable[[str, Tensor], bool]] = None,
 ) -> list[dict]:
     """Optimizer parameter groups with layer-wise lr decay and no weight decay on 1-D parameters and on the
     parameters the model's modules list in ``no_weight_decay()`` (:func:`no_weight_decay_names`: embeddings,
@@ -83,21 +85,42 @@ def param_groups_layer_decay(
     ``weight_decay_scope="all"`` decays every parameter instead (norms, biases, ``pos_embed``, ``rel_pos``): the
     EVA-01 detection configs reset Detectron2's ``weight_decay_norm`` and ``overrides``, which does that.
 
+    ``layer_id_rules`` (``{regex: layer id}`` or ``(regex, layer id)`` pairs, first match wins) give parameters
+    outside the ViT another layer id than ``depth + 1``: the authors' segmentation constructor puts the decode
+    head's query and class/mask embeddings in layer 0. ``no_decay_fn(full name, parameter)`` replaces the
+    no-weight-decay rule (and then ``no_decay_patterns`` / ``weight_decay_scope`` must stay at their defaults).
+
     Each group holds ``params``, ``lr`` (``base_lr * lr_scale``), ``lr_scale``, ``weight_decay``, ``layer_id`` and
     ``param_names``. Frozen parameters are left out.
     """
     if weight_decay_scope not in ("standard", "all"):
         raise ValueError(f"weight_decay_scope must be 'standard' or 'all', got {weight_decay_scope!r}")
+    patterns = tuple(no_decay_patterns)
+    if no_decay_fn is not None and (patterns or weight_decay_scope != "standard"):
+        raise ValueError(
+            "no_decay_fn replaces no_decay_patterns and weight_decay_scope: pass one or the other"
+        )
     prefix, vit = backbone_prefix(model)
     depth = vit.depth if depth is None else depth
-    patterns = tuple(no_decay_patterns)
-    skip = no_weight_decay_names(model)
+    rules = list(layer_id_rules.items() if isinstance(layer_id_rules, Mapping) else layer_id_rules)
+    for pattern, layer_id in rules:
+        if not isinstance(layer_id, int) or not 0 <= layer_id <= depth + 1:
+            raise ValueError(
+                f"layer_id_rules: layer id {layer_id!r} of {pattern!r} must be an integer in [0, {depth + 1}]"
+            )
+    skip = no_weight_decay_names(model) if no_decay_fn is None else set()
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        layer = layer_id_for_name(name[len(prefix) :], depth) if name.startswith(prefix) else depth + 1
-        no_wd = weight_decay_scope == "standard" and _no_decay(name, p, skip, patterns)
+        if name.startswith(prefix):
+            layer = layer_id_for_name(name[len(prefix) :], depth)
+        else:
+            layer = next((i for pattern, i in rules if re.search(pattern, name)), depth + 1)
+        if no_decay_fn is not None:
+            no_wd = bool(no_decay_fn(name, p))
+        else:
+            no_wd = weight_decay_scope == "standard" and _no_decay(name, p, skip, patterns)
         g = groups.get((layer, no_wd))
         if g is None:
             scale = decay_rate ** (depth + 1 - layer)

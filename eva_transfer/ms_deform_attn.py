@@ -24,16 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MSDeformAttn", "ms_deform_attn", "reference_points", "level_start_index"]
+__all__ = ["MSDeformAttn", "ms_deform_attn", "make_reference_points", "level_start_indices"]
 
 
-def level_start_index(spatial_shapes: Tensor) -> Tensor:
+def level_start_indices(spatial_shapes: Tensor) -> Tensor:
     """``(L, 2)`` level sizes ``(H, W)`` -> ``(L,)`` offsets of each level in the flattened value sequence."""
     areas = spatial_shapes[:, 0] * spatial_shapes[:, 1]
     return torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
 
 
-def reference_points(shapes: Sequence[tuple[int, int]], device=None, dtype=torch.float32) -> Tensor:
+def make_reference_points(shapes: Sequence[tuple[int, int]], device=None, dtype=torch.float32) -> Tensor:
     """Normalised pixel centres of every position of the grids ``shapes``, concatenated in order.
 
     Returns:
@@ -210,7 +210,7 @@ def ms_deform_attn(
     # rows of value viewed as (B * S * heads, D): row = (b * S + position) * heads + head
     index_dtype = torch.int32 if b * s * heads < 2**31 else torch.long
     w_l = shapes[:, 1].view(levels, 1).to(index_dtype)
-    starts = level_start_index(shapes).view(levels, 1).to(index_dtype)
+    starts = level_start_indices(shapes).view(levels, 1).to(index_dtype)
     batch_head = torch.arange(b, device=value.device, dtype=index_dtype).view(b, 1, 1, 1, 1) * (
         s * heads
     ) + torch.arange(heads, device=value.device, dtype=index_dtype).view(1, 1, heads, 1, 1)

@@ -1,6 +1,6 @@
 """Named backbone presets.
 
-Each preset is a plain dict of :class:`~eva_transfer.vit.EVAViT` arguments; ``build_backbone(name, **overrides)``
+Each preset is a plain dict of :class:`~eva_transfer.vit.EVAViT` arguments; ``build_eva_vit(name, **overrides)``
 builds one. ``*_det`` presets are the detection variant (patch 16, windowed attention with global attention in
 every 4th block, decomposed relative position, no CLS token, no final norm). The others are the plain
 pre-training / segmentation layout (global attention, CLS token, final norm).
@@ -14,7 +14,7 @@ from typing import Any
 
 from .vit import EVAViT
 
-__all__ = ["PRESETS", "build_backbone", "preset_config", "every_kth_block"]
+__all__ = ["PRESETS", "build_eva_vit", "preset_config", "every_kth_block"]
 
 
 def every_kth_block(depth: int, k: int = 4) -> tuple[int, ...]:
@@ -116,6 +116,6 @@ def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
     return cfg
 
 
-def build_backbone(name: str, **overrides: Any) -> EVAViT:
-    """Builds the EVA ViT preset ``name`` (see :data:`PRESETS`), e.g. ``build_backbone("eva_g_det", img_size=1024)``."""
+def build_eva_vit(name: str, **overrides: Any) -> EVAViT:
+    """Builds the EVA ViT preset ``name`` (see :data:`PRESETS`), e.g. ``build_eva_vit("eva_g_det", img_size=1024)``."""
     return EVAViT(**preset_config(name, **overrides))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LayerNorm2d", "ConvNorm", "SimpleFeaturePyramid"]
+__all__ = ["LayerNorm2d", "ConvNorm", "EVASimpleFeaturePyramid"]
 
 
 class LayerNorm2d(nn.Module):
@@ -49,7 +49,7 @@ class ConvNorm(nn.Conv2d):
         return self.norm(super().forward(x))
 
 
-class SimpleFeaturePyramid(nn.Module):
+class EVASimpleFeaturePyramid(nn.Module):
     """Feature pyramid from one map.
 
     Args:

@@ -1,7 +1,7 @@
 """timm front door: every preset of :data:`~eva_transfer.presets.PRESETS` is a timm model.
 
 ``import eva_transfer`` registers them, so ``timm.create_model("eva_g_det")`` builds the same
-:class:`~eva_transfer.vit.EVAViT` as ``build_backbone("eva_g_det")``. Weights are not downloaded: pass a local file
+:class:`~eva_transfer.vit.EVAViT` as ``build_eva_vit("eva_g_det")``. Weights are not downloaded: pass a local file
 with ``pretrained=True, pretrained_cfg_overlay=dict(file=...)``; it goes through this toolkit's converter
 (:func:`~eva_transfer.checkpoint.load_checkpoint`), so every format it reads works (EVA MIM, timm ``Eva``,
 Detectron2 ViTDet, fine-tuned detectors and segmentors). ``features_only=True`` returns block outputs as
@@ -22,7 +22,7 @@ from timm.models import build_model_with_cfg, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
 from .checkpoint import load_checkpoint
-from .presets import PRESETS, build_backbone, every_kth_block
+from .presets import PRESETS, build_eva_vit, every_kth_block
 from .vit import EVAViT
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def _build(name: str, checkpoint: Optional[str] = None, num_classes: int = 0, **
             "put a head on forward_head's pooled features)"
         )
     kwargs.pop("global_pool", None)
-    model = build_backbone(name, **kwargs)
+    model = build_eva_vit(name, **kwargs)
     if checkpoint:
         load_checkpoint(model, checkpoint, verbose=False)
     return model

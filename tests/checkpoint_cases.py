@@ -40,9 +40,9 @@ KINDS = FORMAT + SCHEMA + OTHER
 
 def tiny_backbone():
     """A very small EVA ViT (2 blocks, width 16): files of a few kB, loads in milliseconds."""
-    from eva_transfer import build_backbone
+    from eva_transfer import build_eva_vit
 
-    return build_backbone("eva_tiny", depth=2, embed_dim=16, num_heads=2, mlp_dim=32, img_size=32)
+    return build_eva_vit("eva_tiny", depth=2, embed_dim=16, num_heads=2, mlp_dim=32, img_size=32)
 
 
 _REFERENCE: dict[str, torch.Tensor] = {}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from eva_transfer import build_backbone, load_checkpoint, save_checkpoint
+from eva_transfer import build_eva_vit, load_checkpoint, save_checkpoint
 from eva_transfer.adapter import ViTAdapter, build_vit_adapter, interaction_ranges
 from eva_transfer.checkpoint import export_state_dict
 
@@ -52,7 +52,7 @@ def _perturb(module: nn.Module):
 
 
 def test_checkpoint_through_converter_equals_weights_set_directly(tmp_path):
-    source = build_backbone("eva_tiny_seg")
+    source = build_eva_vit("eva_tiny_seg")
     _perturb(source)
     direct = _adapter(init_values=0.5)  # a non-zero gate, so the injectors take part in the comparison
     _perturb(direct)
@@ -151,7 +151,7 @@ def test_published_layout_for_eva_g_on_the_meta_device():
 
 def test_bad_arguments_are_explained():
     with pytest.raises(ValueError, match="global attention"):
-        ViTAdapter(build_backbone("eva_tiny_det"))
+        ViTAdapter(build_eva_vit("eva_tiny_det"))
     with pytest.raises(ValueError, match="cover blocks 0..3"):
         _adapter(interaction_indexes=[(0, 1), (3, 3)])
     with pytest.raises(ValueError, match="got 2 interactions"):

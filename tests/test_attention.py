@@ -139,12 +139,12 @@ def test_mismatched_terms_are_rejected():
 
 def test_activation_checkpointing_gives_the_same_gradients():
     """Blocks recomputed by activation checkpointing run the recomputing attention twice; gradients unchanged."""
-    from eva_transfer import build_backbone
+    from eva_transfer import build_eva_vit
 
     grads = []
     for ckpt in (False, True):
         torch.manual_seed(0)
-        net = _randomize(build_backbone("eva_tiny_det", img_size=96, use_act_checkpoint=ckpt), seed=3).train()
+        net = _randomize(build_eva_vit("eva_tiny_det", img_size=96, use_act_checkpoint=ckpt), seed=3).train()
         x = torch.randn(1, 3, 80, 112, generator=torch.Generator().manual_seed(7))
         (net(x) ** 2).mean().backward()
         grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from eva_transfer import PRESETS, EVAViT, build_backbone
+from eva_transfer import PRESETS, EVAViT, build_eva_vit
 from eva_transfer.presets import every_kth_block
 
 
 def test_eva_g_parameter_count_matches_paper():
     with torch.device("meta"):
-        model = build_backbone("eva_g")
+        model = build_eva_vit("eva_g")
     n = sum(p.numel() for p in model.parameters())
     # EVA-01 paper, Table 3a: a 1011M-parameter encoder (40 blocks, width 1408, MLP 6144, 16 heads, patch 14)
     assert abs(n - 1011e6) / 1011e6 < 0.001, n
@@ -20,7 +20,7 @@ def test_eva_g_parameter_count_matches_paper():
 
 def test_detection_preset_layout():
     with torch.device("meta"):
-        model = build_backbone("eva_g_det")
+        model = build_eva_vit("eva_g_det")
     assert model.global_block_indexes == tuple(range(3, 40, 4))
     assert model.window_size == 16 and model.patch_size == 16 and model.cls_token is None
     assert isinstance(model.norm, torch.nn.Identity)
@@ -31,13 +31,13 @@ def test_detection_preset_layout():
 
 def test_preset_errors_suggest_names():
     with pytest.raises(KeyError, match="did you mean eva_g_det"):
-        build_backbone("eva_g_dt")
+        build_eva_vit("eva_g_dt")
     with pytest.raises(TypeError, match="did you mean 'drop_path_rate'"):
-        build_backbone("eva_tiny", drop_path=0.1)
+        build_eva_vit("eva_tiny", drop_path=0.1)
 
 
 def test_depth_override_keeps_interleaving():
-    model = build_backbone("eva_tiny_det", depth=6)
+    model = build_eva_vit("eva_tiny_det", depth=6)
     assert model.global_block_indexes == every_kth_block(6, 2) == (1, 3, 5)
     assert PRESETS["eva_g_det"]["global_block_indexes"] == every_kth_block(40, 4)
 
@@ -45,7 +45,7 @@ def test_depth_override_keeps_interleaving():
 @pytest.mark.parametrize("name", ["eva_tiny", "eva_tiny_det", "eva_tiny_seg"])
 @pytest.mark.parametrize("hw", [(64, 64), (80, 144), (50, 70)])
 def test_any_input_size(name, hw):
-    model = build_backbone(name).eval()
+    model = build_eva_vit(name).eval()
     x = torch.randn(1, 3, *hw)
     with torch.no_grad():
         out = model(x)
@@ -55,7 +55,7 @@ def test_any_input_size(name, hw):
 
 def test_window_padding_does_not_leak_across_images():
     """Each image's features depend on that image only (windows are per image, padding is per image)."""
-    model = build_backbone("eva_tiny_det").eval()
+    model = build_eva_vit("eva_tiny_det").eval()
     a, b = torch.randn(1, 3, 80, 112), torch.randn(1, 3, 80, 112)
     with torch.no_grad():
         both = model(torch.cat([a, b]))
@@ -64,7 +64,7 @@ def test_window_padding_does_not_leak_across_images():
 
 
 def test_forward_intermediates():
-    model = build_backbone("eva_tiny_det").eval()
+    model = build_eva_vit("eva_tiny_det").eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         final, inter = model.forward_intermediates(x, indices=[1, -1])
@@ -77,7 +77,7 @@ def test_forward_intermediates():
 
 
 def test_mask_token_replaces_masked_patches_only():
-    model = build_backbone("eva_tiny", use_mask_token=True).eval()
+    model = build_eva_vit("eva_tiny", use_mask_token=True).eval()
     x = torch.randn(1, 3, 64, 64)
     mask = torch.zeros(1, 16, dtype=torch.bool)
     mask[0, 5] = True
@@ -87,13 +87,13 @@ def test_mask_token_replaces_masked_patches_only():
     changed = (tokens != plain).any(-1)[0]
     assert changed.nonzero().flatten().tolist() == [6]  # CLS is token 0
     with pytest.raises(ValueError, match="mask token"):
-        build_backbone("eva_tiny").prepare_tokens(x, mask)
+        build_eva_vit("eva_tiny").prepare_tokens(x, mask)
 
 
 def test_activation_checkpointing_gives_same_gradients():
     torch.manual_seed(0)
-    plain = build_backbone("eva_tiny_det")
-    ckpt = build_backbone("eva_tiny_det", use_act_checkpoint=True)
+    plain = build_eva_vit("eva_tiny_det")
+    ckpt = build_eva_vit("eva_tiny_det", use_act_checkpoint=True)
     ckpt.load_state_dict(plain.state_dict())
     x = torch.randn(2, 3, 64, 80)
     for m in (plain, ckpt):
@@ -105,7 +105,7 @@ def test_activation_checkpointing_gives_same_gradients():
 
 
 def test_drop_path_is_stochastic_in_training_only():
-    model = build_backbone("eva_tiny", drop_path_rate=0.5)
+    model = build_eva_vit("eva_tiny", drop_path_rate=0.5)
     x = torch.randn(4, 3, 64, 64)
     model.train()
     assert not torch.allclose(model(x), model(x))
@@ -119,4 +119,4 @@ def test_invalid_layouts_are_refused():
     with pytest.raises(ValueError, match="out of range"):
         EVAViT(embed_dim=64, depth=2, num_heads=4, window_size=4, global_block_indexes=(2,))
     with pytest.raises(ValueError, match="smaller than one 16px patch"):
-        build_backbone("eva_tiny")(torch.randn(1, 3, 8, 64))
+        build_eva_vit("eva_tiny")(torch.randn(1, 3, 8, 64))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import eva_transfer_projects.compat as compat
-from eva_transfer import build_backbone, load_checkpoint
+from eva_transfer import build_eva_vit, load_checkpoint
 
 
 def _randomize(model):
@@ -45,7 +45,7 @@ def _detectron2_vit():
 def test_one_window_tall_grids_match_detectron2(img):
     """A padded patch grid one window tall and several wide (crashed in the window partition before)."""
     ref = _randomize(_detectron2_vit())
-    ours = build_backbone("eva_tiny_det", img_size=128).eval()
+    ours = build_eva_vit("eva_tiny_det", img_size=128).eval()
     load_checkpoint(ours, ref.state_dict(), verbose=False)
     x = torch.randn(2, 3, *img)
     with torch.no_grad():
@@ -56,7 +56,7 @@ def test_one_window_tall_grids_match_detectron2(img):
 
 
 def test_eva_b_det_one_window_tall():
-    model = build_backbone("eva_b_det", depth=2, global_block_indexes=(1,)).eval()
+    model = build_eva_vit("eva_b_det", depth=2, global_block_indexes=(1,)).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 256, 1024))
     assert out.shape == (1, 768, 16, 64)
@@ -81,11 +81,11 @@ def test_eva_b_det_one_window_tall():
 )
 def test_degenerate_arguments_name_the_argument(argument, value):
     with pytest.raises(ValueError, match=rf"^{argument} must be"):
-        build_backbone("eva_tiny_det", **{argument: value})
+        build_eva_vit("eva_tiny_det", **{argument: value})
 
 
 def test_input_of_the_wrong_rank_or_channels_is_named():
-    model = build_backbone("eva_tiny").eval()
+    model = build_eva_vit("eva_tiny").eval()
     with pytest.raises(ValueError, match=r"x: expected a \(B, C, H, W\) image batch, got a 3-D tensor"):
         model(torch.randn(3, 64, 64))
     with pytest.raises(ValueError, match="x: expected 3 channels, got 1"):
@@ -94,7 +94,7 @@ def test_input_of_the_wrong_rank_or_channels_is_named():
 
 @pytest.mark.parametrize("preset", ["eva_tiny", "eva_tiny_det"])
 def test_an_empty_batch_gives_an_empty_output(preset):
-    model = build_backbone(preset).eval()
+    model = build_eva_vit(preset).eval()
     x = torch.randn(0, 3, 64, 96)
     assert model(x).shape == (0, 64, 4, 6)
     final, inter = model.forward_intermediates(x, indices=[0, 2])
@@ -107,7 +107,7 @@ def test_an_empty_batch_gives_an_empty_output(preset):
 
 @pytest.mark.parametrize("preset", ["eva_tiny", "eva_tiny_det"])
 def test_inputs_not_a_multiple_of_the_patch_are_floored_with_one_warning(preset, caplog):
-    model = build_backbone(preset).eval()
+    model = build_eva_vit(preset).eval()
     x = torch.randn(1, 3, 70, 100)
     with caplog.at_level(logging.WARNING, logger="eva_transfer.vit"), torch.no_grad():
         got = model(x)
@@ -121,12 +121,12 @@ def test_inputs_not_a_multiple_of_the_patch_are_floored_with_one_warning(preset,
 
 
 def test_an_empty_batch_through_the_pyramid_and_the_adapter():
-    from eva_transfer import SimpleFeaturePyramid
+    from eva_transfer import EVASimpleFeaturePyramid
     from eva_transfer.adapter import build_vit_adapter
 
     x = torch.randn(0, 3, 64, 64)
     with torch.no_grad():
-        pyramid = SimpleFeaturePyramid(64)(build_backbone("eva_tiny_det").eval()(x))
+        pyramid = EVASimpleFeaturePyramid(64)(build_eva_vit("eva_tiny_det").eval()(x))
         maps = build_vit_adapter("eva_tiny_seg").eval()(x)
     assert [tuple(v.shape) for v in pyramid.values()] == [(0, 256, s, s) for s in (16, 8, 4, 2, 1)]
     assert [tuple(m.shape) for m in maps] == [(0, 64, s, s) for s in (16, 8, 4, 2)]

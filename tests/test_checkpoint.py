@@ -7,7 +7,7 @@ import pytest
 import torch
 from timm.models import eva as timm_eva
 
-from eva_transfer import CheckpointError, build_backbone, load_checkpoint, read_checkpoint, save_checkpoint
+from eva_transfer import CheckpointError, build_eva_vit, load_checkpoint, read_checkpoint, save_checkpoint
 from eva_transfer.checkpoint import resize_patch_kernel, resize_rel_pos
 
 
@@ -59,7 +59,7 @@ def mim_file(tmp_path):
 
 
 def test_mim_checkpoint_features_equal_timm(mim_file):
-    ours = build_backbone("eva_tiny", patch_size=14, img_size=56).eval()
+    ours = build_eva_vit("eva_tiny", patch_size=14, img_size=56).eval()
     report = load_checkpoint(ours, mim_file, verbose=False)
     assert report.missing == []
     assert set(report.dropped) >= {"lm_head.weight", "lm_head.bias", "mask_token"}
@@ -84,7 +84,7 @@ def test_mim_checkpoint_features_equal_timm(mim_file):
 
 
 def test_mim_checkpoint_into_detection_variant(mim_file, logged):
-    det = build_backbone("eva_tiny_det")
+    det = build_eva_vit("eva_tiny_det")
     log = logged("eva_transfer.checkpoint")
     report = load_checkpoint(det, mim_file)
     out = log()
@@ -102,11 +102,11 @@ def test_mim_checkpoint_into_detection_variant(mim_file, logged):
 
 
 def test_wrapped_and_prefixed_formats(tmp_path):
-    src = build_backbone("eva_tiny_det")
+    src = build_eva_vit("eva_tiny_det")
     sd = {f"module.backbone.net.{k}": v for k, v in src.state_dict().items()}
     sd["module.roi_heads.box_predictor.cls_score.weight"] = torch.zeros(3, 4)
     for wrapper in ("model", "state_dict", "model_ema"):
-        dst = build_backbone("eva_tiny_det")
+        dst = build_eva_vit("eva_tiny_det")
         report = load_checkpoint(dst, {wrapper: sd, "iteration": 7}, verbose=False)
         assert report.prefix == "backbone.net."
         assert report.missing == [] and report.unexpected == ["roi_heads.box_predictor.cls_score.weight"]
@@ -115,11 +115,11 @@ def test_wrapped_and_prefixed_formats(tmp_path):
 
 
 def test_safetensors_roundtrip_and_atomic_save(tmp_path):
-    src = build_backbone("eva_tiny")
+    src = build_eva_vit("eva_tiny")
     path = tmp_path / "w.safetensors"
     save_checkpoint(src.state_dict(), path)
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temporary left behind
-    dst = build_backbone("eva_tiny")
+    dst = build_eva_vit("eva_tiny")
     assert load_checkpoint(dst, path, verbose=False).missing == []
     assert torch.equal(dst.pos_embed, src.pos_embed)
 
@@ -146,8 +146,8 @@ def test_rel_pos_resize_modes():
     assert torch.allclose(geo[6], table[3], atol=1e-5)
     assert torch.allclose(lin[6], table[3], atol=1e-5)
     assert not torch.allclose(lin, geo)
-    det = build_backbone("eva_tiny_det", img_size=128)
-    big = build_backbone("eva_tiny_det", img_size=192)
+    det = build_eva_vit("eva_tiny_det", img_size=128)
+    big = build_eva_vit("eva_tiny_det", img_size=192)
     report = load_checkpoint(big, det.state_dict(), rel_pos_resize="geometric", verbose=False)
     key = "blocks.1.attn.rel_pos_h"
     assert report.resized[key] == ((15, 16), (23, 16), "relative position, geometric")
@@ -157,7 +157,7 @@ def test_other_depth_is_an_error(tmp_path):
     path = tmp_path / "deep.pth"
     torch.save({"model": _mim_state_dict(depth=6)}, path)
     with pytest.raises(CheckpointError, match=r"deep\.pth.*6 blocks.*depth 4.*blocks\.4"):
-        load_checkpoint(build_backbone("eva_tiny"), path, verbose=False)
+        load_checkpoint(build_eva_vit("eva_tiny"), path, verbose=False)
 
 
 def test_other_width_is_an_error(tmp_path):
@@ -166,7 +166,7 @@ def test_other_width_is_an_error(tmp_path):
     with pytest.raises(
         CheckpointError, match=r"wide\.pth: key 'cls_token' has shape \[1, 1, 96\].*\[1, 1, 64\]"
     ):
-        load_checkpoint(build_backbone("eva_tiny"), path, verbose=False)
+        load_checkpoint(build_eva_vit("eva_tiny"), path, verbose=False)
 
 
 def test_non_tensor_entry_is_an_error(tmp_path):
@@ -177,7 +177,7 @@ def test_non_tensor_entry_is_an_error(tmp_path):
     with pytest.raises(
         CheckpointError, match=r"bad\.pth: entry 'blocks\.0\.attn\.q_bias' is a list, expected a tensor"
     ):
-        load_checkpoint(build_backbone("eva_tiny"), path, verbose=False)
+        load_checkpoint(build_eva_vit("eva_tiny"), path, verbose=False)
 
 
 def test_truncated_and_missing_files(tmp_path, mim_file):
@@ -192,7 +192,7 @@ def test_truncated_and_missing_files(tmp_path, mim_file):
     with pytest.raises(CheckpointError, match=r"cut\.safetensors"):
         read_checkpoint(cut_st)
     with pytest.raises(FileNotFoundError, match=r"nowhere\.pth"):
-        load_checkpoint(build_backbone("eva_tiny"), tmp_path / "nowhere.pth")
+        load_checkpoint(build_eva_vit("eva_tiny"), tmp_path / "nowhere.pth")
 
 
 class _CallsPrint:
@@ -212,14 +212,14 @@ def test_code_executing_pickle_is_refused(tmp_path):
         read_checkpoint(path)
     # the opt-in for a trusted file works
     report = load_checkpoint(
-        build_backbone("eva_tiny", patch_size=14, img_size=56), path, allow_pickle=True, verbose=False
+        build_eva_vit("eva_tiny", patch_size=14, img_size=56), path, allow_pickle=True, verbose=False
     )
     assert report.missing == []
 
 
 def test_no_backbone_in_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="no ViT blocks found"):
-        load_checkpoint(build_backbone("eva_tiny"), {"head.weight": torch.zeros(2, 2)}, verbose=False)
+        load_checkpoint(build_eva_vit("eva_tiny"), {"head.weight": torch.zeros(2, 2)}, verbose=False)
 
 
 def test_convert_tool(tmp_path):
@@ -247,7 +247,7 @@ def test_convert_tool(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "patch_embed.proj.weight: [64, 3, 14, 14] -> [64, 3, 16, 16]" in run.stdout
-    det = build_backbone("eva_tiny_det")
+    det = build_eva_vit("eva_tiny_det")
     report = load_checkpoint(det, out, verbose=False)
     assert report.prefix == "backbone.net."
     assert all("rel_pos" in k for k in report.missing)

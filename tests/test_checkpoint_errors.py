@@ -8,12 +8,12 @@ import time
 import pytest
 import torch
 
-from eva_transfer import CheckpointError, build_backbone, load_checkpoint, read_checkpoint, save_checkpoint
+from eva_transfer import CheckpointError, build_eva_vit, load_checkpoint, read_checkpoint, save_checkpoint
 from eva_transfer.checkpoint import write_bytes_atomic
 
 
 def _tiny_state_dict():
-    return {k: v.clone() for k, v in build_backbone("eva_tiny").state_dict().items()}
+    return {k: v.clone() for k, v in build_eva_vit("eva_tiny").state_dict().items()}
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path, name, data):
         read_checkpoint(path)
     assert "allow_pickle" not in str(info.value)  # no advice to unpickle a file that is no checkpoint
     with pytest.raises(CheckpointError, match=name):
-        load_checkpoint(build_backbone("eva_tiny"), path, verbose=False)
+        load_checkpoint(build_eva_vit("eva_tiny"), path, verbose=False)
 
 
 def test_a_directory_is_named_a_directory(tmp_path):
@@ -50,13 +50,13 @@ def test_nan_and_inf_weights_name_file_and_key(tmp_path):
     path = tmp_path / "nan.pth"
     torch.save({"model": sd}, path)
     with pytest.raises(CheckpointError, match=r"nan\.pth: key 'blocks\.1\.mlp\.fc1\.weight' holds 1 NaN"):
-        load_checkpoint(build_backbone("eva_tiny"), path, verbose=False)
+        load_checkpoint(build_eva_vit("eva_tiny"), path, verbose=False)
     sd["blocks.1.mlp.fc1.weight"][0, 0] = 0.0
     torch.save({"model": sd}, path)
     with pytest.raises(CheckpointError, match=r"key 'blocks\.2\.attn\.proj\.bias'"):
-        load_checkpoint(build_backbone("eva_tiny"), path, verbose=False)
+        load_checkpoint(build_eva_vit("eva_tiny"), path, verbose=False)
     # the opt-out loads the values as they are
-    model = build_backbone("eva_tiny")
+    model = build_eva_vit("eva_tiny")
     load_checkpoint(model, path, verbose=False, check_finite=False)
     assert torch.isinf(model.blocks[2].attn.proj.bias[3])
 
@@ -70,7 +70,7 @@ def test_integer_or_bool_tensor_for_a_float_parameter(tmp_path, dtype):
     with pytest.raises(
         CheckpointError, match=rf"ints\.safetensors: key 'blocks\.0\.norm1\.weight' holds {dtype}"
     ):
-        load_checkpoint(build_backbone("eva_tiny"), path, verbose=False)
+        load_checkpoint(build_eva_vit("eva_tiny"), path, verbose=False)
 
 
 def test_corrupted_safetensors_header(tmp_path):

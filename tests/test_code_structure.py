@@ -167,7 +167,7 @@ NOT_FOR_THE_PRODUCT = {"tests", "tools", "benchmarks", "eva_transfer_bench"}
 SYNTHETIC_DATA_USERS = {
     "eva_transfer_projects.detection.data": "the data package's public maker make_synthetic_dataset, which the "
     "tiny detection recipes' dataset registration calls",
-    "eva_transfer_projects.detection.registration": "writes a tiny recipe's synthetic dataset on first use "
+    "eva_transfer_projects.detection.data.config_datasets": "writes a tiny recipe's synthetic dataset on first use "
     "(dataloader.datasets entries with synthetic=dict(...))",
     "eva_transfer_projects.segmentation.datasets": "SyntheticADEDataset, the tiny segmentation recipes' dataset, "
     "takes its class names and palette from the module that writes the data",
@@ -297,7 +297,7 @@ def test_import_scan_finds_each_kind_of_violation():
     assert len(core) == 1 and "the core never imports the plug-ins" in core[0]
     # the same import is fine where the tiny recipes make their data
     assert not _import_violations(
-        "eva_transfer_projects.detection.registration",
+        "eva_transfer_projects.detection.data.config_datasets",
         False,
         ast.parse("from .data import make_synthetic_dataset\n"),
         {"make_synthetic_dataset"},
@@ -548,3 +548,159 @@ def test_one_rendezvous_routine():
     assert "rendezvous_failure" in _called_names(
         _function("projects/detection/config_checks.py", "explain_startup_failure")
     )
+
+
+# --- names that say what they hold, each defined once ------------------------------------------------------------
+
+
+def _module_definitions(tree: ast.Module) -> set[str]:
+    """Names a module defines: functions and classes at any depth, and module-level assignments."""
+    names = {
+        n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+    }
+    for node in tree.body:
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign)
+            else []
+        )
+        names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def _where_defined(name: str, folders=("eva_transfer", "projects")) -> list[str]:
+    return sorted(
+        str(p.relative_to(REPO)) for p, tree in _modules(folders) if name in _module_definitions(tree)
+    )
+
+
+#: each name and the one module that defines it (or the folder holding that one module)
+ONE_DEFINITION = {
+    "build_eva_vit": "eva_transfer/presets.py",
+    "EVASimpleFeaturePyramid": "eva_transfer/pyramid.py",
+    "make_reference_points": "eva_transfer/ms_deform_attn.py",
+    "level_start_indices": "eva_transfer/ms_deform_attn.py",
+    "class_image_counts": "projects/detection/class_frequency.py",
+    "image_counts_from_annotations": "projects/detection/data/datasets.py",
+    "load_pretrain_config": "eva_transfer/pretrain/config.py",
+    "load_seg_config": "projects/segmentation/",  # its module is being renamed: any one module there
+    "load_det_config": "projects/detection/engine.py",
+    "step_schedule": "projects/detection/schedule.py",
+    "lsj_train_augmentations": "projects/detection/data/augmentations.py",
+    "lsj_test_augmentations": "projects/detection/data/augmentations.py",
+    "register_config_datasets": "projects/detection/data/config_datasets.py",
+    "prepare_config_datasets": "projects/detection/data/config_datasets.py",
+    "param_groups_layer_decay": "eva_transfer/lr_decay.py",
+    "LayerDecayOptimWrapperConstructor": "projects/mmengine_layer_decay.py",
+    "PACK_META_KEYS": "projects/segmentation/test_time.py",
+}
+
+#: names that clashed with a framework's or with each other, and modules named for nothing they hold
+GONE_NAMES = (
+    "build_backbone",  # detectron2.modeling.build_backbone
+    "SimpleFeaturePyramid",  # detectron2.modeling.SimpleFeaturePyramid
+    "reference_points",  # MSDeformAttn.forward's parameter
+    "level_start_index",  # MSDeformAttn.forward's parameter
+    "category_image_counts",  # two of them, with different signatures
+    "load_config",  # three of them
+    "test_augmentations",  # read as a test by pytest
+)
+GONE_MODULES = (
+    "projects/detection/config_helpers.py",
+    "projects/detection/registration.py",
+    "projects/segmentation/optimizer.py",
+)
+
+
+def test_scan_sees_definitions():
+    tree = ast.parse("X = 1\nY: int = 2\ndef f():\n    def g(): pass\nclass C:\n    Z = 3\n")
+    assert _module_definitions(tree) == {"X", "Y", "f", "g", "C"}
+
+
+def test_each_named_piece_has_exactly_one_definition():
+    wrong = {
+        name: found
+        for name, module in ONE_DEFINITION.items()
+        if len(found := _where_defined(name)) != 1 or not found[0].startswith(module)
+    }
+    assert not wrong, f"expected one definition each, in the module given: {wrong}"
+
+
+def test_misleading_names_and_modules_are_gone():
+    left = {name: found for name in GONE_NAMES if (found := _where_defined(name))}
+    assert not left, f"renamed names still defined: {left}"
+    assert not [m for m in GONE_MODULES if (REPO / m).exists()]
+    import eva_transfer
+
+    for old, new in (
+        ("build_backbone", "build_eva_vit"),
+        ("SimpleFeaturePyramid", "EVASimpleFeaturePyramid"),
+    ):
+        assert not hasattr(eva_transfer, old)
+        try:
+            getattr(eva_transfer, old)
+        except AttributeError as e:
+            assert new in str(e), e  # the error names the new name
+
+
+def _loops_over_named_parameters(fn: ast.AST) -> bool:
+    return any(
+        isinstance(node, ast.For)
+        and isinstance(node.iter, ast.Call)
+        and isinstance(node.iter.func, ast.Attribute)
+        and node.iter.func.attr == "named_parameters"
+        for node in ast.walk(fn)
+    )
+
+
+def _raises_to_a_power(fn: ast.AST) -> bool:
+    return any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) for n in ast.walk(fn))
+
+
+def test_the_layer_decay_loop_lives_in_one_function():
+    # a loop over named_parameters that computes rate ** (depth + 1 - layer) is a layer-decay grouping
+    looping = [
+        f"{p.relative_to(REPO)}:{fn.name}"
+        for p, fn in _functions()
+        if _loops_over_named_parameters(fn) and _raises_to_a_power(fn)
+    ]
+    assert looping == ["eva_transfer/lr_decay.py:param_groups_layer_decay"], looping
+    eva = _function("projects/mmengine_layer_decay.py", "param_groups_eva")
+    assert "param_groups_layer_decay" in _called_names(eva)
+    scan = ast.parse("def f(m, r):\n    for n, p in m.named_parameters():\n        s = r ** 2\n")
+    assert _loops_over_named_parameters(scan) and _raises_to_a_power(scan)
+
+
+def _imported_modules(tree: ast.AST) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_plugins_do_not_import_each_other():
+    plugins = ("detection", "segmentation", "mmdetection")
+    crossing = []
+    for plugin in plugins:
+        others = tuple(f"eva_transfer_projects.{o}" for o in plugins if o != plugin)
+        for path, tree in _modules((f"projects/{plugin}",)):
+            crossing += [
+                f"{path.relative_to(REPO)} imports {m}"
+                for m in _imported_modules(tree)
+                if m.startswith(others)
+            ]
+    assert not crossing, crossing
+
+
+def test_fuzz_tests_share_one_time_limit():
+    defined = [
+        f"{p.relative_to(REPO)}"
+        for p, tree in _modules(("tests",))
+        if {"time_limit", "CaseTimeout"} & _module_definitions(tree)
+    ]
+    assert defined == ["tests/fuzz_harness.py"], defined

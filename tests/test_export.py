@@ -11,7 +11,7 @@ import torch
 from timm.models.eva import Eva
 
 import eva_transfer_projects.compat as compat
-from eva_transfer import build_backbone, load_checkpoint
+from eva_transfer import build_eva_vit, load_checkpoint
 from eva_transfer.checkpoint import (
     CheckpointError,
     convert_backbone_file,
@@ -38,7 +38,7 @@ def _d2_vit(**kw):
 
 @pytest.mark.parametrize("name", ["eva_tiny", "eva_tiny_seg"])
 def test_timm_eva_round_trip(name):
-    ours = _randomize(build_backbone(name)).eval()
+    ours = _randomize(build_eva_vit(name)).eval()
     sd, report = export_state_dict(ours, "timm")
     ref = Eva(**timm_eva_kwargs(ours)).eval()
     ref.load_state_dict(sd, strict=True)  # every key of timm's Eva present, nothing extra
@@ -53,7 +53,7 @@ def test_timm_eva_round_trip(name):
                 rtol=1e-5,
                 atol=1e-5,
             )
-    back = build_backbone(name)
+    back = build_eva_vit(name)
     rep = load_checkpoint(back, ref.state_dict(), verbose=False)
     assert not rep.missing
     got = back.state_dict()
@@ -69,7 +69,7 @@ def test_timm_eva_round_trip(name):
 
 
 def test_vitdet_round_trip_windowed_relpos():
-    ours = _randomize(build_backbone("eva_tiny_det")).eval()
+    ours = _randomize(build_eva_vit("eva_tiny_det")).eval()
     sd, report = export_state_dict(ours, "detectron2", prefix="")
     assert "blocks.0.attn.qkv.bias" in sd and "blocks.0.attn.q_bias" not in sd
     ref = _d2_vit(**vitdet_vit_kwargs(ours))
@@ -81,7 +81,7 @@ def test_vitdet_round_trip_windowed_relpos():
     # default prefix backbone.net., read back by the converter into an equal backbone
     full, _ = export_state_dict(ours, "detectron2")
     assert all(k.startswith("backbone.net.") for k in full)
-    back = build_backbone("eva_tiny_det")
+    back = build_eva_vit("eva_tiny_det")
     assert not load_checkpoint(back, {"model": full}, verbose=False).missing
     for k, v in ours.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
@@ -90,7 +90,7 @@ def test_vitdet_round_trip_windowed_relpos():
 def test_export_from_a_fine_tuned_detector_file(tmp_path):
     """A detector checkpoint (backbone under backbone.net., pyramid and heads around it) exports the same backbone
     as the module it came from; the pyramid and heads are reported, not written."""
-    vit = _randomize(build_backbone("eva_tiny_det"))
+    vit = _randomize(build_eva_vit("eva_tiny_det"))
     model = {"backbone.net." + k: v for k, v in vit.state_dict().items()}
     model["backbone.simfp_4.0.weight"] = torch.randn(8, 64, 1, 1)
     model["roi_heads.box_predictor.cls_score.weight"] = torch.randn(3, 8)
@@ -104,13 +104,13 @@ def test_export_from_a_fine_tuned_detector_file(tmp_path):
 
 
 def test_export_refuses_what_the_target_cannot_represent():
-    det = build_backbone("eva_tiny_det")
+    det = build_eva_vit("eva_tiny_det")
     with pytest.raises(CheckpointError, match=r"rel_pos_h.*no decomposed relative position.*strict=False"):
         export_state_dict(det, "timm")
     sd, report = export_state_dict(det, "timm", strict=False)
     assert not any("rel_pos" in k for k in sd) and "blocks.0.attn.rel_pos_h" in report.dropped
     assert "(windowed attention)" in report.dropped
-    plain = build_backbone("eva_tiny")
+    plain = build_eva_vit("eva_tiny")
     with pytest.raises(CheckpointError, match=r"cls_token \(Detectron2's ViT has no CLS token\)"):
         export_state_dict(plain, "detectron2")
     sd, report = export_state_dict(plain, "detectron2", strict=False, prefix="")
@@ -127,7 +127,7 @@ def _run_convert_tool(*args: str) -> subprocess.CompletedProcess:
 def test_convert_tool_exports(tmp_path):
     """What tools/convert_checkpoint.py --to timm / detectron2 writes: a segmentor's or a bare backbone's file in
     the other layout, loaded strictly by timm's Eva / Detectron2's ViT with the same outputs."""
-    seg = _randomize(build_backbone("eva_tiny_seg")).eval()
+    seg = _randomize(build_eva_vit("eva_tiny_seg")).eval()
     src = tmp_path / "segmentor.pth"
     torch.save({"state_dict": {"backbone." + k: v for k, v in seg.state_dict().items()}}, src)
     out, reports = convert_backbone_file(src, layout="timm")
@@ -138,7 +138,7 @@ def test_convert_tool_exports(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ref.forward_features(x), seg.forward_features(x), rtol=1e-5, atol=1e-5)
 
-    det = _randomize(build_backbone("eva_tiny_det")).eval()
+    det = _randomize(build_eva_vit("eva_tiny_det")).eval()
     src = tmp_path / "det.safetensors"
     from safetensors.torch import save_file
 

@@ -56,17 +56,17 @@ def _load(path: str):
     full = REPO / path
     assert full.is_file(), f"{path} does not exist"
     if path.startswith("configs/detection/"):
-        from eva_transfer_projects.detection.engine import load_config
+        from eva_transfer_projects.detection.engine import load_det_config
 
-        return load_config(str(full))
+        return load_det_config(str(full))
     if path.startswith(("configs/segmentation/", "configs/mmdetection/")):
         from mmengine.config import Config
 
         return Config.fromfile(str(full))
     if path.startswith("configs/pretrain/"):
-        from eva_transfer.pretrain.config import load_config
+        from eva_transfer.pretrain.config import load_pretrain_config
 
-        return load_config(full)
+        return load_pretrain_config(full)
     raise AssertionError(f"{path}: no loader for this config folder")
 
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 import copy
 import json
 import math
-import signal
-from contextlib import contextmanager
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/fuzz_harness.py (import-mode=importlib)
 hypothesis = pytest.importorskip("hypothesis")
+from fuzz_harness import time_limit  # noqa: E402  (the one per-case time limit of the fuzz tests)
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -33,26 +34,6 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture],
     derandomize=True,
 )
-
-
-class CaseTimeout(Exception):
-    pass
-
-
-@contextmanager
-def time_limit(seconds: float):
-    """Fails the case if it runs longer than ``seconds`` (SIGALRM; the tests run in the main thread)."""
-
-    def fire(signum, frame):
-        raise CaseTimeout(f"case ran longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # ----------------------------------------------------------------------------------------- COCO / LVIS files

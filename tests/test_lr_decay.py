@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from eva_transfer import SimpleFeaturePyramid, build_backbone, param_groups_layer_decay
+from eva_transfer import EVASimpleFeaturePyramid, build_eva_vit, param_groups_layer_decay
 from eva_transfer.lr_decay import layer_id_for_name, lr_scale_for_name
 
 
@@ -12,8 +12,8 @@ class Detector(nn.Module):
     def __init__(self):
         super().__init__()
         self.backbone = nn.Module()
-        self.backbone.net = build_backbone("eva_tiny_det")
-        self.backbone.pyramid = SimpleFeaturePyramid(64, out_channels=32)
+        self.backbone.net = build_eva_vit("eva_tiny_det")
+        self.backbone.pyramid = EVASimpleFeaturePyramid(64, out_channels=32)
         self.queries = nn.Embedding(10, 32)
         self.level_embed = nn.Parameter(torch.zeros(4, 32))
         self.head = nn.Linear(32, 5)
@@ -98,3 +98,35 @@ def test_no_weight_decay_follows_the_models_own_list():
     assert "extra.table" not in _no_decay_names(
         param_groups_layer_decay(model, 1e-4, 0.1, 0.9, weight_decay_scope="all")
     )
+
+
+def test_layer_id_rules_and_no_decay_fn_against_a_direct_reference():
+    """The extensions the segmentation constructor uses: regex -> layer id for names outside the ViT (first rule
+    that matches wins), and a custom no-weight-decay predicate; checked against rules written out here."""
+    model = Detector()
+    rules = [(r"^queries\.", 0), (r"^level_embed$", 2), (r"^queries", 3)]
+    groups = param_groups_layer_decay(
+        model, 1e-4, 0.1, 0.5, layer_id_rules=rules, no_decay_fn=lambda name, p: name.endswith(".bias")
+    )
+    depth = 4
+    by_name = {n: g for g in groups for n in g["param_names"]}
+    assert set(by_name) == {n for n, _ in model.named_parameters()}
+    for name, _ in model.named_parameters():
+        if name.startswith("backbone.net."):
+            rest = name[len("backbone.net.") :]
+            want = 0 if rest.startswith(("patch_embed", "pos_embed")) else depth + 1
+            if rest.startswith("blocks."):
+                want = int(rest.split(".")[1]) + 1
+        else:
+            want = {"queries.weight": 0, "level_embed": 2}.get(name, depth + 1)
+        g = by_name[name]
+        assert g["layer_id"] == want, name
+        assert g["lr"] == pytest.approx(1e-4 * 0.5 ** (depth + 1 - want)), name
+        # the predicate alone decides: norms and pos_embed are decayed, biases are not
+        assert g["weight_decay"] == (0.0 if name.endswith(".bias") else 0.1), name
+    with pytest.raises(ValueError, match="no_decay_fn replaces"):
+        param_groups_layer_decay(
+            model, 1e-4, 0.1, 0.5, no_decay_patterns=["x"], no_decay_fn=lambda n, p: False
+        )
+    with pytest.raises(ValueError, match=r"layer id 9 of '\^head' must be an integer in \[0, 5\]"):
+        param_groups_layer_decay(model, 1e-4, 0.1, 0.5, layer_id_rules={r"^head": 9})

@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from eva_transfer.ms_deform_attn import MSDeformAttn, level_start_index, ms_deform_attn, reference_points
+from eva_transfer.ms_deform_attn import (
+    MSDeformAttn,
+    level_start_indices,
+    make_reference_points,
+    ms_deform_attn,
+)
 from eva_transfer_projects.compat import apply_mmcv
 
 apply_mmcv()
@@ -129,14 +134,14 @@ def test_module_equals_mmcv_module():
     ref_points = torch.rand(2, 10, levels, 2)
     mask = torch.zeros(2, s, dtype=torch.bool)
     mask[1, -5:] = True
-    out = ours(query, ref_points, value, shapes, level_start_index(shapes), padding_mask=mask)
+    out = ours(query, ref_points, value, shapes, level_start_indices(shapes), padding_mask=mask)
     expected = ref(
         query,
         value=value,
         identity=torch.zeros_like(query),
         reference_points=ref_points,
         spatial_shapes=shapes,
-        level_start_index=level_start_index(shapes),
+        level_start_index=level_start_indices(shapes),
         key_padding_mask=mask,
     )
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
@@ -151,8 +156,8 @@ def test_initial_offsets_ring():
     assert attn.attention_weights.weight.abs().max() == 0
 
 
-def test_reference_points_are_pixel_centres():
-    ref = reference_points([(2, 4), (1, 1)])
+def test_make_reference_points_gives_pixel_centres():
+    ref = make_reference_points([(2, 4), (1, 1)])
     assert ref.shape == (1, 9, 1, 2)
     torch.testing.assert_close(ref[0, :4, 0, 0], torch.tensor([0.125, 0.375, 0.625, 0.875]))
     torch.testing.assert_close(ref[0, 4, 0], torch.tensor([0.125, 0.75]))

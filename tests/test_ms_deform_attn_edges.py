@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from eva_transfer.ms_deform_attn import MSDeformAttn, level_start_index, ms_deform_attn
+from eva_transfer.ms_deform_attn import MSDeformAttn, level_start_indices, ms_deform_attn
 from eva_transfer_projects.compat import apply_mmcv
 
 apply_mmcv()
@@ -31,14 +31,14 @@ def test_float64_module_equals_mmcv_module_to_float64_precision():
     query = torch.randn(2, 10, 32, dtype=torch.float64)
     value = torch.randn(2, S, 32, dtype=torch.float64)
     points = torch.rand(2, 10, 3, 2, dtype=torch.float64)
-    out = ours(query, points, value, SHAPES, level_start_index(SHAPES))
+    out = ours(query, points, value, SHAPES, level_start_indices(SHAPES))
     expected = ref(
         query,
         value=value,
         identity=torch.zeros_like(query),
         reference_points=points,
         spatial_shapes=SHAPES,
-        level_start_index=level_start_index(SHAPES),
+        level_start_index=level_start_indices(SHAPES),
     )
     assert out.dtype == torch.float64
     assert (out - expected).abs().max().item() <= 1e-12

@@ -149,16 +149,21 @@ def test_nothing_imports_the_folder_name():
 
 
 def test_installed_name_resolves_to_the_projects_folder(tmp_path):
-    # run outside the repository, so the working directory cannot stand in for the install
+    # run outside the repository and without PYTHONPATH, so that only the install can provide the packages
+    import os
     import subprocess
 
     code = (
         "import importlib.util, eva_transfer_projects.detection as d; "
-        "print(d.__file__); print(importlib.util.find_spec('projects'))"
+        "print(d.__file__); print(importlib.util.find_spec('projects') is None)"
     )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, check=True
     )
-    location, projects_spec = out.stdout.split()
-    assert Path(location).resolve() == (REPO / "projects" / "detection" / "__init__.py").resolve()
-    assert projects_spec == "None"
+    location, no_projects_package = out.stdout.split()
+    assert no_projects_package == "True", "an install must not provide a top-level 'projects' package"
+    installed = Path(location).resolve()
+    assert installed.parts[-3:] == ("projects", "detection", "__init__.py"), installed
+    if not os.environ.get("PYTHONPATH"):  # a run with PYTHONPATH may test a copy other than the installed one
+        assert installed == (REPO / "projects" / "detection" / "__init__.py").resolve()

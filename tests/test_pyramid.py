@@ -6,13 +6,12 @@ import torch
 from torch import nn
 
 import eva_transfer_projects.compat as compat
-from eva_transfer import SimpleFeaturePyramid, build_backbone, load_checkpoint
+from eva_transfer import EVASimpleFeaturePyramid, build_eva_vit, load_checkpoint
 
 
 def test_matches_detectron2_simple_feature_pyramid():
     compat.apply_detectron2()
-    from detectron2.modeling import SimpleFeaturePyramid as D2SFP
-    from detectron2.modeling import ViT
+    from detectron2.modeling import SimpleFeaturePyramid, ViT
     from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
     vit = ViT(
@@ -28,7 +27,7 @@ def test_matches_detectron2_simple_feature_pyramid():
         pretrain_img_size=64,
         norm_layer=partial(nn.LayerNorm, eps=1e-6),  # ViTDet's and this toolkit's eps
     )
-    ref = D2SFP(
+    ref = SimpleFeaturePyramid(
         vit,
         "last_feat",
         32,
@@ -41,9 +40,9 @@ def test_matches_detectron2_simple_feature_pyramid():
         for p in ref.parameters():
             p.add_(torch.randn_like(p) * 0.05)
 
-    backbone = build_backbone("eva_tiny_det", img_size=128).eval()
+    backbone = build_eva_vit("eva_tiny_det", img_size=128).eval()
     load_checkpoint(backbone, ref.state_dict(), verbose=False)
-    ours = SimpleFeaturePyramid(64, in_stride=16, out_channels=32).eval()
+    ours = EVASimpleFeaturePyramid(64, in_stride=16, out_channels=32).eval()
     pyramid_sd = {k: v for k, v in ref.state_dict().items() if k.startswith("simfp_")}
     result = ours.load_state_dict(pyramid_sd, strict=True)
     assert not result.missing_keys

@@ -1,5 +1,5 @@
 """The README's "Use it from timm / Detectron2 / plain PyTorch" snippets run as written, in order, in one
-folder; each checks its front door's features against build_backbone's."""
+folder; each checks its front door's features against build_eva_vit's."""
 
 import re
 from pathlib import Path
@@ -21,7 +21,7 @@ def snippets() -> list[str]:
 def test_readme_has_a_snippet_per_front_door():
     found = snippets()
     assert len(found) == 3
-    assert "build_backbone(" in found[0] and "load_checkpoint(" in found[0]
+    assert "build_eva_vit(" in found[0] and "load_checkpoint(" in found[0]
     assert "timm.create_model(" in found[1] and "features_only=True" in found[1]
     assert "EVAViTBackbone" in found[2] and "export_state_dict(" in found[2]
 

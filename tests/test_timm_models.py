@@ -1,14 +1,14 @@
 """The timm front door: every preset registered with timm, and the checks timm's own model tests make (forward
 at the default and other sizes, backward, features_only against feature_info, forward_intermediates with and
 without stop_early, state-dict round trip, pretrained_cfg, torch.compile), plus local-file pretrained loading
-through the converter giving the same features as build_backbone."""
+through the converter giving the same features as build_eva_vit."""
 
 import pytest
 import timm
 import torch
 
 import eva_transfer
-from eva_transfer import PRESETS, build_backbone, load_checkpoint
+from eva_transfer import PRESETS, build_eva_vit, load_checkpoint
 from eva_transfer.checkpoint import export_state_dict
 from eva_transfer.timm_models import AUTHOR_CHECKPOINTS, default_out_indices
 
@@ -159,8 +159,8 @@ def test_state_dict_round_trip(name):
 @pytest.mark.parametrize("name", TINY)
 def test_pretrained_local_file_goes_through_the_converter(name, tmp_path):
     """pretrained=True with a local file (a detector's in Detectron2's layout, or timm's Eva layout) gives the
-    features of build_backbone + load_checkpoint on the same file."""
-    src = _randomize(build_backbone(name)).eval()
+    features of build_eva_vit + load_checkpoint on the same file."""
+    src = _randomize(build_eva_vit(name)).eval()
     # a CLS-free backbone as a fine-tuned ViTDet writes it; the CLS one in timm's own Eva layout
     sd, _ = export_state_dict(src, "timm" if src.cls_token is not None else "detectron2")
     for k in [k for k in sd if k.endswith("qkv.bias")]:  # a non-zero key bias, which has no effect
@@ -168,7 +168,7 @@ def test_pretrained_local_file_goes_through_the_converter(name, tmp_path):
     path = tmp_path / "model_final.pth"
     torch.save({"model": sd}, path)
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
-    ref = build_backbone(name).eval()
+    ref = build_eva_vit(name).eval()
     load_checkpoint(ref, str(path), verbose=False)
     x = torch.randn(1, 3, 96, 64)
     with torch.no_grad():
@@ -211,7 +211,7 @@ def test_timm_layer_decay_matches_this_toolkits():
 @pytest.mark.parametrize("size", [(64, 96), (96, 64), (48, 48)])
 def test_windowed_batch_of_one_with_one_window_row(size):
     """A batch of one whose padded grid is one window high or wide (timm's features_only runs such inputs)."""
-    model = _randomize(build_backbone("eva_tiny_det")).eval()
+    model = _randomize(build_eva_vit("eva_tiny_det")).eval()
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         both = model(x)

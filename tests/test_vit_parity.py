@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import eva_transfer_projects.compat as compat
-from eva_transfer import build_backbone, load_checkpoint
+from eva_transfer import build_eva_vit, load_checkpoint
 
 timm_eva = pytest.importorskip("timm.models.eva")
 
@@ -41,7 +41,7 @@ def _timm_eva(patch, img, **kw):
 def test_global_attention_matches_timm(patch, shape):
     img = (shape[0] * patch, shape[1] * patch)
     ref = _randomize(_timm_eva(patch, img))
-    ours = build_backbone("eva_tiny", patch_size=patch, img_size=img).eval()
+    ours = build_eva_vit("eva_tiny", patch_size=patch, img_size=img).eval()
     assert ours.pos_grid == shape
     report = load_checkpoint(ours, ref.state_dict(), verbose=False)
     assert not report.missing and not report.unexpected
@@ -77,7 +77,7 @@ def test_windowed_relpos_matches_detectron2(img):
             pretrain_use_cls_token=True,
         )
     )
-    ours = build_backbone("eva_tiny_det", img_size=128).eval()
+    ours = build_eva_vit("eva_tiny_det", img_size=128).eval()
     assert ours.global_block_indexes == (1, 3)
     report = load_checkpoint(ours, ref.state_dict(), verbose=False)
     assert not report.missing and not report.unexpected
@@ -104,7 +104,7 @@ def test_windowed_relpos_gradients_match_detectron2(monkeypatch):
             pretrain_img_size=64,
         )
     )
-    ours = build_backbone("eva_tiny_det", img_size=128).eval()
+    ours = build_eva_vit("eva_tiny_det", img_size=128).eval()
     load_checkpoint(ours, ref.state_dict(), verbose=False)
     x = torch.randn(2, 3, 112, 144)
     (ref(x)["last_feat"] ** 2).sum().backward()

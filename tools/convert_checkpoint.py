@@ -36,7 +36,7 @@ from eva_transfer.checkpoint import (  # noqa: E402
     convert_backbone_file,
     save_checkpoint,
 )
-from eva_transfer.presets import PRESETS, build_backbone  # noqa: E402
+from eva_transfer.presets import PRESETS, build_eva_vit  # noqa: E402
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         model = None
         if args.preset:
             with torch.device("meta"):  # shapes only: no memory for a 1B-parameter model
-                model = build_backbone(args.preset, **parse_overrides(args.set))
+                model = build_eva_vit(args.preset, **parse_overrides(args.set))
         out, reports = convert_backbone_file(
             args.input,
             model=model,

@@ -3,7 +3,7 @@
 Framework-free like the rest of the core: torch, timm, numpy and PIL only (open_clip when asked for).
 """
 
-from .config import DEFAULTS, ConfigError, load_config
+from .config import DEFAULTS, ConfigError, load_pretrain_config
 from .data import GlobalBatchSampler, MIMDataset, list_images, random_resized_crop_box
 from .masking import BlockMaskGenerator, MaskBlock
 from .student import MIMStudent, build_student, export_state_dict, masked_cosine_loss
@@ -24,7 +24,7 @@ __all__ = [
     "check_target_width",
     "export_state_dict",
     "list_images",
-    "load_config",
+    "load_pretrain_config",
     "lr_at_step",
     "masked_cosine_loss",
     "mim_loss",

@@ -11,7 +11,7 @@ import torch
 
 from eva_transfer.runtime import add_run_arguments, configure_cpu_threads
 
-from .config import load_config
+from .config import load_pretrain_config
 
 __all__ = ["build_parser", "shared_overrides", "config_from_args", "configure_threads"]
 
@@ -57,7 +57,7 @@ def shared_overrides(args: argparse.Namespace) -> list[str]:
 def config_from_args(args: argparse.Namespace) -> dict:
     """The merged config: the file, the positional overrides, then the shared options (``ConfigError`` names a
     bad key or value)."""
-    return load_config(args.config, list(args.overrides) + shared_overrides(args))
+    return load_pretrain_config(args.config, list(args.overrides) + shared_overrides(args))
 
 
 def configure_threads(cfg: dict, num_threads: Optional[int] = None) -> int:

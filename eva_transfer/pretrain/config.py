@@ -25,7 +25,7 @@ __all__ = [
     "FREE_FORM",
     "ConfigError",
     "check_config",
-    "load_config",
+    "load_pretrain_config",
     "merge",
     "parse_override",
     "flatten_keys",
@@ -240,7 +240,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> dict:
+def load_pretrain_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> dict:
     """The full config: :data:`DEFAULTS` <- config file chain <- ``overrides`` (``key=value`` strings)."""
     cfg = copy.deepcopy(DEFAULTS) if path is None else _read_file(Path(path))
     planned = copy.deepcopy(cfg["schedule"])

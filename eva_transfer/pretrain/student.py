@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..presets import build_backbone
+from ..presets import build_eva_vit
 from ..vit import EVAViT
 
 __all__ = ["MIMStudent", "build_student", "export_state_dict", "masked_cosine_loss"]
@@ -51,7 +51,7 @@ class MIMStudent(nn.Module):
 def build_student(backbone: str = "eva_g", target_dim: int = 768, **overrides) -> MIMStudent:
     """A student on the backbone preset ``backbone`` (``eva_g``, ``eva_b``, ``eva_tiny``...) with a mask token;
     ``overrides`` are :class:`EVAViT` arguments (``drop_path_rate``, ``use_act_checkpoint``, ``img_size``...)."""
-    vit = build_backbone(backbone, use_mask_token=True, **overrides)
+    vit = build_eva_vit(backbone, use_mask_token=True, **overrides)
     if vit.cls_token is None or isinstance(vit.norm, nn.Identity):
         raise ValueError(
             f"backbone preset {backbone!r} is not the pre-training layout (CLS token and final norm)"

@@ -1,6 +1,6 @@
 """The EVA ViT as Detectron2 backbones: the ViT alone, and the simple feature pyramid composed on a backbone.
 
-Both parts come from the core (:class:`eva_transfer.vit.EVAViT`, :class:`eva_transfer.pyramid.SimpleFeaturePyramid`).
+Both parts come from the core (:class:`eva_transfer.vit.EVAViT`, :class:`eva_transfer.pyramid.EVASimpleFeaturePyramid`).
 
 - :class:`EVAViTBackbone` is the ViT alone as a Detectron2 ``Backbone`` (``{"last_feat": (B, C, H/16, W/16)}``
   with ``output_shape()``); it is an :class:`EVAViT`, so checkpoints, presets and layer decay treat it as one. It
@@ -22,8 +22,8 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import Tensor, nn
 
-from eva_transfer.presets import build_backbone, preset_config
-from eva_transfer.pyramid import LayerNorm2d, SimpleFeaturePyramid
+from eva_transfer.presets import build_eva_vit, preset_config
+from eva_transfer.pyramid import EVASimpleFeaturePyramid, LayerNorm2d
 from eva_transfer.vit import EVAViT
 
 __all__ = [
@@ -54,7 +54,7 @@ class EVAViTBackbone(EVAViT, Backbone):
 
     @classmethod
     def from_vit(cls, vit: EVAViT, out_feature: str = "last_feat") -> EVAViTBackbone:
-        """Turns an existing :class:`EVAViT` (e.g. from ``build_backbone``) into this class in place, keeping its
+        """Turns an existing :class:`EVAViT` (e.g. from ``build_eva_vit``) into this class in place, keeping its
         weights and parameter names; returns it."""
         if not isinstance(vit, EVAViT):
             raise TypeError(f"expected an eva_transfer EVAViT, got {type(vit).__name__}")
@@ -82,12 +82,12 @@ def _norm_layer(norm: Any):
     return lambda channels: get_norm(norm, channels)
 
 
-class EVADetectionBackbone(SimpleFeaturePyramid, Backbone):
+class EVADetectionBackbone(EVASimpleFeaturePyramid, Backbone):
     """Simple feature pyramid composed on a backbone (by default the EVA ViT).
 
     Args:
         net: the backbone it wraps: an :class:`EVAViT` (made an :class:`EVAViTBackbone`), e.g.
-            ``build_backbone("eva_g_det")``, or any Detectron2 ``Backbone``.
+            ``build_eva_vit("eva_g_det")``, or any Detectron2 ``Backbone``.
         out_channels: width of every pyramid level.
         scale_factors: pyramid levels relative to the input map (4, 2, 1, 0.5 give p2..p5 from stride 16).
         top_level: add p6 by max-pooling the last level (ignored when ``top_block`` is given).
@@ -191,7 +191,7 @@ def build_eva_det_backbone(
 ) -> EVADetectionBackbone:
     """Backbone from a core preset name (``eva_g_det``, ``eva_b_det``, ``eva_tiny_det``, ...) and EVAViT overrides."""
     return EVADetectionBackbone(
-        build_backbone(preset, **vit_overrides), out_channels, scale_factors, square_pad=square_pad
+        build_eva_vit(preset, **vit_overrides), out_channels, scale_factors, square_pad=square_pad
     )
 
 
@@ -201,7 +201,7 @@ def build_eva_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> EVADetec
     optional ``MODEL.EVA.OVERRIDES`` (a dict of EVAViT arguments), ``MODEL.EVA.SQUARE_PAD`` and
     ``MODEL.FPN.OUT_CHANNELS`` / ``MODEL.FPN.NORM``; see :func:`add_eva_config`."""
     eva = cfg.MODEL.EVA
-    net = build_backbone(eva.PRESET, **dict(eva.OVERRIDES or {}))
+    net = build_eva_vit(eva.PRESET, **dict(eva.OVERRIDES or {}))
     return EVADetectionBackbone(
         net, cfg.MODEL.FPN.OUT_CHANNELS, square_pad=eva.SQUARE_PAD, norm=cfg.MODEL.FPN.NORM or "LN"
     )

@@ -13,7 +13,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 
-__all__ = ["category_image_counts", "FedLossClassWeights", "repeat_factors"]
+__all__ = ["class_image_counts", "FedLossClassWeights", "repeat_factors"]
 
 Names = Union[str, Sequence[str]]
 
@@ -35,7 +35,7 @@ def _counts_from_metadata(name: str, num_classes: int) -> torch.Tensor | None:
     return counts
 
 
-def category_image_counts(dataset_names: Names) -> torch.Tensor:
+def class_image_counts(dataset_names: Names) -> torch.Tensor:
     """Number of images that contain each class, ``(K,)`` in contiguous class order, summed over datasets."""
     names = _as_list(dataset_names)
     num_classes = len(MetadataCatalog.get(names[0]).thing_classes)
@@ -62,7 +62,7 @@ class FedLossClassWeights:
         self.freq_weight_power = freq_weight_power
 
     def __call__(self) -> torch.Tensor:
-        return category_image_counts(self.dataset_names).float() ** self.freq_weight_power
+        return class_image_counts(self.dataset_names).float() ** self.freq_weight_power
 
 
 def repeat_factors(dataset_names: Names, repeat_thresh: float, filter_empty: bool = True) -> torch.Tensor:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from eva_transfer.runtime import configure_cpu_threads
 
-from .engine import load_config, setup_datasets
+from .engine import load_det_config, setup_datasets
 from .predictor import Predictor
 
 __all__ = [
@@ -99,7 +99,7 @@ def draw_detections(args: argparse.Namespace, echo: Callable[[str], None] = logg
     """Runs the detector of ``args.config_file`` on the images of ``args`` and writes one PNG per image with the
     detections at or above the threshold drawn; returns the written paths. ``echo`` receives the checkpoint's load
     report and one line per image (the tool prints them; by default they are logged)."""
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_det_config(args.config_file, args.opts)
     configure_cpu_threads(args.num_threads, device=str(cfg.train.get("device", "cpu")))
     output_dir = Path(cfg.train.output_dir)
     checkpoint = args.checkpoint or cfg.train.get("init_checkpoint") or str(output_dir / "model_final.pth")

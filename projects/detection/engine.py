@@ -23,8 +23,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .checkpoint import EVADetectionCheckpointer
 from .config_checks import check_override_types, numeric_keys
+from .data.config_datasets import register_config_datasets
 from .interrupt import StopOnSignal, TrainingInterrupted
-from .registration import register_config_datasets
 from .runtime import with_worker_threads
 from .schedule import fit_schedule_to_run
 
@@ -32,7 +32,7 @@ __all__ = [
     "setup_run",
     "config_keys",
     "check_override_keys",
-    "load_config",
+    "load_det_config",
     "setup_datasets",
     "build_model",
     "do_test",
@@ -144,7 +144,7 @@ def setup_run(cfg: DictConfig, args=None) -> None:
     seed_all_rng(None if seed is None or seed < 0 else seed + rank)
 
 
-def load_config(path: str, overrides: Iterable[str] = ()) -> DictConfig:
+def load_det_config(path: str, overrides: Iterable[str] = ()) -> DictConfig:
     """Loads a LazyConfig file and applies checked ``key=value`` overrides."""
     cfg = LazyConfig.load(path)
     overrides = list(overrides)

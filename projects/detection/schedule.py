@@ -1,4 +1,4 @@
-"""The detection lr schedule follows the run's length.
+"""The detection lr schedule (``step_schedule``, which configs call) and its fit to the run's length.
 
 A run shortened below its config (``train.max_iter`` overridden to fewer iterations than the file sets) gets the
 step schedule's ``steps`` and ``warmup_iters`` scaled by the same ratio, with a logged note. Published configs run
@@ -10,11 +10,13 @@ configured length (Detectron2's ``LRMultiplier`` stores only its position).
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
+from detectron2.solver import WarmupParamScheduler
+from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["fit_schedule_to_run"]
+__all__ = ["fit_schedule_to_run", "step_schedule"]
 
 logger = logging.getLogger("eva_transfer_projects.detection")
 
@@ -55,3 +57,17 @@ def fit_schedule_to_run(
 
 
 _NOTED: set = set()
+
+
+def step_schedule(
+    max_iter: int, steps: Sequence[int], warmup_iters: int, warmup_factor: float = 0.001, gamma: float = 0.1
+) -> WarmupParamScheduler:
+    """Linear warm-up over ``warmup_iters`` iterations, then the lr multiplied by ``gamma`` at each of ``steps``."""
+    if any(s >= max_iter for s in steps):
+        raise ValueError(f"lr steps {list(steps)} must be below max_iter {max_iter}")
+    values = [gamma**i for i in range(len(steps) + 1)]
+    return WarmupParamScheduler(
+        MultiStepParamScheduler(values=values, milestones=list(steps) + [max_iter]),
+        warmup_factor=warmup_factor,
+        warmup_length=warmup_iters / max_iter,
+    )

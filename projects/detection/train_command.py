@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from eva_transfer.runtime import add_run_arguments, configure_cpu_threads
 
 from .config_checks import ConfigValueError, check_config, check_launch_args
-from .engine import do_eval_only, do_train, load_config, setup_datasets, setup_run
-from .registration import prepare_config_datasets
+from .data.config_datasets import prepare_config_datasets
+from .engine import do_eval_only, do_train, load_det_config, setup_datasets, setup_run
 
 __all__ = [
     "build_parser",
@@ -73,7 +73,7 @@ def configure_threads(cfg, args) -> int:
 
 def main(args):
     """One process of the run: config, logging and seeds, threads, datasets, then training or evaluation."""
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_det_config(args.config_file, args.opts)
     setup_run(cfg, args)
     configure_threads(cfg, args)
     setup_datasets(cfg)
@@ -89,7 +89,7 @@ def check_before_launch(args: argparse.Namespace):
     check_launch_args(args)
     if not os.path.isfile(args.config_file):
         raise ConfigValueError(f"--config-file {args.config_file!r}: no such file")
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_det_config(args.config_file, args.opts)
     if not args.eval_only:
         check_config(cfg, args.num_gpus * args.num_machines)
     return cfg

@@ -4,7 +4,7 @@ Config::
 
     neck=dict(type="EVASimpleFPN", in_channels=1408, out_channels=256)
 
-It is :class:`eva_transfer.SimpleFeaturePyramid` (module names ``simfp_{2,3,4,5}``, the ViTDet / EVA layout, under
+It is :class:`eva_transfer.EVASimpleFeaturePyramid` (module names ``simfp_{2,3,4,5}``, the ViTDet / EVA layout, under
 ``neck.`` in the detector's state dict), taking the backbone's one-map tuple and returning mmdet's tuple of levels
 ordered by stride: p2..p6 (strides 4..64) by default, so the RPN's anchor strides are ``[4, 8, 16, 32, 64]`` and the
 RoI extractors' ``featmap_strides`` ``[4, 8, 16, 32]``.
@@ -17,14 +17,14 @@ from typing import Sequence, Union
 from mmdet.registry import MODELS
 from torch import Tensor
 
-from eva_transfer.pyramid import SimpleFeaturePyramid
+from eva_transfer.pyramid import EVASimpleFeaturePyramid
 
 __all__ = ["EVASimpleFPN"]
 
 
 @MODELS.register_module()
-class EVASimpleFPN(SimpleFeaturePyramid):
-    """Args: as :class:`eva_transfer.SimpleFeaturePyramid` (``in_channels``, ``in_stride``, ``out_channels``,
+class EVASimpleFPN(EVASimpleFeaturePyramid):
+    """Args: as :class:`eva_transfer.EVASimpleFeaturePyramid` (``in_channels``, ``in_stride``, ``out_channels``,
     ``scale_factors``, ``top_level``); ``init_cfg`` is accepted for mmdet's builder and must be None (the convs are
     initialised as in ViTDet)."""
 

@@ -12,6 +12,8 @@ apply_mmcv()
 
 import mmdet.models  # noqa: E402,F401  (mmdet's Mask2Former parts register under the "mmdet" scope)
 
+from eva_transfer_projects.mmengine_layer_decay import LayerDecayOptimWrapperConstructor  # noqa: E402
+
 from .backbone import EVAViTAdapter, norm_layer_from_cfg  # noqa: E402
 from .checkpoint_io import AtomicLocalBackend, load_local_checkpoint  # noqa: E402
 from .datasets import (  # noqa: E402
@@ -22,7 +24,6 @@ from .datasets import (  # noqa: E402
     LoadCheckedAnnotations,
     SyntheticADEDataset,
 )
-from .optimizer import LayerDecayOptimWrapperConstructor  # noqa: E402
 from .runtime import worker_threads_init  # noqa: E402
 from .schedule import ScheduleFollowsRunHook  # noqa: E402
 from .test_time import EncoderDecoderShortSidePad, PadShortSide  # noqa: E402

@@ -24,7 +24,7 @@ __all__ = [
     "check_cfg_options",
     "check_option_types",
     "check_train_config",
-    "load_config",
+    "load_seg_config",
 ]
 
 
@@ -77,7 +77,7 @@ def check_cfg_options(cfg: Config, options: Mapping[str, Any]) -> dict[str, Any]
     return checked
 
 
-def load_config(
+def load_seg_config(
     path: str,
     cfg_options: Optional[Mapping[str, Any]] = None,
     work_dir: Optional[str] = None,

@@ -17,7 +17,7 @@ from eva_transfer.runtime import add_run_arguments
 
 from .authors_checkpoint import prepare_test_checkpoint
 from .checkpoint_io import unloaded_weights
-from .config_checks import ConfigOverrideError, load_config
+from .config_checks import ConfigOverrideError, load_seg_config
 from .runtime import configure_run
 
 __all__ = ["USER_ERRORS", "build_parser", "parse_args", "build_runner", "check_weights_loaded", "main"]
@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_runner(args: argparse.Namespace) -> Runner:
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint {args.checkpoint!r} does not exist")
-    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    cfg = load_seg_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     # a released EVA-01 segmentor (mmseg 0.x layout) is converted to a copy in the work dir first
     cfg.load_from = prepare_test_checkpoint(
         args.checkpoint, cfg.model, cfg.get("work_dir"), getattr(args, "allow_pickle", False)

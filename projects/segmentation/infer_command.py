@@ -11,7 +11,7 @@ import numpy as np
 from mmengine.config import DictAction
 from PIL import Image
 
-from .config_checks import ConfigOverrideError, load_config
+from .config_checks import ConfigOverrideError, load_seg_config
 
 __all__ = ["USER_ERRORS", "build_parser", "parse_args", "colourise", "segment_image", "describe", "main"]
 
@@ -56,7 +56,7 @@ def segment_image(args: argparse.Namespace) -> np.ndarray:
     for what, path in (("checkpoint", args.checkpoint), ("image", args.image)):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{what} {path!r} does not exist")
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_seg_config(args.config, args.cfg_options)
     # a single image has no label file: drop the annotation loader from the test pipeline
     cfg.test_pipeline = [
         t for t in cfg.test_pipeline if t["type"] not in ("LoadAnnotations", "LoadCheckedAnnotations")

@@ -17,30 +17,31 @@ them back to the original size. Here:
 
 from __future__ import annotations
 
+import inspect
 from typing import List, Optional, Sequence
 
 import numpy as np
 import torch.nn.functional as F
 from mmcv.transforms import BaseTransform
+from mmseg.datasets.transforms import PackSegInputs
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS, TRANSFORMS
 from torch import Tensor
 
-__all__ = ["PadShortSide", "EncoderDecoderShortSidePad", "PACK_META_KEYS"]
+__all__ = ["PadShortSide", "EncoderDecoderShortSidePad", "PACK_META_KEYS", "PADDING_KEY"]
 
-#: PackSegInputs' default meta keys plus the padding record of :class:`PadShortSide`
-PACK_META_KEYS = (
-    "img_path",
-    "seg_map_path",
-    "ori_shape",
-    "img_shape",
-    "pad_shape",
-    "scale_factor",
-    "flip",
-    "flip_direction",
-    "reduce_zero_label",
-    "short_side_padding",
-)
+#: the metainfo key in which :class:`PadShortSide` records its padding
+PADDING_KEY = "short_side_padding"
+
+
+def _pack_default_meta_keys() -> tuple[str, ...]:
+    return tuple(inspect.signature(PackSegInputs.__init__).parameters["meta_keys"].default)
+
+
+#: PackSegInputs' default meta keys (read from mmseg, not copied) plus :data:`PADDING_KEY`. The text configs cannot
+#: import it: ``configs/segmentation/_base_/datasets/ade20k.py`` writes the same tuple as ``tta_meta_keys`` and
+#: ``tests/segmentation/test_configs.py`` checks that the two are equal.
+PACK_META_KEYS = _pack_default_meta_keys() + (PADDING_KEY,)
 
 
 @TRANSFORMS.register_module()
@@ -75,7 +76,7 @@ class PadShortSide(BaseTransform):
             )
         h, w = results["img"].shape[:2]
         bottom, right = max(self.size - h, 0), max(self.size - w, 0)
-        results["short_side_padding"] = (0, right, 0, bottom)
+        results[PADDING_KEY] = (0, right, 0, bottom)
         if bottom == 0 and right == 0:
             return results
         results["img"] = self._pad(results["img"], bottom, right, self.pad_val)
@@ -119,7 +120,7 @@ class EncoderDecoderShortSidePad(EncoderDecoder):
     def postprocess_result(self, seg_logits: Tensor, data_samples: Optional[Sequence] = None):
         if data_samples is not None:
             for sample in data_samples:
-                extra = sample.metainfo.get("short_side_padding")
+                extra = sample.metainfo.get(PADDING_KEY)
                 if extra is None or not any(extra):
                     continue
                 # the preprocessor pads after PadShortSide (bottom/right), so the two paddings add up

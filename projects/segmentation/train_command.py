@@ -15,7 +15,7 @@ from eva_transfer.checkpoint import CheckpointError
 from eva_transfer.runtime import add_run_arguments
 
 from .checkpoint_io import latest_intact_checkpoint
-from .config_checks import ConfigOverrideError, ConfigValueError, check_train_config, load_config
+from .config_checks import ConfigOverrideError, ConfigValueError, check_train_config, load_seg_config
 from .distributed import start_distributed
 from .runtime import configure_run
 
@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_config(args: argparse.Namespace) -> Config:
     """The run's config: the file, checked overrides, work dir, launcher, AMP and resume settings."""
-    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    cfg = load_seg_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")

@@ -105,11 +105,11 @@ def _randomized(module, seed=0):
 def test_vit_alone_is_a_detectron2_backbone_and_feeds_detectron2_necks():
     from detectron2.modeling import FPN
 
-    from eva_transfer import build_backbone
+    from eva_transfer import build_eva_vit
     from eva_transfer.vit import EVAViT
     from eva_transfer_projects.detection.backbone import EVAViTBackbone
 
-    plain = _randomized(build_backbone("eva_tiny_det"))
+    plain = _randomized(build_eva_vit("eva_tiny_det"))
     vit = _randomized(EVAViTBackbone(**preset_config("eva_tiny_det")))
     assert isinstance(vit, EVAViT)
     assert {k: (s.channels, s.stride) for k, s in vit.output_shape().items()} == {"last_feat": (64, 16)}
@@ -125,7 +125,7 @@ def test_vit_alone_is_a_detectron2_backbone_and_feeds_detectron2_necks():
     with torch.no_grad():
         feats = fpn(x)
     assert {k: tuple(v.shape) for k, v in feats.items()} == {"p4": (1, 32, 8, 6), "p5": (1, 32, 4, 3)}
-    # an EVAViT from build_backbone turns into the backbone in place, weights and names kept
+    # an EVAViT from build_eva_vit turns into the backbone in place, weights and names kept
     names = list(plain.state_dict())
     same = EVAViTBackbone.from_vit(plain, out_feature="vit")
     assert same is plain and list(same.state_dict()) == names and list(same.output_shape()) == ["vit"]
@@ -142,7 +142,7 @@ def test_pyramid_wraps_a_backbone_as_detectron2s_does(norm, top_block):
     weights (same state-dict names), for several norms and top blocks."""
     from detectron2.modeling.backbone.fpn import LastLevelP6P7
 
-    from eva_transfer import build_backbone
+    from eva_transfer import build_eva_vit
 
     def top():
         if top_block == "maxpool":
@@ -152,7 +152,7 @@ def test_pyramid_wraps_a_backbone_as_detectron2s_does(norm, top_block):
         return None
 
     ours = EVADetectionBackbone(
-        build_backbone("eva_tiny_det"), 32, top_level=False, top_block=top(), norm=norm
+        build_eva_vit("eva_tiny_det"), 32, top_level=False, top_block=top(), norm=norm
     )
     _randomized(ours)
     from eva_transfer_projects.detection.backbone import EVAViTBackbone
@@ -175,4 +175,4 @@ def test_pyramid_wraps_a_backbone_as_detectron2s_does(norm, top_block):
     assert "net.blocks.0.attn.qkv.weight" in default.state_dict()
     assert "simfp_2.1.weight" in default.state_dict() and "simfp_5.2.norm.weight" in default.state_dict()
     with pytest.raises(ValueError, match="in_feature 'res4'"):
-        EVADetectionBackbone(build_backbone("eva_tiny_det"), 32, in_feature="res4")
+        EVADetectionBackbone(build_eva_vit("eva_tiny_det"), 32, in_feature="res4")

@@ -6,20 +6,20 @@ import torch
 from detectron2.config import instantiate
 
 from eva_transfer.checkpoint import CheckpointError
-from eva_transfer.presets import build_backbone
+from eva_transfer.presets import build_eva_vit
 from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
-from eva_transfer_projects.detection.engine import load_config
+from eva_transfer_projects.detection.engine import load_det_config
 
 from .conftest import TINY_COCO
 
 
 def _model(*overrides):
-    return instantiate(load_config(TINY_COCO, list(overrides)).model)
+    return instantiate(load_det_config(TINY_COCO, list(overrides)).model)
 
 
 def test_eva_mim_backbone_checkpoint(tmp_path, logged):
     # an EVA MIM-style file: {"model": {cls_token, mask_token, pos_embed, patch_embed, blocks, norm, lm_head}}
-    mim = build_backbone("eva_tiny", use_mask_token=True)
+    mim = build_eva_vit("eva_tiny", use_mask_token=True)
     sd = dict(mim.state_dict())
     sd["lm_head.weight"] = torch.randn(32, 64)
     torch.save({"model": sd, "epoch": 3}, tmp_path / "eva_mim.pth")
@@ -62,7 +62,7 @@ def test_load_report_is_logged_once_by_the_main_process(tmp_path, logged, monkey
     import eva_transfer_projects.detection.checkpoint as det_checkpoint
 
     path = tmp_path / "eva_mim.pth"
-    torch.save({"model": build_backbone("eva_tiny").state_dict()}, path)
+    torch.save({"model": build_eva_vit("eva_tiny").state_dict()}, path)
     core, det = logged("eva_transfer.checkpoint"), logged("eva_transfer_projects.detection.checkpoint")
     EVADetectionCheckpointer(_model()).load(str(path))
     assert det().startswith(f"checkpoint {path}") and det().count("  loaded: ") == 1

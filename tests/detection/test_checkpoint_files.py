@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from eva_transfer import build_backbone
+from eva_transfer import build_eva_vit
 from eva_transfer.checkpoint import CheckpointError
 from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer, read_pkl_weights
 
@@ -18,7 +18,7 @@ from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer,
 def _detector():
     model = nn.Module()
     model.backbone = nn.Module()
-    model.backbone.net = build_backbone(
+    model.backbone.net = build_eva_vit(
         "eva_tiny", depth=2, embed_dim=16, num_heads=2, mlp_dim=32, img_size=32
     )
     return model

@@ -8,7 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from eva_transfer_projects.detection.class_frequency import (
     FedLossClassWeights,
-    category_image_counts,
+    class_image_counts,
     repeat_factors,
 )
 from eva_transfer_projects.detection.data import make_synthetic_dataset, register_dataset, unregister_dataset
@@ -40,7 +40,7 @@ def plain_dataset():
 
 
 def test_counts_from_annotations(plain_dataset):
-    torch.testing.assert_close(category_image_counts(plain_dataset), torch.tensor([4.0, 1.0, 2.0]))
+    torch.testing.assert_close(class_image_counts(plain_dataset), torch.tensor([4.0, 1.0, 2.0]))
     torch.testing.assert_close(
         FedLossClassWeights(plain_dataset, 0.5)(), torch.tensor([2.0, 1.0, math.sqrt(2)])
     )
@@ -60,7 +60,7 @@ def test_counts_from_lvis_metadata(tmp_path):
         want = torch.tensor(
             [float(c["image_count"]) for c in sorted(data["categories"], key=lambda c: c["id"])]
         )
-        torch.testing.assert_close(category_image_counts("freq_lvis"), want)
+        torch.testing.assert_close(class_image_counts("freq_lvis"), want)
         torch.testing.assert_close(FedLossClassWeights(["freq_lvis"], 0.5)(), want**0.5)
         assert len(repeat_factors("freq_lvis", 0.001)) == len(DatasetCatalog.get("freq_lvis"))
     finally:

@@ -6,7 +6,7 @@ from detectron2.config import instantiate
 
 from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
 from eva_transfer_projects.detection.class_transfer import class_aliases, match_classes, normalize_class_name
-from eva_transfer_projects.detection.engine import load_config
+from eva_transfer_projects.detection.engine import load_det_config
 
 from .conftest import TINY_COCO
 
@@ -24,7 +24,7 @@ def test_name_matching():
 
 
 def _model(num_classes):
-    cfg = load_config(TINY_COCO, [f"model.roi_heads.num_classes={num_classes}"])
+    cfg = load_det_config(TINY_COCO, [f"model.roi_heads.num_classes={num_classes}"])
     return instantiate(cfg.model).eval()
 
 

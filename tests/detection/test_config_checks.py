@@ -14,7 +14,7 @@ from eva_transfer_projects.detection.config_checks import (
     check_launch_args,
     explain_startup_failure,
 )
-from eva_transfer_projects.detection.engine import load_config
+from eva_transfer_projects.detection.engine import load_det_config
 
 from .conftest import REPO, TINY_COCO, TRAIN_NET, python, train_net_env
 
@@ -23,7 +23,7 @@ RECIPES = sorted(p.name for p in (REPO / "configs/detection").glob("*.py") if no
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_published_recipes_pass_the_checks(name):
-    check_config(load_config(str(REPO / "configs/detection" / name)))
+    check_config(load_det_config(str(REPO / "configs/detection" / name)))
 
 
 @pytest.mark.parametrize(
@@ -53,13 +53,13 @@ def test_published_recipes_pass_the_checks(name):
     ],
 )
 def test_bad_values_name_the_key(overrides, message):
-    cfg = load_config(TINY_COCO, overrides)
+    cfg = load_det_config(TINY_COCO, overrides)
     with pytest.raises(ConfigValueError, match=message):
         check_config(cfg)
 
 
 def test_batch_must_divide_among_processes():
-    cfg = load_config(TINY_COCO, ["dataloader.train.total_batch_size=6"])
+    cfg = load_det_config(TINY_COCO, ["dataloader.train.total_batch_size=6"])
     check_config(cfg, 3)
     with pytest.raises(ConfigValueError, match=r"total_batch_size=6 is not divisible by the 4 processes"):
         check_config(cfg, 4)
@@ -71,8 +71,8 @@ def test_batch_must_divide_among_processes():
 def test_non_numeric_value_for_a_numeric_key_is_named(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigValueError, match=rf"{key} takes a number .*got"):
-        load_config(TINY_COCO, [override])
-    load_config(TINY_COCO, [f"{key}=7"])  # a number is accepted
+        load_det_config(TINY_COCO, [override])
+    load_det_config(TINY_COCO, [f"{key}=7"])  # a number is accepted
 
 
 def _args(**kw):

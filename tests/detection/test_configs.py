@@ -10,10 +10,10 @@ import re
 import pytest
 import torch
 from detectron2.config import LazyConfig, get_cfg, instantiate
-from detectron2.modeling import build_backbone as d2_build_backbone
+from detectron2.modeling import build_backbone
 
 from eva_transfer_projects.detection.backbone import add_eva_config
-from eva_transfer_projects.detection.engine import ConfigKeyError, load_config
+from eva_transfer_projects.detection.engine import ConfigKeyError, load_det_config
 
 from .conftest import REPO, TINY_COCO
 
@@ -21,7 +21,7 @@ CONFIGS = sorted(glob.glob(str(REPO / "configs/detection/*.py")))
 
 
 def cfg_of(name, *overrides):
-    return load_config(str(REPO / f"configs/detection/{name}.py"), list(overrides))
+    return load_det_config(str(REPO / f"configs/detection/{name}.py"), list(overrides))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
@@ -145,16 +145,16 @@ def test_published_values_appear_once_in_the_tree():
 
 def test_override_typo_is_a_clear_error():
     with pytest.raises(ConfigKeyError, match=r"'train\.max_iters'.*Did you mean 'train\.max_iter'"):
-        load_config(TINY_COCO, ["train.max_iters=10"])
+        load_det_config(TINY_COCO, ["train.max_iters=10"])
     with pytest.raises(ConfigKeyError, match="optimizer.lrr"):
-        load_config(TINY_COCO, ["optimizer.lrr=1"])
+        load_det_config(TINY_COCO, ["optimizer.lrr=1"])
     # new arguments of a called target are fine (checked by the target itself), as is +key
-    cfg = load_config(
+    cfg = load_det_config(
         TINY_COCO, ["model.backbone.net.drop_path_rate=0.2", "+train.note=x", "train.max_iter=7"]
     )
     assert cfg.train.max_iter == 7 and cfg.model.backbone.net.drop_path_rate == 0.2
     with pytest.raises(TypeError, match="did you mean 'drop_path_rate'"):
-        instantiate(load_config(TINY_COCO, ["model.backbone.net.drop_path_rat=0.2"]).model.backbone)
+        instantiate(load_det_config(TINY_COCO, ["model.backbone.net.drop_path_rat=0.2"]).model.backbone)
 
 
 def test_yacs_backbone():
@@ -164,7 +164,7 @@ def test_yacs_backbone():
     cfg.MODEL.EVA.PRESET = "eva_tiny_det"
     cfg.MODEL.EVA.SQUARE_PAD = 128
     cfg.MODEL.FPN.OUT_CHANNELS = 32
-    bb = d2_build_backbone(cfg)
+    bb = build_backbone(cfg)
     assert [s.stride for s in bb.output_shape().values()] == [4, 8, 16, 32, 64]
     assert bb.padding_constraints["square_size"] == 128 and bb.net.embed_dim == 64
 

@@ -308,8 +308,8 @@ def test_validation_returns_the_ids_and_the_noted_boxes(coco_json):
 
 
 def _mapper(image_size=128, scale=(0.1, 2.0)):
-    from eva_transfer_projects.detection.config_helpers import lsj_train_augmentations
     from eva_transfer_projects.detection.data import CheckedDatasetMapper
+    from eva_transfer_projects.detection.data.augmentations import lsj_train_augmentations
 
     return CheckedDatasetMapper(
         is_train=True,

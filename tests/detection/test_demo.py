@@ -8,13 +8,13 @@ from PIL import Image
 
 from eva_transfer_projects.detection import demo
 from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
-from eva_transfer_projects.detection.engine import load_config
+from eva_transfer_projects.detection.engine import load_det_config
 
 from .conftest import TINY_COCO
 
 
 def test_demo_draws_pngs(tmp_path):
-    model = instantiate(load_config(TINY_COCO).model)
+    model = instantiate(load_det_config(TINY_COCO).model)
     with_names = EVADetectionCheckpointer(model, str(tmp_path), thing_classes=[f"c{i}" for i in range(6)])
     with_names.save("tiny")
     folder = tmp_path / "images"
@@ -58,7 +58,7 @@ def test_demo_draws_pngs(tmp_path):
 
 
 def test_demo_default_input_is_the_test_set_and_globs_work(tmp_path, synthetic_root):
-    model = instantiate(load_config(TINY_COCO).model)
+    model = instantiate(load_det_config(TINY_COCO).model)
     EVADetectionCheckpointer(model, str(tmp_path)).save("tiny")
     opts = [f"dataloader.synthetic_root={synthetic_root}", f"train.output_dir={tmp_path / 'run'}"]
     common = ["--config-file", TINY_COCO, "--confidence-threshold", "0.0", "--max-images", "2"]

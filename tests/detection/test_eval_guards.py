@@ -17,7 +17,7 @@ from .conftest import TINY_COCO
 
 @pytest.fixture
 def cfg(synthetic_root, tmp_path):
-    cfg = engine.load_config(
+    cfg = engine.load_det_config(
         TINY_COCO, [f"dataloader.synthetic_root={synthetic_root}", f"train.output_dir={tmp_path / 'run'}"]
     )
     cfg.dataloader.datasets = [cfg.dataloader.datasets[1]]  # the 60 validation images only

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
-from eva_transfer_projects.detection.engine import load_config
+from eva_transfer_projects.detection.engine import load_det_config
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -89,7 +89,7 @@ def _write_checkpoint(path: Path, backbone: dict, released: str) -> None:
 @pytest.mark.parametrize("name,released,train_img,interp", CASES, ids=[c[0] for c in CASES])
 def test_backbone_features_match_the_authors(name, released, train_img, interp, tmp_path):
     path = REPO / "configs/detection" / f"{name}.py"
-    cfg = load_config(str(path), SHRINK)
+    cfg = load_det_config(str(path), SHRINK)
     cfg.train.init_checkpoint = str(tmp_path / released)
     size = int(cfg.dataloader.image_size)
     if released == "eva_psz14.pt":

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from eva_transfer import build_backbone
+from eva_transfer import build_eva_vit
 from eva_transfer.checkpoint import CheckpointError, convert_backbone_file, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,7 +70,7 @@ def test_released_layout_reads_safely_and_converts(name, tmp_path):
     obj = read_checkpoint(path)
     assert isinstance(obj["model"], dict)
     with torch.device("meta"):  # as the tool: shapes only
-        model = build_backbone("eva_g_det", **SHAPE)
+        model = build_eva_vit("eva_g_det", **SHAPE)
     out, reports = convert_backbone_file(path, model=model)
     printed = "\n".join(r.summary() for r in reports)
     assert f"checkpoint {path}" in printed and "loaded:" in printed

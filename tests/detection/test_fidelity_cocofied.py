@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from eva_transfer_projects.detection.data.cocofied import cocofy_lvis, write_cocofied_lvis
-from eva_transfer_projects.detection.engine import load_config
+from eva_transfer_projects.detection.engine import load_det_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,7 +87,7 @@ def test_cocofied_input_errors(tmp_path):
 
 
 def test_cocofied_config_is_the_authors():
-    cfg = load_config(str(REPO / "configs/detection/eva_g_coco_1536_lvis_annotation.py"))
+    cfg = load_det_config(str(REPO / "configs/detection/eva_g_coco_1536_lvis_annotation.py"))
     assert cfg.dataloader.test.dataset.names == "lvis_v1_val_cocofied"
     assert [d["name"] for d in cfg.dataloader.datasets] == ["lvis_v1_val_cocofied"]
     assert cfg.dataloader.datasets[0]["fmt"] == "lvis" and cfg.dataloader.evaluator.max_dets_per_image == 300

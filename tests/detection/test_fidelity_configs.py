@@ -12,13 +12,13 @@ from detectron2.config import instantiate
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from eva_transfer_projects.detection.engine import load_config
+from eva_transfer_projects.detection.engine import load_det_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def cfg_of(name, *overrides):
-    return load_config(str(REPO / f"configs/detection/{name}.py"), list(overrides))
+    return load_det_config(str(REPO / f"configs/detection/{name}.py"), list(overrides))
 
 
 # the authors' values: config, lr, max_iter (num_updates), milestones, warm-up iterations

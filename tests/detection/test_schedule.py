@@ -7,7 +7,7 @@ import logging
 import pytest
 from detectron2.config import instantiate
 
-from eva_transfer_projects.detection.engine import load_config
+from eva_transfer_projects.detection.engine import load_det_config
 
 from .conftest import REPO, TINY_COCO
 
@@ -26,16 +26,16 @@ def _reference_lr(it, max_iter, steps, warmup, factor=0.001, gamma=0.1):
 
 
 def test_published_length_keeps_absolute_values():
-    cfg = load_config(TINY_COCO)
+    cfg = load_det_config(TINY_COCO)
     assert cfg.train.max_iter == 350 and list(cfg.lr_multiplier.steps) == [300]
     assert cfg.lr_multiplier.warmup_iters == 50
-    longer = load_config(TINY_COCO, ["train.max_iter=700"])  # a longer run keeps the absolute steps
+    longer = load_det_config(TINY_COCO, ["train.max_iter=700"])  # a longer run keeps the absolute steps
     assert list(longer.lr_multiplier.steps) == [300] and longer.lr_multiplier.warmup_iters == 50
 
 
 @pytest.mark.parametrize("config", [TINY_COCO, str(REPO / "configs/detection/eva_g_coco_1280.py")])
 def test_shortened_run_scales_steps_and_warmup(config, caplog):
-    full = load_config(config)
+    full = load_det_config(config)
     planned, steps, warmup = (
         full.train.max_iter,
         list(full.lr_multiplier.steps),
@@ -45,8 +45,8 @@ def test_shortened_run_scales_steps_and_warmup(config, caplog):
 
     schedule._NOTED.clear()  # the note is logged once per process
     with caplog.at_level(logging.WARNING, logger="eva_transfer_projects.detection"):
-        cfg = load_config(config, ["train.max_iter=40"])
-        load_config(config, ["train.max_iter=40"])
+        cfg = load_det_config(config, ["train.max_iter=40"])
+        load_det_config(config, ["train.max_iter=40"])
     assert caplog.text.count("shorter than the config's") == 1
     assert "shorter than the config's" in caplog.text and "train.max_iter=40" in caplog.text
     want_steps = [max(1, min(39, round(s * 40 / planned))) for s in steps]
@@ -59,9 +59,11 @@ def test_shortened_run_scales_steps_and_warmup(config, caplog):
 
 
 def test_explicit_schedule_overrides_are_kept():
-    cfg = load_config(
+    cfg = load_det_config(
         TINY_COCO, ["train.max_iter=40", "lr_multiplier.steps=[30]", "lr_multiplier.warmup_iters=2"]
     )
     assert list(cfg.lr_multiplier.steps) == [30] and cfg.lr_multiplier.warmup_iters == 2
     with pytest.raises(ValueError, match=r"lr steps \[50\] must be below max_iter 40"):
-        instantiate(load_config(TINY_COCO, ["train.max_iter=40", "lr_multiplier.steps=[50]"]).lr_multiplier)
+        instantiate(
+            load_det_config(TINY_COCO, ["train.max_iter=40", "lr_multiplier.steps=[50]"]).lr_multiplier
+        )

@@ -69,9 +69,9 @@ def test_tiny_coco_trains_survives_a_kill_and_reaches_ap(synthetic_root, tmp_pat
     text = log.read_text()
     assert f"Starting training from iteration {killed_at + 1}" in text
     final = read_checkpoint(out / "model_final.pth", allow_pickle=False)
-    from eva_transfer_projects.detection.engine import load_config
+    from eva_transfer_projects.detection.engine import load_det_config
 
-    max_iter = load_config(TINY_COCO).train.max_iter
+    max_iter = load_det_config(TINY_COCO).train.max_iter
     assert final["iteration"] == max_iter - 1
     assert final["thing_classes"][:2] and len(final["thing_classes"]) == 6
 

@@ -11,10 +11,10 @@ def test_detection_loaders_chain_worker_threads(synthetic_root):
     from detectron2.config import instantiate
     from detectron2.data.build import worker_init_reset_seed
 
-    from eva_transfer_projects.detection.engine import load_config, setup_datasets
+    from eva_transfer_projects.detection.engine import load_det_config, setup_datasets
     from eva_transfer_projects.detection.runtime import find_data_loaders, with_worker_threads
 
-    cfg = load_config(TINY_COCO, [f"dataloader.synthetic_root={synthetic_root}"])
+    cfg = load_det_config(TINY_COCO, [f"dataloader.synthetic_root={synthetic_root}"])
     setup_datasets(cfg)
     loader = with_worker_threads(instantiate(cfg.dataloader.train), threads=1)
     (dl,) = find_data_loaders(loader)

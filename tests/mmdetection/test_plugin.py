@@ -11,7 +11,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import eva_transfer_projects.mmdetection  # noqa: F401  (registers the plug-in, applies the stand-ins)
-from eva_transfer import SimpleFeaturePyramid, build_backbone, load_checkpoint, save_checkpoint
+from eva_transfer import EVASimpleFeaturePyramid, build_eva_vit, load_checkpoint, save_checkpoint
 from eva_transfer.checkpoint import (
     CheckpointError,
     convert_backbone_file,
@@ -45,8 +45,8 @@ def _detectron2_layout(vit, pyramid) -> dict:
 
 def test_backbone_and_neck_equal_the_core_modules():
     det = _build().eval()
-    vit = build_backbone("eva_tiny_det", img_size=128).eval()
-    pyramid = SimpleFeaturePyramid(64, out_channels=32).eval()
+    vit = build_eva_vit("eva_tiny_det", img_size=128).eval()
+    pyramid = EVASimpleFeaturePyramid(64, out_channels=32).eval()
     vit.load_state_dict(det.backbone.state_dict())
     pyramid.load_state_dict(det.neck.state_dict())
     x = torch.randn(2, 3, 128, 96)
@@ -63,7 +63,7 @@ def test_backbone_and_neck_equal_the_core_modules():
 def test_init_cfg_pretrained_goes_through_the_converter(tmp_path):
     """An EVA MIM-layout checkpoint (patch 14, CLS slot, final norm, a mask token) loads through mmdet's init_cfg
     convention: kernel resized 14 -> 16, pre-training-only keys dropped, blocks loaded exactly."""
-    src = build_backbone("eva_tiny", patch_size=14, img_size=56, use_mask_token=True)
+    src = build_eva_vit("eva_tiny", patch_size=14, img_size=56, use_mask_token=True)
     path = tmp_path / "eva_mim.pth"
     save_checkpoint({"model": src.state_dict()}, path)
     det = _build(init_cfg=dict(type="Pretrained", checkpoint=str(path)))
@@ -76,9 +76,9 @@ def test_init_cfg_pretrained_goes_through_the_converter(tmp_path):
 
 
 def test_init_cfg_prefix_and_bad_entries(tmp_path):
-    vit = build_backbone("eva_tiny_det", img_size=128)
+    vit = build_eva_vit("eva_tiny_det", img_size=128)
     path = tmp_path / "d2.pth"
-    save_checkpoint({"model": _detectron2_layout(vit, SimpleFeaturePyramid(64, out_channels=32))}, path)
+    save_checkpoint({"model": _detectron2_layout(vit, EVASimpleFeaturePyramid(64, out_channels=32))}, path)
     det = _build(init_cfg=dict(type="Pretrained", checkpoint=str(path), prefix="backbone.net."))
     det.init_weights()
     for k, v in vit.state_dict().items():
@@ -100,8 +100,8 @@ def test_mmdet_export_round_trip(tmp_path):
     weights."""
     from mmengine.runner import load_checkpoint as mmengine_load
 
-    vit = build_backbone("eva_tiny_det", img_size=128).eval()
-    pyramid = SimpleFeaturePyramid(64, out_channels=32).eval()
+    vit = build_eva_vit("eva_tiny_det", img_size=128).eval()
+    pyramid = EVASimpleFeaturePyramid(64, out_channels=32).eval()
     with torch.no_grad():
         for p in pyramid.parameters():
             p.normal_()
@@ -134,14 +134,14 @@ def test_mmdet_export_round_trip(tmp_path):
     again, report = export_mmdet(det.state_dict())
     assert set(again) == backbone_neck and all(torch.equal(again[k], exported[k]) for k in exported)
     assert report.unexpected and all(k.startswith(("rpn_head.", "roi_head.")) for k in report.unexpected)
-    bare = build_backbone("eva_tiny_det", img_size=128)
+    bare = build_eva_vit("eva_tiny_det", img_size=128)
     load_checkpoint(bare, {"state_dict": det.state_dict()}, verbose=False)
     for k, v in vit.state_dict().items():
         torch.testing.assert_close(bare.state_dict()[k], v, rtol=0, atol=0)
 
 
 def test_export_refuses_two_pyramids():
-    vit = build_backbone("eva_tiny_det")
+    vit = build_eva_vit("eva_tiny_det")
     sd = {f"backbone.net.{k}": v for k, v in vit.state_dict().items()}
     sd["backbone.simfp_2.0.weight"] = torch.zeros(1)
     sd["neck.simfp_2.0.weight"] = torch.zeros(1)

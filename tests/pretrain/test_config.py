@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from eva_transfer import PRESETS
-from eva_transfer.pretrain import ConfigError, load_config, lr_at_step
+from eva_transfer.pretrain import ConfigError, load_pretrain_config, lr_at_step
 
 REPO = Path(__file__).resolve().parents[2]
 EVA_G = REPO / "configs" / "pretrain" / "eva_g_clip_l14.py"
@@ -16,7 +16,7 @@ TINY_CONFIG = REPO / "configs" / "pretrain" / "eva_tiny_cpu.py"
 
 
 def test_eva_g_config_is_the_published_recipe():
-    cfg = load_config(EVA_G)
+    cfg = load_pretrain_config(EVA_G)
     assert cfg["model"]["backbone"] == "eva_g" and cfg["model"]["target_dim"] == 768
     assert cfg["model"]["drop_path_rate"] == 0.1
     assert cfg["teacher"]["name"] == "vit_large_patch14_clip_224.openai" and cfg["teacher"]["pretrained"]
@@ -43,7 +43,7 @@ def test_eva_g_config_is_the_published_recipe():
 
 
 def test_tiny_config_inherits_and_matches_the_tiny_backbones():
-    cfg = load_config(TINY_CONFIG)
+    cfg = load_pretrain_config(TINY_CONFIG)
     assert cfg["optim"]["lr"] == 1e-3 and cfg["optim"]["betas"] == (0.9, 0.98)  # inherited
     assert cfg["model"]["backbone"] == "eva_tiny" and cfg["train"]["amp"] == "none"
     shape = ("embed_dim", "depth", "num_heads", "mlp_dim", "patch_size")
@@ -52,7 +52,7 @@ def test_tiny_config_inherits_and_matches_the_tiny_backbones():
 
 
 def test_overrides_and_typos(tmp_path):
-    cfg = load_config(
+    cfg = load_pretrain_config(
         TINY_CONFIG,
         [
             "optim.lr=5e-4",
@@ -66,11 +66,11 @@ def test_overrides_and_typos(tmp_path):
     assert cfg["model"]["backbone_overrides"] == {"img_size": 128, "depth": 2}
     assert cfg["teacher"]["kwargs"]["depth"] == 1 and cfg["teacher"]["kwargs"]["embed_dim"] == 48
     with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'; did you mean 'optim.lr'"):
-        load_config(TINY_CONFIG, ["optim.lrr=1"])
+        load_pretrain_config(TINY_CONFIG, ["optim.lrr=1"])
     with pytest.raises(ConfigError, match="did you mean 'train.batch_size'"):
-        load_config(TINY_CONFIG, ["train.batchsize=8"])
+        load_pretrain_config(TINY_CONFIG, ["train.batchsize=8"])
     with pytest.raises(ConfigError, match="not key=value"):
-        load_config(TINY_CONFIG, ["optim.lr"])
+        load_pretrain_config(TINY_CONFIG, ["optim.lr"])
     bad = tmp_path / "bad.py"
     bad.write_text(f"_base_ = {str(TINY_CONFIG)!r}\nconfig = dict(schedule=dict(warmup_step=3))\n")
     with pytest.raises(
@@ -78,7 +78,7 @@ def test_overrides_and_typos(tmp_path):
         match=r"bad.py: unknown config key 'schedule.warmup_step'; did you mean "
         r"'schedule.warmup_steps'",
     ):
-        load_config(bad)
+        load_pretrain_config(bad)
 
 
 def test_lr_schedule():
@@ -98,7 +98,7 @@ def test_eva_g_student_and_teacher_shapes():
 
     from eva_transfer.pretrain import build_student, build_teacher
 
-    cfg = load_config(EVA_G)
+    cfg = load_pretrain_config(EVA_G)
     with torch.device("meta"):
         student = build_student(cfg["model"]["backbone"], cfg["model"]["target_dim"])
         teacher = build_teacher(name=cfg["teacher"]["name"], pretrained=False)
@@ -143,15 +143,17 @@ def test_the_package_imports_no_framework():
 )
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(None, [override])  # the defaults: a schedule in epochs
+        load_pretrain_config(None, [override])  # the defaults: a schedule in epochs
 
 
 def test_warmup_longer_than_the_run_is_named():
     with pytest.raises(
         ConfigError, match=r"schedule\.warmup_steps=50 is longer than the run .*total_steps=10"
     ):
-        load_config(TINY_CONFIG, ["schedule.total_steps=10", "schedule.warmup_steps=50"])
-    assert load_config(TINY_CONFIG, ["optim.clip_grad=None"])["optim"]["clip_grad"] is None  # no clipping
+        load_pretrain_config(TINY_CONFIG, ["schedule.total_steps=10", "schedule.warmup_steps=50"])
+    assert (
+        load_pretrain_config(TINY_CONFIG, ["optim.clip_grad=None"])["optim"]["clip_grad"] is None
+    )  # no clipping
 
 
 def test_warmup_from_epochs_longer_than_the_given_steps_fails_before_training(
@@ -160,7 +162,7 @@ def test_warmup_from_epochs_longer_than_the_given_steps_fails_before_training(
     from eva_transfer.pretrain import train
 
     folder = make_images(tmp_path / "imgs", 8)[0].parent
-    cfg = load_config(
+    cfg = load_pretrain_config(
         tiny_config,
         tiny_overrides(folder, tmp_path / "run", **{"schedule.total_steps": 2, "schedule.warmup_epochs": 3,
                                                     "schedule.warmup_steps": None,
@@ -183,9 +185,9 @@ def test_clip_grad_none_trains_without_clipping(tmp_path, make_images, tiny_conf
         "train.tensorboard": False,
     }
     tiny = tiny_overrides(folder, tmp_path / "a", **overrides)
-    clipped = train(load_config(tiny_config, tiny + ["optim.clip_grad=1e-6"]))
+    clipped = train(load_pretrain_config(tiny_config, tiny + ["optim.clip_grad=1e-6"]))
     unclipped = train(
-        load_config(
+        load_pretrain_config(
             tiny_config, tiny_overrides(folder, tmp_path / "b", **overrides) + ["optim.clip_grad=None"]
         )
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eva_transfer.pretrain import load_config, train
+from eva_transfer.pretrain import load_pretrain_config, train
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 6
@@ -49,9 +49,9 @@ def test_two_processes_match_one(tmp_path, image_folder, tiny_config, tiny_overr
         "model.drop_path_rate": 0.0,
         "train.batch_size": 16,
     }
-    single = train(load_config(tiny_config, tiny_overrides(image_folder, tmp_path / "one", **extra)))[
-        "history"
-    ]
+    single = train(
+        load_pretrain_config(tiny_config, tiny_overrides(image_folder, tmp_path / "one", **extra))
+    )["history"]
     overrides = tiny_overrides(image_folder, tmp_path / "two", **extra, **{"optim.zero": zero})
     if zero:
         # stop after 3 steps and resume: the sharded optimizer state is consolidated, saved and restored

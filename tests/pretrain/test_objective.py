@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eva_transfer.pretrain import build_student, build_teacher, check_target_width, masked_cosine_loss
-from eva_transfer.pretrain.config import load_config
+from eva_transfer.pretrain.config import load_pretrain_config
 from eva_transfer.pretrain.trainer import build_models
 
 TINY_TEACHER = dict(
@@ -105,7 +105,7 @@ def test_teacher_width_mismatch_is_a_clear_error(tmp_path):
     teacher = build_teacher(**TINY_TEACHER)
     with pytest.raises(ValueError, match=r"lm_head\) projects to 768 .* outputs 32-d"):
         check_target_width(768, teacher)
-    cfg = load_config(
+    cfg = load_pretrain_config(
         None,
         [f"teacher.{k}={v!r}" for k, v in TINY_TEACHER.items()]
         + ["model.backbone='eva_tiny'", "model.target_dim=768"],

@@ -12,7 +12,7 @@ import torch
 from timm.data.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from eva_transfer import CheckpointError, load_checkpoint
-from eva_transfer.pretrain import build_student, load_config
+from eva_transfer.pretrain import build_student, load_pretrain_config
 from eva_transfer.pretrain.trainer import build_models, param_groups
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ TINY = REPO / "configs" / "pretrain" / "eva_tiny_cpu.py"
 
 @pytest.mark.parametrize("path", [EVA_G, EVA_B, TINY], ids=lambda p: p.stem)
 def test_student_input_is_clip_normalised(path):
-    data = load_config(path)["data"]
+    data = load_pretrain_config(path)["data"]
     assert tuple(data["mean"]) == pytest.approx(OPENAI_CLIP_MEAN, abs=1e-9)
     assert tuple(data["std"]) == pytest.approx(OPENAI_CLIP_STD, abs=1e-9)
 
@@ -36,10 +36,10 @@ def _truncated_std(std: float) -> float:
 
 
 def test_eva_g_init_is_the_authors():
-    cfg = load_config(EVA_G)
+    cfg = load_pretrain_config(EVA_G)
     assert (cfg["model"]["init_mode"], cfg["model"]["init_std"]) == ("eva", 0.015)
     # the published recipe on the CPU preset: built through the trainer, as a run builds it
-    tiny = load_config(TINY)
+    tiny = load_pretrain_config(TINY)
     assert (tiny["model"]["init_mode"], tiny["model"]["init_std"]) == ("eva", 0.015)  # inherited
     torch.manual_seed(0)
     student, _ = build_models(tiny, torch.device("cpu"))
@@ -75,7 +75,7 @@ def _authors_no_decay(name: str, shape) -> bool:
 
 
 def test_weight_decay_groups_are_the_authors_mask_token_decayed():
-    cfg = load_config(EVA_G)
+    cfg = load_pretrain_config(EVA_G)
     with torch.device("meta"):
         student = build_student(
             cfg["model"]["backbone"],
@@ -216,8 +216,8 @@ def test_lm_head_of_another_width_is_a_clear_error():
 
 
 def test_backbone_only_models_still_drop_lm_head():
-    from eva_transfer import build_backbone
+    from eva_transfer import build_eva_vit
 
-    vit = build_backbone("eva_tiny", patch_size=PATCH, img_size=PATCH * GRID, mlp_dim=MLP)
+    vit = build_eva_vit("eva_tiny", patch_size=PATCH, img_size=PATCH * GRID, mlp_dim=MLP)
     report = load_checkpoint(vit, {"model": _mim_state_dict()}, verbose=False)
     assert "lm_head.weight" in report.dropped and "lm_head.weight" not in report.loaded

@@ -11,8 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eva_transfer import build_backbone, load_checkpoint, read_checkpoint
-from eva_transfer.pretrain import BlockMaskGenerator, MIMDataset, list_images, load_config, mim_loss, train
+from eva_transfer import build_eva_vit, load_checkpoint, read_checkpoint
+from eva_transfer.pretrain import (
+    BlockMaskGenerator,
+    MIMDataset,
+    list_images,
+    load_pretrain_config,
+    mim_loss,
+    train,
+)
 from eva_transfer.pretrain.data import collate
 from eva_transfer.pretrain.trainer import TrainSummary, build_models
 
@@ -29,7 +36,9 @@ def test_tiny_preset_learns_and_exports_a_loadable_backbone(
     tmp_path, image_folder, make_images, tiny_config, tiny_overrides
 ):
     out = tmp_path / "run"
-    cfg = load_config(tiny_config, tiny_overrides(image_folder, out, **{"schedule.total_steps": 200}))
+    cfg = load_pretrain_config(
+        tiny_config, tiny_overrides(image_folder, out, **{"schedule.total_steps": 200})
+    )
     summary = train(cfg)
     losses = np.array([r["loss"] for r in summary["history"]])
     assert len(losses) == 200 and summary["step"] == 200 and not summary["interrupted"]
@@ -62,14 +71,14 @@ def test_tiny_preset_learns_and_exports_a_loadable_backbone(
     # the exported backbone loads into the detection and segmentation tiny backbones
     export = summary["export"]
     assert export.endswith(".safetensors") and os.path.isfile(export)
-    det = build_backbone("eva_tiny_det")
+    det = build_eva_vit("eva_tiny_det")
     report = load_checkpoint(det, export)
     assert all("rel_pos" in k for k in report.missing), (
         report.missing
     )  # zero-init tables pre-training never has
     assert len(report.missing) == 2 * det.depth and not report.unexpected
     assert {"lm_head.weight", "lm_head.bias", "mask_token", "cls_token"} <= set(report.dropped)
-    seg = build_backbone("eva_tiny_seg")
+    seg = build_eva_vit("eva_tiny_seg")
     report = load_checkpoint(seg, export)
     assert report.missing == [] and not report.unexpected
     torch.testing.assert_close(seg.blocks[3].mlp.fc2.weight, student.backbone.blocks[3].mlp.fc2.weight)
@@ -83,12 +92,12 @@ def _records(summary):
 def test_resume_continues_the_same_schedule(tmp_path, image_folder, tiny_config, tiny_overrides):
     common = {"schedule.total_steps": 16, "schedule.warmup_steps": 4, "train.checkpoint_every": 6}
     reference = _records(
-        train(load_config(tiny_config, tiny_overrides(image_folder, tmp_path / "a", **common)))
+        train(load_pretrain_config(tiny_config, tiny_overrides(image_folder, tmp_path / "a", **common)))
     )
     assert sorted(reference) == list(range(1, 17))
 
     # a crash at step 9: the run restarts from the periodic checkpoint of step 6
-    cfg = load_config(tiny_config, tiny_overrides(image_folder, tmp_path / "b", **common))
+    cfg = load_pretrain_config(tiny_config, tiny_overrides(image_folder, tmp_path / "b", **common))
 
     def crash(record):
         if record["step"] == 9:
@@ -107,7 +116,7 @@ def test_resume_continues_the_same_schedule(tmp_path, image_folder, tiny_config,
         assert [json.loads(line)["step"] for line in f] == list(range(1, 17))
 
     # Ctrl-C at step 4: the step finishes, a checkpoint is written at 4, the rerun continues from there
-    cfg = load_config(tiny_config, tiny_overrides(image_folder, tmp_path / "c", **common))
+    cfg = load_pretrain_config(tiny_config, tiny_overrides(image_folder, tmp_path / "c", **common))
 
     def interrupt(record):
         if record["step"] == 4:
@@ -135,7 +144,7 @@ def test_unreadable_images_are_counted_and_empty_data_fails(
     make_images(folder, 16)
     (folder / "img_0003.png").write_bytes(b"not a png")
     (folder / "img_0011.png").write_bytes(b"")
-    cfg = load_config(
+    cfg = load_pretrain_config(
         tiny_config,
         tiny_overrides(
             folder,
@@ -155,7 +164,7 @@ def test_unreadable_images_are_counted_and_empty_data_fails(
     assert summary["history"][-1]["skipped"] == 4
 
     (tmp_path / "empty").mkdir()
-    cfg = load_config(tiny_config, tiny_overrides(tmp_path / "empty", tmp_path / "run2"))
+    cfg = load_pretrain_config(tiny_config, tiny_overrides(tmp_path / "empty", tmp_path / "run2"))
     with pytest.raises(ValueError, match="contains no images"):
         train(cfg)
 
@@ -167,7 +176,7 @@ def test_mixed_precision_path(tmp_path, image_folder, tiny_config, tiny_override
 
     monkeypatch.setattr(trainer, "_amp_dtype", lambda name, device: dtype)
     # optim.zero (the EVA-g setting) with a single process falls back to plain AdamW
-    cfg = load_config(
+    cfg = load_pretrain_config(
         tiny_config,
         tiny_overrides(
             image_folder,
@@ -191,7 +200,7 @@ def test_patch14_export_converts_into_the_patch16_detection_backbone(tmp_path):
 
     student = build_student("eva_tiny", 32, patch_size=14, img_size=224)
     save_checkpoint(export_state_dict(student), tmp_path / "backbone.safetensors")
-    det = build_backbone("eva_tiny_det")
+    det = build_eva_vit("eva_tiny_det")
     report = load_checkpoint(det, tmp_path / "backbone.safetensors", verbose=False)
     assert set(report.resized) == {"patch_embed.proj.weight", "pos_embed"}
     assert report.resized["patch_embed.proj.weight"][:2] == ((64, 3, 14, 14), (64, 3, 16, 16))

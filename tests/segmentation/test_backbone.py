@@ -10,7 +10,7 @@ from mmengine.logging import MMLogger
 from mmseg.registry import MODELS
 from torch import nn
 
-from eva_transfer import build_backbone
+from eva_transfer import build_eva_vit
 from eva_transfer.checkpoint import save_checkpoint
 
 TINY = dict(type="EVAViTAdapter", backbone="eva_tiny_seg", adapter=dict(conv_inplane=16, deform_num_heads=4))
@@ -18,7 +18,7 @@ TINY = dict(type="EVAViTAdapter", backbone="eva_tiny_seg", adapter=dict(conv_inp
 
 def test_init_checkpoint_loads_backbone_through_shared_converter(tmp_path):
     # an EVA MIM-style checkpoint of the tiny ViT: CLS token, mask token and final norm are dropped by the converter
-    source = build_backbone("eva_tiny")
+    source = build_eva_vit("eva_tiny")
     path = tmp_path / "mim.pth"
     save_checkpoint({"model": source.state_dict()}, path)
     model = MODELS.build(dict(TINY, init_checkpoint=str(path), norm_cfg=dict(type="GN", num_groups=8)))

@@ -11,7 +11,11 @@ import sys
 import pytest
 
 from eva_transfer_projects.segmentation import train_command
-from eva_transfer_projects.segmentation.config_checks import ConfigValueError, check_train_config, load_config
+from eva_transfer_projects.segmentation.config_checks import (
+    ConfigValueError,
+    check_train_config,
+    load_seg_config,
+)
 
 from .conftest import CONFIG_DIR, ROOT, TINY_CONFIG
 
@@ -25,7 +29,7 @@ def train():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_published_configs_pass_the_checks(name):
-    check_train_config(load_config(str(CONFIG_DIR / name), work_dir="unused"))
+    check_train_config(load_seg_config(str(CONFIG_DIR / name), work_dir="unused"))
 
 
 @pytest.mark.parametrize(
@@ -58,8 +62,8 @@ def test_bad_values_name_the_key_before_anything_is_built(train, tmp_path, optio
 def test_non_numeric_value_for_a_numeric_key_is_named(option):
     key = option.split("=")[0]
     with pytest.raises(ConfigValueError, match=rf"--cfg-options {key}: takes a number .*got '"):
-        load_config(TINY_CONFIG, dict([option.split("=")]))
-    load_config(TINY_CONFIG, {key: 7})
+        load_seg_config(TINY_CONFIG, dict([option.split("=")]))
+    load_seg_config(TINY_CONFIG, {key: 7})
 
 
 def test_pytorch_launcher_outside_torchrun_says_what_to_run(train, tmp_path, monkeypatch):

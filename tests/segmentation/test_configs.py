@@ -88,3 +88,18 @@ def test_config_builds_from_registry_on_meta_device(path):
             (20, 29),
             (30, 39),
         ]
+
+
+def test_tta_meta_keys_equal_the_plugin_constant():
+    """The config's literal tuple and the plug-in's PACK_META_KEYS (read from mmseg's PackSegInputs defaults plus
+    the padding key) are one list: a new mmseg default or an edited config fails here."""
+    from eva_transfer_projects.segmentation.test_time import PACK_META_KEYS, PADDING_KEY
+
+    base = Config.fromfile(str(CONFIG_DIR / "_base_/datasets/ade20k.py"))
+    assert tuple(base.tta_meta_keys) == PACK_META_KEYS
+    assert PACK_META_KEYS[-1] == PADDING_KEY and "img_path" in PACK_META_KEYS
+    for path in (ADE, STUFF):  # the published configs' TTA pipelines pack exactly these keys
+        packs = [
+            t for t in Config.fromfile(path).tta_pipeline[1]["transforms"][-1] if t["type"] == "PackSegInputs"
+        ]
+        assert [tuple(t["meta_keys"]) for t in packs] == [PACK_META_KEYS], path

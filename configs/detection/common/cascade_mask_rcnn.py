@@ -20,7 +20,7 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.proposal_generator import RPN, StandardRPNHead
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLayers, MaskRCNNConvUpsampleHead
 
-from eva_transfer.presets import build_backbone
+from eva_transfer.presets import build_eva_vit
 from eva_transfer_projects.detection.backbone import EVADetectionBackbone
 from eva_transfer_projects.detection.roi_heads import EVACascadeROIHeads
 
@@ -29,7 +29,7 @@ SCALES = (1.0 / 4, 1.0 / 8, 1.0 / 16, 1.0 / 32)
 
 model = L(GeneralizedRCNN)(
     backbone=L(EVADetectionBackbone)(
-        net=L(build_backbone)(name="eva_g_det", use_act_checkpoint=True),
+        net=L(build_eva_vit)(name="eva_g_det", use_act_checkpoint=True),
         out_channels=256,
         square_pad="${dataloader.image_size}",
         freeze_patch_embed=True,

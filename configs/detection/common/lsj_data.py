@@ -14,8 +14,8 @@ from detectron2.data import (
 )
 from omegaconf import OmegaConf
 
-from eva_transfer_projects.detection.config_helpers import lsj_train_augmentations, test_augmentations
 from eva_transfer_projects.detection.data import CheckedDatasetMapper
+from eva_transfer_projects.detection.data.augmentations import lsj_test_augmentations, lsj_train_augmentations
 from eva_transfer_projects.detection.evaluation import build_evaluator
 
 dataloader = OmegaConf.create()
@@ -40,7 +40,7 @@ dataloader.test = L(build_detection_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
     mapper=L(CheckedDatasetMapper)(
         is_train=False,
-        augmentations=L(test_augmentations)(image_size="${....image_size}"),
+        augmentations=L(lsj_test_augmentations)(image_size="${....image_size}"),
         image_format="${...train.mapper.image_format}",
     ),
     num_workers=4,

@@ -2,6 +2,6 @@
 
 from detectron2.config import LazyCall as L
 
-from eva_transfer_projects.detection.config_helpers import step_schedule
+from eva_transfer_projects.detection.schedule import step_schedule
 
 lr_multiplier = L(step_schedule)(max_iter="${train.max_iter}", steps=[], warmup_iters=500)

@@ -305,8 +305,10 @@ def report_boxes(json_file, outside: list, empty: list) -> None:
         )
 
 
-def category_image_counts(data: dict) -> dict:
-    """{category id: number of images with at least one annotation of it} counted from the annotations."""
+def image_counts_from_annotations(data: dict) -> dict:
+    """{category id: number of images with at least one annotation of it}, counted from the annotations of a loaded
+    COCO / LVIS json dict (:func:`~eva_transfer_projects.detection.class_frequency.class_image_counts` counts
+    registered Detectron2 datasets)."""
     images_per_cat: dict = {c["id"]: set() for c in data["categories"]}
     for ann in data["annotations"]:
         images_per_cat[ann["category_id"]].add(ann["image_id"])
@@ -325,7 +327,7 @@ def dataset_metadata(data: dict, json_file, image_root, fmt: str) -> dict:
         image_counts = {c["id"]: c["image_count"] for c in cats}
         count_source = "categories"
     else:
-        image_counts = category_image_counts(data)
+        image_counts = image_counts_from_annotations(data)
         count_source = "annotations"
     annotated = {a["image_id"] for a in data["annotations"]}
     return {

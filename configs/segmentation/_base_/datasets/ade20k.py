@@ -25,7 +25,8 @@ test_pipeline = [
 # below the 896 window padded to 896 (bottom/right); EncoderDecoderShortSidePad removes the padding afterwards.
 tta_ratios = [512 / 896, 640 / 896, 768 / 896, 896 / 896, 1024 / 896, 1152 / 896, 1280 / 896]
 tta_pad_size = 896
-# PackSegInputs' default meta keys plus PadShortSide's record of its padding
+# PackSegInputs' default meta keys plus PadShortSide's record of its padding (text configs cannot import the
+# plug-in's PACK_META_KEYS; tests/segmentation/test_configs.py checks that this tuple equals it)
 tta_meta_keys = (
     "img_path",
     "seg_map_path",

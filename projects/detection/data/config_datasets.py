@@ -12,7 +12,8 @@ from typing import Any, Iterable, Mapping
 
 from detectron2.data import DatasetCatalog
 
-from .data import make_synthetic_dataset, register_dataset
+from .datasets import register_dataset
+from .synthetic import make_synthetic_dataset
 
 __all__ = ["prepare_config_datasets", "register_config_datasets"]
 

@@ -1,5 +1,8 @@
 """Layer-wise lr decay for mmengine's optimizer wrapper, built on :mod:`eva_transfer.lr_decay`.
 
+Shared by the MMSegmentation and MMDetection plug-ins (each imports this module; neither imports the other). The
+constructor is registered once, in mmengine's root ``OPTIM_WRAPPER_CONSTRUCTORS``, where both find it.
+
 Config::
 
     optim_wrapper = dict(
@@ -26,14 +29,13 @@ The adapter and the rest of the decode head get the full lr. ``scheme`` chooses 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Optional
 
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 from torch import nn
 
-from eva_transfer.lr_decay import backbone_prefix, layer_id_for_name, param_groups_layer_decay
+from eva_transfer.lr_decay import param_groups_layer_decay
 
 __all__ = [
     "LayerDecayOptimWrapperConstructor",
@@ -62,6 +64,11 @@ SCHEMES = ("eva", "head_full_lr")
 _KNOWN_KEYS = {"layer_decay_rate", "no_decay_names", "scheme", "layer0_names"}
 
 
+def _bias_or_1d(name: str, param: nn.Parameter) -> bool:
+    """The authors' segmentation rule: no weight decay for 1-D parameters and biases, decay for everything else."""
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
 def param_groups_eva(
     model: nn.Module,
     base_lr: float,
@@ -69,40 +76,22 @@ def param_groups_eva(
     decay_rate: float,
     layer0_names: tuple[str, ...] = EVA_HEAD_LAYER0_NAMES,
 ) -> list[dict]:
-    """Parameter groups as the authors' segmentation constructor forms them.
+    """Parameter groups as the authors' segmentation constructor forms them, through
+    :func:`eva_transfer.lr_decay.param_groups_layer_decay`.
 
     Layer ids: the ViT's embeddings and parameters matching ``layer0_names`` (regexes on full names) are 0, ViT
     block ``i`` is ``i + 1``, everything else ``depth + 1``; lr scale ``rate ** (depth + 1 - layer)``. No weight
     decay only for 1-D parameters and biases. Each group holds ``params``, ``param_names``, ``lr``, ``lr_scale``,
     ``weight_decay`` and ``layer_id``; frozen parameters are left out.
     """
-    prefix, vit = backbone_prefix(model)
-    depth = vit.depth
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.startswith(prefix):
-            layer = layer_id_for_name(name[len(prefix) :], depth)
-        elif any(re.search(pattern, name) for pattern in layer0_names):
-            layer = 0
-        else:
-            layer = depth + 1
-        no_wd = p.ndim <= 1 or name.endswith(".bias")
-        g = groups.get((layer, no_wd))
-        if g is None:
-            scale = decay_rate ** (depth + 1 - layer)
-            g = groups[(layer, no_wd)] = dict(
-                params=[],
-                param_names=[],
-                lr=base_lr * scale,
-                lr_scale=scale,
-                weight_decay=0.0 if no_wd else weight_decay,
-                layer_id=layer,
-            )
-        g["params"].append(p)
-        g["param_names"].append(name)
-    return [groups[k] for k in sorted(groups)]
+    return param_groups_layer_decay(
+        model,
+        base_lr,
+        weight_decay,
+        decay_rate,
+        layer_id_rules=[(pattern, 0) for pattern in layer0_names],
+        no_decay_fn=_bias_or_1d,
+    )
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
