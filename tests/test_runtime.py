@@ -171,3 +171,64 @@ def test_join_process_group_names_who_is_missing(monkeypatch):
     seen["text"] = "an unrelated failure"
     with pytest.raises(RuntimeError, match="an unrelated failure"):
         join_process_group("gloo", 1, 3, 2.5)
+
+
+def test_stop_signals_outside_the_main_thread_install_nothing():
+    import signal
+    import threading
+
+    from eva_transfer.runtime import StopSignals
+
+    before = signal.getsignal(signal.SIGINT)
+    seen = []
+
+    def run():
+        with StopSignals() as stop:
+            seen.append((signal.getsignal(signal.SIGINT) is before, stop.set, stop.requested()))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert seen == [(True, False, False)]
+
+
+_JOIN_AND_REDUCE = """
+import os
+import torch.distributed as dist
+from eva_transfer.runtime import StopSignals, join_process_group
+
+rank = int(os.environ["RANK"])
+join_process_group("gloo", rank, 2, 60)
+stop = StopSignals()
+stop.set = rank == 1
+print("requested", rank, stop.set, stop.requested(), flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_stop_signals_request_reaches_every_process(tmp_path):
+    # two processes joined by join_process_group; only rank 1 is signalled, both decide to stop
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = str(Path(__file__).resolve().parents[1])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _JOIN_AND_REDUCE],
+            env=dict(os.environ, PYTHONPATH=repo, RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(port), OMP_NUM_THREADS="1"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    lines = [next((ln for ln in out.splitlines() if ln.startswith("requested")), out) for out in outputs]
+    assert lines == ["requested 0 False True", "requested 1 True True"], outputs
