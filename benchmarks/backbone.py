@@ -34,9 +34,11 @@ VITDET_B = dict(window_size=14, global_block_indexes=(2, 5, 8, 11))
 
 
 # ------------------------------------------------------------------------------------------------- models
-def make_pair(case: str, size: int, device: str):
-    """(ours, reference, flops) for a case: ``global`` or ``det``; both hold the same weights."""
+def make_pair(case: str, size: int, device: str, depth: int = 12):
+    """(ours, reference, flops) for a case: ``global`` or ``det``; both hold the same weights. ``depth`` < 12 keeps
+    the first blocks of the ViT-B layout (the tests' small pairs)."""
     torch.manual_seed(0)
+    global_blocks = tuple(i for i in VITDET_B["global_block_indexes"] if i < depth)
     if case == "global":
         from timm.models.eva import Eva
 
@@ -44,13 +46,13 @@ def make_pair(case: str, size: int, device: str):
             img_size=size,
             patch_size=16,
             embed_dim=768,
-            depth=12,
+            depth=depth,
             num_heads=12,
             mlp_ratio=4.0,
             num_classes=0,
             use_fc_norm=False,
         )
-        ours = build_eva_vit("eva_b", img_size=size)
+        ours = build_eva_vit("eva_b", img_size=size, depth=depth, drop_path_rate=0.0)  # as the reference
         load_checkpoint(ours, ref.state_dict(), verbose=False)
         ref_fn, ours_fn = ref.forward_features, ours.forward_tokens
     elif case == "det":
@@ -58,12 +60,12 @@ def make_pair(case: str, size: int, device: str):
         from detectron2.modeling import SimpleFeaturePyramid, ViT
         from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-        windowed = tuple(i for i in range(12) if i not in VITDET_B["global_block_indexes"])
+        windowed = tuple(i for i in range(depth) if i not in global_blocks)
         vit = ViT(
             img_size=size,
             patch_size=16,
             embed_dim=768,
-            depth=12,
+            depth=depth,
             num_heads=12,
             mlp_ratio=4.0,
             use_rel_pos=True,
@@ -80,7 +82,14 @@ def make_pair(case: str, size: int, device: str):
             norm="LN",
             square_pad=size,
         )
-        net = build_eva_vit("eva_b_det", img_size=size, drop_path_rate=0.0, **VITDET_B)  # as the reference
+        net = build_eva_vit(
+            "eva_b_det",
+            img_size=size,
+            depth=depth,
+            drop_path_rate=0.0,  # as the reference
+            window_size=VITDET_B["window_size"],
+            global_block_indexes=global_blocks,
+        )
         load_checkpoint(net, ref.state_dict(), verbose=False)
         pyramid = EVASimpleFeaturePyramid(768, out_channels=256)
         pyramid.load_state_dict({k: v for k, v in ref.state_dict().items() if k.startswith("simfp_")})
@@ -94,12 +103,12 @@ def make_pair(case: str, size: int, device: str):
         raise ValueError(case)
     for m in (ours, ref):
         m.to(device).eval()
-    return ours_fn, ref_fn, ours, ref, backbone_flops(case, size)
+    return ours_fn, ref_fn, ours, ref, backbone_flops(case, size, depth)
 
 
-def backbone_flops(case: str, size: int) -> float:
+def backbone_flops(case: str, size: int, depth: int = 12) -> float:
     """Forward FLOPs (2 per multiply-add) of the ViT-B backbone at ``size`` x ``size`` (pyramid not counted)."""
-    c, mlp, depth, grid = 768, 3072, 12, size // 16
+    c, mlp, grid = 768, 3072, size // 16
     n = grid * grid + (1 if case == "global" else 0)
     linear = 2 * n * (4 * c * c + 2 * c * mlp)
     flops = 2 * n * c * 3 * 16 * 16

@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 
-from .measure import PeakMemory
+from .measure import PeakMemory, clock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,7 +109,7 @@ def eva_g_train_step(size: int, batch: int) -> None:
         d["image"] = d["image"].cuda()
     for step in range(2):  # the second step has the AdamW states in memory from the start
         with PeakMemory("cuda") as memory:
-            t = time.perf_counter()
+            t = clock()
             with EventStorage(step), torch.autocast("cuda", dtype=torch.float16):
                 losses = model(data)
             loss = sum(losses.values())
@@ -121,7 +120,7 @@ def eva_g_train_step(size: int, batch: int) -> None:
         peak = memory.total / 2**30  # everything allocated, weights and optimizer states included
         print(
             f"  EVA-g Cascade Mask R-CNN ({params / 1e9:.2f} B parameters), {size} px x {batch}, AMP float16, "
-            f"activation checkpointing, step {step}: {time.perf_counter() - t:.2f} s, loss {loss.item():.3f}, "
+            f"activation checkpointing, step {step}: {clock() - t:.2f} s, loss {loss.item():.3f}, "
             f"peak allocated {peak:.1f} GiB ({'within' if peak * 2**30 <= 40e9 else 'above'} the 40 GB of an A100)"
         )
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
-from .measure import PeakMemory, run_child, sync
+from .measure import PeakMemory, run_child, sync, time_call
 
 IMG_SIZE = {"eva_tiny": 128}  # the tiny pre-training preset's crop; others 224
 
@@ -72,13 +71,8 @@ def run_one(
     for _ in range(warmup):  # allocates optimizer state and warms the kernels
         step()
     sync(dev)
-    times = []
     with PeakMemory(dev, strict=False) as peak_memory:  # no reset of the peak on this CPU: nan
-        for _ in range(steps):
-            t = time.perf_counter()
-            step()
-            sync(dev)
-            times.append(time.perf_counter() - t)
+        times = [time_call(step, dev) for _ in range(steps)]
     peak = float("nan") if peak_memory.bytes is None else peak_memory.bytes / 2**20
     result = dict(
         preset=preset,
@@ -107,12 +101,12 @@ def run_one(
         teacher = teacher.to(dev)
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
             teacher(images, (grid, grid))
-            sync(dev)
-            t = time.perf_counter()
-            for _ in range(steps):
-                teacher(images, (grid, grid))
-            sync(dev)
-        result["teacher_s"] = (time.perf_counter() - t) / steps
+
+            def teacher_steps():
+                for _ in range(steps):
+                    teacher(images, (grid, grid))
+
+            result["teacher_s"] = time_call(teacher_steps, dev) / steps
     return result
 
 

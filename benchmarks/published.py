@@ -16,9 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
-from .measure import PeakMemory, run_child
+from .measure import PeakMemory, run_child, time_call
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,8 +49,8 @@ def child(job: dict) -> dict:
     for d in data:
         d["image"] = d["image"].to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5) if job["optimizer"] else None
-    with PeakMemory(device) as peak:
-        t = time.perf_counter()
+
+    def call():
         if job["mode"] == "infer":
             with torch.no_grad():
                 model.eval()(data)
@@ -62,7 +61,9 @@ def child(job: dict) -> dict:
             loss.backward()
             if opt is not None:
                 opt.step()
-    seconds = time.perf_counter() - t
+
+    with PeakMemory(device) as peak:
+        seconds = time_call(call, device)
     params = sum(p.numel() for p in model.parameters())
     return dict(job, size=size, seconds=seconds, peak_gb=peak.bytes / 1e9, params=params)
 

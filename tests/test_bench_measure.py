@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -67,3 +68,17 @@ def test_run_child_imports_the_same_packages(tmp_path, monkeypatch):
     proc = measure.run_child("probe_child", ["--child", "x"], env={"PYTHONPATH": ""})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [eva_transfer_bench.__file__, "['--child',", "'x']"]
+
+
+def test_peak_memory_without_a_resettable_peak_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        measure, "PROC_CLEAR_REFS", str(tmp_path)
+    )  # a directory: cannot be opened for writing
+    with pytest.raises(
+        RuntimeError, match=re.escape(f"cannot reset the peak resident size ({tmp_path} not writable)")
+    ):
+        with measure.PeakMemory("cpu"):
+            pass
+    with measure.PeakMemory("cpu", strict=False) as peak:
+        torch.ones(16)
+    assert peak.bytes is None and peak.total is None

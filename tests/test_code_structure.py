@@ -226,8 +226,30 @@ def _imports(module: str, is_package: bool, tree: ast.AST) -> list[tuple[int, st
     return found
 
 
+def _loads_code_by_path(tree: ast.AST) -> list[int]:
+    """Lines that reach code around the import system: ``spec_from_file_location``, ``sys.path`` edits."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)):
+            f = node.func
+            if (f.id if isinstance(f, ast.Name) else f.attr) == "spec_from_file_location":
+                lines.append(node.lineno)
+            elif (
+                isinstance(f, ast.Attribute)
+                and isinstance(f.value, ast.Attribute)
+                and f.value.attr == "path"
+                and isinstance(f.value.value, ast.Name)
+                and f.value.value.id == "sys"
+            ):
+                lines.append(node.lineno)
+    return lines
+
+
 def _import_violations(module: str, is_package: bool, tree: ast.AST, synthetic_names: set[str]) -> list[str]:
-    problems = []
+    problems = [
+        f"{module}:{line} loads code by path: the product imports its own packages only"
+        for line in _loads_code_by_path(tree)
+    ]
     for line, target, names in _imports(module, is_package, tree):
         where = f"{module}:{line} imports {target}" + (f" ({', '.join(names)})" if names else "")
         top = target.split(".")[0]
@@ -281,6 +303,8 @@ def test_import_scan_finds_each_kind_of_violation():
         "    return importlib.import_module('benchmarks.backbone')\n"
         "from . import fast_eval\n"
         "from eva_transfer_projects.detection.data import register_dataset\n"
+        "sys.path.insert(0, 'tools')\n"
+        "spec = importlib.util.spec_from_file_location('x', 'tools/train_net.py')\n"
     )
     problems = _import_violations(
         "eva_transfer_projects.detection.evaluation.evaluators",
@@ -289,8 +313,10 @@ def test_import_scan_finds_each_kind_of_violation():
         {"make_synthetic_dataset"},
     )
     lines = sorted(int(p.split(":")[1].split()[0]) for p in problems)
-    assert lines == [1, 2, 3, 4, 5, 6, 8], problems
-    assert "imports eva_transfer_projects.detection.data.synthetic (make_synthetic_dataset)" in problems[3]
+    assert lines == [1, 2, 3, 4, 5, 6, 8, 11, 12], problems
+    assert "imports eva_transfer_projects.detection.data.synthetic (make_synthetic_dataset)" in "".join(
+        problems
+    )
     core = _import_violations(
         "eva_transfer.vit", False, ast.parse("from eva_transfer_projects import compat\n"), set()
     )
