@@ -637,6 +637,7 @@ GONE_MODULES = (
     "projects/detection/config_helpers.py",
     "projects/detection/registration.py",
     "projects/segmentation/optimizer.py",
+    "projects/segmentation/cli.py",  # config_checks.py and distributed.py: it parsed no command line
 )
 
 
