@@ -1017,7 +1017,10 @@ def convert_backbone_file(
     sd = unwrap_state_dict(read_checkpoint(path, allow_pickle=allow_pickle), source, key)
     if layout == "mmdet":
         if output_prefix:
-            raise CheckpointError("--output-prefix and --to mmdet exclude each other")
+            raise CheckpointError(
+                f"output_prefix {output_prefix!r}: the mmdet layout has its own key prefixes (backbone. / neck.); "
+                "--output-prefix and --to mmdet exclude each other"
+            )
         out, report = export_mmdet(
             sd, source, prefix, model=model, patch_resize=patch_resize, rel_pos_resize=rel_pos_resize
         )

@@ -117,6 +117,12 @@ def test_mmdet_export_round_trip(tmp_path):
     ]
     out = tmp_path / "mmdet_init.pth"
     save_checkpoint({"state_dict": exported_now}, out)
+    # converted for a model first (--preset): the same tensors when the shapes already match
+    with torch.device("meta"):
+        target = build_backbone("eva_tiny_det", img_size=128)
+    for_model, _ = convert_backbone_file(d2, model=target, layout="mmdet")
+    assert set(for_model) == set(exported_now)
+    assert all(torch.equal(for_model[k], exported_now[k]) for k in for_model)
     exported = read_checkpoint(out)["state_dict"]
 
     det = _build().eval()
