@@ -337,8 +337,6 @@ def test_import_scan_finds_each_kind_of_violation():
 
 #: loaders that execute a Python file by path: the name of the call -> the position of its path argument
 _PATH_LOADERS = {"spec_from_file_location": 1, "SourceFileLoader": 1, "run_path": 0}
-#: files that still load a measuring script by path until it moves to eva_transfer_bench (benchmarks/)
-_LOADS_A_BENCHMARK_SCRIPT = {"tests/test_gpu_check.py", "tests/detection/test_benchmark_published.py"}
 
 
 def _names_tools_folder(text: str) -> bool:
@@ -419,7 +417,7 @@ def test_tests_import_modules_not_tool_scripts():
         for path in sorted((REPO / "tests").rglob("*.py"))
         for line in _loads_a_tool_script(path.read_text())
     }
-    offending = [where for where, file in found.items() if file not in _LOADS_A_BENCHMARK_SCRIPT]
+    offending = list(found)
     assert not offending, (
         "tests load tools/ scripts by path (import the module the tool calls): " + ", ".join(offending)
     )
