@@ -13,19 +13,31 @@ from eva_transfer_bench import measure
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 
 
+_PEAK_SNIPPET = """
+import torch
+from eva_transfer_bench import measure
+size = 64 * 2**20  # 64 MiB, far above allocator noise
+with measure.PeakMemory("cpu") as peak:
+    x = torch.ones(size // 4, dtype=torch.float32)  # written, so every page is resident
+    assert float(x[-1]) == 1.0
+    del x
+with measure.PeakMemory("cpu") as small:
+    torch.ones(16)
+print(size, peak.bytes, peak.total, peak._base, small.bytes)
+"""
+
+
 @linux_only
 def test_peak_memory_sees_a_tensor_that_lived_only_inside_the_block():
-    size = 64 * 2**20  # 64 MiB, far above allocator noise and above malloc's mmap threshold
-    with measure.PeakMemory("cpu") as peak:
-        x = torch.ones(size // 4, dtype=torch.float32)  # written, so every page is resident
-        assert float(x[-1]) == 1.0
-        del x
-    assert peak.bytes is not None
-    assert size * 0.95 <= peak.bytes <= size * 1.5, peak.bytes
-    assert peak.total - peak.bytes == peak._base > 0  # the total counts what the process held before
-    with measure.PeakMemory("cpu") as small:
-        torch.ones(16)
-    assert small.bytes < size * 0.25, small.bytes
+    # a fresh process: in a long-lived one the allocator may hand out memory that is already resident (freed
+    # by earlier work), which is exactly why the benchmarks measure each side in a child process
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _PEAK_SNIPPET], capture_output=True, text=True, check=True)
+    size, peak, total, base, small = (int(v) for v in out.stdout.split())
+    assert size * 0.9 <= peak <= size * 1.5, peak
+    assert total - peak == base > 0  # the total counts what the process held before
+    assert small < size * 0.25, small
 
 
 @linux_only

@@ -62,10 +62,10 @@ def test_cpu_data_loader_worker_runs_with_one_thread():
     try:
         calls = []
         init = WorkerThreads(1, then=calls.append)  # then= runs in the worker; the list there is a copy
-        loader = DataLoader(_ThreadsSeen(), batch_size=1, num_workers=1, worker_init_fn=init)
+        loader = DataLoader(_ThreadsSeen(), batch_size=1, num_workers=1, worker_init_fn=init, timeout=120)
         assert _seen(loader) == [(1, "1"), (1, "1")]
         init2 = pickle.loads(pickle.dumps(WorkerThreads(3)))  # spawned workers receive it pickled
-        loader = DataLoader(_ThreadsSeen(), batch_size=1, num_workers=1, worker_init_fn=init2)
+        loader = DataLoader(_ThreadsSeen(), batch_size=1, num_workers=1, worker_init_fn=init2, timeout=120)
         assert {t for t, _ in _seen(loader)} == {3}
         # without it, PyTorch's own worker default (1 torch thread) leaves OMP_NUM_THREADS as inherited
     finally:
