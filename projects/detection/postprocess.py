@@ -1,18 +1,20 @@
 """Test-time post-processing options: Soft-NMS and maskness rescoring.
 
 Both are plain functions on tensors, used by :class:`eva_transfer_projects.detection.roi_heads.EVACascadeROIHeads` when its
-config enables them; Detectron2's own inference is not modified.
+config enables them; Detectron2's own inference is not modified. Hard NMS goes through :func:`batched_nms`,
+Detectron2's result computed with the candidates grouped by class once (faster with LVIS's 1203 classes).
 """
 
 from __future__ import annotations
 
 import torch
-from detectron2.layers import batched_nms
+from detectron2.layers import batched_nms as _detectron2_batched_nms
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, nms
 
 __all__ = [
+    "batched_nms",
     "soft_nms",
     "batched_soft_nms",
     "batched_soft_nms_reference",
@@ -20,6 +22,29 @@ __all__ = [
     "maskness",
     "rescore_by_maskness",
 ]
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """Detectron2's ``batched_nms`` (hard NMS per class), the same indices in the same order, faster on many
+    candidates.
+
+    On a CPU with more than 1000 boxes torchvision runs NMS class by class, finding each class's boxes with a
+    comparison over all candidates (1203 LVIS classes x 280,000 candidates at score threshold 0.001 is 3.4e8
+    comparisons, most of the time). Here the candidates are grouped by class once (a stable sort, so each class's
+    boxes keep their input order) and each class's NMS runs on its slice: the same per-class ``nms`` calls on the
+    same inputs, the same keep mask, and torchvision's final sort by score. Elsewhere (fewer boxes, CUDA) this is
+    Detectron2's function.
+    """
+    boxes = boxes.float()
+    if boxes.device.type != "cpu" or boxes.numel() <= 4000 or torch.jit.is_tracing():
+        return _detectron2_batched_nms(boxes, scores, idxs, iou_threshold)
+    order = idxs.argsort(stable=True)
+    counts = torch.unique_consecutive(idxs[order], return_counts=True)[1].tolist()
+    keep_mask = torch.zeros_like(scores, dtype=torch.bool)
+    for members in order.split(counts):
+        keep_mask[members[nms(boxes[members], scores[members], iou_threshold)]] = True
+    keep = torch.where(keep_mask)[0]
+    return keep[scores[keep].sort(descending=True)[1]]
 
 
 def _soft_nms_decay(overlap: Tensor, method: str, iou_threshold: float, sigma: float) -> Tensor:
