@@ -114,6 +114,7 @@ def seg_child(job: dict) -> dict:
         job,
         seconds=peak.seconds,
         peak_gb=peak.peak / 1e9,
+        before_gb=peak.base / 1e9,
         params=sum(p.numel() for p in model.parameters()),
         output_shape=list(result.pred_sem_seg.data.shape[-2:]),
         mode=test_cfg.get("mode", "whole"),
@@ -165,6 +166,7 @@ def pretrain_child(job: dict) -> dict:
         job,
         seconds=peak.seconds,
         peak_gb=peak.peak / 1e9,
+        before_gb=peak.base / 1e9,
         params=sum(p.numel() for p in student.parameters()),
         teacher_params=sum(p.numel() for p in teacher.parameters()),
         teacher=cfg["teacher"]["name"],
@@ -209,14 +211,14 @@ def describe(row: dict) -> str:
         return (
             f"{row['config']} {what}, image {row['image'][0]}x{row['image'][1]} (output {h}x{w}), "
             f"{row['params'] / 1e6:.1f} M parameters, {row['device']}, {row['threads'] or 'default'} threads: "
-            f"{row['seconds']:.1f} s, peak memory +{row['peak_gb']:.2f} GB"
+            f"{row['seconds']:.1f} s, peak memory +{row['peak_gb']:.2f} GB over {row['before_gb']:.2f} GB"
         )
     what = "forward + backward" if row["backward"] else "forward"
     return (
         f"{row['config']} {what} at {row['size']} px, {row['masked']} patches masked, student "
         f"{row['params'] / 1e6:.1f} M + teacher {row['teacher']} {row['teacher_params'] / 1e6:.1f} M parameters, "
         f"{row['device']}, {row['threads'] or 'default'} threads: {row['seconds']:.1f} s, "
-        f"peak memory +{row['peak_gb']:.2f} GB"
+        f"peak memory +{row['peak_gb']:.2f} GB over {row['before_gb']:.2f} GB"
     )
 
 
