@@ -179,12 +179,20 @@ def matmul_rate(device="cpu", tries: int = 10, n: int = 2048) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ processes
-def run_child(module: str, argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+def run_child(
+    module: str, argv: list[str], env: dict | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
     """Runs ``python -m module *argv`` in a fresh process with this process's import path (so that the child
-    imports the same copies of the packages), and returns the completed process (stdout and stderr as text)."""
+    imports the same copies of the packages), and returns the completed process (stdout and stderr as text);
+    ``timeout`` seconds raise ``subprocess.TimeoutExpired``."""
     child_env = dict(os.environ if env is None else env)
     path = [p for p in sys.path if p] + [p for p in child_env.get("PYTHONPATH", "").split(os.pathsep) if p]
     child_env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(os.path.abspath(p) for p in path))
     return subprocess.run(
-        [sys.executable, "-m", module, *argv], capture_output=True, text=True, env=child_env, check=False
+        [sys.executable, "-m", module, *argv],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        check=False,
+        timeout=timeout,
     )

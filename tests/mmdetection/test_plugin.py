@@ -119,7 +119,7 @@ def test_mmdet_export_round_trip(tmp_path):
     save_checkpoint({"state_dict": exported_now}, out)
     # converted for a model first (--preset): the same tensors when the shapes already match
     with torch.device("meta"):
-        target = build_backbone("eva_tiny_det", img_size=128)
+        target = build_eva_vit("eva_tiny_det", img_size=128)
     for_model, _ = convert_backbone_file(d2, model=target, layout="mmdet")
     assert set(for_model) == set(exported_now)
     assert all(torch.equal(for_model[k], exported_now[k]) for k in for_model)

@@ -301,6 +301,7 @@ def _evaluate(coco_gt, results, iou_type, style, max_dets_per_image, dilation_ra
         lvis_style=lvis,
         print_function=logger.debug,
         boundary_dilation_ratio=dilation_ratio,
+        rle_iou_max_workers=1,  # the per-pair work holds the GIL: threads only add waiting (measured 10% slower)
     )
     evaluator.params.maxDets = [max_dets_per_image] if lvis else [1, 10, max_dets_per_image]
     if img_ids is not None:
