@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
+
+from eva_transfer_bench import measure
 
 IMAGE_SIZES = {"coco": (1536, 1536), "lvis": (1536, 2048)}
 
@@ -46,22 +47,13 @@ def synthetic_outputs(num_proposals: int, num_classes: int, image_size, seed: in
     return boxes, torch.softmax(logits, 1)
 
 
-def _best(fn, repeat):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return out, best
-
-
 def _alternate(fns: dict, repeat: int) -> tuple[dict, dict]:
     """Best time of each function, the functions alternating run by run."""
     times = {k: float("inf") for k in fns}
     outs = {}
     for _ in range(repeat):
         for k, fn in fns.items():
-            outs[k], t = _best(fn, 1)
+            outs[k], t = measure.best_time(fn, 1)
             times[k] = min(times[k], t)
     return outs, times
 
@@ -154,12 +146,12 @@ def run(repeat: int = 3, paste: bool = True, seed: int = 0) -> dict:
         ("lvis", louts["ours"].pred_boxes.tensor, lsize),
     ):
         masks = torch.rand(len(det_boxes), 28, 28, generator=torch.Generator().manual_seed(seed))
-        _, t_maskness = _best(lambda m=masks: maskness(m), repeat)
+        _, t_maskness = measure.best_time(lambda m=masks: maskness(m), repeat)
         entry = dict(masks=len(det_boxes), image=[h, w], maskness_s=t_maskness)
         if paste:
-            start = time.perf_counter()
-            paste_masks_in_image(masks, det_boxes, (h, w))
-            entry["paste_s"] = time.perf_counter() - start
+            entry["paste_s"] = measure.time_call(
+                lambda m=masks, b=det_boxes, hw=(h, w): paste_masks_in_image(m, b, hw)
+            )
             entry["paste_output_gb"] = len(det_boxes) * h * w / 1e9
         report[f"{name}_masks"] = entry
     return report
