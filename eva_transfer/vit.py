@@ -174,12 +174,26 @@ def attention_with_rel_pos(
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=(rel_h + rel_w).view(b, nh, n, n), scale=scale
         )
-    outs = []
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, rel_h, rel_w)):
+        # gradients through SDPA (a GPU): each chunk's bias is its own tensor, as the kernel may save it
+        outs = []
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            bias = (rel_h[:, :, s:e] + rel_w[:, :, s:e]).view(b, nh, e - s, n)
+            outs.append(F.scaled_dot_product_attention(q[:, :, s:e], k, v, attn_mask=bias, scale=scale))
+        return torch.cat(outs, dim=2)
+    # inference: one bias buffer for every chunk (a fresh tensor per chunk costs its page faults each time) and
+    # the chunks' outputs written into one output tensor
+    buf = q.new_empty(b * nh * rows * n)
+    out = q.new_empty(b, nh, n, v.shape[-1])
     for s in range(0, n, rows):
         e = min(n, s + rows)
-        bias = (rel_h[:, :, s:e] + rel_w[:, :, s:e]).view(b, nh, e - s, n)
-        outs.append(F.scaled_dot_product_attention(q[:, :, s:e], k, v, attn_mask=bias, scale=scale))
-    return torch.cat(outs, dim=2)
+        bias = buf[: b * nh * (e - s) * n].view(b, nh, e - s, h, w)
+        torch.add(rel_h[:, :, s:e], rel_w[:, :, s:e], out=bias)
+        out[:, :, s:e] = F.scaled_dot_product_attention(
+            q[:, :, s:e], k, v, attn_mask=bias.view(b, nh, e - s, n), scale=scale
+        )
+    return out
 
 
 def beit_rel_pos_index(grid: tuple[int, int], device=None) -> Tensor:

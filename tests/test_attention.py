@@ -151,3 +151,48 @@ def test_activation_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys() and any("rel_pos" in n for n in grads[0])
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _rel_terms_reference(q, hw, rel_pos_h, rel_pos_w):
+    """``rel_h[i, a] = q_i . R_h[h_i - a + gh - 1]`` and the same along the width, from the equations (tables at
+    their native length 2 * side - 1, so no resize)."""
+    gh, gw = hw
+    b, nh, n, d = q.shape
+    hi = torch.arange(gh).repeat_interleave(gw)  # row of query i
+    wi = torch.arange(gw).repeat(gh)
+    rh = rel_pos_h[(hi[:, None] - torch.arange(gh)[None, :]) + gh - 1]  # (n, gh, d)
+    rw = rel_pos_w[(wi[:, None] - torch.arange(gw)[None, :]) + gw - 1]  # (n, gw, d)
+    return torch.einsum("bhnd,nad->bhna", q, rh), torch.einsum("bhnd,nad->bhna", q, rw)
+
+
+@pytest.mark.parametrize("grid", [(5, 5), (3, 7), (6, 2)])  # square, wide, tall
+@pytest.mark.parametrize(
+    "max_bias", [7 * 2 * 25, 1 << 20]
+)  # several query chunks (last one short); one chunk
+@pytest.mark.parametrize("grad", [False, True])
+def test_sdpa_path_matches_math_float64(monkeypatch, grid, max_bias, grad):
+    """SDPA's path of ``attention_with_rel_pos`` (inference: one bias buffer reused by every query chunk and one
+    output tensor; with gradients, as on a GPU: a bias per chunk) equals the equations in float64, forward and
+    (with gradients) every input and table gradient."""
+    monkeypatch.setattr(vit, "MAX_BIAS_ELEMENTS", max_bias)
+    monkeypatch.setattr(vit, "use_recompute_attention", lambda *t: False)
+    g = torch.Generator().manual_seed(11)
+    b, nh, d = 2, 2, 4
+    n = grid[0] * grid[1]
+    q, k, v = (
+        torch.randn(b, nh, n, d, generator=g, dtype=torch.float64).requires_grad_(grad) for _ in range(3)
+    )
+    tables = [torch.randn(2 * s - 1, d, generator=g, dtype=torch.float64).requires_grad_(grad) for s in grid]
+    with torch.set_grad_enabled(grad):
+        ours = vit.attention_with_rel_pos(q, k, v, grid, *tables, 0.6)
+        ref = _math_attention(q, k, v, *_rel_terms_reference(q, grid, *tables), 0.6)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    if grad:
+        w = torch.randn(ref.shape, generator=g, dtype=ref.dtype)
+        inputs = [q, k, v, *tables]
+        for name, a, e in zip(
+            ["q", "k", "v", "rel_pos_h", "rel_pos_w"],
+            torch.autograd.grad(ours, inputs, w),
+            torch.autograd.grad(ref, inputs, w),
+        ):
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
