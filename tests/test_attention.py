@@ -196,3 +196,64 @@ def test_sdpa_path_matches_math_float64(monkeypatch, grid, max_bias, grad):
             torch.autograd.grad(ref, inputs, w),
         ):
             torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
+
+
+def _reference_block(block, x, hw):
+    """A ViTDet block from the equations, with nothing of the toolkit's code: pre-norm, zero padding to a
+    multiple of the window, windows in row-major order, q/v bias (k bias zero), decomposed relative position,
+    heads merged, output projection, padding cropped, residual; then the MLP branch. Global when the window is 0."""
+    p = dict(block.named_parameters())
+    b, n, c = x.shape
+    nh = block.attn.num_heads
+    d = c // nh
+    ws = block.window_size
+    y = torch.nn.functional.layer_norm(x, (c,), p["norm1.weight"], p["norm1.bias"], block.norm1.eps)
+    h, w = hw
+    if ws:
+        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+        y = torch.nn.functional.pad(y.view(b, h, w, c), (0, 0, 0, wp - w, 0, hp - h))
+        y = y.view(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
+        grid = (ws, ws)
+    else:
+        grid = hw
+    qkv_bias = torch.cat([p["attn.q_bias"], torch.zeros_like(p["attn.q_bias"]), p["attn.v_bias"]])
+    qkv = (y @ p["attn.qkv.weight"].t() + qkv_bias).view(y.shape[0], -1, 3, nh, d).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    rel_h, rel_w = _rel_terms_reference(q, grid, p["attn.rel_pos_h"], p["attn.rel_pos_w"])
+    o = _math_attention(q, k, v, rel_h, rel_w, d**-0.5).transpose(1, 2).reshape(y.shape[0], -1, c)
+    o = o @ p["attn.proj.weight"].t() + p["attn.proj.bias"]
+    if ws:
+        o = o.view(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+        o = o[:, :h, :w].reshape(b, n, c)
+    x = x + o
+    y = torch.nn.functional.layer_norm(x, (c,), p["norm2.weight"], p["norm2.bias"], block.norm2.eps)
+    y = torch.nn.functional.gelu(y @ p["mlp.fc1.weight"].t() + p["mlp.fc1.bias"])
+    return x + y @ p["mlp.fc2.weight"].t() + p["mlp.fc2.bias"]
+
+
+@pytest.mark.parametrize(
+    "window,grid",
+    [(3, (6, 6)), (3, (5, 7)), (4, (2, 9)), (3, (2, 2)), (0, (4, 6)), (0, (3, 5))],
+)
+@pytest.mark.parametrize("grad", [False, True])
+def test_block_equals_reference_float64(window, grid, grad):
+    """A whole block (windows without padding, with padding on one or both sides, a grid smaller than one window;
+    global blocks on non-square grids) against the block written from the equations: output, and with gradients
+    (the recomputing attention) the input gradient and every parameter gradient, in float64."""
+    block = _randomize(
+        vit.Block(16, 2, 32, window_size=window, use_rel_pos=True, input_size=grid).double(), seed=6
+    )
+    x = torch.randn(2, grid[0] * grid[1], 16, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    x.requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        ours, ref = block(x, grid), _reference_block(block, x, grid)
+    assert ours.shape == x.shape
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    if grad:
+        w = torch.linspace(-1, 1, ref.numel(), dtype=ref.dtype).view_as(ref)
+        params = [x] + list(block.parameters())
+        names = ["input"] + [n for n, _ in block.named_parameters()]
+        for name, a, e in zip(
+            names, torch.autograd.grad(ours, params, w), torch.autograd.grad(ref, params, w)
+        ):
+            torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12, msg=name)
