@@ -170,15 +170,18 @@ def _rel_terms_reference(q, hw, rel_pos_h, rel_pos_w):
     "max_bias", [7 * 2 * 25, 1 << 20]
 )  # several query chunks (last one short); one chunk
 @pytest.mark.parametrize("grad", [False, True])
-def test_sdpa_path_matches_math_float64(monkeypatch, grid, max_bias, grad):
-    """SDPA's path of ``attention_with_rel_pos`` (inference: one bias buffer reused by every query chunk and one
-    output tensor; with gradients, as on a GPU: a bias per chunk) equals the equations in float64, forward and
-    (with gradients) every input and table gradient."""
+@pytest.mark.parametrize("image_groups", [False, True])
+def test_sdpa_path_matches_math_float64(monkeypatch, grid, max_bias, grad, image_groups):
+    """SDPA's path of ``attention_with_rel_pos`` (inference: one bias buffer reused by every query chunk or, for
+    many small grids, by every group of images, and one output tensor; with gradients, as on a GPU: a bias per
+    chunk) equals the equations in float64, forward and (with gradients) every input and table gradient."""
+    b, nh, d = 3, 2, 4
+    n = grid[0] * grid[1]
     monkeypatch.setattr(vit, "MAX_BIAS_ELEMENTS", max_bias)
+    # groups of two images (the last one short) or none
+    monkeypatch.setattr(vit, "WINDOW_BIAS_ELEMENTS", 2 * nh * n * n if image_groups else 0)
     monkeypatch.setattr(vit, "use_recompute_attention", lambda *t: False)
     g = torch.Generator().manual_seed(11)
-    b, nh, d = 2, 2, 4
-    n = grid[0] * grid[1]
     q, k, v = (
         torch.randn(b, nh, n, d, generator=g, dtype=torch.float64).requires_grad_(grad) for _ in range(3)
     )
