@@ -25,6 +25,8 @@ They flow back to the queries and the ``R_h`` / ``R_w`` tables through the einsu
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -48,12 +50,26 @@ def _rows_per_chunk(bh: int, n: int, max_elements: int) -> int:
     return max(1, min(n, max_elements // max(1, bh * n)))
 
 
-def _scores(q: Tensor, k_t: Tensor, rel_h: Tensor, rel_w: Tensor, scale: float) -> Tensor:
-    """``(BH, r, n)`` logits of a query chunk: ``scale * q k^T`` plus the decomposed bias."""
-    bh, r, _ = q.shape
-    gh, gw = rel_h.shape[-1], rel_w.shape[-1]
-    bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).view(bh, r, gh * gw)
-    return torch.baddbmm(bias, q, k_t, alpha=scale)
+def _chunk(buf: Tensor, *shape: int) -> Tensor:
+    """A contiguous ``shape`` view of the front of the flat scratch buffer ``buf``."""
+    return buf[: math.prod(shape)].view(shape)
+
+
+def _bias_into(buf: Tensor, rel_h: Tensor, rel_w: Tensor) -> Tensor:
+    """``(BH, r, gh * gw)`` bias ``rel_h[..., a] + rel_w[..., b]`` of a query chunk, written into the scratch buffer.
+
+    Writing into one buffer that every chunk of a call reuses, instead of a fresh tensor per chunk, saves the page
+    faults of a new large allocation each time (most of the cost of the addition; see docs/performance.md)."""
+    bh, r, gh = rel_h.shape
+    gw = rel_w.shape[-1]
+    out = _chunk(buf, bh, r, gh, gw)
+    torch.add(rel_h.unsqueeze(-1), rel_w.unsqueeze(-2), out=out)
+    return out.view(bh, r, gh * gw)
+
+
+def _scores_into(buf: Tensor, q: Tensor, k_t: Tensor, rel_h: Tensor, rel_w: Tensor, scale: float) -> Tensor:
+    """``(BH, r, n)`` logits of a query chunk in the scratch buffer: ``scale * q k^T`` plus the decomposed bias."""
+    return _bias_into(buf, rel_h, rel_w).baddbmm_(q, k_t, alpha=scale)
 
 
 class RelPosAttentionFunction(torch.autograd.Function):
@@ -80,15 +96,16 @@ class RelPosAttentionFunction(torch.autograd.Function):
         lse = q.new_empty(bh, n, 1)
         rows = _rows_per_chunk(bh, n, max_elements)
         fused = _fused_cpu_forward() if USE_FUSED_FORWARD and q.device.type == "cpu" else None
+        buf = q.new_empty(bh * rows * n)  # one chunk's bias / scores, reused by every chunk
         for s in range(0, n, rows):
             e = min(n, s + rows)
             if fused is not None:  # output and log-sum-exp from the fused kernel, the bias as a mask
-                bias = (rh3[:, s:e].unsqueeze(-1) + rw3[:, s:e].unsqueeze(-2)).view(1, bh, e - s, n)
+                bias = _bias_into(buf, rh3[:, s:e], rw3[:, s:e]).view(1, bh, e - s, n)
                 o, m = fused(q3[None, :, s:e], k3[None], v3[None], 0.0, False, attn_mask=bias, scale=scale)
                 out[:, s:e] = o[0]
                 lse[:, s:e] = m[0].unsqueeze(-1)
                 continue
-            scores = _scores(q3[:, s:e], k_t, rh3[:, s:e], rw3[:, s:e], scale)
+            scores = _scores_into(buf, q3[:, s:e], k_t, rh3[:, s:e], rw3[:, s:e], scale)
             m = torch.logsumexp(scores, dim=-1, keepdim=True)
             lse[:, s:e] = m
             torch.bmm(scores.sub_(m).exp_(), v3, out=out[:, s:e])
@@ -114,12 +131,13 @@ class RelPosAttentionFunction(torch.autograd.Function):
         dv = torch.zeros_like(v3)
         d_rel_h = q.new_empty(bh, n, gh)
         d_rel_w = q.new_empty(bh, n, gw)
+        p_buf, ds_buf = q.new_empty(bh * rows * n), q.new_empty(bh * rows * n)  # reused by every chunk
         for s in range(0, n, rows):
             e = min(n, s + rows)
-            p = _scores(q3[:, s:e], k_t, rh3[:, s:e], rw3[:, s:e], scale).sub_(lse[:, s:e]).exp_()
+            p = _scores_into(p_buf, q3[:, s:e], k_t, rh3[:, s:e], rw3[:, s:e], scale).sub_(lse[:, s:e]).exp_()
             dv.baddbmm_(p.transpose(1, 2), do[:, s:e])
-            ds = torch.bmm(do[:, s:e], v_t).sub_(delta[:, s:e]).mul_(p)  # (bh, r, n)
-            del p
+            ds = torch.bmm(do[:, s:e], v_t, out=_chunk(ds_buf, bh, e - s, n))
+            ds.sub_(delta[:, s:e]).mul_(p)  # (bh, r, n)
             grid = ds.view(bh, e - s, gh, gw)
             torch.sum(grid, dim=-1, out=d_rel_h[:, s:e])
             torch.sum(grid, dim=-2, out=d_rel_w[:, s:e])

@@ -142,6 +142,10 @@ def beit_rel_pos_resize(rel_pos: Tensor, length: int, ratio: float = BEIT_REL_PO
 #: attention logits materialised at once (per call) before the queries are processed in chunks
 MAX_BIAS_ELEMENTS = 1 << 25
 
+#: bias elements of one group of images (windows) in inference: a buffer of 8 MB in float32, which glibc's
+#: allocator recycles between calls (a larger one is a fresh mapping, page-faulted on every call)
+WINDOW_BIAS_ELEMENTS = 1 << 21
+
 
 def attention_with_rel_pos(
     q: Tensor, k: Tensor, v: Tensor, hw: tuple[int, int], rel_pos_h: Tensor, rel_pos_w: Tensor, scale: float
@@ -170,16 +174,45 @@ def attention_with_rel_pos(
     if use_recompute_attention(q, k, v, rel_h, rel_w):  # training on CPU: no stored attention map
         return rel_pos_attention(q, k, v, rel_h.view(b, nh, n, h), rel_w.view(b, nh, n, w), scale)
     rows = max(1, MAX_BIAS_ELEMENTS // (b * nh * n))
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, rel_h, rel_w))
+    images = WINDOW_BIAS_ELEMENTS // (nh * n * n)
+    if not grad and 0 < images < b:
+        # inference on many small grids (windows): groups of images share one bias buffer that stays below the
+        # allocator's reuse limit, instead of one large fresh bias of every image (its page faults each call)
+        buf = q.new_empty(images * nh * n * n)
+        out = q.new_empty(b, nh, n, v.shape[-1])
+        for s in range(0, b, images):
+            e = min(b, s + images)
+            bias = buf[: (e - s) * nh * n * n].view(e - s, nh, n, h, w)
+            torch.add(rel_h[s:e], rel_w[s:e], out=bias)
+            out[s:e] = F.scaled_dot_product_attention(
+                q[s:e], k[s:e], v[s:e], attn_mask=bias.view(e - s, nh, n, n), scale=scale
+            )
+        return out
     if rows >= n:
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=(rel_h + rel_w).view(b, nh, n, n), scale=scale
         )
-    outs = []
+    if grad:
+        # gradients through SDPA (a GPU): each chunk's bias is its own tensor, as the kernel may save it
+        outs = []
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            bias = (rel_h[:, :, s:e] + rel_w[:, :, s:e]).view(b, nh, e - s, n)
+            outs.append(F.scaled_dot_product_attention(q[:, :, s:e], k, v, attn_mask=bias, scale=scale))
+        return torch.cat(outs, dim=2)
+    # inference: one bias buffer for every chunk (a fresh tensor per chunk costs its page faults each time) and
+    # the chunks' outputs written into one output tensor
+    buf = q.new_empty(b * nh * rows * n)
+    out = q.new_empty(b, nh, n, v.shape[-1])
     for s in range(0, n, rows):
         e = min(n, s + rows)
-        bias = (rel_h[:, :, s:e] + rel_w[:, :, s:e]).view(b, nh, e - s, n)
-        outs.append(F.scaled_dot_product_attention(q[:, :, s:e], k, v, attn_mask=bias, scale=scale))
-    return torch.cat(outs, dim=2)
+        bias = buf[: b * nh * (e - s) * n].view(b, nh, e - s, h, w)
+        torch.add(rel_h[:, :, s:e], rel_w[:, :, s:e], out=bias)
+        out[:, :, s:e] = F.scaled_dot_product_attention(
+            q[:, :, s:e], k, v, attn_mask=bias.view(b, nh, e - s, n), scale=scale
+        )
+    return out
 
 
 def beit_rel_pos_index(grid: tuple[int, int], device=None) -> Tensor:
