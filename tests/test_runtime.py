@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import pickle
-
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from eva_transfer.runtime import WorkerThreads, configure_cpu_threads, default_cpu_threads
-
-
-class _ThreadsSeen(Dataset):
-    def __len__(self):
-        return 2
-
-    def __getitem__(self, i):
-        import os
-
-        return torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-
-
-def _seen(loader):
-    return [(int(t), env) for batch in loader for t, env in zip(*batch)]
+from eva_transfer.runtime import configure_cpu_threads, default_cpu_threads
 
 
 def test_default_share_of_cores():
@@ -56,20 +39,51 @@ def test_configure_order_of_choice(monkeypatch):
         torch.set_num_threads(before)
 
 
+_WORKER_THREADS_SCRIPT = """
+import json, os, pickle
+import torch
+from torch.utils.data import DataLoader, Dataset
+from eva_transfer.runtime import WorkerThreads
+
+class Seen(Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+
+def seen(loader):
+    return [(int(t), env) for batch in loader for t, env in zip(*batch)]
+
+torch.set_num_threads(2)
+calls = []
+init = WorkerThreads(1, then=calls.append)  # then= runs in the worker; the list there is a copy
+one = seen(DataLoader(Seen(), batch_size=1, num_workers=1, worker_init_fn=init, timeout=120))
+init3 = pickle.loads(pickle.dumps(WorkerThreads(3)))  # spawned workers receive it pickled
+three = seen(DataLoader(Seen(), batch_size=1, num_workers=1, worker_init_fn=init3, timeout=120))
+print(json.dumps([one, three, torch.get_num_threads()]))
+"""
+
+
 def test_cpu_data_loader_worker_runs_with_one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        calls = []
-        init = WorkerThreads(1, then=calls.append)  # then= runs in the worker; the list there is a copy
-        loader = DataLoader(_ThreadsSeen(), batch_size=1, num_workers=1, worker_init_fn=init, timeout=120)
-        assert _seen(loader) == [(1, "1"), (1, "1")]
-        init2 = pickle.loads(pickle.dumps(WorkerThreads(3)))  # spawned workers receive it pickled
-        loader = DataLoader(_ThreadsSeen(), batch_size=1, num_workers=1, worker_init_fn=init2, timeout=120)
-        assert {t for t, _ in _seen(loader)} == {3}
-        # without it, PyTorch's own worker default (1 torch thread) leaves OMP_NUM_THREADS as inherited
-    finally:
-        torch.set_num_threads(before)
+    # in a fresh interpreter: forked workers of a long-lived test process can inherit a lock another thread held
+    # at the fork (seen as a worker that never answers), which says nothing about WorkerThreads
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _WORKER_THREADS_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    one, three, parent_threads = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [tuple(x) for x in one] == [(1, "1"), (1, "1")]
+    assert {t for t, _ in three} == {3}
+    assert parent_threads == 2  # the workers' setting does not leak into the main process
+    # without it, PyTorch's own worker default (1 torch thread) leaves OMP_NUM_THREADS as inherited
 
 
 def test_segmentation_worker_init_sets_threads_and_seeds():
