@@ -89,8 +89,7 @@ def pretrain_child(job: dict) -> dict:
     import torch
 
     from eva_transfer.pretrain.config import load_pretrain_config
-    from eva_transfer.pretrain.masking import BlockMaskGenerator
-    from eva_transfer.pretrain.trainer import build_models, mim_loss
+    from eva_transfer.pretrain.trainer import build_mask_generator, build_models, mim_loss
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])
@@ -101,17 +100,7 @@ def pretrain_child(job: dict) -> dict:
     size = cfg["data"]["img_size"]
     patch = student.backbone.patch_size
     grid = (size // patch, size // patch)
-    mk = cfg["mask"]
-    masker = BlockMaskGenerator(
-        grid,
-        num_masked=mk["num_patches"],
-        mask_ratio=mk["ratio"],
-        min_patches=mk["min_patches"],
-        max_patches=mk["max_patches"],
-        min_aspect=mk["min_aspect"],
-        max_aspect=mk["max_aspect"],
-        max_tries=mk["max_tries"],
-    )
+    masker = build_mask_generator(cfg, grid)
     import numpy as np
 
     mask = torch.from_numpy(masker.generate(np.random.default_rng(0))[0]).reshape(1, -1).to(device)

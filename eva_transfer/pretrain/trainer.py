@@ -290,9 +290,10 @@ def _set_up(cfg: dict) -> _Run:
     )  # fmt: skip
 
 
-def _build_dataset(cfg: dict, grid: tuple[int, int], seed: int) -> MIMDataset:
-    dcfg, mk = cfg["data"], cfg["mask"]
-    masker = BlockMaskGenerator(
+def build_mask_generator(cfg: dict, grid: tuple[int, int]) -> BlockMaskGenerator:
+    """The block-wise mask generator of a pre-training config's ``mask`` section for a ``grid`` of patches."""
+    mk = cfg["mask"]
+    return BlockMaskGenerator(
         grid,
         num_masked=mk["num_patches"],
         mask_ratio=mk["ratio"],
@@ -302,6 +303,11 @@ def _build_dataset(cfg: dict, grid: tuple[int, int], seed: int) -> MIMDataset:
         max_aspect=mk["max_aspect"],
         max_tries=mk["max_tries"],
     )
+
+
+def _build_dataset(cfg: dict, grid: tuple[int, int], seed: int) -> MIMDataset:
+    dcfg = cfg["data"]
+    masker = build_mask_generator(cfg, grid)
     return MIMDataset(
         list_images(dcfg["root"], dcfg["list_file"]),
         dcfg["img_size"],
