@@ -26,8 +26,13 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps).permute(
+            0, 3, 1, 2
+        )
+        # In training the result is handed on in the standard (N, C, H, W) layout: the permuted view would make the
+        # next convolution's backward pass run on a channels-last input, which oneDNN does 2-3x slower at batch 1
+        # (docs/performance.md). Inference keeps the view (no copy).
+        return x.contiguous() if x.requires_grad else x
 
 
 class ConvNorm(nn.Conv2d):
@@ -113,6 +118,10 @@ class EVASimpleFeaturePyramid(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if (
+            x.requires_grad
+        ):  # a ViT's map is a channels-last view; see LayerNorm2d.forward for why training copies
+            x = x.contiguous()
         outs = {}
         for name in self.stages[: len(self.scale_factors)]:
             outs[name] = getattr(self, f"simfp_{name[1:]}")(x)
