@@ -348,10 +348,11 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mem = f"{r['ours_mem_gb']:.2f} / {r['ref_mem_gb']:.2f}" if "ours_mem_gb" in r else "-"
+        mem_ratio = f"x{r['mem_ratio']:.2f}" if "mem_ratio" in r else "-"  # --no-memory, or a failed child
         print(
             f"| {r['case']} ({r['ref']}) | {r['size']} x {r['batch']} | {r['mode']} | {r['ours_s']:.2f} | "
             f"{r['ref_s']:.2f} | x{r['speedup']:.2f} | {r['ours_pct_adjacent_matmul']:.0f}% / "
-            f"{r['ref_pct_adjacent_matmul']:.0f}% | {mem} | x{r.get('mem_ratio', float('nan')):.2f} |"
+            f"{r['ref_pct_adjacent_matmul']:.0f}% | {mem} | {mem_ratio} |"
         )
     print(json.dumps(rows, indent=1))
 

@@ -630,6 +630,7 @@ GONE_NAMES = (
     "category_image_counts",  # two of them, with different signatures
     "load_config",  # three of them
     "test_augmentations",  # read as a test by pytest
+    "batched_soft_nms_reference",  # a benchmark / test reference, not product code (eva_transfer_bench.postprocess)
 )
 GONE_MODULES = (
     "projects/detection/config_helpers.py",

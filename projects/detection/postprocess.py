@@ -17,7 +17,6 @@ __all__ = [
     "batched_nms",
     "soft_nms",
     "batched_soft_nms",
-    "batched_soft_nms_reference",
     "detection_inference",
     "maskness",
     "rescore_by_maskness",
@@ -131,8 +130,8 @@ def batched_soft_nms(
     batch is at most as large as the ``(proposals, classes)`` score matrix the candidates come from (1000
     proposals x 80 classes at score threshold 0 are 80,000 candidates), and it is compacted (dead entries and
     finished classes dropped, order kept) whenever half of it is dead. Returns ``keep`` sorted by decayed score
-    (descending, ties in selection order) and the decayed scores; the arithmetic is that of
-    :func:`batched_soft_nms_reference`, so the outputs are identical to it.
+    (descending, ties in selection order) and the decayed scores; the arithmetic is that of the previous flat
+    version (``eva_transfer_bench.postprocess.batched_soft_nms_reference``), so the outputs are identical to it.
     """
     if method not in ("linear", "gaussian"):
         raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {method!r}")
@@ -201,54 +200,6 @@ def batched_soft_nms(
             live = live[keep_rows].gather(1, order)
             planes = planes[:, keep_rows].gather(2, order[None].expand(5, -1, -1))
             width = longest
-    keep, new_scores = torch.cat(keep), torch.cat(kept_scores).to(scores.dtype)
-    order = new_scores.argsort(descending=True, stable=True)
-    return keep[order], new_scores[order]
-
-
-def batched_soft_nms_reference(
-    boxes: Tensor,
-    scores: Tensor,
-    classes: Tensor,
-    iou_threshold: float = 0.6,
-    method: str = "linear",
-    sigma: float = 0.5,
-    score_floor: float = 1e-3,
-) -> tuple[Tensor, Tensor]:
-    """The previous :func:`batched_soft_nms`: the same selections over a flat list of live candidates (gathers and
-    scatter-reductions per step). Kept as the reference the padded version is tested against."""
-    if method not in ("linear", "gaussian"):
-        raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {method!r}")
-    n = boxes.shape[0]
-    if n == 0:
-        return boxes.new_zeros(0, dtype=torch.long), scores.new_zeros(0)
-    _, cls = torch.unique(classes, return_inverse=True)
-    num_cls = int(cls.max()) + 1
-    boxes_f = boxes.float()
-    current = scores.float().clone()
-    alive = current >= score_floor
-    alive[current.argmax()] = True  # mmcv keeps its first pick whatever its score
-    keep, kept_scores = [], []
-    while bool(alive.any()):
-        live = alive.nonzero().squeeze(1)
-        live_cls = cls[live]
-        masked = current[live]
-        best = torch.full((num_cls,), float("-inf"), device=boxes.device).scatter_reduce(
-            0, live_cls, masked, "amax"
-        )
-        is_best = masked == best[live_cls]
-        first = torch.full((num_cls,), n, device=boxes.device).scatter_reduce(
-            0, live_cls, torch.where(is_best, live, torch.full_like(live, n)), "amin"
-        )
-        chosen = first[first < n]
-        keep.append(chosen)
-        kept_scores.append(current[chosen])
-        alive[chosen] = False
-        live = live[alive[live]]  # the others, each compared with the box chosen in its class
-        if live.numel():
-            overlap = _iou_with(boxes_f[live], boxes_f[first[cls[live]]])
-            current[live] = current[live] * _soft_nms_decay(overlap, method, iou_threshold, sigma)
-            alive[live] = current[live] >= score_floor
     keep, new_scores = torch.cat(keep), torch.cat(kept_scores).to(scores.dtype)
     order = new_scores.argsort(descending=True, stable=True)
     return keep[order], new_scores[order]

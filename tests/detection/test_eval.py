@@ -340,3 +340,46 @@ def test_evaluator_without_predictions_reports_zeros_and_the_table(coco_case, re
     assert caplog.text.count("Per-category bbox AP of eval_coco_empty") == 1
     table = caplog.text.split("Per-category bbox AP of eval_coco_empty:\n", 1)[1]
     assert all(name in table for name in names) and "0.000" in table
+
+
+def test_ground_truth_reader_equals_the_json_module(lvis_case, tmp_path):
+    """The evaluators read ground truth with orjson; what they get is what the json module gives, including the
+    files orjson refuses (NaN literals) and the json module's error for a malformed file."""
+    from eva_transfer_projects.detection.evaluation.fast_eval import read_json
+
+    gt_file = lvis_case[0]
+    with open(gt_file) as f:
+        assert read_json(gt_file) == json.load(f)
+    tricky = {
+        "floats": [0.1, 1e-320, 2.5e308, -0.0, 123456789.123456789, 1 / 3],
+        "ints": [0, -1, 2**63 - 1],
+        "text": 'caf\u00e9 \u2603 \\ "quoted"',
+        "nested": [{"a": [], "b": {}}],
+    }
+    path = tmp_path / "tricky.json"
+    path.write_text(json.dumps(tricky))
+    got = read_json(path)
+    assert got == json.loads(path.read_text()) == tricky
+    assert [float(x).hex() for x in got["floats"]] == [float(x).hex() for x in tricky["floats"]]
+    nan_file = tmp_path / "nan.json"
+    nan_file.write_text('{"area": NaN, "x": Infinity}')  # the json module accepts these; orjson does not
+    got = read_json(nan_file)
+    assert np.isnan(got["area"]) and got["x"] == float("inf")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [1, 2,}')
+    with pytest.raises(json.JSONDecodeError):
+        read_json(bad)
+
+
+@pytest.mark.parametrize("style", ["coco", "lvis"])
+def test_a_result_without_a_needed_field_is_named(lvis_case, style):
+    gt_file, _, results = lvis_case
+    broken = copy.deepcopy(results[:50])
+    del broken[17]["score"]
+    with pytest.raises(KeyError, match=r"result 17 \(image_id \d+\) has no \['score'\], needed for bbox"):
+        evaluate_results(gt_file, broken, "bbox", style)
+    with pytest.raises(KeyError, match=r"result 0 .* has no \['segmentation'\], needed for segm"):
+        evaluate_results(
+            gt_file, [{k: v for k, v in r.items() if k != "segmentation"} for r in broken], "segm", style
+        )
+    assert evaluate_results(gt_file, [], "segm", style)["AP"] in (0.0, -1.0)

@@ -8,9 +8,9 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_i
 from detectron2.structures import Boxes, Instances
 
 import eva_transfer_projects.detection  # noqa: F401
+from eva_transfer_bench.postprocess import batched_soft_nms_reference
 from eva_transfer_projects.detection.postprocess import (
     batched_soft_nms,
-    batched_soft_nms_reference,
     detection_inference,
     maskness,
     rescore_by_maskness,
