@@ -26,9 +26,8 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps).permute(
-            0, 3, 1, 2
-        )
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        x = x.permute(0, 3, 1, 2)
         # In training the result is handed on in the standard (N, C, H, W) layout: the permuted view would make the
         # next convolution's backward pass run on a channels-last input, which oneDNN does 2-3x slower at batch 1
         # (docs/performance.md). Inference keeps the view (no copy).
@@ -118,9 +117,8 @@ class EVASimpleFeaturePyramid(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        if (
-            x.requires_grad
-        ):  # a ViT's map is a channels-last view; see LayerNorm2d.forward for why training copies
+        # a ViT's map is a channels-last view; see LayerNorm2d.forward for why training copies it
+        if x.requires_grad:
             x = x.contiguous()
         outs = {}
         for name in self.stages[: len(self.scale_factors)]:
