@@ -31,6 +31,8 @@ from eva_transfer import EVASimpleFeaturePyramid, build_eva_vit, load_checkpoint
 from .measure import PeakMemory, matmul_rate, run_child, time_call
 
 VITDET_B = dict(window_size=14, global_block_indexes=(2, 5, 8, 11))
+#: the ViT-B shape both references are built with (this toolkit's side comes from the eva_b / eva_b_det presets)
+VIT_B = dict(patch_size=16, embed_dim=768, num_heads=12, mlp_ratio=4.0)
 
 
 # ------------------------------------------------------------------------------------------------- models
@@ -42,16 +44,7 @@ def make_pair(case: str, size: int, device: str, depth: int = 12):
     if case == "global":
         from timm.models.eva import Eva
 
-        ref = Eva(
-            img_size=size,
-            patch_size=16,
-            embed_dim=768,
-            depth=depth,
-            num_heads=12,
-            mlp_ratio=4.0,
-            num_classes=0,
-            use_fc_norm=False,
-        )
+        ref = Eva(img_size=size, depth=depth, num_classes=0, use_fc_norm=False, **VIT_B)
         ours = build_eva_vit("eva_b", img_size=size, depth=depth, drop_path_rate=0.0)  # as the reference
         load_checkpoint(ours, ref.state_dict(), verbose=False)
         ref_fn, ours_fn = ref.forward_features, ours.forward_tokens
@@ -63,11 +56,8 @@ def make_pair(case: str, size: int, device: str, depth: int = 12):
         windowed = tuple(i for i in range(depth) if i not in global_blocks)
         vit = ViT(
             img_size=size,
-            patch_size=16,
-            embed_dim=768,
             depth=depth,
-            num_heads=12,
-            mlp_ratio=4.0,
+            **VIT_B,
             use_rel_pos=True,
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),  # as ViTDet's configs and this backbone
             window_size=VITDET_B["window_size"],
@@ -91,7 +81,7 @@ def make_pair(case: str, size: int, device: str, depth: int = 12):
             global_block_indexes=global_blocks,
         )
         load_checkpoint(net, ref.state_dict(), verbose=False)
-        pyramid = EVASimpleFeaturePyramid(768, out_channels=256)
+        pyramid = EVASimpleFeaturePyramid(VIT_B["embed_dim"], out_channels=256)
         pyramid.load_state_dict({k: v for k, v in ref.state_dict().items() if k.startswith("simfp_")})
         ours = torch.nn.ModuleDict({"net": net, "pyramid": pyramid})
 
