@@ -43,13 +43,12 @@ def batched_soft_nms_reference(
     """The previous ``batched_soft_nms``: the same selections over a flat list of live candidates (gathers and
     scatter-reductions per step). The reference the padded product version is benchmarked and tested against;
     its IoU and decay are the product's own helpers, so the two must agree bit for bit."""
-    from eva_transfer_projects.detection.postprocess import _iou_with, _soft_nms_decay
+    from eva_transfer_projects.detection.postprocess import _checked_or_empty, _iou_with, _soft_nms_decay
 
-    if method not in ("linear", "gaussian"):
-        raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {method!r}")
+    empty = _checked_or_empty(boxes, scores, method)
+    if empty is not None:
+        return empty
     n = boxes.shape[0]
-    if n == 0:
-        return boxes.new_zeros(0, dtype=torch.long), scores.new_zeros(0)
     _, cls = torch.unique(classes, return_inverse=True)
     num_cls = int(cls.max()) + 1
     boxes_f = boxes.float()

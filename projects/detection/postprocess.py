@@ -54,6 +54,16 @@ def _soft_nms_decay(overlap: Tensor, method: str, iou_threshold: float, sigma: f
     return torch.exp(-(overlap * overlap) / sigma)
 
 
+def _checked_or_empty(boxes: Tensor, scores: Tensor, method: str) -> tuple[Tensor, Tensor] | None:
+    """The argument check every Soft-NMS shares: an unknown ``method`` is an error, and no boxes give the empty
+    ``(keep, scores)`` result (``None`` when there is work to do)."""
+    if method not in ("linear", "gaussian"):
+        raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {method!r}")
+    if boxes.shape[0] == 0:
+        return boxes.new_zeros(0, dtype=torch.long), scores.new_zeros(0)
+    return None
+
+
 def soft_nms(
     boxes: Tensor,
     scores: Tensor,
@@ -74,11 +84,9 @@ def soft_nms(
         ``keep`` ``(K,)`` indexes into the input, in selection order (non-increasing decayed score), and the
         decayed scores ``(K,)``.
     """
-    if method not in ("linear", "gaussian"):
-        raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {method!r}")
-    n = boxes.shape[0]
-    if n == 0:
-        return boxes.new_zeros(0, dtype=torch.long), scores.new_zeros(0)
+    empty = _checked_or_empty(boxes, scores, method)
+    if empty is not None:
+        return empty
     iou = box_iou(boxes.float(), boxes.float())
     current = scores.float().clone()
     alive = current >= score_floor
@@ -133,11 +141,9 @@ def batched_soft_nms(
     (descending, ties in selection order) and the decayed scores; the arithmetic is that of the previous flat
     version (``eva_transfer_bench.postprocess.batched_soft_nms_reference``), so the outputs are identical to it.
     """
-    if method not in ("linear", "gaussian"):
-        raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {method!r}")
-    n = boxes.shape[0]
-    if n == 0:
-        return boxes.new_zeros(0, dtype=torch.long), scores.new_zeros(0)
+    empty = _checked_or_empty(boxes, scores, method)
+    if empty is not None:
+        return empty
     if not bool(torch.isfinite(scores).all()):
         raise ValueError(
             "batched_soft_nms: scores must be finite (detection_inference drops non-finite rows)"

@@ -173,3 +173,22 @@ def test_grouped_hard_nms_is_identical_to_detectron2s():
             ours = batched_nms(boxes, scores, classes, thresh)
             ref = detectron2_batched_nms(boxes, scores, classes, thresh)
             assert torch.equal(ours, ref), (n, k, thresh)
+
+
+@pytest.mark.parametrize("fn", ["soft_nms", "batched_soft_nms", "batched_soft_nms_reference"])
+def test_soft_nms_rejects_an_unknown_method_and_returns_empty_for_no_boxes(fn):
+    call = {
+        "soft_nms": lambda b, s, **kw: soft_nms(b, s, **kw),
+        "batched_soft_nms": lambda b, s, **kw: batched_soft_nms(
+            b, s, torch.zeros(len(b), dtype=torch.long), **kw
+        ),
+        "batched_soft_nms_reference": lambda b, s, **kw: batched_soft_nms_reference(
+            b, s, torch.zeros(len(b), dtype=torch.long), **kw
+        ),
+    }[fn]
+    boxes, scores = torch.tensor([A, B], dtype=torch.float32), torch.tensor([0.9, 0.8])
+    with pytest.raises(ValueError, match="soft-NMS method must be 'linear' or 'gaussian', got 'box'"):
+        call(boxes, scores, method="box")
+    keep, kept = call(boxes[:0], scores[:0].double())
+    assert keep.dtype == torch.long and keep.numel() == 0
+    assert kept.dtype == torch.float64 and kept.numel() == 0
