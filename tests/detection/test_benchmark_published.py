@@ -18,3 +18,14 @@ def test_tiny_inference_and_training_step_are_reported():
 def test_unknown_config_is_reported_as_a_failure():
     rows = published.main(["--infer", "no_such_config"])
     assert "error" in rows[0] and "no_such_config" in rows[0]["error"]
+
+
+def test_overrides_reach_the_config():
+    rows = published.main(
+        ["--infer", "tiny_coco", "--threads", "1", "--override", "model.roi_heads.num_classes=3"]
+    )
+    default = published.main(["--infer", "tiny_coco", "--threads", "1"])
+    assert "error" not in rows[0] and "error" not in default[0], (rows, default)
+    assert rows[0]["params"] < default[0]["params"]  # fewer classes: smaller box and mask predictors
+    typo = published.main(["--infer", "tiny_coco", "--override", "model.roi_heads.num_clases=3"])
+    assert "error" in typo[0] and "num_clases" in typo[0]["error"], typo
