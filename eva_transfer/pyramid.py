@@ -117,8 +117,9 @@ class EVASimpleFeaturePyramid(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        # a ViT's map is a channels-last view; see LayerNorm2d.forward for why training copies it
-        if x.requires_grad:
+        # a ViT's map is a channels-last view; see LayerNorm2d.forward for why training copies it (also for a
+        # frozen backbone, whose map needs no gradient: the convolutions' weight gradients read it)
+        if torch.is_grad_enabled():
             x = x.contiguous()
         outs = {}
         for name in self.stages[: len(self.scale_factors)]:

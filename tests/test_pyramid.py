@@ -75,6 +75,9 @@ def test_training_hands_the_standard_layout_to_convolutions_and_keeps_values():
     x = torch.randn(2, 12, 10, 32, dtype=torch.float64).permute(0, 3, 1, 2)  # the channels-last view of a ViT
     assert not x.is_contiguous()
 
+    pyramid(x.detach().clone())  # a frozen backbone's map (no gradient) is copied too
+    assert seen and all(seen), seen
+    seen.clear()
     x_train = x.detach().clone().requires_grad_(True)
     outs = pyramid(x_train)
     assert seen and all(seen), seen
