@@ -3,7 +3,11 @@
 Class-agnostic parts (backbone, pyramid, RPN, box-head convs/fcs, class-agnostic box regression, mask-head convs)
 load unchanged. Class-specific rows (classification logits, class-specific box deltas, mask predictors) are
 taken from the source model for target classes whose name matches a source class (case-, separator- and
-synonym-insensitive) and keep their fresh initialisation otherwise. The background logit is kept.
+synonym-insensitive) and keep their fresh initialisation otherwise. The background logit keeps its fresh
+initialisation too, as when Detectron2 skips a parameter of another shape.
+
+A checkpoint with the model's class count and no class names of its own (a released detector such as the EVA-01
+authors' ``eva_coco_det.pth``) is not a transfer: its rows load by key and shape, unchanged, as Detectron2 loads it.
 """
 
 from __future__ import annotations
@@ -133,6 +137,12 @@ def _layout(key: str, n_rows: int, num_classes: int) -> tuple[int, int] | None:
     return None
 
 
+def _source_class_count(state_dict: Mapping[str, Tensor], class_keys: Sequence[str], default: int) -> int:
+    """The checkpoint's class count, read from its classification logits (K + 1 rows); ``default`` without any."""
+    logits = [state_dict[k] for k in class_keys if ".cls_score." in k]
+    return logits[0].shape[0] - 1 if logits else default
+
+
 def transfer_class_rows(
     state_dict: dict[str, Tensor],
     model_state: Mapping[str, Tensor],
@@ -150,14 +160,18 @@ def transfer_class_rows(
     """
     report = ClassTransferReport()
     kt = len(target_classes)
-    if source_classes is not None:
-        ks = len(source_classes)
-    else:
-        logits = [v for k, v in state_dict.items() if is_class_specific(k) and ".cls_score." in k]
-        ks = logits[0].shape[0] - 1 if logits else kt
+    class_keys = [k for k in state_dict if is_class_specific(k) and k in model_state]
+    ks = _source_class_count(state_dict, class_keys, kt)
+    if source_classes is not None and len(source_classes) != ks:
+        raise ValueError(
+            f"source_classes names {len(source_classes)} classes but the checkpoint's class-specific "
+            f"parameters hold {ks}"
+        )
+    if source_classes is None and ks == kt:
+        return report  # same label space size, no names: load by key and shape, as Detectron2 does
     matches = match_classes(source_classes, target_classes, target_synonyms) if source_classes else {}
     same_space = source_classes is not None and list(source_classes) == list(target_classes)
-    for key in [k for k in state_dict if is_class_specific(k) and k in model_state]:
+    for key in class_keys:
         src, dst = state_dict[key], model_state[key]
         if same_space and src.shape == dst.shape:
             continue
@@ -170,11 +184,9 @@ def transfer_class_rows(
                 f"{ks} source classes for the model's {list(dst.shape)} ({kt} classes)"
             )
         r = layout[0]
-        new = dst.detach().clone().to(src.dtype)
+        new = dst.detach().clone().to(src.dtype)  # unmatched rows and the background logit: fresh
         for j, i in matches.items():
             new[j * r : (j + 1) * r] = src[i * r : (i + 1) * r]
-        if layout[1]:
-            new[-1] = src[-1]  # background
         state_dict[key] = new
         report.keys.append(key)
     for j, name in enumerate(target_classes):

@@ -1,6 +1,9 @@
 """Objects365 -> COCO/LVIS transfer: class-agnostic parts load unchanged, class-specific rows follow the class
-names (case/separator/synonym-insensitive), unmatched classes keep their fresh initialisation."""
+names (case/separator/synonym-insensitive), unmatched classes and the background logit keep their fresh
+initialisation. A file with the model's class count and no names (a released detector) is no transfer: it loads
+by key and shape."""
 
+import pytest
 import torch
 from detectron2.config import instantiate
 
@@ -51,7 +54,7 @@ def test_o365_to_coco_rows(tmp_path, logged):
             for j, i in pairs.items():
                 torch.testing.assert_close(got[k][j], src[k][i])
             torch.testing.assert_close(got[k][2], fresh[k][2])  # zebra: fresh
-            torch.testing.assert_close(got[k][-1], src[k][-1])  # background
+            torch.testing.assert_close(got[k][-1], fresh[k][-1])  # background: fresh, as Detectron2 leaves it
         elif k.startswith("roi_heads.mask_head.predictor."):  # K rows
             for j, i in pairs.items():
                 torch.testing.assert_close(got[k][j], src[k][i])
@@ -70,4 +73,31 @@ def test_unknown_source_classes_reinitialise(tmp_path, logged):
     assert "4 classes re-initialised" in log()
     k = "roi_heads.box_predictor.2.cls_score.weight"
     torch.testing.assert_close(target.state_dict()[k][:4], fresh[k][:4])
-    torch.testing.assert_close(target.state_dict()[k][4], source.state_dict()[k][3])
+    torch.testing.assert_close(target.state_dict()[k][4], fresh[k][4])  # background: fresh
+
+
+def test_same_class_count_without_names_loads_as_stored(tmp_path, logged):
+    source = _model(4)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    torch.save({"model": source.state_dict()}, tmp_path / "released.pth")  # no class names, as released files
+    target = _model(4)
+    log = logged("eva_transfer_projects.detection.checkpoint")
+    checkpointer = EVADetectionCheckpointer(target, thing_classes=["a", "b", "c", "d"])
+    checkpointer.load(str(tmp_path / "released.pth"))
+    assert "class transfer" not in log()
+    assert checkpointer.unloaded_keys() == []
+    for k, v in source.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+
+def test_source_class_names_must_fit_the_file(tmp_path):
+    source = _model(3)
+    torch.save({"model": source.state_dict()}, tmp_path / "plain.pth")
+    target = _model(4)
+    checkpointer = EVADetectionCheckpointer(target, thing_classes=list("abcd"), source_classes=list("abcde"))
+    with pytest.raises(
+        ValueError, match="source_classes names 5 classes but the checkpoint's class-specific"
+    ):
+        checkpointer.load(str(tmp_path / "plain.pth"))
