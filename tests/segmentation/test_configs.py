@@ -70,6 +70,20 @@ def test_config_has_no_absolute_data_paths_and_tta(path):
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.rsplit("/", 1)[-1])
+def test_poly_decay_spans_the_whole_run(path):
+    """A config that changes ``train_cfg.max_iters`` also moves the poly decay's end (an inherited end before
+    max_iters leaves lr 0 for the rest of the run); an open end is the run's end."""
+    cfg = Config.fromfile(path)
+    total = cfg.train_cfg.max_iters
+    polys = [s for s in cfg.param_scheduler if s.type == "PolyLR"]
+    assert polys, path
+    for sched in polys:
+        assert sched.get("end", total) in (total, total + 1), (
+            f"{path}: PolyLR end {sched.end}, max_iters {total}"
+        )
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.rsplit("/", 1)[-1])
 def test_config_builds_from_registry_on_meta_device(path):
     cfg = Config.fromfile(path)
     with torch.device("meta"):
