@@ -16,7 +16,9 @@ config = dict(
         init_mode="eva",
         init_std=0.015,
     ),
-    teacher=dict(family="timm", name="vit_large_patch14_clip_224.openai", pretrained=True),
+    # OpenAI CLIP ViT-L/14 with its QuickGELU MLPs (act_layer None: chosen from the "openai" tag), as EVA's
+    # teacher (EVA-01/eva/clip/model.py); targets after ln_post and the projection, 768-d
+    teacher=dict(family="timm", name="vit_large_patch14_clip_224.openai", pretrained=True, act_layer=None),
     mask=dict(num_patches=105, min_patches=16, min_aspect=0.3, max_aspect=None, max_tries=10),
     # the student sees CLIP-normalised images, as the teacher (EVA-01/eva/datasets.py)
     data=dict(

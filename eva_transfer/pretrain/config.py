@@ -51,6 +51,8 @@ DEFAULTS: dict[str, Any] = dict(
         kwargs={},
         mean=None,  # the teacher's own (CLIP) normalisation when None
         std=None,
+        # MLP activation, "quick_gelu" or "gelu"; None: the tower's own from its tag (QuickGELU for openai)
+        act_layer=None,
     ),
     mask=dict(
         num_patches=None,  # patches masked per image; ratio * grid when None
@@ -192,6 +194,13 @@ def check_config(cfg: dict) -> None:
     _check(cfg, "schedule.warmup_epochs", number(0), "a number >= 0")
     _check(cfg, "schedule.total_steps", integer(1), "an integer >= 1", optional=True)
     _check(cfg, "schedule.warmup_steps", integer(0), "an integer >= 0", optional=True)
+    _check(
+        cfg,
+        "teacher.act_layer",
+        lambda v: v in ("quick_gelu", "gelu"),
+        "'quick_gelu' or 'gelu' (None: the teacher's own)",
+        optional=True,
+    )
     s = cfg["schedule"]
     if s["total_steps"] is None and s["warmup_steps"] is None and s["warmup_epochs"] > s["epochs"]:
         raise ConfigError(

@@ -7,6 +7,12 @@ OpenAI CLIP ViT-L/14: ``ln_post`` then ``proj``, 768-d), as EVA used them. Two f
   ``forward_features`` (blocks + ``norm``), then ``fc_norm`` and ``head`` applied to every token;
 - open_clip vision towers (``model.visual`` with ``ln_post`` and ``proj``), imported only when asked for.
 
+Activation: OpenAI's CLIP towers use QuickGELU (``x * sigmoid(1.702 x)``) in their MLPs, where timm builds its
+``*_clip_*`` architectures with exact GELU unless told otherwise. :func:`build_teacher` therefore picks the
+tower's own activation from its pretrained tag (``act_layer=None``; see :func:`teacher_activation`): QuickGELU for
+``openai`` (and the other tags timm marks as natively QuickGELU), GELU for towers trained with it (``laion2b``,
+``datacompxl``, EVA-CLIP, ...). ``act_layer="quick_gelu"`` or ``"gelu"`` overrides it.
+
 The teacher never trains: its parameters are frozen and ``train()`` keeps it in eval mode.
 """
 
@@ -19,10 +25,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CLIPTeacher", "build_teacher", "check_target_width", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
+__all__ = [
+    "CLIPTeacher",
+    "build_teacher",
+    "check_target_width",
+    "teacher_activation",
+    "ACTIVATIONS",
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+]
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+#: the MLP activations a teacher may be built with (``teacher.act_layer``)
+ACTIVATIONS = ("quick_gelu", "gelu")
 
 
 class CLIPTeacher(nn.Module):
@@ -34,7 +51,8 @@ class CLIPTeacher(nn.Module):
         mean, std: the per-channel normalisation the tower was trained with (applied by :meth:`normalize`).
         name: for messages.
     Attributes:
-        out_dim: target width; patch_size; img_size: the tower's input size ``(H, W)``.
+        out_dim: target width; patch_size; img_size: the tower's input size ``(H, W)``;
+        act: the MLP activation found in the tower (``"quick_gelu"``, ``"gelu"``, or None when neither is found).
     """
 
     def __init__(
@@ -72,6 +90,7 @@ class CLIPTeacher(nn.Module):
             self.img_size = tuple(_pair(tower.image_size))
             proj = getattr(tower, "proj", None)
             self.out_dim = proj.shape[1] if proj is not None else tower.ln_post.normalized_shape[0]
+        self.act = _tower_activation(tower)
         self.requires_grad_(False)
         self.eval()
 
@@ -143,6 +162,54 @@ def _pair(v: Any) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def _tower_activation(tower: nn.Module) -> Optional[str]:
+    """``"quick_gelu"`` or ``"gelu"``: the activation modules of the tower (timm's and open_clip's QuickGELU, torch's
+    or timm's GELU); None when it has neither or both."""
+    found = set()
+    for m in tower.modules():
+        kind = type(m).__name__.lower()
+        if kind == "quickgelu":
+            found.add("quick_gelu")
+        elif kind == "gelu":
+            found.add("gelu")
+    return found.pop() if len(found) == 1 else None
+
+
+def teacher_activation(family: str, name: str, pretrained: Any = True) -> Optional[str]:
+    """The MLP activation a CLIP tower was trained with, from its name and pretrained tag.
+
+    OpenAI's CLIP uses QuickGELU (``x * sigmoid(1.702 x)``): the tag ``openai``, and the other natively QuickGELU
+    tags timm marks so in their pretrained config (MetaCLIP, DFN, ...), or a timm ``*_clip_quickgelu_*`` / open_clip
+    ``*-quickgelu`` name. Everything else is GELU, timm's own fine-tunes (``openai_ft_*``, unmarked) included.
+
+    Args:
+        family: ``"timm"`` or ``"open_clip"``.
+        name: timm ``arch.tag`` (the architecture's default tag when none) or open_clip model name.
+        pretrained: open_clip: the pretrained tag (``"openai"``).
+    Returns:
+        ``"quick_gelu"`` or ``"gelu"``; None for an open_clip tower whose activation is left to its own config.
+    """
+    if family == "timm":
+        import timm
+
+        arch, tag = timm.models.split_model_name_tag(name)
+        notes: Sequence[str] = ()
+        try:
+            cfg = timm.models.get_pretrained_cfg(name)
+        except RuntimeError:  # unknown tag: timm.create_model reports it
+            cfg = None
+        if cfg is not None:
+            tag = tag or (cfg.tag or "")
+            notes = cfg.notes or ()
+        if "_quickgelu_" in arch or tag == "openai" or any("quickgelu" in n.lower() for n in notes):
+            return "quick_gelu"
+        return "gelu"
+    tag = pretrained if isinstance(pretrained, str) else ""
+    if name.lower().endswith("-quickgelu") or tag.lower() == "openai":
+        return "quick_gelu"
+    return None
+
+
 def check_target_width(head_dim: int, teacher: CLIPTeacher) -> None:
     """Raises ValueError when the student head (``lm_head``) and the teacher disagree on the target width."""
     if head_dim != teacher.out_dim:
@@ -162,6 +229,7 @@ def build_teacher(
     kwargs: Optional[dict] = None,
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
+    act_layer: Optional[str] = None,
 ) -> CLIPTeacher:
     """Builds a frozen teacher.
 
@@ -174,13 +242,29 @@ def build_teacher(
         img_size: the teacher's input size (timm: position embeddings resized at build time).
         kwargs: extra model arguments (e.g. a small ``embed_dim``/``depth`` for tests).
         mean, std: input normalisation; the model's own (CLIP's) when omitted.
+        act_layer: the MLP activation, ``"quick_gelu"`` or ``"gelu"``; None: the one the tower was trained with
+            (:func:`teacher_activation`: QuickGELU for OpenAI's CLIP, as EVA's teacher). An ``act_layer`` in
+            ``kwargs`` (timm) counts as this option.
+    Raises:
+        ValueError: an unknown ``act_layer``, or a built tower whose activation is not the one asked for.
     """
     kwargs = dict(kwargs or {})
+    if family == "timm" and "act_layer" in kwargs:
+        if act_layer is not None and act_layer != kwargs["act_layer"]:
+            raise ValueError(
+                f"teacher.act_layer={act_layer!r} and teacher.kwargs.act_layer={kwargs['act_layer']!r} disagree"
+            )
+        act_layer = kwargs.pop("act_layer")
+    if act_layer is not None and act_layer not in ACTIVATIONS:
+        raise ValueError(f"teacher.act_layer must be one of {ACTIVATIONS} or None, got {act_layer!r}")
+    if family in ("timm", "open_clip") and act_layer is None:
+        act_layer = teacher_activation(family, name, pretrained)
     if family == "timm":
         import timm
 
         if img_size is not None:
             kwargs.setdefault("img_size", img_size)
+        kwargs["act_layer"] = act_layer
         tower = timm.create_model(name, pretrained=bool(pretrained) and checkpoint is None, **kwargs)
         cfg = getattr(tower, "pretrained_cfg", {}) or {}
         mean = mean or cfg.get("mean") or OPENAI_CLIP_MEAN
@@ -194,6 +278,8 @@ def build_teacher(
                 "open_clip_torch), or use a timm CLIP teacher"
             ) from e
         tag = pretrained if isinstance(pretrained, str) else None
+        if act_layer == "quick_gelu":
+            kwargs.setdefault("force_quick_gelu", True)  # also when a checkpoint replaces the tag's weights
         model = open_clip.create_model(name, pretrained=tag if checkpoint is None else None, **kwargs)
         tower = model.visual
         mean = mean or getattr(tower, "image_mean", None) or OPENAI_CLIP_MEAN
@@ -216,4 +302,9 @@ def build_teacher(
                 f"teacher checkpoint {checkpoint} has {len(unexpected)} keys {name} does not use, "
                 f"e.g. {unexpected[:3]}"
             )
-    return CLIPTeacher(tower, family, tuple(mean), tuple(std), name=name)
+    teacher = CLIPTeacher(tower, family, tuple(mean), tuple(std), name=name)
+    if act_layer is not None and teacher.act is not None and teacher.act != act_layer:
+        raise ValueError(
+            f"teacher {name} was built with {teacher.act} but {act_layer} was asked for (teacher.act_layer)"
+        )
+    return teacher

@@ -118,6 +118,7 @@ def build_models(cfg: dict, device: torch.device) -> tuple[MIMStudent, CLIPTeach
         kwargs=t["kwargs"],
         mean=t["mean"],
         std=t["std"],
+        act_layer=t["act_layer"],
     )
     m = cfg["model"]
     target_dim = m["target_dim"] if m["target_dim"] is not None else teacher.out_dim
