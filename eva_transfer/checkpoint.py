@@ -54,6 +54,7 @@ __all__ = [
     "load_checkpoint",
     "mmdet_layout",
     "plain_safe_globals",
+    "POS_RESIZE",
     "read_checkpoint",
     "remove_stale_temporaries",
     "resize_patch_kernel",
@@ -410,9 +411,14 @@ def resize_patch_kernel(weight: Tensor, size: tuple[int, int], method: str = "bi
     raise ValueError(f"unknown patch kernel resize method {method!r} (expected 'bicubic' or 'pinv')")
 
 
-def resize_pos_embed(pos: Tensor, grid: tuple[int, int], cls_slot: bool) -> Tensor:
+def resize_pos_embed(
+    pos: Tensor, grid: tuple[int, int], cls_slot: bool, via: tuple[tuple[int, int], ...] = ()
+) -> Tensor:
     """Resizes a ``(1, [1+]G*G, C)`` absolute table (square grid, with or without a CLS slot) to
-    ``(1, [1+]gh*gw, C)``, bicubic on the grid; a CLS slot is kept, added (zeros) or dropped to match."""
+    ``(1, [1+]gh*gw, C)``, bicubic on the grid; a CLS slot is kept, added (zeros) or dropped to match.
+
+    ``via``: grids passed on the way, one bicubic step each, the table rounded to its dtype after each (as a file
+    written in between would hold it); see :data:`POS_RESIZE`."""
     n = pos.shape[1]
     src_cls = _has_cls_slot(n)
     table = pos[:, int(src_cls) :]
@@ -420,8 +426,45 @@ def resize_pos_embed(pos: Tensor, grid: tuple[int, int], cls_slot: bool) -> Tens
     g = int(round(math.sqrt(table.shape[1])))
     if g * g != table.shape[1]:
         raise ValueError(f"position table with {n} slots is not a square grid (with or without a CLS slot)")
-    table = interpolate_abs_pos(table, False, tuple(grid), (g, g))  # the one resize the model also uses
+    have = (g, g)
+    for step in (*via, tuple(grid)):
+        table = interpolate_abs_pos(table, False, tuple(step), have)  # the one resize the model also uses
+        have = tuple(step)
     return torch.cat([cls, table], dim=1) if cls_slot else table
+
+
+#: routes of the absolute position table to the model's grid (``pos_resize`` of :func:`load_checkpoint`).
+#: ``eva``: when the checkpoint's patch kernel is resized, the table first goes to the grid its pre-training image
+#: has at the model's patch size (when that image is a whole number of them), then to the model's grid. This is
+#: EVA-01's route: ``interpolate_patch_14to16.py`` makes ``eva_psz14to16.pt`` with the 16x16 grid (224 px at
+#: patch 14) resized to 14x14 (224 px at patch 16), which their segmentation backbone's loader resizes to 56x56
+#: (896 px); their detection backbone keeps 14x14. ``direct``: one bicubic step to the model's grid.
+POS_RESIZE = ("eva", "direct")
+
+
+def _pos_resize_via(sd: Mapping[str, Tensor], vit: EVAViT, route: str) -> tuple[tuple[int, int], ...]:
+    """The grids the checkpoint's position table passes on its way to ``vit``'s under ``route`` (:data:`POS_RESIZE`);
+    empty for one step."""
+    if route not in POS_RESIZE:
+        raise ValueError(
+            f"unknown position-table resize route {route!r} (expected one of {list(POS_RESIZE)})"
+        )
+    kernel, pos = sd.get("patch_embed.proj.weight"), sd.get("pos_embed")
+    if (
+        route == "direct"
+        or vit.pos_grid is None
+        or not isinstance(kernel, Tensor)
+        or not isinstance(pos, Tensor)
+    ):
+        return ()
+    src, dst = tuple(kernel.shape[-2:]), tuple(vit.patch_embed.proj.weight.shape[-2:])
+    if kernel.dim() != 4 or pos.dim() != 3 or src == dst:
+        return ()
+    g = int(round(math.sqrt(pos.shape[1] - int(_has_cls_slot(pos.shape[1])))))
+    if (g * src[0]) % dst[0] or (g * src[1]) % dst[1]:
+        return ()  # the pre-training image (g patches) is no whole number of the model's patches
+    mid = (g * src[0] // dst[0], g * src[1] // dst[1])
+    return () if min(mid) < 1 or mid in ((g, g), tuple(vit.pos_grid)) else (mid,)
 
 
 def _has_cls_slot(n: int) -> bool:
@@ -596,9 +639,11 @@ def convert_state_dict(
     patch_resize: str = "bicubic",
     rel_pos_resize: str = "linear",
     check_finite: bool = True,
+    pos_resize: str = "eva",
 ) -> tuple[dict[str, Tensor], LoadReport]:
     """Converts a backbone state dict to ``model``'s layout (``model``: an :class:`EVAViT` or a module holding one;
-    a model on the meta device works, for shapes only).
+    a model on the meta device works, for shapes only). ``pos_resize``: the position table's route
+    (:data:`POS_RESIZE`).
 
     Returns the converted dict (backbone-relative keys) and a report. Raises :class:`CheckpointError` for a
     checkpoint of another width or depth, any key whose shape cannot be converted, an integer or bool tensor for a
@@ -608,6 +653,7 @@ def convert_state_dict(
     sd, report = extract_backbone(state_dict, source, prefix)
     target = vit.state_dict()
     _check_depth(sd, vit.depth, source)
+    pos_via = _pos_resize_via(sd, vit, pos_resize)
     out: dict[str, Tensor] = {}
     for k, v in sd.items():
         if k not in target:
@@ -615,7 +661,10 @@ def convert_state_dict(
             continue
         check_tensor(v, target[k], source, k, check_finite)
         have, want = tuple(v.shape), tuple(target[k].shape)
-        out[k] = v if have == want else _resize_entry(k, v, want, vit, report, patch_resize, rel_pos_resize)
+        if have == want and not (k == "pos_embed" and pos_via):
+            out[k] = v
+        else:
+            out[k] = _resize_entry(k, v, want, vit, report, patch_resize, rel_pos_resize, pos_via)
         report.loaded.append(k)
     report.missing = [k for k in target if k not in out]
     if not out:
@@ -660,15 +709,17 @@ def _resize_entry(
     report: LoadReport,
     patch_resize: str,
     rel_pos_resize: str,
+    pos_via: tuple[tuple[int, int], ...] = (),
 ) -> Tensor:
-    """Entry ``k`` resized to the model's shape ``want`` (patch kernel, position grid, relative-position tables);
-    a CheckpointError naming the key for shapes with no conversion."""
+    """Entry ``k`` resized to the model's shape ``want`` (patch kernel, position grid through ``pos_via``,
+    relative-position tables); a CheckpointError naming the key for shapes with no conversion."""
     have = tuple(v.shape)
     try:
         if k == "patch_embed.proj.weight" and have[:2] == want[:2]:
             resized, how = resize_patch_kernel(v, want[-2:], patch_resize), f"patch kernel, {patch_resize}"
         elif k == "pos_embed" and v.dim() == 3 and have[2] == want[2]:
-            resized, how = resize_pos_embed(v, vit.pos_grid, vit.pos_cls_slot), "position grid, bicubic"
+            resized = resize_pos_embed(v, vit.pos_grid, vit.pos_cls_slot, via=pos_via)
+            how = "position grid, bicubic" + "".join(f" via {h}x{w}" for h, w in pos_via)
         elif re.search(r"attn\.rel_pos_[hw]$", k) and v.dim() == 2 and have[1] == want[1]:
             resized, how = resize_rel_pos(v, want[0], rel_pos_resize), f"relative position, {rel_pos_resize}"
         elif k.endswith("attn.relative_position_bias_table") and v.dim() == 2 and have[1] == want[1]:
@@ -736,6 +787,7 @@ def load_checkpoint(
     verbose: bool = True,
     check_finite: bool = True,
     source: Optional[str] = None,
+    pos_resize: str = "eva",
 ) -> LoadReport:
     """Loads backbone weights into the :class:`EVAViT` of ``model`` from a file or an in-memory checkpoint.
 
@@ -745,6 +797,9 @@ def load_checkpoint(
         prefix: the backbone's key prefix in the checkpoint; found automatically when omitted.
         patch_resize: ``bicubic`` (EVA) or ``pinv`` (timm) for a patch kernel of another size.
         rel_pos_resize: ``linear``, ``geometric`` or ``beit`` for relative-position tables of another length.
+        pos_resize: the absolute position table's route to the model's grid, ``eva`` (EVA-01's: through the grid
+            of the pre-training image at the new patch size when the patch kernel is resized) or ``direct``
+            (one bicubic step); see :data:`POS_RESIZE`.
         allow_pickle: read a file that needs arbitrary unpickling (only for files you trust).
         verbose: log the report at INFO level (otherwise at DEBUG); tools decide what reaches the console.
         check_finite: refuse NaN or infinite values (the error names the key).
@@ -758,7 +813,7 @@ def load_checkpoint(
         source, obj = str(checkpoint), read_checkpoint(checkpoint, allow_pickle=allow_pickle)
     sd = unwrap_state_dict(obj, source, key)
     converted, report = convert_state_dict(
-        sd, model, source, prefix, patch_resize, rel_pos_resize, check_finite
+        sd, model, source, prefix, patch_resize, rel_pos_resize, check_finite, pos_resize
     )
     vit = find_backbone(model)
     result = vit.load_state_dict(converted, strict=False)
@@ -803,6 +858,7 @@ def export_mmdet(
     model: Optional[nn.Module] = None,
     patch_resize: str = "bicubic",
     rel_pos_resize: str = "linear",
+    pos_resize: str = "eva",
 ) -> tuple[dict[str, Tensor], LoadReport]:
     """The backbone (and simple feature pyramid, if present) of any supported checkpoint in the MMDetection
     layout (``backbone.`` / ``neck.`` keys); detection heads of other frameworks are reported as unexpected.
@@ -811,7 +867,9 @@ def export_mmdet(
     if model is None:
         sd, report = extract_backbone(state_dict, source, prefix)
     else:
-        sd, report = convert_state_dict(state_dict, model, source, prefix, patch_resize, rel_pos_resize)
+        sd, report = convert_state_dict(
+            state_dict, model, source, prefix, patch_resize, rel_pos_resize, pos_resize=pos_resize
+        )
     pyramid = extract_pyramid(state_dict, source)
     report.unexpected = [k for k in report.unexpected if not _PYRAMID_KEY.match(k)]
     out = mmdet_layout(sd, pyramid)
@@ -1003,6 +1061,7 @@ def convert_backbone_file(
     rel_pos_resize: str = "linear",
     strict: bool = True,
     allow_pickle: bool = False,
+    pos_resize: str = "eva",
 ) -> tuple[dict[str, Tensor], list[LoadReport]]:
     """The backbone of the checkpoint file ``path`` (any layout :func:`load_checkpoint` reads) in ``layout``:
     ``"eva"`` (this toolkit's), ``"mmdet"`` (:func:`export_mmdet`: the pyramid kept if the file has one) or one
@@ -1022,13 +1081,21 @@ def convert_backbone_file(
                 "--output-prefix and --to mmdet exclude each other"
             )
         out, report = export_mmdet(
-            sd, source, prefix, model=model, patch_resize=patch_resize, rel_pos_resize=rel_pos_resize
+            sd,
+            source,
+            prefix,
+            model=model,
+            patch_resize=patch_resize,
+            rel_pos_resize=rel_pos_resize,
+            pos_resize=pos_resize,
         )
         return {k: v.contiguous() for k, v in out.items()}, [report]
     if layout != "eva" and layout not in EXPORT_LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected eva, mmdet or one of {sorted(EXPORT_LAYOUTS)}")
     if model is not None:
-        out, report = convert_state_dict(sd, model, source, prefix, patch_resize, rel_pos_resize)
+        out, report = convert_state_dict(
+            sd, model, source, prefix, patch_resize, rel_pos_resize, pos_resize=pos_resize
+        )
     else:
         out, report = extract_backbone(sd, source, prefix)
         report.loaded = list(out)

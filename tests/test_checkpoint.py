@@ -101,6 +101,48 @@ def test_mim_checkpoint_into_detection_variant(mim_file, logged):
     assert torch.equal(det.blocks[2].attn.qkv.weight, sd["blocks.2.attn.qkv.weight"])
 
 
+def _bicubic_steps(pos, *sides):
+    """The table resized side after side as EVA-01 does (CLS slot kept, bicubic, corners not aligned)."""
+    for side in sides:
+        g = int(round((pos.shape[1] - 1) ** 0.5))
+        grid = pos[:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
+        grid = torch.nn.functional.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
+        pos = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
+    return pos
+
+
+def test_pos_resize_route_of_a_patch14_mim_table():
+    """A 16x16 table at patch 14 into a patch-16 backbone: ``eva`` (the default) goes through 14x14, the grid of
+    224 px at patch 16 (EVA-01's 14->16 script), then to the model's grid; ``direct`` goes in one step. Into
+    the detection backbone's 14x14 grid both are the authors' one step."""
+    sd = _mim_state_dict(grid=16)
+    seg = build_eva_vit("eva_tiny", img_size=896, pos_grid=56)  # patch 16, the segmentation grid
+    report = load_checkpoint(seg, sd, verbose=False)
+    assert report.resized["pos_embed"] == ((1, 257, 64), (1, 3137, 64), "position grid, bicubic via 14x14")
+    torch.testing.assert_close(
+        seg.pos_embed.detach(), _bicubic_steps(sd["pos_embed"], 14, 56), rtol=0, atol=1e-6
+    )
+    direct = build_eva_vit("eva_tiny", img_size=896, pos_grid=56)
+    report = load_checkpoint(direct, sd, verbose=False, pos_resize="direct")
+    assert report.resized["pos_embed"][2] == "position grid, bicubic"
+    torch.testing.assert_close(
+        direct.pos_embed.detach(), _bicubic_steps(sd["pos_embed"], 56), rtol=0, atol=1e-6
+    )
+    assert (seg.pos_embed - direct.pos_embed).abs().max() > 1e-3
+
+    for route in ("eva", "direct"):
+        det = build_eva_vit("eva_tiny_det", pos_grid=14)
+        load_checkpoint(det, sd, verbose=False, pos_resize=route)
+        torch.testing.assert_close(
+            det.pos_embed.detach(), _bicubic_steps(sd["pos_embed"], 14), rtol=0, atol=0
+        )
+    # the same patch size: one step whatever the route
+    same = build_eva_vit("eva_tiny", patch_size=14, img_size=896, pos_grid=56)
+    assert load_checkpoint(same, sd, verbose=False).resized["pos_embed"][2] == "position grid, bicubic"
+    with pytest.raises(ValueError, match="'twice'.*eva"):
+        load_checkpoint(build_eva_vit("eva_tiny"), sd, verbose=False, pos_resize="twice")
+
+
 def test_wrapped_and_prefixed_formats(tmp_path):
     src = build_eva_vit("eva_tiny_det")
     sd = {f"module.backbone.net.{k}": v for k, v in src.state_dict().items()}

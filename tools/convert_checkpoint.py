@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eva_transfer.checkpoint import (  # noqa: E402
     EXPORT_LAYOUTS,
+    POS_RESIZE,
     CheckpointError,
     convert_backbone_file,
     save_checkpoint,
@@ -62,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--patch-resize", choices=["bicubic", "pinv"], default="bicubic")
     p.add_argument("--rel-pos-resize", choices=["linear", "geometric", "beit"], default="linear")
+    p.add_argument(
+        "--pos-resize",
+        choices=list(POS_RESIZE),
+        default="eva",
+        help="route of the position table: eva (EVA-01's, through the pre-training image's grid at the new "
+        "patch size when the kernel is resized) or direct (one bicubic step)",
+    )
     p.add_argument("--key", help="checkpoint entry holding the state dict (found automatically)")
     p.add_argument("--prefix", help="backbone key prefix in the checkpoint (found automatically)")
     p.add_argument(
@@ -106,6 +114,7 @@ def main(argv=None) -> int:
                 ("--lossy", args.lossy, False),
                 ("--patch-resize", args.patch_resize, "bicubic"),
                 ("--rel-pos-resize", args.rel_pos_resize, "linear"),
+                ("--pos-resize", args.pos_resize, "eva"),
             )
             if value != default
         ]
@@ -129,6 +138,7 @@ def main(argv=None) -> int:
             output_prefix=args.output_prefix,
             patch_resize=args.patch_resize,
             rel_pos_resize=args.rel_pos_resize,
+            pos_resize=args.pos_resize,
             strict=not args.lossy,
             allow_pickle=args.allow_pickle,
         )

@@ -9,6 +9,7 @@ from eva_transfer_projects import compat
 compat.apply_detectron2()
 
 from .backbone import EVADetectionBackbone, EVAViTBackbone, build_eva_backbone, build_eva_vit_backbone  # noqa: E402
+from .meta_arch import EVAGeneralizedRCNN  # noqa: E402
 from .roi_heads import EVACascadeROIHeads  # noqa: E402
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "build_eva_backbone",
     "build_eva_vit_backbone",
     "EVACascadeROIHeads",
+    "EVAGeneralizedRCNN",
 ]

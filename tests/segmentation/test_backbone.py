@@ -49,6 +49,45 @@ def test_init_checkpoint_loads_backbone_through_shared_converter(tmp_path):
         torch.testing.assert_close(a, b)
 
 
+def _authors_bicubic(pos: torch.Tensor, side: int) -> torch.Tensor:
+    """EVA-01's position-table resize (``EVA-01/seg/interpolate_patch_14to16.py`` lines 20-27, to 14x14 there, and
+    ``EVA-01/seg/mmcv_custom/checkpoint.py`` lines 475-487): the CLS slot kept, the grid bicubic, corners not
+    aligned."""
+    g, dim = int(round((pos.shape[1] - 1) ** 0.5)), pos.shape[2]
+    grid = pos[:, 1:].reshape(1, g, g, dim).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
+    return torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
+
+
+@pytest.mark.parametrize("pos_grid", [56, 4])
+def test_mim_position_table_takes_the_authors_two_steps(tmp_path, pos_grid):
+    """eva_psz14.pt (patch 14, 16x16 grid + CLS) into the patch-16 segmentation backbone: EVA-01 resizes the grid
+    16 -> 14 offline (their 14->16 script, 224 px at patch 16), then 14 -> the backbone's grid when it loads the
+    file (56 at 896 px); not 16 -> 56 at once."""
+    source = build_eva_vit("eva_tiny", patch_size=14, img_size=224)  # the MIM layout: 16x16 grid + CLS slot
+    with torch.no_grad():
+        source.pos_embed.normal_(std=0.5)
+    sd = source.state_dict()
+    assert sd["pos_embed"].shape == (1, 1 + 16 * 16, 64) and sd["patch_embed.proj.weight"].shape[-1] == 14
+    path = tmp_path / "eva_psz14.pt"
+    save_checkpoint({"model": sd}, path)
+    overrides = dict(img_size=16 * pos_grid, pos_grid=pos_grid)
+    model = MODELS.build(
+        dict(
+            TINY,
+            backbone_overrides=overrides,
+            init_checkpoint=str(path),
+            norm_cfg=dict(type="GN", num_groups=8),
+        )
+    )
+    model.init_weights()
+    got = model.adapter.backbone.pos_embed.detach()
+    authors = _authors_bicubic(_authors_bicubic(sd["pos_embed"], 14), pos_grid)
+    torch.testing.assert_close(got, authors, rtol=0, atol=1e-6)
+    one_step = _authors_bicubic(sd["pos_embed"], pos_grid)
+    assert (got - one_step).abs().max() > 1e-2  # two bicubic steps are not one
+
+
 @pytest.mark.parametrize(
     "norm_cfg, kind", [(dict(type="BN"), nn.BatchNorm2d), (dict(type="GN", num_groups=8), nn.GroupNorm)]
 )

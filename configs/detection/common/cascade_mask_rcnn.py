@@ -4,6 +4,7 @@
 RPN with 2 convs and anchors 32..512 x {0.5, 1, 2}; 512 RoIs per image, 25% positive; RoIAlign 7x7 (box) and
 14x14 (mask); 3 stages at IoU 0.5 / 0.6 / 0.7 with box weights (10,10,5,5) / (20,20,10,10) / (30,30,15,15),
 class-agnostic; box heads 4 conv + 1 fc with LN, mask head 4 conv with LN. Inference averages the stage scores.
+Under AMP the RPN and RoI heads train in float32 (the authors' rcnn.py).
 """
 
 import eva_transfer_projects.detection  # noqa: F401  (Detectron2 stand-ins before detectron2 imports)
@@ -12,7 +13,6 @@ import eva_transfer_projects.detection  # noqa: F401  (Detectron2 stand-ins befo
 
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
@@ -22,12 +22,13 @@ from detectron2.modeling.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLaye
 
 from eva_transfer.presets import build_eva_vit
 from eva_transfer_projects.detection.backbone import EVADetectionBackbone
+from eva_transfer_projects.detection.meta_arch import EVAGeneralizedRCNN
 from eva_transfer_projects.detection.roi_heads import EVACascadeROIHeads
 
 LEVELS = ["p2", "p3", "p4", "p5"]
 SCALES = (1.0 / 4, 1.0 / 8, 1.0 / 16, 1.0 / 32)
 
-model = L(GeneralizedRCNN)(
+model = L(EVAGeneralizedRCNN)(
     backbone=L(EVADetectionBackbone)(
         net=L(build_eva_vit)(name="eva_g_det", use_act_checkpoint=True),
         out_channels=256,
@@ -98,4 +99,5 @@ model = L(GeneralizedRCNN)(
     pixel_mean=[123.675, 116.28, 103.53],
     pixel_std=[58.395, 57.12, 57.375],
     input_format="RGB",
+    fp32_heads=True,  # the authors' AMP rule: RPN and RoI heads train in float32, the backbone in float16
 )

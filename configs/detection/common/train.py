@@ -4,7 +4,7 @@ train = dict(
     output_dir="./output/detection",
     init_checkpoint="",  # a detector checkpoint, or a backbone-only EVA MIM / timm file
     source_classes=None,  # class names of init_checkpoint when the file does not carry them
-    checkpoint_load=dict(patch_resize="bicubic", rel_pos_resize="linear"),
+    checkpoint_load=dict(patch_resize="bicubic", rel_pos_resize="linear", pos_resize="eva"),
     max_iter=90000,
     stop_iter=None,  # end this run early (a resolution stage); the lr schedule still spans max_iter
     amp=dict(enabled=True),  # used on GPU only
