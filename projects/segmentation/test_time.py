@@ -12,7 +12,13 @@ them back to the original size. Here:
 - :class:`EncoderDecoderShortSidePad` (mmseg ``MODELS``): mmseg's ``EncoderDecoder`` that removes that padding
   (with the data preprocessor's own) before flipping back and resizing, and whose sliding window tells the decode
   head each window's size: mmseg's Mask2Former head upsamples its masks to ``pad_shape``, which in mmseg's own
-  sliding window is the whole image's, so windows of an image larger than the window do not fit back.
+  sliding window is the whole image's, so windows of an image larger than the window do not fit back. It also
+  combines a Mask2Former head's predictions in the authors' order (``combine_masks_at="mask_size"``): class
+  softmax (no-object column dropped) times mask sigmoid at the mask features' size (1/4 of the input), summed over
+  the queries, and only that class map resized (bilinear) to the input, i.e. to each window in the sliding window
+  (``EVA-01/seg/mmseg_custom/models/decode_heads/mask2former_head.py`` ``forward_test``,
+  ``.../segmentors/encoder_decoder_mask2former*.py`` ``encode_decode``). mmseg's head upsamples the mask logits
+  first and combines at the input size; ``combine_masks_at="input_size"`` keeps that order.
 """
 
 from __future__ import annotations
@@ -21,14 +27,17 @@ import inspect
 from typing import List, Optional, Sequence
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from mmcv.transforms import BaseTransform
 from mmseg.datasets.transforms import PackSegInputs
+from mmseg.models.decode_heads import Mask2FormerHead
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS, TRANSFORMS
+from mmseg.structures import SegDataSample
 from torch import Tensor
 
-__all__ = ["PadShortSide", "EncoderDecoderShortSidePad", "PACK_META_KEYS", "PADDING_KEY"]
+__all__ = ["PadShortSide", "EncoderDecoderShortSidePad", "PACK_META_KEYS", "PADDING_KEY", "COMBINE_MASKS_AT"]
 
 #: the metainfo key in which :class:`PadShortSide` records its padding
 PADDING_KEY = "short_side_padding"
@@ -37,6 +46,11 @@ PADDING_KEY = "short_side_padding"
 def _pack_default_meta_keys() -> tuple[str, ...]:
     return tuple(inspect.signature(PackSegInputs.__init__).parameters["meta_keys"].default)
 
+
+#: where :class:`EncoderDecoderShortSidePad` combines a Mask2Former head's class and mask predictions: "mask_size"
+#: (the authors': at the mask features' size, then the class map resized to the input) or "input_size" (mmseg's:
+#: mask logits upsampled to the input first)
+COMBINE_MASKS_AT = ("mask_size", "input_size")
 
 #: PackSegInputs' default meta keys (read from mmseg, not copied) plus :data:`PADDING_KEY`. The text configs cannot
 #: import it: ``configs/segmentation/_base_/datasets/ade20k.py`` writes the same tuple as ``tta_meta_keys`` and
@@ -94,7 +108,35 @@ class PadShortSide(BaseTransform):
 @MODELS.register_module()
 class EncoderDecoderShortSidePad(EncoderDecoder):
     """mmseg's ``EncoderDecoder``, removing :class:`PadShortSide`'s padding from the logits, with a sliding window
-    whose windows reach the decode head with their own size (``img_shape`` and ``pad_shape``)."""
+    whose windows reach the decode head with their own size (``img_shape`` and ``pad_shape``).
+
+    Args:
+        combine_masks_at: "mask_size" (default, the authors' order) combines a Mask2Former head's class softmax and
+            mask sigmoid at the mask features' size and resizes the class map to the input (each window's size in
+            the sliding window); "input_size" is mmseg's ``Mask2FormerHead.predict`` (mask logits upsampled to the
+            input first). Other heads are not affected.
+        *args, **kwargs: ``EncoderDecoder``'s.
+    """
+
+    def __init__(self, *args, combine_masks_at: str = "mask_size", **kwargs) -> None:
+        if combine_masks_at not in COMBINE_MASKS_AT:
+            raise ValueError(
+                f"EncoderDecoderShortSidePad: combine_masks_at must be one of {COMBINE_MASKS_AT}, "
+                f"got {combine_masks_at!r}"
+            )
+        super().__init__(*args, **kwargs)
+        self.combine_masks_at = combine_masks_at
+
+    def encode_decode(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
+        if self.combine_masks_at == "input_size" or not isinstance(self.decode_head, Mask2FormerHead):
+            return super().encode_decode(inputs, batch_img_metas)
+        x = self.extract_feat(inputs)
+        samples = [SegDataSample(metainfo=meta) for meta in batch_img_metas]
+        all_cls_scores, all_mask_preds = self.decode_head(x, samples)
+        cls_probs = F.softmax(all_cls_scores[-1], dim=-1)[..., :-1]
+        mask_probs = all_mask_preds[-1].sigmoid()
+        seg = torch.einsum("bqc,bqhw->bchw", cls_probs, mask_probs)
+        return F.interpolate(seg, size=inputs.shape[2:], mode="bilinear", align_corners=self.align_corners)
 
     def slide_inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
         h_stride, w_stride = self.test_cfg.stride

@@ -14,9 +14,12 @@ train_pipeline = [
     dict(type="PhotoMetricDistortion"),
     dict(type="PackSegInputs"),
 ]
+# single-scale test, the authors' (EVA-01/seg/configs/ade20k/*_ss*.py, coco_stuff164k/*_ss*.py): short side 896
+# (long side at most 3584), then both sides resized (bilinear) up to multiples of 32, not padded
 test_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="Resize", scale=train_scale, keep_ratio=True),
+    dict(type="ResizeToMultiple", size_divisor=32),
     dict(type="LoadCheckedAnnotations"),
     dict(type="PackSegInputs"),
 ]

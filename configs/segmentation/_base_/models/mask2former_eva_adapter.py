@@ -17,6 +17,9 @@ data_preprocessor = dict(
 model = dict(
     # mmseg's EncoderDecoder, removing the multi-scale test's short-side padding (projects/segmentation/test_time.py)
     type="EncoderDecoderShortSidePad",
+    # the authors' order: class softmax x mask sigmoid at the masks' size (1/4), then that map resized to the input
+    # (each window); "input_size" is mmseg's Mask2FormerHead.predict (mask logits upsampled first)
+    combine_masks_at="mask_size",
     data_preprocessor=data_preprocessor,
     backbone=dict(
         type="EVAViTAdapter",
