@@ -8,10 +8,10 @@ pre-training / segmentation layout (global attention, CLS token, final norm).
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any
 
+from .suggest import did_you_mean
 from .vit import EVAViT
 
 __all__ = ["PRESETS", "build_eva_vit", "preset_config", "every_kth_block"]
@@ -97,14 +97,12 @@ _ARGS = set(inspect.signature(EVAViT.__init__).parameters) - {"self"}
 def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
     """The constructor arguments of preset ``name`` with ``overrides`` applied (unknown keys are an error)."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, PRESETS, n=3)
         raise KeyError(f"unknown backbone preset {name!r}{hint} (known: {', '.join(sorted(PRESETS))})")
     unknown = set(overrides) - _ARGS
     if unknown:
         bad = sorted(unknown)[0]
-        close = difflib.get_close_matches(bad, _ARGS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(bad, _ARGS)
         raise TypeError(f"unknown EVAViT argument(s) {sorted(unknown)} for preset {name!r}{hint}")
     cfg = dict(PRESETS[name])
     cfg.update(overrides)

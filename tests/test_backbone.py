@@ -30,7 +30,7 @@ def test_detection_preset_layout():
 
 
 def test_preset_errors_suggest_names():
-    with pytest.raises(KeyError, match="did you mean eva_g_det"):
+    with pytest.raises(KeyError, match="did you mean 'eva_g_det'"):
         build_eva_vit("eva_g_dt")
     with pytest.raises(TypeError, match="did you mean 'drop_path_rate'"):
         build_eva_vit("eva_tiny", drop_path=0.1)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import ast
 import copy
-import difflib
 import logging
 import runpy
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from ..suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +129,7 @@ def flatten_keys(d: dict, prefix: str = "") -> list[str]:
 
 
 def _unknown(key: str, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, flatten_keys(DEFAULTS), n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(key, flatten_keys(DEFAULTS))
     return ConfigError(f"{where}: unknown config key {key!r}{hint}")
 
 

@@ -8,7 +8,6 @@ mistakes (a mistyped override, a class-count mismatch) into clear errors.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from typing import Any, Iterable, Optional
 
@@ -20,6 +19,8 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from eva_transfer.suggest import did_you_mean
 
 from .checkpoint import EVADetectionCheckpointer
 from .config_checks import check_override_types, numeric_keys
@@ -86,14 +87,13 @@ def check_override_keys(cfg: DictConfig, overrides: Iterable[str]) -> None:
         if _target_accepts(cfg, key):
             continue
         known = known if known is not None else config_keys(cfg)
-        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+        hint = did_you_mean(key, known, n=3)
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         siblings = sorted(k for k in known if k.startswith(parent + ".") and k.count(".") == key.count("."))
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        if not close and siblings:
-            hint = f" Keys under {parent!r}: {', '.join(s.rsplit('.', 1)[1] for s in siblings[:20])}."
+        if not hint and siblings:
+            hint = f"; keys under {parent!r}: {', '.join(s.rsplit('.', 1)[1] for s in siblings[:20])}"
         raise ConfigKeyError(
-            f"config has no key {key!r} (override {item!r}).{hint} Use +{key}=... to add a new key."
+            f"config has no key {key!r} (override {item!r}){hint}. Use +{key}=... to add a new key."
         )
 
 

@@ -8,13 +8,14 @@ use the old value). A new key is added on purpose with a leading ``+`` (``+model
 
 from __future__ import annotations
 
-import difflib
 import numbers
 import os
 import os.path as osp
 from typing import Any, Mapping, Optional
 
 from mmengine.config import Config
+
+from eva_transfer.suggest import did_you_mean
 
 from .schedule import fit_schedule_to_run
 
@@ -62,11 +63,9 @@ def check_cfg_options(cfg: Config, options: Mapping[str, Any]) -> dict[str, Any]
             if add and last and isinstance(node, Mapping):
                 break
             where = ".".join(parts[:depth]) or "the config"
-            close = difflib.get_close_matches(part, _keys(node), n=3, cutoff=0.5)
-            hint = (
-                f"; did you mean {' or '.join(repr('.'.join(parts[:depth] + [c])) for c in close)}?"
-                if close
-                else ""
+            prefix = "".join(f"{p}." for p in parts[:depth])
+            hint = did_you_mean(
+                part, _keys(node), n=3, cutoff=0.5, show=lambda c, prefix=prefix: repr(prefix + c)
             )
             existing = ", ".join(_keys(node)[:20]) or "(not a dict)"
             raise ConfigOverrideError(

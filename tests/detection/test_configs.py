@@ -144,7 +144,7 @@ def test_published_values_appear_once_in_the_tree():
 
 
 def test_override_typo_is_a_clear_error():
-    with pytest.raises(ConfigKeyError, match=r"'train\.max_iters'.*Did you mean 'train\.max_iter'"):
+    with pytest.raises(ConfigKeyError, match=r"'train\.max_iters'.*did you mean 'train\.max_iter'"):
         load_det_config(TINY_COCO, ["train.max_iters=10"])
     with pytest.raises(ConfigKeyError, match="optimizer.lrr"):
         load_det_config(TINY_COCO, ["optimizer.lrr=1"])
