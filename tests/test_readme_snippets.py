@@ -23,7 +23,7 @@ def test_readme_has_a_snippet_per_front_door():
     assert len(found) == 3
     assert "build_eva_vit(" in found[0] and "load_checkpoint(" in found[0]
     assert "timm.create_model(" in found[1] and "features_only=True" in found[1]
-    assert "EVAViTBackbone" in found[2] and "export_state_dict(" in found[2]
+    assert "EVAViTNet" in found[2] and "export_state_dict(" in found[2]
 
 
 def test_readme_snippets_run(tmp_path, monkeypatch):

@@ -8,13 +8,13 @@ from eva_transfer_projects import compat
 
 compat.apply_detectron2()
 
-from .backbone import EVADetectionBackbone, EVAViTBackbone, build_eva_backbone, build_eva_vit_backbone  # noqa: E402
+from .backbone import EVADetectionBackbone, EVAViTNet, build_eva_backbone, build_eva_vit_backbone  # noqa: E402
 from .meta_arch import EVAGeneralizedRCNN  # noqa: E402
 from .roi_heads import EVACascadeROIHeads  # noqa: E402
 
 __all__ = [
     "EVADetectionBackbone",
-    "EVAViTBackbone",
+    "EVAViTNet",
     "build_eva_backbone",
     "build_eva_vit_backbone",
     "EVACascadeROIHeads",

@@ -2,11 +2,11 @@
 
 Both parts come from the core (:class:`eva_transfer.vit.EVAViT`, :class:`eva_transfer.pyramid.EVASimpleFeaturePyramid`).
 
-- :class:`EVAViTBackbone` is the ViT alone as a Detectron2 ``Backbone`` (``{"last_feat": (B, C, H/16, W/16)}``
+- :class:`EVAViTNet` is the ViT alone as a Detectron2 ``Backbone`` (``{"last_feat": (B, C, H/16, W/16)}``
   with ``output_shape()``); it is an :class:`EVAViT`, so checkpoints, presets and layer decay treat it as one. It
   can feed Detectron2's ``SimpleFeaturePyramid``, ``FPN`` or any other meta-architecture.
 - :class:`EVADetectionBackbone` is the simple feature pyramid wrapped around a backbone (any Detectron2 backbone;
-  an :class:`EVAViT` is turned into an :class:`EVAViTBackbone`), as Detectron2's ``SimpleFeaturePyramid`` wraps
+  an :class:`EVAViT` is turned into an :class:`EVAViTNet`), as Detectron2's ``SimpleFeaturePyramid`` wraps
   its ``net``, with ``top_block`` and ``norm`` options.
 
 Parameter names match ViTDet/EVA detection checkpoints: the ViT is ``net`` and the pyramid stages are ``simfp_2``
@@ -28,14 +28,14 @@ from eva_transfer.vit import EVAViT
 
 __all__ = [
     "EVADetectionBackbone",
-    "EVAViTBackbone",
+    "EVAViTNet",
     "build_eva_backbone",
     "build_eva_det_backbone",
     "build_eva_vit_backbone",
 ]
 
 
-class EVAViTBackbone(EVAViT, Backbone):
+class EVAViTNet(EVAViT, Backbone):
     """The EVA ViT alone as a Detectron2 ``Backbone``.
 
     Takes every :class:`EVAViT` argument, plus ``out_feature`` (the name of its one output). ``forward`` returns
@@ -53,7 +53,7 @@ class EVAViTBackbone(EVAViT, Backbone):
         self._out_feature_strides = {out_feature: self.patch_size}
 
     @classmethod
-    def from_vit(cls, vit: EVAViT, out_feature: str = "last_feat") -> EVAViTBackbone:
+    def from_vit(cls, vit: EVAViT, out_feature: str = "last_feat") -> EVAViTNet:
         """Turns an existing :class:`EVAViT` (e.g. from ``build_eva_vit``) into this class in place, keeping its
         weights and parameter names; returns it."""
         if not isinstance(vit, EVAViT):
@@ -86,7 +86,7 @@ class EVADetectionBackbone(EVASimpleFeaturePyramid, Backbone):
     """Simple feature pyramid composed on a backbone (by default the EVA ViT).
 
     Args:
-        net: the backbone it wraps: an :class:`EVAViT` (made an :class:`EVAViTBackbone`), e.g.
+        net: the backbone it wraps: an :class:`EVAViT` (made an :class:`EVAViTNet`), e.g.
             ``build_eva_vit("eva_g_det")``, or any Detectron2 ``Backbone``.
         out_channels: width of every pyramid level.
         scale_factors: pyramid levels relative to the input map (4, 2, 1, 0.5 give p2..p5 from stride 16).
@@ -116,7 +116,7 @@ class EVADetectionBackbone(EVASimpleFeaturePyramid, Backbone):
         freeze_patch_embed: bool = False,
     ):
         if isinstance(net, EVAViT):
-            net = EVAViTBackbone.from_vit(net)
+            net = EVAViTNet.from_vit(net)
         if not isinstance(net, Backbone):
             raise TypeError(
                 f"net must be an eva_transfer EVAViT or a Detectron2 Backbone, got {type(net).__name__}"
@@ -208,12 +208,12 @@ def build_eva_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> EVADetec
 
 
 @BACKBONE_REGISTRY.register()
-def build_eva_vit_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> EVAViTBackbone:
+def build_eva_vit_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> EVAViTNet:
     """yacs entry point for the ViT alone (``{"last_feat": stride-16 map}``), for meta-architectures that put
     their own neck on it: ``MODEL.BACKBONE.NAME: "build_eva_vit_backbone"`` with ``MODEL.EVA.PRESET`` and
     ``MODEL.EVA.OVERRIDES``."""
     eva = cfg.MODEL.EVA
-    return EVAViTBackbone(**preset_config(eva.PRESET, **dict(eva.OVERRIDES or {})))
+    return EVAViTNet(**preset_config(eva.PRESET, **dict(eva.OVERRIDES or {})))
 
 
 def add_eva_config(cfg) -> None:

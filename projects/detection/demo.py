@@ -26,10 +26,10 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "build_parser",
     "draw_detections",
-    "list_images",
+    "image_paths",
     "main",
     "parse_args",
-    "test_images",
+    "dataset_images",
 ]
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-def list_images(inputs: list[str]) -> list[Path]:
+def image_paths(inputs: list[str]) -> list[Path]:
     """Files, folders (their images, sorted) and glob patterns -> image paths."""
     found = []
     for item in inputs:
@@ -58,7 +58,7 @@ def list_images(inputs: list[str]) -> list[Path]:
     return found
 
 
-def test_images(cfg) -> tuple[list[Path], str]:
+def dataset_images(cfg) -> tuple[list[Path], str]:
     """The config's test images (registering, and for synthetic datasets writing, them) and the dataset name."""
     setup_datasets(cfg)
     names = cfg.dataloader.test.dataset.names
@@ -110,9 +110,9 @@ def draw_detections(args: argparse.Namespace, echo: Callable[[str], None] = logg
         )
     dataset = None
     if args.input:
-        images = list_images(args.input)
+        images = image_paths(args.input)
     else:
-        images, dataset = test_images(cfg)
+        images, dataset = dataset_images(cfg)
     if args.max_images is not None:
         images = images[: args.max_images]
     predictor = Predictor(cfg, checkpoint)

@@ -107,10 +107,10 @@ def test_vit_alone_is_a_detectron2_backbone_and_feeds_detectron2_necks():
 
     from eva_transfer import build_eva_vit
     from eva_transfer.vit import EVAViT
-    from eva_transfer_projects.detection.backbone import EVAViTBackbone
+    from eva_transfer_projects.detection.backbone import EVAViTNet
 
     plain = _randomized(build_eva_vit("eva_tiny_det"))
-    vit = _randomized(EVAViTBackbone(**preset_config("eva_tiny_det")))
+    vit = _randomized(EVAViTNet(**preset_config("eva_tiny_det")))
     assert isinstance(vit, EVAViT)
     assert {k: (s.channels, s.stride) for k, s in vit.output_shape().items()} == {"last_feat": (64, 16)}
     x = torch.randn(1, 3, 128, 96)
@@ -127,10 +127,10 @@ def test_vit_alone_is_a_detectron2_backbone_and_feeds_detectron2_necks():
     assert {k: tuple(v.shape) for k, v in feats.items()} == {"p4": (1, 32, 8, 6), "p5": (1, 32, 4, 3)}
     # an EVAViT from build_eva_vit turns into the backbone in place, weights and names kept
     names = list(plain.state_dict())
-    same = EVAViTBackbone.from_vit(plain, out_feature="vit")
+    same = EVAViTNet.from_vit(plain, out_feature="vit")
     assert same is plain and list(same.state_dict()) == names and list(same.output_shape()) == ["vit"]
     with pytest.raises(TypeError, match="EVAViT"):
-        EVAViTBackbone.from_vit(nn.Linear(2, 2))
+        EVAViTNet.from_vit(nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize(
@@ -155,9 +155,9 @@ def test_pyramid_wraps_a_backbone_as_detectron2s_does(norm, top_block):
         build_eva_vit("eva_tiny_det"), 32, top_level=False, top_block=top(), norm=norm
     )
     _randomized(ours)
-    from eva_transfer_projects.detection.backbone import EVAViTBackbone
+    from eva_transfer_projects.detection.backbone import EVAViTNet
 
-    ref_net = EVAViTBackbone(**preset_config("eva_tiny_det"))
+    ref_net = EVAViTNet(**preset_config("eva_tiny_det"))
     ref = SimpleFeaturePyramid(ref_net, "last_feat", 32, (4.0, 2.0, 1.0, 0.5), top_block=top(), norm=norm)
     ref.load_state_dict(ours.state_dict(), strict=True)
     ref.eval()
