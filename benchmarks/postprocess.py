@@ -43,7 +43,7 @@ def batched_soft_nms_reference(
     """The previous ``batched_soft_nms``: the same selections over a flat list of live candidates (gathers and
     scatter-reductions per step). The reference the padded product version is benchmarked and tested against;
     its IoU and decay are the product's own helpers, so the two must agree bit for bit."""
-    from eva_transfer_projects.detection.postprocess import _checked_or_empty, _iou_with, _soft_nms_decay
+    from eva_transfer_projects.detection.postprocess import _checked_or_empty, _soft_nms_decay
 
     empty = _checked_or_empty(boxes, scores, method)
     if empty is not None:
@@ -73,12 +73,25 @@ def batched_soft_nms_reference(
         alive[chosen] = False
         live = live[alive[live]]  # the others, each compared with the box chosen in its class
         if live.numel():
-            overlap = _iou_with(boxes_f[live], boxes_f[first[cls[live]]])
+            overlap = iou_with(boxes_f[live], boxes_f[first[cls[live]]])
             current[live] = current[live] * _soft_nms_decay(overlap, method, iou_threshold, sigma)
             alive[live] = current[live] >= score_floor
     keep, new_scores = torch.cat(keep), torch.cat(kept_scores).to(scores.dtype)
     order = new_scores.argsort(descending=True, stable=True)
     return keep[order], new_scores[order]
+
+
+def iou_with(boxes: Tensor, ref: Tensor) -> Tensor:
+    """IoU of each box ``(..., 4)`` with its own reference box (``ref`` broadcasts; no N x N matrix)."""
+    lt = torch.maximum(boxes[..., :2], ref[..., :2])
+    rb = torch.minimum(boxes[..., 2:], ref[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=-1)
+    area = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(dim=-1)
+    area_ref = (ref[..., 2:] - ref[..., :2]).clamp(min=0).prod(dim=-1)
+    union = area + area_ref - inter
+    return torch.where(
+        union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(union)
+    )
 
 
 def synthetic_outputs(num_proposals: int, num_classes: int, image_size, seed: int = 0, objects: int = 30):

@@ -17,7 +17,6 @@ from .vit import EVAViT
 
 __all__ = [
     "layer_id_for_name",
-    "lr_scale_for_name",
     "backbone_prefix",
     "no_weight_decay_names",
     "param_groups_layer_decay",
@@ -34,13 +33,6 @@ def layer_id_for_name(name: str, depth: int) -> int:
     if m:
         return int(m.group(1)) + 1
     return depth + 1
-
-
-def lr_scale_for_name(name: str, rate: float, depth: int, prefix: str = "") -> float:
-    """Lr scale of a parameter of the full model; names outside ``prefix`` (the backbone's) get 1.0."""
-    if not name.startswith(prefix):
-        return 1.0
-    return rate ** (depth + 1 - layer_id_for_name(name[len(prefix) :], depth))
 
 
 def backbone_prefix(model: nn.Module) -> tuple[str, EVAViT]:

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from lr_decay_reference import lr_scale_for_name
 from torch import nn
 
 from eva_transfer import EVASimpleFeaturePyramid, build_eva_vit, param_groups_layer_decay
-from eva_transfer.lr_decay import layer_id_for_name, lr_scale_for_name
+from eva_transfer.lr_decay import layer_id_for_name
 
 
 class Detector(nn.Module):

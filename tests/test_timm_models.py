@@ -196,9 +196,8 @@ def test_torch_compile_aot_eager():
 
 def test_timm_layer_decay_matches_this_toolkits():
     """timm's optimizer factory groups the backbone through group_matcher as param_groups_layer_decay does."""
+    from lr_decay_reference import lr_scale_for_name
     from timm.optim import create_optimizer_v2
-
-    from eva_transfer.lr_decay import lr_scale_for_name
 
     model = timm.create_model("eva_tiny")
     opt = create_optimizer_v2(model, "adamw", lr=1.0, weight_decay=0.05, layer_decay=0.75)

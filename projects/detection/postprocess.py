@@ -107,19 +107,6 @@ def soft_nms(
     )
 
 
-def _iou_with(boxes: Tensor, ref: Tensor) -> Tensor:
-    """IoU of each box ``(..., 4)`` with its own reference box (``ref`` broadcasts; no N x N matrix)."""
-    lt = torch.maximum(boxes[..., :2], ref[..., :2])
-    rb = torch.minimum(boxes[..., 2:], ref[..., 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=-1)
-    area = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(dim=-1)
-    area_ref = (ref[..., 2:] - ref[..., :2]).clamp(min=0).prod(dim=-1)
-    union = area + area_ref - inter
-    return torch.where(
-        union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(union)
-    )
-
-
 def batched_soft_nms(
     boxes: Tensor,
     scores: Tensor,
@@ -184,7 +171,7 @@ def batched_soft_nms(
         live.scatter_(1, j[:, None], False)
         x1, y1, x2, y2, area = planes
         rx1, ry1, rx2, ry2, rarea = planes.gather(2, j[None, :, None].expand(5, -1, 1))
-        # the arithmetic of _iou_with, term by term
+        # IoU with the row's chosen box; eva_transfer_bench.postprocess's reference computes the same terms
         inter = (torch.minimum(x2, rx2) - torch.maximum(x1, rx1)).clamp(min=0) * (
             torch.minimum(y2, ry2) - torch.maximum(y1, ry1)
         ).clamp(min=0)
