@@ -29,7 +29,8 @@ import torch.utils.checkpoint
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, LoadReport, convert_state_dict
+from .checkpoint import LoadReport, convert_state_dict
+from .checkpoint_io import CheckpointError
 from .ms_deform_attn import MSDeformAttn, make_reference_points
 from .presets import build_eva_vit
 from .vit import EVAViT

@@ -217,7 +217,7 @@ class EntryPoint:
 
 
 def _core_reader(path: Path):
-    from eva_transfer.checkpoint import read_checkpoint
+    from eva_transfer.checkpoint_io import read_checkpoint
 
     return read_checkpoint(path)
 
@@ -247,7 +247,7 @@ def _segmentation_reader(path: Path):
 
 def entry_points() -> list[EntryPoint]:
     """Every loading entry point with its documented exception types (importing the parts' frameworks)."""
-    from eva_transfer.checkpoint import CheckpointError
+    from eva_transfer.checkpoint_io import CheckpointError
 
     documented = (CheckpointError, FileNotFoundError)
     points = [

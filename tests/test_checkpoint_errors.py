@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from eva_transfer import CheckpointError, build_eva_vit, load_checkpoint, read_checkpoint, save_checkpoint
-from eva_transfer.checkpoint import write_bytes_atomic
+from eva_transfer.checkpoint_io import write_bytes_atomic
 
 
 def _tiny_state_dict():

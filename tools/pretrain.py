@@ -23,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from eva_transfer.checkpoint import CheckpointError  # noqa: E402
+from eva_transfer.checkpoint_io import CheckpointError  # noqa: E402
 from eva_transfer.pretrain import ConfigError, train  # noqa: E402
 from eva_transfer.pretrain.command import build_parser, config_from_args, configure_threads  # noqa: E402
 from eva_transfer.pretrain.trainer import DistributedStartupError  # noqa: E402

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eva_transfer_projects.detection  # noqa: E402,F401  (stand-ins and registrations first)
 
 # isort: split
-from eva_transfer.checkpoint import CheckpointError  # noqa: E402
+from eva_transfer.checkpoint_io import CheckpointError  # noqa: E402
 from eva_transfer_projects.detection.config_checks import ConfigValueError, explain_startup_failure  # noqa: E402
 from eva_transfer_projects.detection.engine import ConfigKeyError, WeightsNotLoadedError  # noqa: E402
 from eva_transfer_projects.detection.train_command import (  # noqa: E402

@@ -287,7 +287,7 @@ def build_teacher(
     else:
         raise ValueError(f"teacher.family must be 'timm' or 'open_clip', got {family!r}")
     if checkpoint is not None:
-        from ..checkpoint import read_checkpoint, unwrap_state_dict
+        from ..checkpoint_io import read_checkpoint, unwrap_state_dict
 
         if not os.path.isfile(checkpoint):
             raise FileNotFoundError(f"teacher checkpoint not found: {checkpoint}")

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint import CheckpointError, read_checkpoint, save_checkpoint, write_bytes_atomic
+from ..checkpoint_io import CheckpointError, read_checkpoint, save_checkpoint, write_bytes_atomic
 from ..runtime import DistributedStartupError, StopSignals, WorkerThreads, join_process_group
 from .config import ConfigError, check_config
 from .data import GlobalBatchSampler, MIMDataset, collate, list_images

@@ -8,7 +8,7 @@
 - a backbone-only checkpoint (EVA MIM, timm, this toolkit's pre-training) goes through the core converter
   (``eva_transfer.load_checkpoint``), which prints what it loaded, resized and dropped; the ViT part of a full
   detector checkpoint (``backbone.net.*``, ViTDet/EVA layout) goes through the same converter, so a checkpoint
-  of another backbone is a clear :class:`~eva_transfer.checkpoint.CheckpointError`;
+  of another backbone is a clear :class:`~eva_transfer.checkpoint_io.CheckpointError`;
 - class-specific head rows are mapped to the model's classes by name (Objects365 -> COCO/LVIS), see
   :mod:`eva_transfer_projects.detection.class_transfer`.
 """
@@ -24,11 +24,9 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
 from fvcore.common.checkpoint import _IncompatibleKeys
 
-from eva_transfer.checkpoint import (
+from eva_transfer.checkpoint import check_tensor, convert_state_dict, load_checkpoint
+from eva_transfer.checkpoint_io import (
     CheckpointError,
-    check_tensor,
-    convert_state_dict,
-    load_checkpoint,
     read_checkpoint,
     save_checkpoint,
     unwrap_state_dict,

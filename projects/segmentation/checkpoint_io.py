@@ -2,7 +2,7 @@
 
 - Writes: mmengine writes checkpoints with a plain ``open(path, "wb")``, so a job killed mid-write leaves a
   truncated ``iter_N.pth`` that ``--resume`` then picks up. The ``atomic_local`` file backend writes through a
-  temporary file and a rename (:func:`eva_transfer.checkpoint.write_bytes_atomic`): a checkpoint, and
+  temporary file and a rename (:func:`eva_transfer.checkpoint_io.write_bytes_atomic`): a checkpoint, and
   ``last_checkpoint``, is the old one or the complete new one. Configs select it with
   ``default_hooks.checkpoint.backend_args=dict(backend="atomic_local")``.
 - Reads: since torch 2.6 ``torch.load`` defaults to ``weights_only=True`` and refuses mmengine's own checkpoints
@@ -12,7 +12,7 @@
   statistics methods as ``getattr(HistoryBuffer, "mean")``; the name ``builtins.getattr`` is answered by
   :func:`history_buffer_method`, which returns those methods and nothing else, so no callable beyond plain
   containers, arrays and tensors can be reached. A file that is not a checkpoint is a ``CheckpointError`` naming
-  the file (the core's :func:`~eva_transfer.checkpoint.read_checkpoint`).
+  the file (the core's :func:`~eva_transfer.checkpoint_io.read_checkpoint`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 
-from eva_transfer.checkpoint import CheckpointError, check_tensor, read_checkpoint, write_bytes_atomic
+from eva_transfer.checkpoint import check_tensor
+from eva_transfer.checkpoint_io import CheckpointError, read_checkpoint, write_bytes_atomic
 
 __all__ = [
     "latest_intact_checkpoint",

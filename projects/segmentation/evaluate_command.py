@@ -12,7 +12,7 @@ from typing import Optional
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from eva_transfer.checkpoint import CheckpointError
+from eva_transfer.checkpoint_io import CheckpointError
 from eva_transfer.runtime import add_run_arguments
 
 from .authors_checkpoint import prepare_test_checkpoint

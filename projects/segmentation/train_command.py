@@ -11,7 +11,7 @@ from typing import Optional
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from eva_transfer.checkpoint import CheckpointError
+from eva_transfer.checkpoint_io import CheckpointError
 from eva_transfer.runtime import add_run_arguments
 
 from .checkpoint_io import latest_intact_checkpoint

@@ -5,7 +5,7 @@ import pytest
 import torch
 from detectron2.config import instantiate
 
-from eva_transfer.checkpoint import CheckpointError
+from eva_transfer.checkpoint_io import CheckpointError
 from eva_transfer.presets import build_eva_vit
 from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
 from eva_transfer_projects.detection.engine import load_det_config

@@ -11,7 +11,7 @@ import pytest
 from torch import nn
 
 from eva_transfer import build_eva_vit
-from eva_transfer.checkpoint import CheckpointError
+from eva_transfer.checkpoint_io import CheckpointError
 from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer, read_pkl_weights
 
 

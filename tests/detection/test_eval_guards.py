@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from eva_transfer.checkpoint import save_checkpoint
+from eva_transfer.checkpoint_io import save_checkpoint
 from eva_transfer_projects.detection import engine
 from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
 

@@ -430,7 +430,7 @@ def test_objects365_file_fine_tunes_on_coco(tmp_path, datasets):
     log = proc.stdout + proc.stderr
     assert "class transfer: 80 classes re-initialised" in log, log[-3000:]
 
-    from eva_transfer.checkpoint import read_checkpoint
+    from eva_transfer.checkpoint_io import read_checkpoint
 
     out = tmp_path / "output/eva_g_coco"
     saved = read_checkpoint(str(out / (out / "last_checkpoint").read_text().strip()))

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from eva_transfer.checkpoint import read_checkpoint
+from eva_transfer.checkpoint_io import read_checkpoint
 
 from .conftest import TINY_COCO, TINY_LVIS, TRAIN_NET, python, train_net_env
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from eva_transfer.checkpoint import CheckpointError, save_checkpoint
+from eva_transfer.checkpoint_io import CheckpointError, save_checkpoint
 from eva_transfer.pretrain.trainer import read_resume_checkpoint
 
 

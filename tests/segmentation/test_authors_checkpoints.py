@@ -18,7 +18,7 @@ import torch
 from mmengine.config import Config
 from mmseg.registry import MODELS
 
-from eva_transfer.checkpoint import CheckpointError
+from eva_transfer.checkpoint_io import CheckpointError
 from eva_transfer_projects.segmentation import evaluate_command, train_command
 from eva_transfer_projects.segmentation.authors_checkpoint import (
     convert_authors_segmentor,

@@ -11,7 +11,7 @@ from mmseg.registry import MODELS
 from torch import nn
 
 from eva_transfer import build_eva_vit
-from eva_transfer.checkpoint import save_checkpoint
+from eva_transfer.checkpoint_io import save_checkpoint
 
 TINY = dict(type="EVAViTAdapter", backbone="eva_tiny_seg", adapter=dict(conv_inplane=16, deform_num_heads=4))
 

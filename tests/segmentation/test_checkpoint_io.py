@@ -11,7 +11,7 @@ import torch
 from mmengine.logging import MessageHub
 from mmengine.logging.history_buffer import HistoryBuffer
 
-from eva_transfer.checkpoint import CheckpointError
+from eva_transfer.checkpoint_io import CheckpointError
 from eva_transfer_projects.segmentation.checkpoint_io import load_local_checkpoint
 
 

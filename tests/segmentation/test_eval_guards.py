@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eva_transfer.checkpoint import CheckpointError
+from eva_transfer.checkpoint_io import CheckpointError
 from eva_transfer_projects.segmentation import evaluate_command
 
 from .conftest import TINY_CONFIG, data_options

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from eva_transfer.checkpoint import CheckpointError
+from eva_transfer.checkpoint_io import CheckpointError
 from eva_transfer_projects.segmentation import train_command
 from eva_transfer_projects.segmentation.checkpoint_io import latest_intact_checkpoint
 

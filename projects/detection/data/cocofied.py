@@ -24,7 +24,7 @@ import json
 import os
 from pathlib import Path
 
-from eva_transfer.checkpoint import write_bytes_atomic
+from eva_transfer.checkpoint_io import write_bytes_atomic
 
 __all__ = [
     "AUTHORS_SUBSET_FILE",

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from eva_transfer.checkpoint import write_bytes_atomic
+from eva_transfer.checkpoint_io import write_bytes_atomic
 
 SHAPES = ("rectangle", "ellipse", "triangle", "diamond", "hexagon", "cross", "star", "trapezoid")
 # well separated hues (RGB); classes beyond len(SHAPES) * len(COLOURS) reuse pairs

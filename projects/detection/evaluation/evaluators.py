@@ -29,7 +29,7 @@ from detectron2.evaluation import DatasetEvaluator  # noqa: E402
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-from eva_transfer.checkpoint import write_bytes_atomic  # noqa: E402
+from eva_transfer.checkpoint_io import write_bytes_atomic  # noqa: E402
 
 from . import fast_eval  # noqa: E402
 
