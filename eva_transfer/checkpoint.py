@@ -28,12 +28,19 @@ from functools import partial
 from typing import Any, Mapping, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint_io import CheckpointError, read_checkpoint, unwrap_state_dict
 from .lr_decay import backbone_prefix
-from .vit import EVAViT, beit_rel_pos_resize, interpolate_abs_pos, resize_rel_pos_bias_table
+from .resize import (
+    _has_cls_slot,
+    _pos_resize_via,
+    resize_patch_kernel,
+    resize_pos_embed,
+    resize_rel_pos,
+    resize_rel_pos_bias_table,
+)
+from .vit import EVAViT
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +56,6 @@ __all__ = [
     "find_backbone",
     "load_checkpoint",
     "mmdet_layout",
-    "POS_RESIZE",
-    "resize_patch_kernel",
-    "resize_pos_embed",
-    "resize_rel_pos",
     "timm_eva_kwargs",
     "vitdet_vit_kwargs",
 ]
@@ -124,135 +127,6 @@ def _compress(keys: list[str]) -> list[str]:
         else:
             out.append(k)
     return out
-
-
-# -------------------------------------------------------------------------------------------------- resizing
-def resize_patch_kernel(weight: Tensor, size: tuple[int, int], method: str = "bicubic") -> Tensor:
-    """Resizes a ``(C, 3, p, p)`` patch-embedding kernel.
-
-    ``bicubic`` interpolates the kernel as an image (what EVA used for 14->16). ``pinv`` is timm's
-    pseudo-inverse resampling, which keeps the patch embedding's response to resized patches.
-    """
-    if tuple(weight.shape[-2:]) == tuple(size):
-        return weight
-    if method == "bicubic":
-        return F.interpolate(weight.float(), size=size, mode="bicubic", align_corners=False).to(weight.dtype)
-    if method == "pinv":
-        from timm.layers import resample_patch_embed
-
-        return resample_patch_embed(weight.float(), list(size), verbose=False).to(weight.dtype)
-    raise ValueError(f"unknown patch kernel resize method {method!r} (expected 'bicubic' or 'pinv')")
-
-
-def resize_pos_embed(
-    pos: Tensor, grid: tuple[int, int], cls_slot: bool, via: tuple[tuple[int, int], ...] = ()
-) -> Tensor:
-    """Resizes a ``(1, [1+]G*G, C)`` absolute table (square grid, with or without a CLS slot) to
-    ``(1, [1+]gh*gw, C)``, bicubic on the grid; a CLS slot is kept, added (zeros) or dropped to match.
-
-    ``via``: grids passed on the way, one bicubic step each, the table rounded to its dtype after each (as a file
-    written in between would hold it); see :data:`POS_RESIZE`."""
-    n = pos.shape[1]
-    src_cls = _has_cls_slot(n)
-    table = pos[:, int(src_cls) :]
-    cls = pos[:, :1] if src_cls else pos.new_zeros(1, 1, pos.shape[2])
-    g = int(round(math.sqrt(table.shape[1])))
-    if g * g != table.shape[1]:
-        raise ValueError(f"position table with {n} slots is not a square grid (with or without a CLS slot)")
-    have = (g, g)
-    for step in (*via, tuple(grid)):
-        table = interpolate_abs_pos(table, False, tuple(step), have)  # the one resize the model also uses
-        have = tuple(step)
-    return torch.cat([cls, table], dim=1) if cls_slot else table
-
-
-#: routes of the absolute position table to the model's grid (``pos_resize`` of :func:`load_checkpoint`).
-#: ``eva``: when the checkpoint's patch kernel is resized, the table first goes to the grid its pre-training image
-#: has at the model's patch size (when that image is a whole number of them), then to the model's grid. This is
-#: EVA-01's route: ``interpolate_patch_14to16.py`` makes ``eva_psz14to16.pt`` with the 16x16 grid (224 px at
-#: patch 14) resized to 14x14 (224 px at patch 16), which their segmentation backbone's loader resizes to 56x56
-#: (896 px); their detection backbone keeps 14x14. ``direct``: one bicubic step to the model's grid.
-POS_RESIZE = ("eva", "direct")
-
-
-def _pos_resize_via(sd: Mapping[str, Tensor], vit: EVAViT, route: str) -> tuple[tuple[int, int], ...]:
-    """The grids the checkpoint's position table passes on its way to ``vit``'s under ``route`` (:data:`POS_RESIZE`);
-    empty for one step."""
-    if route not in POS_RESIZE:
-        raise ValueError(
-            f"unknown position-table resize route {route!r} (expected one of {list(POS_RESIZE)})"
-        )
-    kernel, pos = sd.get("patch_embed.proj.weight"), sd.get("pos_embed")
-    if (
-        route == "direct"
-        or vit.pos_grid is None
-        or not isinstance(kernel, Tensor)
-        or not isinstance(pos, Tensor)
-    ):
-        return ()
-    src, dst = tuple(kernel.shape[-2:]), tuple(vit.patch_embed.proj.weight.shape[-2:])
-    if kernel.dim() != 4 or pos.dim() != 3 or src == dst:
-        return ()
-    g = int(round(math.sqrt(pos.shape[1] - int(_has_cls_slot(pos.shape[1])))))
-    if (g * src[0]) % dst[0] or (g * src[1]) % dst[1]:
-        return ()  # the pre-training image (g patches) is no whole number of the model's patches
-    mid = (g * src[0] // dst[0], g * src[1] // dst[1])
-    return () if min(mid) < 1 or mid in ((g, g), tuple(vit.pos_grid)) else (mid,)
-
-
-def _has_cls_slot(n: int) -> bool:
-    r = int(round(math.sqrt(n)))
-    return r * r != n
-
-
-def resize_rel_pos(table: Tensor, length: int, method: str = "linear") -> Tensor:
-    """Resizes an ``(L, D)`` decomposed relative-position table to ``(length, D)``.
-
-    ``linear``: linear interpolation (as at run time). ``geometric``: cubic interpolation on geometrically
-    spaced source offsets, which keeps short-range offsets fine and stretches long-range ones (used for
-    evaluation at larger sizes than trained; the ratio is bisected to reach the target). ``beit``: the EVA-01
-    detectors' evaluation rule, cubic over geometric offsets with the fixed ratio 1.0903078
-    (:func:`eva_transfer.vit.beit_rel_pos_resize`).
-    """
-    src = table.shape[0]
-    if src == length:
-        return table
-    if method == "linear":
-        out = F.interpolate(table.t()[None].float(), size=length, mode="linear")[0].t()
-        return out.to(table.dtype)
-    if method == "geometric":
-        return _geometric_cubic(table, length)
-    if method == "beit":
-        return beit_rel_pos_resize(table, length)
-    raise ValueError(
-        f"unknown relative-position resize method {method!r} (expected 'linear', 'geometric' or 'beit')"
-    )
-
-
-def _geometric_cubic(table: Tensor, length: int) -> Tensor:
-    import numpy as np
-    from scipy.interpolate import interp1d
-
-    src_half, dst_half = table.shape[0] // 2, length // 2
-    if dst_half <= src_half:
-        return resize_rel_pos(table, length, "linear")
-
-    def span(q: float) -> float:
-        return (1.0 - q**src_half) / (1.0 - q)
-
-    lo, hi = 1.01, 1.5
-    for _ in range(100):  # bisect the ratio so that the source offsets reach the target's extent
-        q = (lo + hi) / 2
-        if span(q) > dst_half:
-            hi = q
-        else:
-            lo = q
-    dis = np.cumsum([q**i for i in range(src_half)])  # source offsets 1, 1+q, 1+q+q^2, ...
-    x = np.concatenate([-dis[::-1], [0.0], dis])
-    t = np.arange(-dst_half, dst_half + 0.1, 1.0)
-    vals = table.detach().float().cpu().numpy()
-    f = interp1d(x, vals, axis=0, kind="cubic", fill_value="extrapolate")
-    return torch.from_numpy(f(t)).to(table.dtype)
 
 
 # ------------------------------------------------------------------------------------------------ conversion

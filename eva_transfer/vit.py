@@ -21,50 +21,20 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from .attention import rel_pos_attention, use_recompute_attention
+from .resize import interpolate_abs_pos, resize_rel_pos_bias_table
 
 __all__ = [
     "EVAViT",
     "Attention",
     "Block",
     "attention_with_rel_pos",
-    "beit_rel_pos_resize",
     "beit_rel_pos_index",
-    "resize_rel_pos_bias_table",
     "get_rel_pos",
-    "interpolate_abs_pos",
     "window_partition",
     "window_unpartition",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def interpolate_abs_pos(
-    pos_embed: Tensor, has_cls_slot: bool, hw: tuple[int, int], grid: Optional[tuple[int, int]] = None
-) -> Tensor:
-    """Absolute position embeddings resized to a patch grid.
-
-    Args:
-        pos_embed: ``(1, [1+]Gh*Gw, C)`` table, with a leading CLS slot if ``has_cls_slot``.
-        hw: target grid ``(H, W)``.
-        grid: the table's grid ``(Gh, Gw)``; square if omitted.
-    Returns:
-        ``(1, H*W, C)`` patch position embeddings (the CLS slot is not included). Bicubic, corners not aligned
-        (the ViTDet convention).
-    """
-    if has_cls_slot:
-        pos_embed = pos_embed[:, 1:]
-    n = pos_embed.shape[1]
-    if grid is None:
-        g = int(round(math.sqrt(n)))
-        grid = (g, g)
-    if grid[0] * grid[1] != n:
-        raise ValueError(f"absolute position table has {n} patch slots, not a {grid[0]}x{grid[1]} grid")
-    if tuple(grid) == tuple(hw):
-        return pos_embed
-    table = pos_embed.reshape(1, grid[0], grid[1], -1).permute(0, 3, 1, 2)
-    table = F.interpolate(table.float(), size=hw, mode="bicubic", align_corners=False).to(pos_embed.dtype)
-    return table.permute(0, 2, 3, 1).reshape(1, hw[0] * hw[1], -1)
 
 
 def get_rel_pos(q_size: int, k_size: int, rel_pos: Tensor) -> Tensor:
@@ -83,60 +53,6 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: Tensor) -> Tensor:
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
     relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
     return rel_pos[relative.long()]
-
-
-#: the fixed ratio of the geometric source offsets in the EVA-01 detectors' "beit" relative-position resize
-BEIT_REL_POS_RATIO = 1.0903078
-
-
-def _not_a_knot_cubic(x: Tensor, y: Tensor, t: Tensor) -> Tensor:
-    """Cubic spline through ``(x, y)`` with not-a-knot ends, evaluated at ``t`` (outside ``x``: the end pieces
-    extended). ``x``: ``(n,)`` increasing, ``n >= 4``; ``y``: ``(n, D)``; returns ``(len(t), D)``; float64."""
-    n = x.shape[0]
-    h = x[1:] - x[:-1]
-    slope = (y[1:] - y[:-1]) / h[:, None]
-    a = torch.zeros(n, n, dtype=x.dtype)
-    rhs = torch.zeros(n, y.shape[1], dtype=x.dtype)
-    i = torch.arange(1, n - 1)
-    a[i, i - 1], a[i, i], a[i, i + 1] = h[:-1], 2 * (h[:-1] + h[1:]), h[1:]
-    rhs[1:-1] = 6 * (slope[1:] - slope[:-1])
-    # not-a-knot: the third derivative is continuous at the second and the second-to-last knot
-    a[0, :3] = torch.stack([-h[1], h[0] + h[1], -h[0]])
-    a[-1, -3:] = torch.stack([-h[-1], h[-2] + h[-1], -h[-2]])
-    m = torch.linalg.solve(a, rhs)  # second derivatives at the knots
-    k = (torch.searchsorted(x, t, right=True) - 1).clamp(0, n - 2)
-    hk, left, right = h[k][:, None], (t - x[k])[:, None], (x[k + 1] - t)[:, None]
-    return (
-        m[k] * right**3 / (6 * hk)
-        + m[k + 1] * left**3 / (6 * hk)
-        + (y[k] / hk - m[k] * hk / 6) * right
-        + (y[k + 1] / hk - m[k + 1] * hk / 6) * left
-    )
-
-
-def beit_rel_pos_resize(rel_pos: Tensor, length: int, ratio: float = BEIT_REL_POS_RATIO) -> Tensor:
-    """The EVA-01 detectors' "beit" resize of an ``(L, C)`` relative-position table to ``(length, C)``.
-
-    Source entry ``L//2 + j`` sits at offset ``sum_{i<|j|} ratio**i`` (sign of ``j``): 1, 1+q, 1+q+q^2, ...
-    with the fixed ratio ``q`` (1.0903078), so short offsets stay dense and long ones spread. Each channel is a
-    cubic spline (not-a-knot ends, end pieces extended) through those points, read at the integer offsets
-    ``-(length//2) .. length//2``. The authors apply it in every attention whose table length differs from the
-    grid's (global blocks at a larger evaluation size, e.g. 1280 -> 1536).
-    """
-    src = rel_pos.shape[0]
-    if src % 2 == 0 or length % 2 == 0 or src < 5:
-        raise ValueError(
-            f"the beit relative-position resize maps odd table lengths (at least 5): got {src} -> {length}"
-        )
-    if src == length:
-        return rel_pos
-    steps = torch.tensor([ratio**i for i in range(src // 2)], dtype=torch.float64)
-    dis = torch.cumsum(steps, 0)
-    x = torch.cat([-dis.flip(0), torch.zeros(1, dtype=torch.float64), dis])
-    half = length // 2
-    t = torch.arange(-half, half + 1, dtype=torch.float64)
-    out = _not_a_knot_cubic(x, rel_pos.detach().double().cpu(), t)
-    return out.to(device=rel_pos.device, dtype=rel_pos.dtype)
 
 
 #: attention logits materialised at once (per call) before the queries are processed in chunks
@@ -232,24 +148,6 @@ def beit_rel_pos_index(grid: tuple[int, int], device=None) -> Tensor:
     index[:, 0] = num + 1
     index[0, 0] = num + 2
     return index
-
-
-def resize_rel_pos_bias_table(table: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
-    """Resizes a BEiT-style ``((2*Gh-1)*(2*Gw-1) + 3, heads)`` bias table to another grid: the patch-offset part
-    bicubic (corners not aligned) as a ``(2*Gh-1, 2*Gw-1)`` image per head, the three CLS rows unchanged."""
-    if tuple(src_grid) == tuple(dst_grid):
-        return table
-    sh, sw = 2 * src_grid[0] - 1, 2 * src_grid[1] - 1
-    if table.shape[0] != sh * sw + 3:
-        raise ValueError(
-            f"relative-position bias table has {table.shape[0]} rows, expected {sh * sw + 3} for a "
-            f"{src_grid[0]}x{src_grid[1]} grid with 3 CLS rows"
-        )
-    dh, dw = 2 * dst_grid[0] - 1, 2 * dst_grid[1] - 1
-    patch = table[:-3].t().reshape(1, -1, sh, sw).float()
-    patch = F.interpolate(patch, size=(dh, dw), mode="bicubic", align_corners=False)
-    patch = patch.reshape(-1, dh * dw).t().to(table.dtype)
-    return torch.cat([patch, table[-3:]], dim=0)
 
 
 def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:

@@ -8,7 +8,7 @@ import torch
 from timm.models import eva as timm_eva
 
 from eva_transfer import CheckpointError, build_eva_vit, load_checkpoint, read_checkpoint, save_checkpoint
-from eva_transfer.checkpoint import resize_patch_kernel, resize_rel_pos
+from eva_transfer.resize import resize_patch_kernel, resize_rel_pos
 
 
 def _mim_state_dict(depth=4, dim=64, heads=4, mlp=128, patch=14, grid=4, vocab=32):

@@ -97,7 +97,7 @@ def test_one_definition_each():
 
 def test_position_table_resize_lives_in_one_function():
     # the checkpoint converter's resize calls the model's and interpolates nothing itself
-    convert = _function("eva_transfer/checkpoint.py", "resize_pos_embed")
+    convert = _function("eva_transfer/resize.py", "resize_pos_embed")
     assert "interpolate_abs_pos" in _called_names(convert)
     assert "interpolate" not in _called_names(convert)
     # no other function about absolute position tables interpolates
@@ -133,7 +133,7 @@ def test_converter_resize_matches_a_direct_bicubic_reference():
     import torch
     import torch.nn.functional as F
 
-    from eva_transfer.checkpoint import resize_pos_embed
+    from eva_transfer.resize import resize_pos_embed
 
     pos = torch.randn(1, 1 + 4 * 4, 8)
     ref = F.interpolate(pos[:, 1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2), size=(5, 7), mode="bicubic")

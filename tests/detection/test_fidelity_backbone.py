@@ -138,7 +138,7 @@ def test_backbone_features_match_the_authors(name, released, train_img, interp, 
 
 @pytest.mark.parametrize("src,dst", [(159, 191), (127, 159), (31, 47), (15, 11)])
 def test_beit_rel_pos_resize_equals_the_authors(src, dst):
-    from eva_transfer.checkpoint import resize_rel_pos
+    from eva_transfer.resize import resize_rel_pos
 
     table = torch.randn(src, 8, generator=torch.Generator().manual_seed(src))
     got = resize_rel_pos(table, dst, "beit")
