@@ -27,7 +27,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from eva_transfer.checkpoint import export_state_dict, vitdet_vit_kwargs
+from eva_transfer.export import export_state_dict, vitdet_vit_kwargs
 from eva_transfer_projects.detection.engine import load_det_config
 
 from .measure import interleaved_times

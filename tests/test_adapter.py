@@ -9,7 +9,7 @@ from torch import nn
 
 from eva_transfer import build_eva_vit, load_checkpoint, save_checkpoint
 from eva_transfer.adapter import ViTAdapter, build_vit_adapter, interaction_ranges
-from eva_transfer.checkpoint import export_state_dict
+from eva_transfer.export import export_state_dict
 
 
 def _adapter(**kwargs) -> ViTAdapter:

@@ -12,13 +12,8 @@ from timm.models.eva import Eva
 
 import eva_transfer_projects.compat as compat
 from eva_transfer import build_eva_vit, load_checkpoint
-from eva_transfer.checkpoint import (
-    convert_backbone_file,
-    export_state_dict,
-    timm_eva_kwargs,
-    vitdet_vit_kwargs,
-)
 from eva_transfer.checkpoint_io import CheckpointError
+from eva_transfer.export import convert_backbone_file, export_state_dict, timm_eva_kwargs, vitdet_vit_kwargs
 
 
 def _randomize(model, seed=0):

@@ -9,7 +9,7 @@ import torch
 
 import eva_transfer
 from eva_transfer import PRESETS, build_eva_vit, load_checkpoint
-from eva_transfer.checkpoint import export_state_dict
+from eva_transfer.export import export_state_dict
 from eva_transfer.timm_models import AUTHOR_CHECKPOINTS, default_out_indices
 
 TINY = ["eva_tiny", "eva_tiny_det", "eva_tiny_seg"]

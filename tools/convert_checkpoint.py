@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eva_transfer.checkpoint import EXPORT_LAYOUTS, convert_backbone_file  # noqa: E402
 from eva_transfer.checkpoint_io import CheckpointError, save_checkpoint  # noqa: E402
+from eva_transfer.export import EXPORT_LAYOUTS, convert_backbone_file  # noqa: E402
 from eva_transfer.presets import PRESETS, build_eva_vit  # noqa: E402
 from eva_transfer.resize import POS_RESIZE  # noqa: E402
 

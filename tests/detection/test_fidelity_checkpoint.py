@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from eva_transfer import build_eva_vit
-from eva_transfer.checkpoint import convert_backbone_file
 from eva_transfer.checkpoint_io import CheckpointError, read_checkpoint
+from eva_transfer.export import convert_backbone_file
 
 REPO = Path(__file__).resolve().parents[2]
 

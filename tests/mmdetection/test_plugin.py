@@ -12,8 +12,8 @@ from mmengine.registry import init_default_scope
 
 import eva_transfer_projects.mmdetection  # noqa: F401  (registers the plug-in, applies the stand-ins)
 from eva_transfer import EVASimpleFeaturePyramid, build_eva_vit, load_checkpoint, save_checkpoint
-from eva_transfer.checkpoint import convert_backbone_file, export_mmdet
 from eva_transfer.checkpoint_io import CheckpointError, read_checkpoint
+from eva_transfer.export import convert_backbone_file, export_mmdet
 from eva_transfer.resize import resize_patch_kernel
 
 ROOT = Path(__file__).resolve().parents[2]
