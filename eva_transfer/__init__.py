@@ -2,8 +2,8 @@
 
 from . import timm_models  # noqa: F401  (registers every preset with timm)
 from .adapter import ViTAdapter, build_vit_adapter
-from .checkpoint import LoadReport, load_checkpoint
 from .checkpoint_io import CheckpointError, read_checkpoint, save_checkpoint
+from .convert import LoadReport, load_checkpoint
 from .lr_decay import layer_id_for_name, param_groups_layer_decay
 from .presets import PRESETS, build_eva_vit
 from .pyramid import EVASimpleFeaturePyramid

@@ -29,8 +29,8 @@ import torch.utils.checkpoint
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from .checkpoint import LoadReport, convert_state_dict
 from .checkpoint_io import CheckpointError
+from .convert import LoadReport, convert_state_dict
 from .ms_deform_attn import MSDeformAttn, make_reference_points
 from .presets import build_eva_vit
 from .vit import EVAViT
@@ -441,7 +441,7 @@ def convert_adapter_state_dict(
     """Converts a ViT-Adapter backbone's weights (keys relative to the backbone: ``blocks.*``, ``pos_embed``,
     ``interactions.*``, ``spm.*``, ``norm1..4`` or ``norms.*``, ...) into ``adapter``'s layout.
 
-    The ViT's keys go through :func:`eva_transfer.checkpoint.convert_state_dict` (renames, dropped buffers,
+    The ViT's keys go through :func:`eva_transfer.convert.convert_state_dict` (renames, dropped buffers,
     resized tables, reported); the adapter's are renamed (:func:`_adapter_key`) and must match ``adapter``'s
     parameters and buffers one to one with equal shapes. The injectors' ``gamma`` is their gate, not a layer
     scale. Returns adapter-relative keys (``backbone.blocks.0...``, ``interactions.0...``) and the ViT's report,

@@ -19,8 +19,8 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import LoadReport, PathOrState, convert_state_dict, extract_backbone, find_backbone
 from .checkpoint_io import CheckpointError, read_checkpoint, unwrap_state_dict
+from .convert import LoadReport, PathOrState, convert_state_dict, extract_backbone, find_backbone
 from .resize import _has_cls_slot, resize_pos_embed
 from .vit import EVAViT
 

@@ -3,7 +3,7 @@
 ``import eva_transfer`` registers them, so ``timm.create_model("eva_g_det")`` builds the same
 :class:`~eva_transfer.vit.EVAViT` as ``build_eva_vit("eva_g_det")``. Weights are not downloaded: pass a local file
 with ``pretrained=True, pretrained_cfg_overlay=dict(file=...)``; it goes through this toolkit's converter
-(:func:`~eva_transfer.checkpoint.load_checkpoint`), so every format it reads works (EVA MIM, timm ``Eva``,
+(:func:`~eva_transfer.convert.load_checkpoint`), so every format it reads works (EVA MIM, timm ``Eva``,
 Detectron2 ViTDet, fine-tuned detectors and segmentors). ``features_only=True`` returns block outputs as
 ``(B, C, H/p, W/p)`` maps through :meth:`EVAViT.forward_intermediates`; the default ``out_indices`` are four evenly
 spaced blocks ending with the last (9, 19, 29, 39 for EVA-g).
@@ -21,7 +21,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
-from .checkpoint import load_checkpoint
+from .convert import load_checkpoint
 from .presets import PRESETS, build_eva_vit, every_kth_block
 from .vit import EVAViT
 

@@ -223,7 +223,7 @@ def _core_reader(path: Path):
 
 
 def _core_loader(path: Path):
-    from eva_transfer.checkpoint import load_checkpoint
+    from eva_transfer.convert import load_checkpoint
 
     return load_checkpoint(tiny_backbone(), path, verbose=False)
 

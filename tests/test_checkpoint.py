@@ -85,7 +85,7 @@ def test_mim_checkpoint_features_equal_timm(mim_file):
 
 def test_mim_checkpoint_into_detection_variant(mim_file, logged):
     det = build_eva_vit("eva_tiny_det")
-    log = logged("eva_transfer.checkpoint")
+    log = logged("eva_transfer.convert")
     report = load_checkpoint(det, mim_file)
     out = log()
     # only the zero-initialised relative-position tables, which pre-training never has, stay at their init

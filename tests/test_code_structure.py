@@ -114,7 +114,7 @@ def test_the_evavit_search_lives_in_one_function():
         f"{p.relative_to(REPO)}:{fn.name}" for p, fn in _functions() if _searches_modules_for_evavit(fn)
     ]
     assert searching == ["eva_transfer/lr_decay.py:backbone_prefix"], searching
-    assert "backbone_prefix" in _called_names(_function("eva_transfer/checkpoint.py", "find_backbone"))
+    assert "backbone_prefix" in _called_names(_function("eva_transfer/convert.py", "find_backbone"))
 
 
 def test_scan_sees_an_evavit_search():

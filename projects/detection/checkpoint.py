@@ -24,7 +24,6 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
 from fvcore.common.checkpoint import _IncompatibleKeys
 
-from eva_transfer.checkpoint import check_tensor, convert_state_dict, load_checkpoint
 from eva_transfer.checkpoint_io import (
     CheckpointError,
     read_checkpoint,
@@ -32,6 +31,7 @@ from eva_transfer.checkpoint_io import (
     unwrap_state_dict,
     write_bytes_atomic,
 )
+from eva_transfer.convert import check_tensor, convert_state_dict, load_checkpoint
 from eva_transfer.lr_decay import backbone_prefix
 
 from .class_transfer import transfer_class_rows

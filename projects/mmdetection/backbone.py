@@ -26,7 +26,7 @@ from mmdet.registry import MODELS
 from mmengine.logging import print_log
 from torch import Tensor
 
-from eva_transfer.checkpoint import load_checkpoint
+from eva_transfer.convert import load_checkpoint
 from eva_transfer.presets import preset_config
 from eva_transfer.vit import EVAViT
 

@@ -35,8 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from eva_transfer.adapter import ViTAdapter, convert_adapter_state_dict
-from eva_transfer.checkpoint import LoadReport
 from eva_transfer.checkpoint_io import CheckpointError, read_checkpoint, save_checkpoint, unwrap_state_dict
+from eva_transfer.convert import LoadReport
 
 logger = logging.getLogger(__name__)
 

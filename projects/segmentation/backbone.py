@@ -28,7 +28,7 @@ from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from eva_transfer.adapter import build_vit_adapter
-from eva_transfer.checkpoint import load_checkpoint
+from eva_transfer.convert import load_checkpoint
 
 __all__ = ["EVAViTAdapter", "norm_layer_from_cfg"]
 

@@ -30,8 +30,8 @@ from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 
-from eva_transfer.checkpoint import check_tensor
 from eva_transfer.checkpoint_io import CheckpointError, read_checkpoint, write_bytes_atomic
+from eva_transfer.convert import check_tensor
 
 __all__ = [
     "latest_intact_checkpoint",

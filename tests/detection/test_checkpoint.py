@@ -63,7 +63,7 @@ def test_load_report_is_logged_once_by_the_main_process(tmp_path, logged, monkey
 
     path = tmp_path / "eva_mim.pth"
     torch.save({"model": build_eva_vit("eva_tiny").state_dict()}, path)
-    core, det = logged("eva_transfer.checkpoint"), logged("eva_transfer_projects.detection.checkpoint")
+    core, det = logged("eva_transfer.convert"), logged("eva_transfer_projects.detection.checkpoint")
     EVADetectionCheckpointer(_model()).load(str(path))
     assert det().startswith(f"checkpoint {path}") and det().count("  loaded: ") == 1
     assert "  loaded: " not in core()  # the core logs it at DEBUG only here: one report, not two

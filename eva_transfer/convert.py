@@ -1,4 +1,7 @@
-"""Reading, converting and loading EVA checkpoints; one converter for every format and task.
+"""Converting checkpoints into the EVA ViT and loading them; one converter for every format and task.
+
+Files are read by :mod:`eva_transfer.checkpoint_io`, tables and kernels resized by :mod:`eva_transfer.resize`;
+the other direction, this toolkit's weights in other libraries' layouts, is :mod:`eva_transfer.export`.
 
 Formats understood:
   - EVA MIM checkpoints (``{"model": {...}}`` with ``mask_token``, ``lm_head``, patch 14, 16x16 position grid);
