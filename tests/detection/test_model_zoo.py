@@ -47,18 +47,12 @@ from eva_transfer_projects.detection.data.synthetic import make_synthetic_datase
 from eva_transfer_projects.detection.engine import load_det_config
 
 from .conftest import REPO
-from .test_fidelity_backbone import ref
+from .test_fidelity_backbone import DEPTH, DIM, GLOBAL, HEADS, MLP, ref
+from .test_fidelity_backbone import SHRINK as BACKBONE_SHRINK
 
 TOOLS = ("train_net.py", "demo.py")
-DIM, DEPTH, HEADS, MLP = 32, 4, 2, 64
-GLOBAL = (3,)  # every 4th block, as the authors' layout
 TRAIN, TEST = 160, 192  # 1280 and 1536 shrunk by 8: grids 10 and 12, window 16
-SHRINK = [
-    f"model.backbone.net.embed_dim={DIM}",
-    f"model.backbone.net.depth={DEPTH}",
-    f"model.backbone.net.num_heads={HEADS}",
-    f"model.backbone.net.mlp_dim={MLP}",
-    "model.backbone.net.use_act_checkpoint=False",
+SHRINK = BACKBONE_SHRINK + [
     "model.backbone.out_channels=32",
     *[f"model.roi_heads.box_heads.{k}.conv_dims=[16,16,16,16]" for k in range(3)],
     *[f"model.roi_heads.box_heads.{k}.fc_dims=[64]" for k in range(3)],
