@@ -30,8 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _attention_grads(grid, batch, recompute: bool, heads: int = 12, d: int = 64) -> list:
     """Output and gradients (q, k, v, both tables) of the backbone's attention (``recompute=False``: as routed on
     this device) or of the recomputing attention, on fixed random inputs."""
-    import eva_transfer.vit as vit
-    from eva_transfer.attention import rel_pos_attention
+    from eva_transfer.attention import attention_with_rel_pos, get_rel_pos, rel_pos_attention
 
     g = torch.Generator(device="cuda").manual_seed(0)
     n = grid[0] * grid[1]
@@ -40,13 +39,13 @@ def _attention_grads(grid, batch, recompute: bool, heads: int = 12, d: int = 64)
     grad = torch.randn(batch, heads, n, d, device="cuda", generator=g)
     if recompute:
         r_q = q.reshape(batch, heads, grid[0], grid[1], d)
-        rh = vit.get_rel_pos(grid[0], grid[0], tables[0])
-        rw = vit.get_rel_pos(grid[1], grid[1], tables[1])
+        rh = get_rel_pos(grid[0], grid[0], tables[0])
+        rw = get_rel_pos(grid[1], grid[1], tables[1])
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh).reshape(batch, heads, n, grid[0])
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).reshape(batch, heads, n, grid[1])
         out = rel_pos_attention(q, k, v, rel_h, rel_w, d**-0.5)
     else:
-        out = vit.attention_with_rel_pos(q, k, v, grid, tables[0], tables[1], d**-0.5)
+        out = attention_with_rel_pos(q, k, v, grid, tables[0], tables[1], d**-0.5)
     return [out.detach()] + list(torch.autograd.grad(out, [q, k, v, *tables], grad))
 
 

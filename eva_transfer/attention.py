@@ -1,6 +1,16 @@
-"""Training-path attention with decomposed relative position that does not keep the attention map.
+"""Attention with decomposed relative position (the ViTDet/MViTv2 layout): the choice of kernel, and the
+training-path kernel that does not keep the attention map.
 
-Logits of query ``i`` (at grid cell ``(h_i, w_i)``) and key ``j`` (at ``(h_j, w_j)``) are
+:func:`attention_with_rel_pos` is what the backbone's attention calls. It builds the bias
+``q_i . R_h[h_i - h_j] + q_i . R_w[w_i - w_j]`` from two small tensors (:func:`get_rel_pos`) and chooses:
+
+- training on a CPU (:func:`use_recompute_attention`): :func:`rel_pos_attention`, below;
+- inference on many small grids (windows): ``scaled_dot_product_attention`` over groups of images that share one
+  bias buffer of :data:`WINDOW_BIAS_ELEMENTS`;
+- a bias of at most :data:`MAX_BIAS_ELEMENTS`: one ``scaled_dot_product_attention`` call with it as an additive mask;
+- a larger one: the same in query chunks (with gradients, a bias tensor per chunk; in inference, one reused buffer).
+
+The training-path kernel: the logits of query ``i`` (at grid cell ``(h_i, w_i)``) and key ``j`` (at ``(h_j, w_j)``) are
 
     s_ij = scale * q_i . k_j + rel_h[i, h_j] + rel_w[i, w_j]
 
@@ -28,10 +38,20 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["RelPosAttentionFunction", "rel_pos_attention", "use_recompute_attention", "MAX_CHUNK_ELEMENTS"]
+__all__ = [
+    "MAX_BIAS_ELEMENTS",
+    "MAX_CHUNK_ELEMENTS",
+    "RelPosAttentionFunction",
+    "WINDOW_BIAS_ELEMENTS",
+    "attention_with_rel_pos",
+    "get_rel_pos",
+    "rel_pos_attention",
+    "use_recompute_attention",
+]
 
 #: score elements (batch x heads x rows x keys) of one query chunk in the recomputing attention
 MAX_CHUNK_ELEMENTS = 1 << 23
@@ -196,3 +216,98 @@ def use_recompute_attention(*tensors: Tensor) -> bool:
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
         return False
     return tensors[0].device.type == "cpu"
+
+
+# ---------------------------------------------------------------------- which kernel computes the attention
+def get_rel_pos(q_size: int, k_size: int, rel_pos: Tensor) -> Tensor:
+    """Relative position embeddings for every (query, key) pair along one axis.
+
+    Args:
+        rel_pos: ``(L, C)`` table; resized linearly if ``L != 2 * max(q_size, k_size) - 1``.
+    Returns:
+        ``(q_size, k_size, C)``.
+    """
+    max_rel_dist = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != max_rel_dist:
+        table = F.interpolate(rel_pos.t()[None].float(), size=max_rel_dist, mode="linear")
+        rel_pos = table[0].t().to(rel_pos.dtype)
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative.long()]
+
+
+#: attention logits materialised at once (per call) before the queries are processed in chunks
+MAX_BIAS_ELEMENTS = 1 << 25
+
+#: bias elements of one group of images (windows) in inference: a buffer of 8 MB in float32, which glibc's
+#: allocator recycles between calls (a larger one is a fresh mapping, page-faulted on every call)
+WINDOW_BIAS_ELEMENTS = 1 << 21
+
+
+def attention_with_rel_pos(
+    q: Tensor, k: Tensor, v: Tensor, hw: tuple[int, int], rel_pos_h: Tensor, rel_pos_w: Tensor, scale: float
+) -> Tensor:
+    """Softmax attention with decomposed relative position (ViTDet/MViTv2 layout).
+
+    The bias ``q_i . R_h[h_i - h_j] + q_i . R_w[w_i - w_j]`` (unscaled queries) is built from two small tensors
+    and passed to ``scaled_dot_product_attention`` as an additive mask, so the fused kernel computes the softmax
+    without a separate logits tensor. Large grids are processed in query chunks so that at most
+    :data:`MAX_BIAS_ELEMENTS` bias values exist at a time.
+
+    Args:
+        q, k, v: ``(B, heads, H*W, D)``.
+        hw: the grid ``(H, W)`` of queries and keys.
+        rel_pos_h, rel_pos_w: ``(L, D)`` tables (resized linearly when ``L != 2 * side - 1``).
+    Returns:
+        ``(B, heads, H*W, D)``.
+    """
+    h, w = hw
+    b, nh, n, d = q.shape
+    rh = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # (h, h, d)
+    rw = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # (w, w, d)
+    r_q = q.reshape(b, nh, h, w, d)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh).reshape(b, nh, n, h, 1)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).reshape(b, nh, n, 1, w)
+    if use_recompute_attention(q, k, v, rel_h, rel_w):  # training on CPU: no stored attention map
+        return rel_pos_attention(q, k, v, rel_h.view(b, nh, n, h), rel_w.view(b, nh, n, w), scale)
+    rows = max(1, MAX_BIAS_ELEMENTS // (b * nh * n))
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, rel_h, rel_w))
+    images = WINDOW_BIAS_ELEMENTS // (nh * n * n)
+    if not grad and 0 < images < b:
+        # inference on many small grids (windows): groups of images share one bias buffer that stays below the
+        # allocator's reuse limit, instead of one large fresh bias of every image (its page faults each call)
+        buf = q.new_empty(images * nh * n * n)
+        out = q.new_empty(b, nh, n, v.shape[-1])
+        for s in range(0, b, images):
+            e = min(b, s + images)
+            bias = buf[: (e - s) * nh * n * n].view(e - s, nh, n, h, w)
+            torch.add(rel_h[s:e], rel_w[s:e], out=bias)
+            out[s:e] = F.scaled_dot_product_attention(
+                q[s:e], k[s:e], v[s:e], attn_mask=bias.view(e - s, nh, n, n), scale=scale
+            )
+        return out
+    if rows >= n:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=(rel_h + rel_w).view(b, nh, n, n), scale=scale
+        )
+    if grad:
+        # gradients through SDPA (a GPU): each chunk's bias is its own tensor, as the kernel may save it
+        outs = []
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            bias = (rel_h[:, :, s:e] + rel_w[:, :, s:e]).view(b, nh, e - s, n)
+            outs.append(F.scaled_dot_product_attention(q[:, :, s:e], k, v, attn_mask=bias, scale=scale))
+        return torch.cat(outs, dim=2)
+    # inference: one bias buffer for every chunk (a fresh tensor per chunk costs its page faults each time) and
+    # the chunks' outputs written into one output tensor
+    buf = q.new_empty(b * nh * rows * n)
+    out = q.new_empty(b, nh, n, v.shape[-1])
+    for s in range(0, n, rows):
+        e = min(n, s + rows)
+        bias = buf[: b * nh * (e - s) * n].view(b, nh, e - s, h, w)
+        torch.add(rel_h[:, :, s:e], rel_w[:, :, s:e], out=bias)
+        out[:, :, s:e] = F.scaled_dot_product_attention(
+            q[:, :, s:e], k, v, attn_mask=bias.view(b, nh, e - s, n), scale=scale
+        )
+    return out

@@ -92,7 +92,7 @@ def test_block_gradients_equal_math_path(monkeypatch, window, grid):
     monkeypatch.setattr(RelPosAttentionFunction, "apply", lambda *a: calls.append(1) or apply(*a))
     out, gx, grads = run()
     assert calls, "the recomputing attention was not used in training on CPU"
-    monkeypatch.setattr(vit, "use_recompute_attention", lambda *t: False)
+    monkeypatch.setattr(attention, "use_recompute_attention", lambda *t: False)
     n_calls = len(calls)
     out_ref, gx_ref, grads_ref = run()
     assert len(calls) == n_calls
@@ -177,17 +177,17 @@ def test_sdpa_path_matches_math_float64(monkeypatch, grid, max_bias, grad, image
     chunk) equals the equations in float64, forward and (with gradients) every input and table gradient."""
     b, nh, d = 3, 2, 4
     n = grid[0] * grid[1]
-    monkeypatch.setattr(vit, "MAX_BIAS_ELEMENTS", max_bias)
+    monkeypatch.setattr(attention, "MAX_BIAS_ELEMENTS", max_bias)
     # groups of two images (the last one short) or none
-    monkeypatch.setattr(vit, "WINDOW_BIAS_ELEMENTS", 2 * nh * n * n if image_groups else 0)
-    monkeypatch.setattr(vit, "use_recompute_attention", lambda *t: False)
+    monkeypatch.setattr(attention, "WINDOW_BIAS_ELEMENTS", 2 * nh * n * n if image_groups else 0)
+    monkeypatch.setattr(attention, "use_recompute_attention", lambda *t: False)
     g = torch.Generator().manual_seed(11)
     q, k, v = (
         torch.randn(b, nh, n, d, generator=g, dtype=torch.float64).requires_grad_(grad) for _ in range(3)
     )
     tables = [torch.randn(2 * s - 1, d, generator=g, dtype=torch.float64).requires_grad_(grad) for s in grid]
     with torch.set_grad_enabled(grad):
-        ours = vit.attention_with_rel_pos(q, k, v, grid, *tables, 0.6)
+        ours = attention.attention_with_rel_pos(q, k, v, grid, *tables, 0.6)
         ref = _math_attention(q, k, v, *_rel_terms_reference(q, grid, *tables), 0.6)
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
     if grad:

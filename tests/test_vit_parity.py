@@ -91,9 +91,10 @@ def test_windowed_relpos_matches_detectron2(img):
 
 def test_windowed_relpos_gradients_match_detectron2(monkeypatch):
     """Training parity: the same loss gives the same gradients; the query-chunked global attention too."""
-    import eva_transfer.vit as vit
+    import eva_transfer.attention as attention
 
-    monkeypatch.setattr(vit, "MAX_BIAS_ELEMENTS", 2000)  # forces several query chunks in the global blocks
+    # forces several query chunks in the global blocks
+    monkeypatch.setattr(attention, "MAX_BIAS_ELEMENTS", 2000)
     ref = _randomize(
         _d2_vit(
             img_size=128,
