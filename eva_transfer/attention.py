@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .resize import resize_rel_pos
+
 __all__ = [
     "MAX_BIAS_ELEMENTS",
     "MAX_CHUNK_ELEMENTS",
@@ -223,14 +225,12 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: Tensor) -> Tensor:
     """Relative position embeddings for every (query, key) pair along one axis.
 
     Args:
-        rel_pos: ``(L, C)`` table; resized linearly if ``L != 2 * max(q_size, k_size) - 1``.
+        rel_pos: ``(L, C)`` table; resized linearly (:func:`eva_transfer.resize.resize_rel_pos`) if
+            ``L != 2 * max(q_size, k_size) - 1``.
     Returns:
         ``(q_size, k_size, C)``.
     """
-    max_rel_dist = 2 * max(q_size, k_size) - 1
-    if rel_pos.shape[0] != max_rel_dist:
-        table = F.interpolate(rel_pos.t()[None].float(), size=max_rel_dist, mode="linear")
-        rel_pos = table[0].t().to(rel_pos.dtype)
+    rel_pos = resize_rel_pos(rel_pos, 2 * max(q_size, k_size) - 1, "linear")
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
     relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
