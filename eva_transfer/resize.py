@@ -167,12 +167,13 @@ def resize_rel_pos(table: Tensor, length: int, method: str = "linear") -> Tensor
 
 
 def _geometric_cubic(table: Tensor, length: int) -> Tensor:
-    import numpy as np
-    from scipy.interpolate import interp1d
-
-    src_half, dst_half = table.shape[0] // 2, length // 2
+    src, src_half, dst_half = table.shape[0], table.shape[0] // 2, length // 2
     if dst_half <= src_half:
         return resize_rel_pos(table, length, "linear")
+    if src % 2 == 0 or src < 5:
+        raise ValueError(
+            f"the geometric relative-position resize maps odd table lengths (at least 5): got {src} -> {length}"
+        )
 
     def span(q: float) -> float:
         return (1.0 - q**src_half) / (1.0 - q)
@@ -184,12 +185,12 @@ def _geometric_cubic(table: Tensor, length: int) -> Tensor:
             hi = q
         else:
             lo = q
-    dis = np.cumsum([q**i for i in range(src_half)])  # source offsets 1, 1+q, 1+q+q^2, ...
-    x = np.concatenate([-dis[::-1], [0.0], dis])
-    t = np.arange(-dst_half, dst_half + 0.1, 1.0)
-    vals = table.detach().float().cpu().numpy()
-    f = interp1d(x, vals, axis=0, kind="cubic", fill_value="extrapolate")
-    return torch.from_numpy(f(t)).to(table.dtype)
+    # source offsets 1, 1+q, 1+q+q^2, ...; the spline of the "beit" rule through them
+    dis = torch.cumsum(torch.tensor([q**i for i in range(src_half)], dtype=torch.float64), 0)
+    x = torch.cat([-dis.flip(0), torch.zeros(1, dtype=torch.float64), dis])
+    t = torch.arange(-dst_half, dst_half + 0.1, 1.0, dtype=torch.float64)
+    values = table.detach().float().cpu().double()  # the table's values in float32, the result on the CPU
+    return _not_a_knot_cubic(x, values, t).to(table.dtype)
 
 
 #: the fixed ratio of the geometric source offsets in the EVA-01 detectors' "beit" relative-position resize
