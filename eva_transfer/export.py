@@ -215,18 +215,26 @@ def _mlp_ratio(vit: EVAViT) -> float:
     return ratio
 
 
-def timm_eva_kwargs(vit: EVAViT) -> dict[str, Any]:
-    """Arguments of ``timm.models.eva.Eva`` matching ``vit`` for weights from ``export_state_dict(vit, "timm")``
-    (``forward_features`` then equals ``vit.forward_features`` at the position grid's input size)."""
-    vit = find_backbone(vit)
+def _transformer_shape(vit: EVAViT) -> dict[str, Any]:
+    """The arguments timm's ``Eva`` and Detectron2's ``ViT`` share: patch, input channels, width, depth, heads and
+    MLP ratio."""
     return dict(
-        img_size=tuple(g * vit.patch_size for g in vit.pos_grid),
         patch_size=vit.patch_size,
         in_chans=vit.patch_embed.proj.in_channels,
         embed_dim=vit.embed_dim,
         depth=vit.depth,
         num_heads=vit.num_heads,
         mlp_ratio=_mlp_ratio(vit),
+    )
+
+
+def timm_eva_kwargs(vit: EVAViT) -> dict[str, Any]:
+    """Arguments of ``timm.models.eva.Eva`` matching ``vit`` for weights from ``export_state_dict(vit, "timm")``
+    (``forward_features`` then equals ``vit.forward_features`` at the position grid's input size)."""
+    vit = find_backbone(vit)
+    return dict(
+        img_size=tuple(g * vit.patch_size for g in vit.pos_grid),
+        **_transformer_shape(vit),
         qkv_fused=True,
         class_token=vit.cls_token is not None,
         num_classes=0,
@@ -243,12 +251,7 @@ def vitdet_vit_kwargs(vit: EVAViT) -> dict[str, Any]:
     windowed = [i for i in range(vit.depth) if i not in vit.global_block_indexes] if vit.window_size else []
     return dict(
         img_size=vit.img_size[0],
-        patch_size=vit.patch_size,
-        in_chans=vit.patch_embed.proj.in_channels,
-        embed_dim=vit.embed_dim,
-        depth=vit.depth,
-        num_heads=vit.num_heads,
-        mlp_ratio=_mlp_ratio(vit),
+        **_transformer_shape(vit),
         qkv_bias=True,
         norm_layer=partial(nn.LayerNorm, eps=vit.blocks[0].norm1.eps),
         window_size=vit.window_size,
