@@ -135,6 +135,19 @@ def plain_safe_globals() -> list:
     return allowed
 
 
+def plain_safe_global_names() -> set[tuple[str, str]]:
+    """:func:`plain_safe_globals` as the ``(module, name)`` pairs a pickle refers to them by (for unpicklers other
+    than ``torch.load``'s, such as the ``.pkl`` weights reader of the Detectron2 plug-in)."""
+    names = set()
+    for entry in plain_safe_globals():
+        if isinstance(entry, tuple):
+            module, _, name = entry[1].rpartition(".")
+        else:
+            module, name = entry.__module__, entry.__qualname__
+        names.add((module, name))
+    return names
+
+
 def _looks_like_safetensors(head: bytes) -> bool:
     # 8-byte little-endian header length followed by a JSON object
     return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 32)

@@ -26,6 +26,7 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 
 from eva_transfer.checkpoint_io import (
     CheckpointError,
+    plain_safe_global_names,
     read_checkpoint,
     save_checkpoint,
     unwrap_state_dict,
@@ -261,16 +262,8 @@ def _log_report(report) -> None:
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles containers and NumPy arrays only (what Detectron2 / Caffe2 model-zoo ``.pkl`` files hold)."""
 
-    _ALLOWED = {
-        ("collections", "OrderedDict"),
-        ("_codecs", "encode"),  # bytes under pickle protocol 2
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-    }
+    #: the core's allow-list, plus what plain pickled dicts of bytes need (protocol 2)
+    _ALLOWED = plain_safe_global_names() | {("collections", "OrderedDict"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
