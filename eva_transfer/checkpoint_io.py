@@ -16,7 +16,7 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar
 
 import torch
 from torch import Tensor
@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointError",
+    "newest_intact",
+    "plain_safe_global_names",
     "plain_safe_globals",
     "read_checkpoint",
     "remove_stale_temporaries",
@@ -302,3 +304,29 @@ def unwrap_state_dict(obj: Any, source: str = "<state dict>", key: Optional[str]
                 k = k[len(p) :]
         out[k] = v
     return out
+
+
+_Read = TypeVar("_Read")
+
+
+def newest_intact(
+    candidates: Iterable[str | os.PathLike], read: Callable[[Any], _Read], where: str
+) -> Optional[tuple[Any, _Read]]:
+    """``(path, read(path))`` for the first of ``candidates`` (newest first) that ``read`` accepts: the resume rule
+    of every trainer here. A candidate whose ``read`` raises :class:`CheckpointError` or FileNotFoundError (a
+    truncated or vanished file) is skipped with a warning, and the one resumed from says which were skipped.
+    None when there is no candidate; :class:`CheckpointError` naming each failure when none is intact."""
+    damaged = []
+    for path in candidates:
+        try:
+            out = read(path)
+        except (CheckpointError, FileNotFoundError) as e:
+            logger.warning("cannot resume from %s (%s); trying the previous checkpoint", path, e)
+            damaged.append(str(e))
+            continue
+        if damaged:
+            logger.warning("resuming from %s; newer checkpoints were damaged: %s", path, "; ".join(damaged))
+        return path, out
+    if damaged:
+        raise CheckpointError(f"no intact checkpoint to resume from in {where}: " + "; ".join(damaged))
+    return None

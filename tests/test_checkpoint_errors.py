@@ -123,3 +123,22 @@ def test_a_temporary_left_by_a_killed_write_is_removed_at_the_next_save(tmp_path
     assert not stale.exists()
     assert keep.exists() and busy.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [busy.name, "model_0000199.pth", "notes.tmp"]
+
+
+def test_newest_intact_skips_damaged_files_and_names_them(tmp_path, caplog):
+    from eva_transfer.checkpoint_io import newest_intact
+
+    good, bad = tmp_path / "old.pth", tmp_path / "new.pth"
+    save_checkpoint({"step": 1}, good)
+    bad.write_bytes(b"\x80\x04truncated")
+    with caplog.at_level("WARNING", logger="eva_transfer.checkpoint_io"):
+        path, out = newest_intact([bad, tmp_path / "gone.pth", good], read_checkpoint, str(tmp_path))
+    assert (path, out) == (good, {"step": 1})
+    assert (
+        "newer checkpoints were damaged" in caplog.text
+        and "new.pth" in caplog.text
+        and "gone.pth" in caplog.text
+    )
+    assert newest_intact([], read_checkpoint, str(tmp_path)) is None
+    with pytest.raises(CheckpointError, match=r"no intact checkpoint to resume from in .*new\.pth"):
+        newest_intact([bad], read_checkpoint, str(tmp_path))

@@ -28,7 +28,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint_io import CheckpointError, read_checkpoint, save_checkpoint, write_bytes_atomic
+from ..checkpoint_io import (
+    CheckpointError,
+    newest_intact,
+    read_checkpoint,
+    save_checkpoint,
+    write_bytes_atomic,
+)
 from ..runtime import DistributedStartupError, StopSignals, WorkerThreads, join_process_group
 from .config import ConfigError, check_config
 from .data import GlobalBatchSampler, MIMDataset, collate, list_images
@@ -611,22 +617,8 @@ def read_resume_checkpoint(resume: Optional[str], out_dir: Path) -> tuple[Option
         p = _resume_path(resume, out_dir)
         return p, _read_training_state(p)
     candidates = [out_dir / "last.pth"] + sorted(out_dir.glob("checkpoint_*.pth"), reverse=True)
-    damaged = []
-    for p in candidates:
-        if not p.is_file():
-            continue
-        try:
-            ckpt = _read_training_state(p)
-        except CheckpointError as e:
-            logger.warning("cannot resume from %s (%s); trying the previous checkpoint", p, e)
-            damaged.append(str(e))
-            continue
-        if damaged:
-            logger.warning("resuming from %s; newer checkpoints were damaged: %s", p, "; ".join(damaged))
-        return p, ckpt
-    if damaged:
-        raise CheckpointError(f"no intact checkpoint to resume from in {out_dir}: " + "; ".join(damaged))
-    return None, None
+    found = newest_intact([p for p in candidates if p.is_file()], _read_training_state, str(out_dir))
+    return found if found else (None, None)
 
 
 def _save_training_state(

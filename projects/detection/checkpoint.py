@@ -26,6 +26,7 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 
 from eva_transfer.checkpoint_io import (
     CheckpointError,
+    newest_intact,
     plain_safe_global_names,
     read_checkpoint,
     save_checkpoint,
@@ -146,24 +147,12 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         candidates = self.resume_candidates()
         if not candidates:
             raise FileNotFoundError(f"no checkpoint to resume from in {self.save_dir!r}")
-        damaged = []
-        for path in candidates:
-            if not os.path.isfile(path):
-                damaged.append(f"{path}: missing")
-                continue
-            try:
-                self.last_incompatible = None
-                out = self.load(path, checkpointables)
-            except CheckpointError as e:
-                logger.warning("cannot resume from %s (%s); trying the previous checkpoint", path, e)
-                damaged.append(str(e))
-                continue
-            if damaged:
-                logger.warning(
-                    "resumed from %s; newer checkpoints were damaged: %s", path, "; ".join(damaged)
-                )
-            return out
-        raise CheckpointError(f"no intact checkpoint in {self.save_dir}: " + "; ".join(damaged))
+
+        def read(path: str) -> dict[str, Any]:
+            self.last_incompatible = None
+            return self.load(path, checkpointables)
+
+        return newest_intact(candidates, read, self.save_dir)[1]
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """Detectron2's ``resume_or_load``; resuming falls back to the previous intact checkpoint when the newest

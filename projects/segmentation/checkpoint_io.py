@@ -30,7 +30,7 @@ from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 
-from eva_transfer.checkpoint_io import CheckpointError, read_checkpoint, write_bytes_atomic
+from eva_transfer.checkpoint_io import CheckpointError, newest_intact, read_checkpoint, write_bytes_atomic
 from eva_transfer.convert import check_tensor
 
 __all__ = [
@@ -150,19 +150,11 @@ def latest_intact_checkpoint(work_dir: str) -> Optional[str]:
     """The newest checkpoint of ``work_dir`` that reads as a runner checkpoint (a ``state_dict`` entry); a damaged
     newer one (a truncated file) is skipped with a warning. None when there is no checkpoint; CheckpointError when
     none is intact."""
-    damaged = []
-    for path in resume_candidates(work_dir):
-        try:
-            ckpt = load_local_checkpoint(path)
-            if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-                raise CheckpointError(f"{path}: no 'state_dict' entry; not a runner checkpoint")
-        except (CheckpointError, FileNotFoundError) as e:
-            logger.warning("cannot resume from %s (%s); trying the previous checkpoint", path, e)
-            damaged.append(str(e))
-            continue
-        if damaged:
-            logger.warning("resuming from %s; newer checkpoints were damaged: %s", path, "; ".join(damaged))
-        return path
-    if damaged:
-        raise CheckpointError(f"no intact checkpoint to resume from in {work_dir}: " + "; ".join(damaged))
-    return None
+
+    def read(path: str) -> None:
+        ckpt = load_local_checkpoint(path)
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+            raise CheckpointError(f"{path}: no 'state_dict' entry; not a runner checkpoint")
+
+    found = newest_intact(resume_candidates(work_dir), read, work_dir)
+    return found[0] if found else None
