@@ -15,8 +15,9 @@ Each patch is applied only when the real component is missing, and records why:
   and ``nms`` (``offset`` 0 or 1), so ``mmcv.ops.RoIAlign``, ``nms`` and ``batched_nms`` run unchanged.
 - known start-up warnings of third-party code that users cannot act on (:data:`KNOWN_WARNINGS`: fvcore's
   ``torch.jit.script`` at import, mmcv/mmdet's ``torch.meshgrid`` without ``indexing``, mmseg's visualization
-  hook and visualizer notes) are silenced once, here, by :func:`silence_known_warnings`, which the plug-ins'
-  ``apply_*`` calls run first. ``EVA_SHOW_ALL_WARNINGS=1`` keeps them.
+  hook and visualizer notes) are silenced by :func:`silence_known_warnings`, which the command-line tools call
+  before importing a plug-in; importing the plug-ins changes no warning filter or logger level.
+  ``EVA_SHOW_ALL_WARNINGS=1`` keeps them.
 - ``lvis`` on NumPy 2: lvis-api 0.5.3 uses ``np.float``, removed in NumPy 2.0; its evaluator module is given a
   NumPy view that still has the alias.
 """
@@ -106,7 +107,6 @@ def silence_known_warnings() -> bool:
 
 def apply_detectron2() -> bool:
     """Registers a stand-in ``detectron2._C`` if detectron2 is installed without a loadable one."""
-    silence_known_warnings()
     if "detectron2._C" in sys.modules or importlib.util.find_spec("detectron2") is None:
         return False
     reason = _real_import_fails("detectron2._C")
@@ -131,7 +131,6 @@ def apply_detectron2() -> bool:
 def apply_mmcv() -> bool:
     """Registers a stand-in ``mmcv._ext`` if mmcv is installed without its compiled ops (mmcv-lite), and routes
     mmcv's CUDA deformable-attention call to the core's pure-PyTorch op."""
-    silence_known_warnings()
     if "mmcv._ext" in APPLIED:
         return True
     if "mmcv._ext" in sys.modules or importlib.util.find_spec("mmcv") is None:

@@ -19,6 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from eva_transfer_projects.compat import silence_known_warnings  # noqa: E402
+
+silence_known_warnings()  # this tool's choice, before the plug-in imports code that warns at import
+
 from eva_transfer_projects.detection.demo import build_parser, draw_detections  # noqa: E402
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from eva_transfer_projects.compat import silence_known_warnings  # noqa: E402
+
+silence_known_warnings()  # this tool's choice, before the plug-in imports code that warns at import
+
 import eva_transfer_projects.detection  # noqa: E402,F401  (stand-ins and registrations first)
 
 # isort: split
