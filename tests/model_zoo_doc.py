@@ -19,6 +19,10 @@ PREFIX = ".venv/bin/python tools/"
 RUNNERS = {
     "train_net.py": "tests/detection/test_model_zoo.py",
     "demo.py": "tests/detection/test_model_zoo.py",
+    "test_seg.py": "tests/segmentation/test_model_zoo.py",
+    "train_seg.py": "tests/segmentation/test_model_zoo.py",
+    "convert_checkpoint.py": "tests/pretrain/test_model_zoo.py",
+    "pretrain.py": "tests/pretrain/test_model_zoo.py",
 }
 
 

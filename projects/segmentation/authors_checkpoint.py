@@ -206,12 +206,18 @@ def prepare_test_checkpoint(
         return checkpoint  # not a plain tensor dict: left to mmengine's loader
     if not is_authors_segmentor(sd):
         return checkpoint
+    from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
 
-    with torch.device("meta"):
+    # the tools call this before the runner sets the config's default scope: mmseg's names (the data
+    # preprocessor, the head's parts) resolve only inside it
+    with DefaultScope.overwrite_default_scope("mmseg"), torch.device("meta"):
         model = MODELS.build(model_cfg)
     out, report = convert_authors_segmentor(sd, model, checkpoint, reinit_classifier)
-    logger.info("%s", report.summary())
+    # on the run's log (the tools call this before the runner exists): what was used, renamed and dropped
+    from mmengine.logging import print_log
+
+    print_log(report.summary(), logger="current")
     folder = work_dir or tempfile.mkdtemp(prefix="eva_seg_ckpt_")
     path = os.path.join(folder, os.path.basename(checkpoint).rsplit(".", 1)[0] + "_converted.pth")
     save_checkpoint({"state_dict": {k: v.contiguous() for k, v in out.items()}}, path)

@@ -1,0 +1,107 @@
+"""The authors' released pre-training files (docs/model_zoo.md, *Pre-training*), shrunk, in their layouts, for the
+tests that run the page's commands on them (tests/segmentation/test_model_zoo.py, tests/pretrain/test_model_zoo.py).
+
+- ``eva_psz14.pt``: ``{"model": ...}`` of ``VisionTransformerForMaskedImageModeling`` (EVA-01/eva/modeling_pretrain.py,
+  ``eva_g_patch14_224``), stored in fp16 (the 2 GB file for 1.0B parameters): patch 14 kernel, ``pos_embed``
+  ``(1, 1 + 16*16, C)``, ``cls_token``, ``mask_token``, BEiT blocks (``qkv.weight`` + ``q_bias`` / ``v_bias``), final
+  ``norm``, ``lm_head`` (the tensors of ``fidelity_eva01_reference.random_mim``).
+- ``eva_psz14to16.pt``: that file through the authors' EVA-01/seg/interpolate_patch_14to16.py: the kernel bicubic
+  to 16x16 (in fp32), the position grid bicubic to 14x14 (its ``num_patches = 196``), CLS row and every other
+  entry kept.
+- ``eva_l_psz14.pt``: ``{"model": ...}`` of the MAE-style ``MaskedAutoencoderViT`` (EVA-01/eva/modeling_mae_pretrain.py,
+  ``mae_vit_large_patch16_dec512d4b``, patch 14): timm ``Block``s with one ``qkv.bias`` for q, k and v, ``cls_token``,
+  a fixed ``pos_embed`` ``(1, 1 + 16*16, C)``, final ``norm`` and the MIM decoder (``decoder_embed``, ``mask_token``,
+  ``decoder_pos_embed``, ``decoder_blocks``, ``decoder_norm``, ``decoder_pred``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+_REF = Path(__file__).resolve().parent / "detection" / "fidelity_eva01_reference.py"
+_spec = importlib.util.spec_from_file_location("fidelity_eva01_reference", _REF)
+ref = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ref)
+
+MIM_FILES = ("eva_psz14.pt", "eva_psz14to16.pt", "eva_l_psz14.pt")
+
+
+def interpolate_patch_14to16(checkpoint: dict) -> dict:
+    """EVA-01/seg/interpolate_patch_14to16.py on a loaded checkpoint (a copy)."""
+    model = dict(checkpoint["model"])
+    model["patch_embed.proj.weight"] = F.interpolate(
+        model["patch_embed.proj.weight"].float(), size=(16, 16), mode="bicubic", align_corners=False
+    )
+    pos = model["pos_embed"]
+    side, new = int((pos.shape[-2] - 1) ** 0.5), int(196**0.5)
+    tokens = pos[:, 1:].reshape(-1, side, side, pos.shape[-1]).permute(0, 3, 1, 2)
+    tokens = F.interpolate(tokens.float(), size=(new, new), mode="bicubic", align_corners=False).to(pos.dtype)
+    model["pos_embed"] = torch.cat((pos[:, :1], tokens.permute(0, 2, 3, 1).flatten(1, 2)), dim=1)
+    return dict(checkpoint, model=model)
+
+
+def mae_vit(
+    dim: int, depth: int, heads: int, mlp: int, seed: int = 0, decoder_dim: int = 16, target_dim: int = 32
+):
+    """A ``MaskedAutoencoderViT`` state dict (patch 14, 224 input), random tensors; one decoder block."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, std=0.02):
+        return torch.randn(*shape, generator=g) * std
+
+    def block(p: str, c: int, hidden: int) -> dict:
+        return {
+            p + "norm1.weight": 1 + rnd(c, std=0.1), p + "norm1.bias": rnd(c),
+            p + "attn.qkv.weight": rnd(3 * c, c, std=0.2), p + "attn.qkv.bias": rnd(3 * c, std=0.1),
+            p + "attn.proj.weight": rnd(c, c, std=0.1), p + "attn.proj.bias": rnd(c),
+            p + "norm2.weight": 1 + rnd(c, std=0.1), p + "norm2.bias": rnd(c),
+            p + "mlp.fc1.weight": rnd(hidden, c, std=0.1), p + "mlp.fc1.bias": rnd(hidden),
+            p + "mlp.fc2.weight": rnd(c, hidden, std=0.1), p + "mlp.fc2.bias": rnd(c),
+        }  # fmt: skip
+
+    sd = {
+        "cls_token": rnd(1, 1, dim),
+        "pos_embed": rnd(1, 1 + 16 * 16, dim, std=0.5),
+        "patch_embed.proj.weight": rnd(dim, 3, 14, 14),
+        "patch_embed.proj.bias": rnd(dim),
+    }
+    for i in range(depth):
+        sd.update(block(f"blocks.{i}.", dim, mlp))
+    sd.update({"norm.weight": 1 + rnd(dim, std=0.1), "norm.bias": rnd(dim)})
+    sd.update(
+        {
+            "decoder_embed.weight": rnd(decoder_dim, dim), "decoder_embed.bias": rnd(decoder_dim),
+            "mask_token": rnd(1, 1, decoder_dim), "decoder_pos_embed": rnd(1, 1 + 16 * 16, decoder_dim),
+        }
+    )  # fmt: skip
+    sd.update(block("decoder_blocks.0.", decoder_dim, 4 * decoder_dim))
+    sd.update(
+        {
+            "decoder_norm.weight": 1 + rnd(decoder_dim, std=0.1), "decoder_norm.bias": rnd(decoder_dim),
+            "decoder_pred.weight": rnd(target_dim, decoder_dim), "decoder_pred.bias": rnd(target_dim),
+        }
+    )  # fmt: skip
+    return sd
+
+
+def released_mim_file(name: str, dim: int, depth: int, heads: int, mlp: int, seed: int = 0) -> dict:
+    """The content of the released pre-training file ``name`` (one of :data:`MIM_FILES`), shrunk."""
+    if name == "eva_l_psz14.pt":
+        return {"model": mae_vit(dim, depth, heads, mlp, seed)}
+    eva = {"model": {k: v.half() for k, v in ref.random_mim(dim, depth, heads, mlp, seed).items()}}
+    if name == "eva_psz14.pt":
+        return eva
+    if name == "eva_psz14to16.pt":
+        return interpolate_patch_14to16(eva)
+    raise KeyError(name)
+
+
+def write_released_mim_file(path: Path, dim: int, depth: int, heads: int, mlp: int, seed: int = 0) -> dict:
+    """Writes the released file named ``path.name``; returns its model state dict."""
+    checkpoint = released_mim_file(Path(path).name, dim, depth, heads, mlp, seed)
+    torch.save(checkpoint, path)
+    return checkpoint["model"]
