@@ -56,8 +56,10 @@ __all__ = [
 
 PathOrState = Union[str, os.PathLike, Mapping[str, Any]]
 
-#: keys that only pre-training or classification uses, dropped when the model has no such parameter
-_TRAINING_ONLY = re.compile(r"^(mask_token|lm_head\..*|head\..*|fc_norm\..*|norm\..*|cls_token|rope\..*)$")
+#: keys of pre-training or classification heads (EVA MIM, MAE-style decoders, timm heads) that no backbone uses
+_TRAINING_ONLY = re.compile(
+    r"^(mask_token|lm_head\..*|head\..*|fc_norm\..*|norm\..*|cls_token|rope\..*|decoder_.*|encoder_to_decoder\..*)$"
+)
 
 
 @dataclass
