@@ -81,7 +81,7 @@ def _bias_into(buf: Tensor, rel_h: Tensor, rel_w: Tensor) -> Tensor:
     """``(BH, r, gh * gw)`` bias ``rel_h[..., a] + rel_w[..., b]`` of a query chunk, written into the scratch buffer.
 
     Writing into one buffer that every chunk of a call reuses, instead of a fresh tensor per chunk, saves the page
-    faults of a new large allocation each time (most of the cost of the addition; see docs/performance.md)."""
+    faults of a new large allocation each time (most of the cost of the addition; see docs/records/performance.md)."""
     bh, r, gh = rel_h.shape
     gw = rel_w.shape[-1]
     out = _chunk(buf, bh, r, gh, gw)

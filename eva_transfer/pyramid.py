@@ -30,7 +30,7 @@ class LayerNorm2d(nn.Module):
         x = x.permute(0, 3, 1, 2)
         # In training the result is handed on in the standard (N, C, H, W) layout: the permuted view would make the
         # next convolution's backward pass run on a channels-last input, which oneDNN does 2-3x slower at batch 1
-        # (docs/performance.md). Inference keeps the view (no copy).
+        # (docs/records/performance.md). Inference keeps the view (no copy).
         return x.contiguous() if x.requires_grad else x
 
 

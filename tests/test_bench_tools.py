@@ -61,7 +61,7 @@ def test_tool_is_a_thin_command_line(tool):
 
 
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
-DOCS = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").rglob("*.md"))]
 
 
 def _cited_options(tool: Path) -> set[str]:

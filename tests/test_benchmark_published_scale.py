@@ -1,5 +1,5 @@
 """eva_transfer_bench.published_scale: one segmentation / pre-training inference in a fresh process, with time, peak
-memory and sizes reported (tiny presets here; the EVA-g runs are in docs/performance.md)."""
+memory and sizes reported (tiny presets here; the EVA-g runs are in docs/records/performance.md)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""docs/fidelity.md cannot drift: every table row names where the authors set the value and where this toolkit
+"""docs/records/fidelity.md cannot drift: every table row names where the authors set the value and where this toolkit
 sets it, the value in *this toolkit* is read back from the config it names (at the line it names), and every test
 it cites exists.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "fidelity.md"
+DOC = REPO / "docs" / "records" / "fidelity.md"
 HEADER = ["setting", "authors' value (source)", "this toolkit", "config key", "test"]
 ENTRY = re.compile(
     r"^(?P<path>configs/\S+?\.py)(?::(?P<line>\d+)| via (?P<base>\S+?\.py):(?P<base_line>\d+)): (?P<key>[\w.]+)$"
@@ -60,7 +60,7 @@ def fidelity_rows() -> list[dict]:
         if header != HEADER or set("".join(cells)) <= set("-: "):
             continue
         assert len(cells) == len(HEADER), (
-            f"docs/fidelity.md:{number}: {len(cells)} cells, expected {len(HEADER)}"
+            f"docs/records/fidelity.md:{number}: {len(cells)} cells, expected {len(HEADER)}"
         )
         rows.append(dict(zip(HEADER, cells), section=section, line=number))
     return rows
@@ -71,7 +71,7 @@ def _ticks(cell: str) -> list[str]:
 
 
 def _where(row) -> str:
-    return f"docs/fidelity.md:{row['line']} ({row['section']}: {row['setting']})"
+    return f"docs/records/fidelity.md:{row['line']} ({row['section']}: {row['setting']})"
 
 
 def _entries(row) -> list[re.Match]:
@@ -192,14 +192,14 @@ _AUTHORS: dict = {}
 
 
 def test_the_page_has_rows():
-    assert DOC.exists(), "docs/fidelity.md is missing"
-    assert ROWS, "docs/fidelity.md has no table rows in the fidelity format"
+    assert DOC.exists(), "docs/records/fidelity.md is missing"
+    assert ROWS, "docs/records/fidelity.md has no table rows in the fidelity format"
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if _ticks(r["config key"])], ids=lambda r: f"L{r['line']}")
 def test_value_matches_the_config(row):
     literals = _ticks(row["this toolkit"])
-    assert literals, f"docs/fidelity.md:{row['line']}: 'this toolkit' has no backticked value"
+    assert literals, f"docs/records/fidelity.md:{row['line']}: 'this toolkit' has no backticked value"
     expected = ast.literal_eval(literals[0])
     for entry in _entries(row):
         path, key = entry["path"], entry["key"]
@@ -260,12 +260,12 @@ def test_authors_lines_exist_in_their_code(row):
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: f"L{r['line']}")
 def test_cited_tests_exist(row):
     cited = [t for t in _ticks(row["test"]) if "::" in t]
-    assert cited, f"docs/fidelity.md:{row['line']}: no test named"
+    assert cited, f"docs/records/fidelity.md:{row['line']}: no test named"
     for ref in cited:
         file, _, name = ref.partition("::")
         source = REPO / file
-        assert source.is_file(), f"docs/fidelity.md:{row['line']}: {file} does not exist"
+        assert source.is_file(), f"docs/records/fidelity.md:{row['line']}: {file} does not exist"
         name = name.split("[")[0]
         assert re.search(rf"^\s*def {re.escape(name)}\(", source.read_text(), re.M), (
-            f"docs/fidelity.md:{row['line']}: {file} has no test {name}"
+            f"docs/records/fidelity.md:{row['line']}: {file} has no test {name}"
         )

@@ -1,4 +1,4 @@
-"""docs/reliability.md cannot drift: every case names a test, and every named test exists."""
+"""docs/records/reliability.md cannot drift: every case names a test, and every named test exists."""
 
 import re
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "reliability.md"
+DOC = REPO / "docs" / "records" / "reliability.md"
 HEADER = ["case", "before", "now", "test"]
 
 
@@ -22,7 +22,7 @@ def reliability_rows() -> list[dict]:
             continue
         if header != HEADER or set("".join(cells)) <= set("-: "):
             continue
-        assert len(cells) == len(HEADER), f"docs/reliability.md:{number}: {len(cells)} cells, expected 4"
+        assert len(cells) == len(HEADER), f"docs/records/reliability.md:{number}: {len(cells)} cells, expected 4"
         rows.append(dict(zip(HEADER, cells), line=number))
     return rows
 
@@ -31,18 +31,18 @@ ROWS = reliability_rows() if DOC.exists() else []
 
 
 def test_the_page_has_rows():
-    assert ROWS, "docs/reliability.md has no rows in the reliability format"
+    assert ROWS, "docs/records/reliability.md has no rows in the reliability format"
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: f"L{r['line']}")
 def test_named_tests_exist(row):
     cited = [t for t in re.findall(r"`([^`]+)`", row["test"]) if "::" in t]
-    assert cited, f"docs/reliability.md:{row['line']} ({row['case']}): no test named"
+    assert cited, f"docs/records/reliability.md:{row['line']} ({row['case']}): no test named"
     for ref in cited:
         file, _, name = ref.partition("::")
         source = REPO / file
-        assert source.is_file(), f"docs/reliability.md:{row['line']}: {file} does not exist"
+        assert source.is_file(), f"docs/records/reliability.md:{row['line']}: {file} does not exist"
         name = name.split("[")[0]
         assert re.search(rf"^\s*def {re.escape(name)}\(", source.read_text(), re.M), (
-            f"docs/reliability.md:{row['line']}: {file} has no test {name}"
+            f"docs/records/reliability.md:{row['line']}: {file} has no test {name}"
         )

@@ -45,7 +45,7 @@ optim_wrapper = dict(
     _delete_=True,
     type="AmpOptimWrapper",
     constructor="LayerDecayOptimWrapperConstructor",
-    # the standard scope: no decay on 1-D parameters and position tables (docs/fidelity.md, MMDetection)
+    # the standard scope: no decay on 1-D parameters and position tables (docs/records/fidelity.md, MMDetection)
     paramwise_cfg=dict(layer_decay_rate=0.9, scheme="head_full_lr"),
     optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1),
 )

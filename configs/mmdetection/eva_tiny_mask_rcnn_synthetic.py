@@ -96,7 +96,7 @@ test_evaluator = val_evaluator
 optim_wrapper = dict(
     type="OptimWrapper",
     constructor="LayerDecayOptimWrapperConstructor",
-    # the standard scope: no decay on 1-D parameters and position tables (docs/fidelity.md, MMDetection)
+    # the standard scope: no decay on 1-D parameters and position tables (docs/records/fidelity.md, MMDetection)
     paramwise_cfg=dict(layer_decay_rate=0.9, scheme="head_full_lr"),
     optimizer=dict(type="AdamW", lr=1.5e-3, betas=(0.9, 0.999), weight_decay=0.05),
     clip_grad=dict(max_norm=1.0),

@@ -171,7 +171,7 @@ def test_layer_decay_in_the_mmdet_detector():
     assert lr_of["backbone.patch_embed.proj.weight"] == pytest.approx(lr * rate ** (depth + 1))
     assert lr_of["neck.simfp_2.0.weight"] == pytest.approx(lr)
     assert lr_of["roi_head.bbox_head.fc_cls.weight"] == pytest.approx(lr)
-    # weight-decay scope (docs/fidelity.md, MMDetection): none on 1-D parameters, pos_embed, relative position
+    # weight-decay scope (docs/records/fidelity.md, MMDetection): none on 1-D parameters, pos_embed, relative position
     wd_of = {n: g["weight_decay"] for g in groups for n in g["names"]}
     wd = cfg.optim_wrapper.optimizer.weight_decay
     assert (
