@@ -69,11 +69,36 @@ def _no_leftover_mmengine_loggers():
         MMLogger._instance_dict.pop(name, None)
 
 
+def adapter_and_head_sizes() -> dict:
+    """The adapter's and the Mask2Former head's sizes in the shrunk configs (backbone width ``DIM``)."""
+    b, h = "model.backbone.", "model.decode_head."
+    enc, dec = h + "pixel_decoder.encoder.layer_cfg.", h + "transformer_decoder.layer_cfg."
+    return {
+        b + "adapter.conv_inplane": INPLANE,
+        b + "adapter.deform_num_heads": HEADS,
+        h + "in_channels": [DIM] * 4,
+        h + "feat_channels": FEAT,
+        h + "out_channels": FEAT,
+        h + "num_queries": QUERIES,
+        enc + "self_attn_cfg.embed_dims": FEAT,
+        enc + "self_attn_cfg.num_heads": FEAT // 32,
+        enc + "ffn_cfg.embed_dims": FEAT,
+        enc + "ffn_cfg.feedforward_channels": 4 * FEAT,
+        h + "pixel_decoder.positional_encoding.num_feats": FEAT // 2,
+        h + "positional_encoding.num_feats": FEAT // 2,
+        dec + "self_attn_cfg.embed_dims": FEAT,
+        dec + "self_attn_cfg.num_heads": FEAT // 32,
+        dec + "cross_attn_cfg.embed_dims": FEAT,
+        dec + "cross_attn_cfg.num_heads": FEAT // 32,
+        dec + "ffn_cfg.embed_dims": FEAT,
+        dec + "ffn_cfg.feedforward_channels": 4 * FEAT,
+    }
+
+
 def shrunk_config(name: str) -> Config:
     """A published config with a narrow, shallow backbone and head (every other setting as published)."""
     cfg = Config.fromfile(str(CONFIG_DIR / name))
-    b, h = "model.backbone.", "model.decode_head."
-    enc, dec = h + "pixel_decoder.encoder.layer_cfg.", h + "transformer_decoder.layer_cfg."
+    b = "model.backbone."
     cfg.merge_from_dict(
         {
             b + "backbone_overrides.embed_dim": DIM,
@@ -82,24 +107,7 @@ def shrunk_config(name: str) -> Config:
             b + "backbone_overrides.mlp_dim": MLP,
             b + "backbone_overrides.use_act_checkpoint": False,
             b + "backbone_overrides.drop_path_rate": 0.0,
-            b + "adapter.conv_inplane": INPLANE,
-            b + "adapter.deform_num_heads": HEADS,
-            h + "in_channels": [DIM] * 4,
-            h + "feat_channels": FEAT,
-            h + "out_channels": FEAT,
-            h + "num_queries": QUERIES,
-            enc + "self_attn_cfg.embed_dims": FEAT,
-            enc + "self_attn_cfg.num_heads": FEAT // 32,
-            enc + "ffn_cfg.embed_dims": FEAT,
-            enc + "ffn_cfg.feedforward_channels": 4 * FEAT,
-            h + "pixel_decoder.positional_encoding.num_feats": FEAT // 2,
-            h + "positional_encoding.num_feats": FEAT // 2,
-            dec + "self_attn_cfg.embed_dims": FEAT,
-            dec + "self_attn_cfg.num_heads": FEAT // 32,
-            dec + "cross_attn_cfg.embed_dims": FEAT,
-            dec + "cross_attn_cfg.num_heads": FEAT // 32,
-            dec + "ffn_cfg.embed_dims": FEAT,
-            dec + "ffn_cfg.feedforward_channels": 4 * FEAT,
+            **adapter_and_head_sizes(),
         }
     )
     return cfg

@@ -64,9 +64,9 @@ from .test_authors_checkpoints import (
     DIM,
     FEAT,
     HEADS,
-    INPLANE,
     MLP,
     SETS,
+    adapter_and_head_sizes,
     authors_state_dict,
     ref,
 )
@@ -108,8 +108,7 @@ def shrink_options(config: str) -> dict[str, Any]:
     ``test_authors_checkpoints`` (width 64, 4 blocks of one interaction each, 6 queries, 64-wide head) and every
     size of the 896 crop divided by 7; one training iteration on one image, no workers."""
     cfg = load_seg_config(str(ROOT / config))
-    b, h = "model.backbone.", "model.decode_head."
-    enc, dec = h + "pixel_decoder.encoder.layer_cfg.", h + "transformer_decoder.layer_cfg."
+    b = "model.backbone."
     over = cfg.model.backbone.backbone_overrides
     opts: dict[str, Any] = {}
     shape = dict(embed_dim=DIM, depth=DEPTH, num_heads=HEADS, mlp_dim=MLP, use_act_checkpoint=False)
@@ -121,24 +120,7 @@ def shrink_options(config: str) -> dict[str, Any]:
         opts[("" if key in over else "+") + b + "backbone_overrides." + key] = value
     opts.update(
         {
-            b + "adapter.conv_inplane": INPLANE,
-            b + "adapter.deform_num_heads": HEADS,
-            h + "in_channels": [DIM] * 4,
-            h + "feat_channels": FEAT,
-            h + "out_channels": FEAT,
-            h + "num_queries": QUERIES,
-            enc + "self_attn_cfg.embed_dims": FEAT,
-            enc + "self_attn_cfg.num_heads": FEAT // 32,
-            enc + "ffn_cfg.embed_dims": FEAT,
-            enc + "ffn_cfg.feedforward_channels": 4 * FEAT,
-            h + "pixel_decoder.positional_encoding.num_feats": FEAT // 2,
-            h + "positional_encoding.num_feats": FEAT // 2,
-            dec + "self_attn_cfg.embed_dims": FEAT,
-            dec + "self_attn_cfg.num_heads": FEAT // 32,
-            dec + "cross_attn_cfg.embed_dims": FEAT,
-            dec + "cross_attn_cfg.num_heads": FEAT // 32,
-            dec + "ffn_cfg.embed_dims": FEAT,
-            dec + "ffn_cfg.feedforward_channels": 4 * FEAT,
+            **adapter_and_head_sizes(),
             "crop_size": _shrunk(cfg.crop_size),
             "model.data_preprocessor.size": _shrunk(cfg.model.data_preprocessor.size),
             "model.test_cfg.crop_size": _shrunk(cfg.model.test_cfg.crop_size),
