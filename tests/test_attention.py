@@ -4,7 +4,7 @@ path in float64 (forward and every gradient), numerically checked by gradcheck, 
 import pytest
 import torch
 
-import eva_transfer.vit as vit
+import eva_transfer.blocks as blocks
 from eva_transfer import attention
 from eva_transfer.attention import RelPosAttentionFunction, rel_pos_attention
 
@@ -76,7 +76,7 @@ def test_block_gradients_equal_math_path(monkeypatch, window, grid):
     """A whole block (window partition with zero padding, or global attention) in float64: output and every
     parameter gradient, including the relative-position tables, equal to autograd through SDPA's math path."""
     block = _randomize(
-        vit.Block(16, 2, 32, window_size=window, use_rel_pos=True, input_size=grid).double(), seed=2
+        blocks.Block(16, 2, 32, window_size=window, use_rel_pos=True, input_size=grid).double(), seed=2
     )
     x = torch.randn(2, grid[0] * grid[1], 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
 
@@ -107,7 +107,7 @@ def test_inference_keeps_sdpa(monkeypatch):
     calls = []
     apply = RelPosAttentionFunction.apply
     monkeypatch.setattr(RelPosAttentionFunction, "apply", lambda *a: calls.append(1) or apply(*a))
-    attn = vit.Attention(16, 2, use_rel_pos=True, input_size=(4, 4))
+    attn = blocks.Attention(16, 2, use_rel_pos=True, input_size=(4, 4))
     with torch.no_grad():
         attn(torch.randn(1, 16, 16), (4, 4))
     assert not calls
@@ -119,7 +119,7 @@ def test_no_attention_map_is_saved_for_backward():
     """The largest tensor kept for the backward of a global block is linear in the token count, not n x n."""
     grid, heads = (16, 16), 2
     n = grid[0] * grid[1]
-    block = _randomize(vit.Block(16, heads, 32, use_rel_pos=True, input_size=grid))
+    block = _randomize(blocks.Block(16, heads, 32, use_rel_pos=True, input_size=grid))
     sizes = []
 
     def pack(t):
@@ -244,7 +244,7 @@ def test_block_equals_reference_float64(window, grid, grad):
     global blocks on non-square grids) against the block written from the equations: output, and with gradients
     (the recomputing attention) the input gradient and every parameter gradient, in float64."""
     block = _randomize(
-        vit.Block(16, 2, 32, window_size=window, use_rel_pos=True, input_size=grid).double(), seed=6
+        blocks.Block(16, 2, 32, window_size=window, use_rel_pos=True, input_size=grid).double(), seed=6
     )
     x = torch.randn(2, grid[0] * grid[1], 16, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     x.requires_grad_(grad)

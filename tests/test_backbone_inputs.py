@@ -109,7 +109,7 @@ def test_an_empty_batch_gives_an_empty_output(preset):
 def test_inputs_not_a_multiple_of_the_patch_are_floored_with_one_warning(preset, caplog):
     model = build_eva_vit(preset).eval()
     x = torch.randn(1, 3, 70, 100)
-    with caplog.at_level(logging.WARNING, logger="eva_transfer.vit"), torch.no_grad():
+    with caplog.at_level(logging.WARNING, logger="eva_transfer.blocks"), torch.no_grad():
         got = model(x)
         model(x)
         cropped = model(x[:, :, :64, :96])  # what flooring means: the last 6 rows and 4 columns are unseen

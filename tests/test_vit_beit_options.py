@@ -8,8 +8,9 @@ import torch
 from timm.models.beit import Beit
 
 from eva_transfer import load_checkpoint
+from eva_transfer.blocks import beit_rel_pos_index
 from eva_transfer.checkpoint_io import CheckpointError
-from eva_transfer.vit import EVAViT, beit_rel_pos_index
+from eva_transfer.vit import EVAViT
 
 SHAPE = dict(embed_dim=64, depth=2, num_heads=4)
 
