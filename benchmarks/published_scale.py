@@ -3,7 +3,7 @@
 - segmentation: one image through an mmseg config's test pipeline and ``inference_model`` (EVA-g Mask2Former
   with the ViT-Adapter on ADE20K: short side resized to 896, sliding 896 x 896 windows with stride 512);
 - pre-training: one 224 x 224 image through the CLIP-L/14 teacher (its targets) and the masked EVA-g student,
-  and the masked cosine loss (``eva_transfer.pretrain.trainer.mim_loss``); ``backward=True`` adds the backward
+  and the masked cosine loss (``eva_transfer.pretrain.objective.mim_loss``); ``backward=True`` adds the backward
   pass (a training step without the optimizer).
 
 Each run happens in a fresh subprocess with random weights (the teacher is timm's real CLIP ViT-L/14 architecture,
@@ -89,7 +89,8 @@ def pretrain_child(job: dict) -> dict:
     import torch
 
     from eva_transfer.pretrain.config import load_pretrain_config
-    from eva_transfer.pretrain.trainer import build_mask_generator, build_models, mim_loss
+    from eva_transfer.pretrain.objective import mim_loss
+    from eva_transfer.pretrain.trainer import build_mask_generator, build_models
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])

@@ -6,9 +6,10 @@ Framework-free like the rest of the core: torch, timm, numpy and PIL only (open_
 from .config import DEFAULTS, ConfigError, load_pretrain_config
 from .data import GlobalBatchSampler, MIMDataset, list_images, random_resized_crop_box
 from .masking import BlockMaskGenerator, MaskBlock
+from .objective import lr_at_step, mim_loss
 from .student import MIMStudent, build_student, export_state_dict, masked_cosine_loss
 from .teacher import CLIPTeacher, build_teacher, check_target_width
-from .trainer import lr_at_step, mim_loss, train
+from .trainer import train
 
 __all__ = [
     "DEFAULTS",

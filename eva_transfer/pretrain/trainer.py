@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -29,87 +28,27 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..checkpoint_io import (
-    CheckpointError,
-    newest_intact,
-    read_checkpoint,
     save_checkpoint,
-    write_bytes_atomic,
 )
 from ..runtime import DistributedStartupError, StopSignals, WorkerThreads, join_process_group
 from .config import ConfigError, check_config
 from .data import GlobalBatchSampler, MIMDataset, collate, list_images
 from .masking import BlockMaskGenerator
-from .student import MIMStudent, build_student, export_state_dict, masked_cosine_loss
+from .objective import lr_at_step, mim_loss, param_groups
+from .student import MIMStudent, build_student, export_state_dict
 from .teacher import CLIPTeacher, build_teacher, check_target_width
+from .training_state import (
+    read_resume_checkpoint,
+    save_training_state,
+    truncate_log,
+    warn_if_schedule_changed,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train", "lr_at_step", "build_models", "mim_loss", "StepRecord", "TrainSummary"]
+__all__ = ["train", "build_models", "StepRecord", "TrainSummary"]
 
 StepRecord = dict  # {"step", "epoch", "loss", "lr", "grad_norm", "skipped", "images_per_s", "eta_s"}
-
-
-def lr_at_step(step: int, total: int, warmup: int, lr: float, warmup_lr: float, min_lr: float) -> float:
-    """Linear warm-up from ``warmup_lr`` to ``lr`` over ``warmup`` steps, then cosine from ``lr`` to ``min_lr``
-    at ``total`` (step ``s`` uses the value at ``s``; the first step of training is 0)."""
-    if step < warmup:
-        return warmup_lr + (lr - warmup_lr) * step / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def param_groups(student: nn.Module, ocfg: dict) -> list[dict]:
-    """AdamW groups of the student: no weight decay on 1-D parameters, biases and the parameters named in
-    ``optim.no_decay_names`` (EVA's: ``pos_embed``, ``cls_token``; the mask token is decayed). Each group holds
-    ``params``, ``lr``, ``weight_decay`` and ``param_names``."""
-    skip = tuple(ocfg["no_decay_names"])
-    decay, no_decay = dict(params=[], param_names=[]), dict(params=[], param_names=[])
-    for name, p in student.named_parameters():
-        if not p.requires_grad:
-            continue
-        bare = name.rsplit(".", 1)[-1]
-        group = no_decay if p.ndim <= 1 or name.endswith(".bias") or bare in skip else decay
-        group["params"].append(p)
-        group["param_names"].append(name)
-    decay.update(lr=ocfg["lr"], weight_decay=ocfg["weight_decay"])
-    no_decay.update(lr=ocfg["lr"], weight_decay=0.0)
-    return [g for g in (decay, no_decay) if g["params"]]
-
-
-def _normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    return (images - mean) / std
-
-
-def mim_loss(
-    student: nn.Module,
-    teacher: CLIPTeacher,
-    images: Tensor,
-    mask: Tensor,
-    mean: Tensor,
-    std: Tensor,
-    grid: tuple[int, int],
-    normalizer: Optional[float] = None,
-    amp_dtype: Optional[torch.dtype] = None,
-) -> Tensor:
-    """The training objective for one batch.
-
-    Args:
-        student: a :class:`MIMStudent` (possibly DDP-wrapped).
-        images: ``(B, 3, S, S)`` crops in ``[0, 1]``; the student and the teacher normalise them their own way.
-        mask: ``(B, N)`` bool; mean, std: ``(1, 3, 1, 1)`` student normalisation; grid: the student's patch grid.
-        normalizer: see :func:`masked_cosine_loss`.
-    Returns:
-        scalar fp32 loss.
-    """
-    autocast = (
-        torch.autocast(device_type=images.device.type, dtype=amp_dtype)
-        if amp_dtype is not None
-        else nullcontext()
-    )
-    with autocast:
-        targets = teacher(images, grid)
-        pred = student(_normalize(images, mean, std), mask)
-    return masked_cosine_loss(pred, targets, mask, normalizer)
 
 
 def build_models(cfg: dict, device: torch.device) -> tuple[MIMStudent, CLIPTeacher]:
@@ -373,8 +312,8 @@ def _resume(run: _Run) -> None:
         run.scaler.load_state_dict(ckpt["scaler"])
     run.start_step = int(ckpt["step"])
     if run.is_main:
-        _warn_if_schedule_changed(ckpt.get("config") or {}, run.cfg, run.world)
-        _truncate_log(
+        warn_if_schedule_changed(ckpt.get("config") or {}, run.cfg, run.world)
+        truncate_log(
             run.out_dir / "log.jsonl", run.start_step
         )  # steps after the checkpoint are trained again
         logger.info("resumed from %s at step %d/%d", resume_path, run.start_step, run.schedule.total_steps)
@@ -519,7 +458,7 @@ def _after_step(run: _Run, state: _LoopState, signalled: bool) -> bool:
     if signalled or (run_limit and state.step - state.start_step >= run_limit):
         state.interrupted = True
     if state.interrupted or state.step % tcfg["checkpoint_every"] == 0 or state.step == total:
-        _save_training_state(
+        save_training_state(
             run.out_dir,
             run.student,
             run.optimizer,
@@ -572,77 +511,6 @@ def _progress(r: StepRecord, total: int) -> str:
     )
 
 
-def _resume_path(resume: Optional[str], out_dir: Path) -> Optional[Path]:
-    if resume in (None, False, "", "none"):
-        return None
-    if resume == "auto":
-        p = out_dir / "last.pth"
-        return p if p.is_file() else None
-    p = Path(resume)
-    if not p.is_file():
-        raise FileNotFoundError(f"train.resume: checkpoint not found: {p}")
-    return p
-
-
-#: entries every training-state checkpoint has
-_RESUME_KEYS = ("model", "optimizer", "step")
-
-
-def _read_training_state(path: Path) -> dict:
-    """A training-state checkpoint (``last.pth`` / ``checkpoint_N.pth``); CheckpointError naming file and key."""
-    ckpt = read_checkpoint(path)
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: expected a training-state dict, found {type(ckpt).__name__}")
-    for key in _RESUME_KEYS:
-        if key not in ckpt:
-            raise CheckpointError(
-                f"{path}: no {key!r} entry; not a training-state checkpoint of tools/pretrain.py"
-            )
-    if not isinstance(ckpt["model"], dict) or not isinstance(ckpt["optimizer"], dict):
-        raise CheckpointError(f"{path}: 'model' and 'optimizer' must be state dicts")
-    if isinstance(ckpt["step"], bool) or not isinstance(ckpt["step"], int) or ckpt["step"] < 0:
-        raise CheckpointError(f"{path}: key 'step' is {ckpt['step']!r}, expected an integer >= 0")
-    return ckpt
-
-
-def read_resume_checkpoint(resume: Optional[str], out_dir: Path) -> tuple[Optional[Path], Optional[dict]]:
-    """The checkpoint to resume from and its contents, or ``(None, None)``.
-
-    ``resume="auto"``: ``last.pth``, or when it is damaged (a truncated file) the newest intact
-    ``checkpoint_N.pth``, with a warning; no checkpoint at all starts afresh, none intact is a CheckpointError.
-    A path: that file (errors name it)."""
-    if resume in (None, False, "", "none"):
-        return None, None
-    if resume != "auto":
-        p = _resume_path(resume, out_dir)
-        return p, _read_training_state(p)
-    candidates = [out_dir / "last.pth"] + sorted(out_dir.glob("checkpoint_*.pth"), reverse=True)
-    found = newest_intact([p for p in candidates if p.is_file()], _read_training_state, str(out_dir))
-    return found if found else (None, None)
-
-
-def _save_training_state(
-    out_dir: Path, student: MIMStudent, optimizer, scaler, step: int, cfg: dict, is_main: bool, keep: int
-) -> None:
-    if hasattr(optimizer, "consolidate_state_dict"):  # ZeRO: gather the shards on rank 0 (a collective)
-        optimizer.consolidate_state_dict(to=0)
-    if not is_main:
-        return
-    state = dict(
-        model=student.state_dict(),
-        optimizer=optimizer.state_dict(),
-        scaler=scaler.state_dict() if scaler.is_enabled() else None,
-        step=step,
-        config=cfg,
-    )
-    save_checkpoint(state, out_dir / "last.pth")
-    if keep > 1:
-        save_checkpoint(state, out_dir / f"checkpoint_{step:08d}.pth")
-        old = sorted(out_dir.glob("checkpoint_*.pth"))[: -(keep - 1)]
-        for p in old:
-            p.unlink()
-
-
 def _tensorboard(out_dir: Path, start_step: int):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -650,41 +518,3 @@ def _tensorboard(out_dir: Path, start_step: int):
         logger.info("tensorboard is not installed; logging to log.jsonl only")
         return None
     return SummaryWriter(str(out_dir / "tb"), purge_step=start_step + 1 if start_step else None)
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drops the records after ``step`` that an interrupted run wrote past its last checkpoint."""
-    if not path.is_file():
-        return
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    keep = []
-    for line in lines:
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (ValueError, KeyError):
-            continue
-    if len(keep) != len(lines):
-        write_bytes_atomic("".join(keep).encode(), path)
-
-
-def _warn_if_schedule_changed(old: dict, new: dict, world: int) -> None:
-    for section, key in (
-        ("train", "batch_size"),
-        ("train", "seed"),
-        ("schedule", "epochs"),
-        ("schedule", "total_steps"),
-        ("optim", "lr"),
-        ("data", "img_size"),
-    ):
-        a, b = old.get(section, {}).get(key), new[section][key]
-        if section in old and a != b:
-            logger.warning(
-                "resuming with %s.%s=%r (the checkpoint was trained with %r): the schedule or data "
-                "order differs from the interrupted run",
-                section,
-                key,
-                b,
-                a,
-            )

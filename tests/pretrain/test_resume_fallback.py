@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from eva_transfer.checkpoint_io import CheckpointError, save_checkpoint
-from eva_transfer.pretrain.trainer import read_resume_checkpoint
+from eva_transfer.pretrain.training_state import read_resume_checkpoint
 
 
 def _state(step):
