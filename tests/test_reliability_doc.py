@@ -22,7 +22,9 @@ def reliability_rows() -> list[dict]:
             continue
         if header != HEADER or set("".join(cells)) <= set("-: "):
             continue
-        assert len(cells) == len(HEADER), f"docs/records/reliability.md:{number}: {len(cells)} cells, expected 4"
+        assert len(cells) == len(HEADER), (
+            f"docs/records/reliability.md:{number}: {len(cells)} cells, expected 4"
+        )
         rows.append(dict(zip(HEADER, cells), line=number))
     return rows
 

@@ -32,7 +32,7 @@ for _predictor in model.roi_heads.box_predictors:
     _predictor.test_score_thresh = 0.02
     _predictor.test_topk_per_image = 300
 
-optimizer.lr = 2e-4  # the authors' LVIS config (the paper's Table 17 lists 2.5e-5: see docs/records/fidelity.md)
+optimizer.lr = 2e-4  # the authors' LVIS config (paper Table 17: 2.5e-5; docs/records/fidelity.md)
 train.max_iter = 75001
 lr_multiplier.steps = [70000, 75000]
 lr_multiplier.warmup_iters = 250
