@@ -243,6 +243,10 @@ def write_released_segmentor(path: Path, config: str, opts: dict[str, Any], seed
         if branch.match(k) and k.endswith(".weight"):
             sd[k] = sd[k] * 0.1
     sd["decode_head.cls_embed.weight"] = sd["decode_head.cls_embed.weight"] * 10
+    # the mask features follow a ReLU (mean about 0.4 per channel): centred, so that each query's mask varies over
+    # the image instead of one query's mask covering it
+    w = sd["decode_head.pixel_decoder.mask_feature.weight"]
+    sd["decode_head.pixel_decoder.mask_feature.bias"] = -0.4 * w.sum(dim=(1, 2, 3))
     meta = {"mmseg_version": "0.20.2", "seed": np.int64(0), "iter": 60000, "CLASSES": ("a", "b")}
     torch.save({"meta": meta, "state_dict": sd}, path)
     return refm, sd, cfg
@@ -330,7 +334,6 @@ def assert_same_labels(written: np.ndarray, probs: torch.Tensor, where: str) -> 
     assert not differ.any() or (probs.max(0)[differ] - got_prob[differ]).max() < 1e-5, (
         f"{where}: {differ.sum()} of {differ.size} pixels differ from the authors' prediction"
     )
-    return np.bincount(want.ravel(), minlength=probs.shape[0]) / want.size
 
 
 # ----------------------------------------------------------------------------------------------- the log
@@ -378,10 +381,27 @@ def test_released_segmentor_file_evaluates_as_the_authors(command, tmp_path, dat
     config, released = _config(command), _released(command)
     cwd = user_folder(tmp_path, data)
     opts = shrink_options(config)
-    refm, sd, cfg = write_released_segmentor(cwd / "checkpoints" / released, config, opts)
+    split = "validation" if "ade" in config else "val2017"
+    images = sorted((tmp_path / "data").glob(f"*/**/images/{split}/*.jpg"))
+    assert len(images) == 1
+
+    # the authors' segmentor on the test image, for the first random file (of a few seeds) whose label map holds
+    # at least two classes on 2% of the pixels or more: a one-class map could not tell a wrong prediction
+    for seed in range(5):
+        refm, sd, cfg = write_released_segmentor(cwd / "checkpoints" / released, config, opts, seed)
+        head_sd = {k[len("decode_head.") :]: v for k, v in sd.items() if k.startswith("decode_head.")}
+        probs = [authors_probabilities(refm, head_sd, cfg, path, tta="--tta" in command) for path in images]
+        shares = sum(
+            np.bincount(p.argmax(0).ravel().numpy(), minlength=p.shape[0]) / p[0].numel() for p in probs
+        )
+        if (shares > 0.02).sum() >= 2:
+            break
+    else:
+        pytest.fail(f"the authors' label maps held one class for seeds 0-4: {np.sort(shares)[-3:]}")
+
     preds = tmp_path / "preds"
     out, seconds = run_command(command, cwd, option_args({**opts, "+test_evaluator.output_dir": str(preds)}))
-    print(f"{command}: {seconds:.1f} s")
+    print(f"{command}: {seconds:.1f} s (file seed {seed})")
 
     # every tensor of the file is used; the two kinds of dropped entries name their reason
     report = load_report(out, f"checkpoints/{released}")
@@ -394,19 +414,12 @@ def test_released_segmentor_file_evaluates_as_the_authors(command, tmp_path, dat
     assert report["loaded"] + len(report["dropped"]) == len(sd)
     assert re.search(r"mIoU: \d", out), "no mIoU in the output"
 
-    # the label maps it wrote, against the authors' segmentor on the same images
-    head_sd = {k[len("decode_head.") :]: v for k, v in sd.items() if k.startswith("decode_head.")}
-    split = "validation" if "ade" in config else "val2017"
-    images = sorted((tmp_path / "data").glob(f"*/**/images/{split}/*.jpg"))
-    assert len(images) == 1
+    # the label maps it wrote equal the authors' segmentor's
     shift = 1 if "ade" in config else 0  # ADE20K's files number the classes from 1 (reduce_zero_label)
-    shares = 0
-    for path in images:
+    for path, prob in zip(images, probs):
         written = np.asarray(Image.open(preds / f"{path.stem}.png")).astype(np.int64) - shift
-        probs = authors_probabilities(refm, head_sd, cfg, path, tta="--tta" in command)
-        assert written.shape == probs.shape[1:]
-        shares = shares + assert_same_labels(written, probs, path.name)
-    assert (shares > 0.02).sum() >= 2, "the authors' label map holds one class: the comparison could not tell"
+        assert written.shape == prob.shape[1:]
+        assert_same_labels(written, prob, path.name)
 
 
 def trained_state(cwd: Path, config: str) -> dict[str, torch.Tensor]:
