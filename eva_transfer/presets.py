@@ -1,6 +1,6 @@
 """Named backbone presets.
 
-Each preset is a plain dict of :class:`~eva_transfer.vit.EVAViT` arguments; ``build_eva_vit(name, **overrides)``
+Each preset is a plain dict of :class:`~eva_transfer.vit.EVAViT` arguments; ``build_eva_vit(preset, **overrides)``
 builds one. ``*_det`` presets are the detection variant (patch 16, windowed attention with global attention in
 every 4th block, decomposed relative position, no CLS token, no final norm). The others are the plain
 pre-training / segmentation layout (global attention, CLS token, final norm).
@@ -94,26 +94,26 @@ PRESETS: dict[str, dict[str, Any]] = {
 _ARGS = set(inspect.signature(EVAViT.__init__).parameters) - {"self"}
 
 
-def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
-    """The constructor arguments of preset ``name`` with ``overrides`` applied (unknown keys are an error)."""
-    if name not in PRESETS:
-        hint = did_you_mean(name, PRESETS, n=3)
-        raise KeyError(f"unknown backbone preset {name!r}{hint} (known: {', '.join(sorted(PRESETS))})")
+def preset_config(preset: str, **overrides: Any) -> dict[str, Any]:
+    """The constructor arguments of ``preset`` with ``overrides`` applied (unknown keys are an error)."""
+    if preset not in PRESETS:
+        hint = did_you_mean(preset, PRESETS, n=3)
+        raise KeyError(f"unknown backbone preset {preset!r}{hint} (known: {', '.join(sorted(PRESETS))})")
     unknown = set(overrides) - _ARGS
     if unknown:
         bad = sorted(unknown)[0]
         hint = did_you_mean(bad, _ARGS)
-        raise TypeError(f"unknown EVAViT argument(s) {sorted(unknown)} for preset {name!r}{hint}")
-    cfg = dict(PRESETS[name])
+        raise TypeError(f"unknown EVAViT argument(s) {sorted(unknown)} for preset {preset!r}{hint}")
+    cfg = dict(PRESETS[preset])
     cfg.update(overrides)
     if "depth" in overrides and "global_block_indexes" not in overrides and cfg.get("window_size", 0) > 0:
         # keep the interleaving rule when only the depth changes
-        every = PRESETS[name]["global_block_indexes"]
+        every = PRESETS[preset]["global_block_indexes"]
         k = every[1] - every[0] if len(every) > 1 else every[0] + 1
         cfg["global_block_indexes"] = every_kth_block(cfg["depth"], k)
     return cfg
 
 
-def build_eva_vit(name: str, **overrides: Any) -> EVAViT:
-    """Builds the EVA ViT preset ``name`` (see :data:`PRESETS`), e.g. ``build_eva_vit("eva_g_det", img_size=1024)``."""
-    return EVAViT(**preset_config(name, **overrides))
+def build_eva_vit(preset: str, **overrides: Any) -> EVAViT:
+    """Builds the EVA ViT ``preset`` (see :data:`PRESETS`), e.g. ``build_eva_vit("eva_g_det", img_size=1024)``."""
+    return EVAViT(**preset_config(preset, **overrides))

@@ -3,7 +3,7 @@ Layer decay 0.7 and lr 1e-4 follow ViTDet's ViT-B setting (EVA did not publish t
 
 from .eva_g_coco_1280 import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
-model.backbone.net.name = "eva_b_det"
+model.backbone.net.preset = "eva_b_det"
 dataloader.image_size = 1024
 optimizer.params.decay_rate = 0.7
 optimizer.lr = 1e-4

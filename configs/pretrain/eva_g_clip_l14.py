@@ -9,7 +9,7 @@ fp16 with ZeRO stage 1. Student input normalised with CLIP's mean/std; EVA's ini
 config = dict(
     # EVA's MIM initialisation with EVA-g's std (eva_g_patch14_224 in EVA-01/eva/modeling_pretrain.py)
     model=dict(
-        backbone="eva_g",
+        preset="eva_g",
         target_dim=768,
         drop_path_rate=0.1,
         use_act_checkpoint=False,

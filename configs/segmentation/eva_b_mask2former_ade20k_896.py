@@ -3,10 +3,10 @@ _base_ = ["./eva_g_mask2former_ade20k_896.py"]
 embed_dim = 768
 model = dict(
     backbone=dict(
-        backbone="eva_b_seg",
+        preset="eva_b_seg",
         backbone_overrides=dict(drop_path_rate=0.1),
         adapter=dict(deform_num_heads=12),
-        init_checkpoint="checkpoints/eva_b_psz16.pt",
+        init_cfg=dict(type="Pretrained", checkpoint="checkpoints/eva_b_psz16.pt"),
     ),
     decode_head=dict(in_channels=[embed_dim] * 4),
 )

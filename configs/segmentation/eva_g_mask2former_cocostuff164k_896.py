@@ -10,7 +10,7 @@ num_classes = 171
 model = dict(
     data_preprocessor=dict(size={{_base_.crop_size}}),
     test_cfg=dict(crop_size={{_base_.crop_size}}),
-    backbone=dict(init_checkpoint="checkpoints/eva_psz14.pt"),
+    backbone=dict(init_cfg=dict(type="Pretrained", checkpoint="checkpoints/eva_psz14.pt")),
     decode_head=dict(num_classes=num_classes, loss_cls=dict(class_weight=[1.0] * num_classes + [0.1])),
 )
 optim_wrapper = dict(optimizer=dict(lr=1.5e-5))

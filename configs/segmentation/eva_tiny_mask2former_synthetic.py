@@ -12,7 +12,7 @@ feat_width = 64
 model = dict(
     data_preprocessor=dict(size={{_base_.crop_size}}),
     backbone=dict(
-        backbone="eva_tiny_seg",
+        preset="eva_tiny_seg",
         backbone_overrides=dict(drop_path_rate=0.0, use_act_checkpoint=False),
         adapter=dict(conv_inplane=16, deform_num_heads=4),
         norm_cfg=dict(type="GN", num_groups=8),

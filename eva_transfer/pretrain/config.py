@@ -35,7 +35,7 @@ __all__ = [
 #: every key a pre-training config may set, with its default
 DEFAULTS: dict[str, Any] = dict(
     model=dict(
-        backbone="eva_g",  # an eva_transfer backbone preset in the pre-training layout (CLS token, final norm)
+        preset="eva_g",  # an eva_transfer backbone preset in the pre-training layout (CLS token, final norm)
         target_dim=None,  # lm_head width; None follows the teacher, a number is checked against it
         drop_path_rate=0.1,
         use_act_checkpoint=False,

@@ -48,13 +48,13 @@ class MIMStudent(nn.Module):
         return self.lm_head(x[:, self.backbone.num_prefix_tokens :])
 
 
-def build_student(backbone: str = "eva_g", target_dim: int = 768, **overrides) -> MIMStudent:
-    """A student on the backbone preset ``backbone`` (``eva_g``, ``eva_b``, ``eva_tiny``...) with a mask token;
+def build_student(preset: str = "eva_g", target_dim: int = 768, **overrides) -> MIMStudent:
+    """A student on the backbone ``preset`` (``eva_g``, ``eva_b``, ``eva_tiny``...) with a mask token;
     ``overrides`` are :class:`EVAViT` arguments (``drop_path_rate``, ``use_act_checkpoint``, ``img_size``...)."""
-    vit = build_eva_vit(backbone, use_mask_token=True, **overrides)
+    vit = build_eva_vit(preset, use_mask_token=True, **overrides)
     if vit.cls_token is None or isinstance(vit.norm, nn.Identity):
         raise ValueError(
-            f"backbone preset {backbone!r} is not the pre-training layout (CLS token and final norm)"
+            f"backbone preset {preset!r} is not the pre-training layout (CLS token and final norm)"
         )
     return MIMStudent(vit, target_dim)
 

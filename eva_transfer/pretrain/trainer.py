@@ -69,7 +69,7 @@ def build_models(cfg: dict, device: torch.device) -> tuple[MIMStudent, CLIPTeach
     target_dim = m["target_dim"] if m["target_dim"] is not None else teacher.out_dim
     check_target_width(target_dim, teacher)
     student = build_student(
-        m["backbone"],
+        m["preset"],
         target_dim,
         drop_path_rate=m["drop_path_rate"],
         use_act_checkpoint=m["use_act_checkpoint"],

@@ -4,16 +4,18 @@ Config::
 
     backbone=dict(
         type="EVAViTAdapter",
-        backbone="eva_g_seg",                       # an eva_transfer preset
+        preset="eva_g_seg",                         # an eva_transfer preset
         backbone_overrides=dict(drop_path_rate=0.5, use_act_checkpoint=True),
         adapter=dict(conv_inplane=64, deform_num_heads=16, n_points=4, deform_ratio=0.5, cffn_ratio=0.25),
         norm_cfg=dict(type="BN"),                   # or GN; SyncBN via the runner's ``sync_bn`` when distributed
-        init_checkpoint="path/to/eva_or_mmseg_checkpoint.pth",
+        init_cfg=dict(type="Pretrained", checkpoint="path/to/eva_or_mmseg_checkpoint.pth"),
     )
 
-``init_checkpoint`` is loaded into the EVA ViT by :func:`eva_transfer.load_checkpoint` (any format it reads:
-EVA MIM, timm, this toolkit's, a fine-tuned MMSeg model), which logs what it loaded, resized and skipped. It is
-loaded by ``init_weights`` (training from a pre-trained backbone); testing loads the whole segmentor instead.
+``init_cfg`` follows mmengine's convention as the MMDetection backbone's does
+(:mod:`eva_transfer_projects.mmengine_init`): a ``Pretrained`` file is loaded into the ViT-Adapter by
+:func:`eva_transfer.load_checkpoint` (any format it reads: EVA MIM, timm, this toolkit's, a fine-tuned MMSeg model),
+which logs what it loaded, resized and skipped. It is applied by ``init_weights`` (training from a pre-trained
+backbone); testing loads the whole segmentor instead.
 """
 
 from __future__ import annotations
@@ -22,13 +24,12 @@ import functools
 from typing import Optional, Sequence
 
 from mmcv.cnn import build_norm_layer
-from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from eva_transfer.adapter import build_vit_adapter
-from eva_transfer.convert import load_checkpoint
+from eva_transfer_projects.mmengine_init import InitCfg, split_init_cfg
 
 __all__ = ["EVAViTAdapter", "norm_layer_from_cfg"]
 
@@ -50,33 +51,33 @@ class EVAViTAdapter(BaseModule):
     ``(B, C, H/32, W/32)``, ``C`` the ViT width (``embed_dim``).
 
     Args:
-        backbone: an ``eva_transfer`` preset name (``eva_g_seg``, ``eva_l_seg``, ``eva_b_seg``, ``eva_tiny_seg``).
+        preset: an ``eva_transfer`` preset name (``eva_g_seg``, ``eva_l_seg``, ``eva_b_seg``, ``eva_tiny_seg``).
         backbone_overrides: EVAViT arguments replacing the preset's (``drop_path_rate``, ``img_size``, ...).
         adapter: :class:`eva_transfer.adapter.ViTAdapter` arguments.
         norm_cfg: normalisation of the adapter's feature maps and spatial prior module.
-        init_checkpoint: backbone weights loaded by ``init_weights``.
         out_indices: which of the four maps to return.
+        init_cfg: ``dict(type="Pretrained", checkpoint=path, prefix=None)`` (backbone weights, loaded by
+            ``init_weights``) and/or mmengine initialisers.
     """
 
     def __init__(
         self,
-        backbone: str = "eva_g_seg",
+        preset: str = "eva_g_seg",
         backbone_overrides: Optional[dict] = None,
         adapter: Optional[dict] = None,
         norm_cfg: Optional[dict] = None,
-        init_checkpoint: Optional[str] = None,
         out_indices: Sequence[int] = (0, 1, 2, 3),
-        init_cfg: Optional[dict] = None,
+        init_cfg: InitCfg = None,
     ) -> None:
-        super().__init__(init_cfg=init_cfg)
+        self._pretrained, initialisers = split_init_cfg(init_cfg, "EVAViTAdapter")
+        super().__init__(init_cfg=initialisers or None)
         adapter_args = dict(adapter or {})
         if "norm_layer" in adapter_args:
             raise ValueError(
                 "set the adapter's normalisation with norm_cfg=dict(type=...), not adapter.norm_layer"
             )
         adapter_args["norm_layer"] = norm_layer_from_cfg(norm_cfg or dict(type="BN"))
-        self.adapter = build_vit_adapter(backbone, adapter=adapter_args, **dict(backbone_overrides or {}))
-        self.init_checkpoint = init_checkpoint
+        self.adapter = build_vit_adapter(preset, adapter=adapter_args, **dict(backbone_overrides or {}))
         self.out_indices = tuple(out_indices)
         if not set(self.out_indices) <= {0, 1, 2, 3}:
             raise ValueError(f"out_indices must be a subset of (0, 1, 2, 3), got {out_indices!r}")
@@ -86,12 +87,10 @@ class EVAViTAdapter(BaseModule):
         return self.adapter.backbone.embed_dim
 
     def init_weights(self) -> None:
+        """mmengine's initialisers of ``init_cfg`` (and the children's own), then the ``Pretrained`` file."""
         super().init_weights()
-        if self.init_checkpoint:
-            report = load_checkpoint(self.adapter, self.init_checkpoint, verbose=False)
-            print_log(
-                f"EVAViTAdapter: backbone weights from {self.init_checkpoint}\n{report}", logger="current"
-            )
+        for entry in self._pretrained:
+            entry.load_into(self.adapter)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         feats = self.adapter(x)

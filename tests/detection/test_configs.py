@@ -32,7 +32,7 @@ def test_every_config_loads_and_saves(path, tmp_path):
     again = LazyConfig.load(str(tmp_path / "cfg.yaml"))
     assert (
         again.train.max_iter == cfg.train.max_iter
-        and again.model.backbone.net.name == cfg.model.backbone.net.name
+        and again.model.backbone.net.preset == cfg.model.backbone.net.preset
     )
 
 
@@ -113,8 +113,8 @@ def test_lvis_and_o365_recipes():
         None,
         380000,
     )
-    assert cfg_of("vit_b_coco").model.backbone.net.name == "eva_b_det"
-    assert cfg_of("vit_l_coco").model.backbone.net.name == "eva_l_det"
+    assert cfg_of("vit_b_coco").model.backbone.net.preset == "eva_b_det"
+    assert cfg_of("vit_l_coco").model.backbone.net.preset == "eva_l_det"
 
 
 def test_published_values_appear_once_in_the_tree():

@@ -80,9 +80,10 @@ def test_init_cfg_prefix_and_bad_entries(tmp_path):
     for k, v in vit.state_dict().items():
         torch.testing.assert_close(det.backbone.state_dict()[k], v)
 
-    det = _build(init_cfg=dict(type="Pretrained", path=str(path)))
-    with pytest.raises(ValueError, match="'checkpoint' \\(required\\)"):
-        det.backbone.init_weights()
+    with pytest.raises(ValueError, match="'checkpoint' \\(required\\)"):  # when the model is built
+        _build(init_cfg=dict(type="Pretrained", path=str(path)))
+    with pytest.raises(ValueError, match="need a 'type'"):
+        _build(init_cfg=[dict(checkpoint=str(path))])
     det = _build(init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "missing.pth")))
     with pytest.raises((FileNotFoundError, CheckpointError), match="missing.pth"):
         det.backbone.init_weights()

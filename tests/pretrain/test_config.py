@@ -17,7 +17,7 @@ TINY_CONFIG = REPO / "configs" / "pretrain" / "eva_tiny_cpu.py"
 
 def test_eva_g_config_is_the_published_recipe():
     cfg = load_pretrain_config(EVA_G)
-    assert cfg["model"]["backbone"] == "eva_g" and cfg["model"]["target_dim"] == 768
+    assert cfg["model"]["preset"] == "eva_g" and cfg["model"]["target_dim"] == 768
     assert cfg["model"]["drop_path_rate"] == 0.1
     assert cfg["teacher"]["name"] == "vit_large_patch14_clip_224.openai" and cfg["teacher"]["pretrained"]
     assert cfg["mask"]["num_patches"] == 105 and cfg["mask"]["min_patches"] == 16
@@ -45,7 +45,7 @@ def test_eva_g_config_is_the_published_recipe():
 def test_tiny_config_inherits_and_matches_the_tiny_backbones():
     cfg = load_pretrain_config(TINY_CONFIG)
     assert cfg["optim"]["lr"] == 1e-3 and cfg["optim"]["betas"] == (0.9, 0.98)  # inherited
-    assert cfg["model"]["backbone"] == "eva_tiny" and cfg["train"]["amp"] == "none"
+    assert cfg["model"]["preset"] == "eva_tiny" and cfg["train"]["amp"] == "none"
     shape = ("embed_dim", "depth", "num_heads", "mlp_dim", "patch_size")
     for other in ("eva_tiny_det", "eva_tiny_seg"):
         assert all(PRESETS["eva_tiny"][k] == PRESETS[other][k] for k in shape)
@@ -100,7 +100,7 @@ def test_eva_g_student_and_teacher_shapes():
 
     cfg = load_pretrain_config(EVA_G)
     with torch.device("meta"):
-        student = build_student(cfg["model"]["backbone"], cfg["model"]["target_dim"])
+        student = build_student(cfg["model"]["preset"], cfg["model"]["target_dim"])
         teacher = build_teacher(name=cfg["teacher"]["name"], pretrained=False)
     encoder = sum(p.numel() for p in student.backbone.parameters())
     assert abs(encoder / 1e6 - 1011) < 1, encoder  # the paper's 1011M-parameter encoder

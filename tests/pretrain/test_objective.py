@@ -112,7 +112,7 @@ def test_teacher_width_mismatch_is_a_clear_error(tmp_path):
     cfg = load_pretrain_config(
         None,
         [f"teacher.{k}={v!r}" for k, v in TINY_TEACHER.items()]
-        + ["model.backbone='eva_tiny'", "model.target_dim=768"],
+        + ["model.preset='eva_tiny'", "model.target_dim=768"],
     )
     with pytest.raises(ValueError, match="model.target_dim to 32"):
         build_models(cfg, torch.device("cpu"))

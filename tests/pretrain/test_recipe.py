@@ -79,7 +79,7 @@ def test_weight_decay_groups_are_the_authors_mask_token_decayed():
     cfg = load_pretrain_config(EVA_G)
     with torch.device("meta"):
         student = build_student(
-            cfg["model"]["backbone"],
+            cfg["model"]["preset"],
             cfg["model"]["target_dim"],
             init_mode=cfg["model"]["init_mode"],
             init_std=cfg["model"]["init_std"],

@@ -432,7 +432,7 @@ def test_second_model_set_configs_are_the_published_ones():
         assert over.use_rel_pos_bias is True and over.layer_scale_init == 1.0
         assert cfg.model.decode_head.transformer_decoder.num_layers == 9
         assert cfg.optim_wrapper.optimizer.lr == 1e-5
-        assert cfg.model.backbone.backbone == "eva_g_seg" and cfg.crop_size == (896, 896)
+        assert cfg.model.backbone.preset == "eva_g_seg" and cfg.crop_size == (896, 896)
     assert coco.train_cfg.max_iters == 80000 and coco.model.decode_head.num_classes == 171
     assert ade.train_cfg.max_iters == 40000 and ade.model.decode_head.num_classes == 150
     assert ade.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.9

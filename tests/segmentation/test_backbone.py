@@ -13,15 +13,21 @@ from torch import nn
 from eva_transfer import build_eva_vit
 from eva_transfer.checkpoint_io import save_checkpoint
 
-TINY = dict(type="EVAViTAdapter", backbone="eva_tiny_seg", adapter=dict(conv_inplane=16, deform_num_heads=4))
+TINY = dict(type="EVAViTAdapter", preset="eva_tiny_seg", adapter=dict(conv_inplane=16, deform_num_heads=4))
 
 
-def test_init_checkpoint_loads_backbone_through_shared_converter(tmp_path):
+def test_init_cfg_pretrained_loads_backbone_through_shared_converter(tmp_path):
     # an EVA MIM-style checkpoint of the tiny ViT: CLS token, mask token and final norm are dropped by the converter
     source = build_eva_vit("eva_tiny")
     path = tmp_path / "mim.pth"
     save_checkpoint({"model": source.state_dict()}, path)
-    model = MODELS.build(dict(TINY, init_checkpoint=str(path), norm_cfg=dict(type="GN", num_groups=8)))
+    model = MODELS.build(
+        dict(
+            TINY,
+            init_cfg=dict(type="Pretrained", checkpoint=str(path)),
+            norm_cfg=dict(type="GN", num_groups=8),
+        )
+    )
     # the report goes to mmengine's current logger (its console stream may belong to an earlier test's capture)
     current = MMLogger.get_current_instance()
     records, level = [], current.level
@@ -38,7 +44,7 @@ def test_init_checkpoint_loads_backbone_through_shared_converter(tmp_path):
     for name, p in vit.named_parameters():
         if name in source.state_dict() and not name.startswith("pos_embed"):
             torch.testing.assert_close(p, source.state_dict()[name], msg=name)
-    assert any(f"EVAViTAdapter: backbone weights from {path}" in r.getMessage() for r in records)
+    assert any(f"EVAViTAdapter: weights from {path}" in r.getMessage() for r in records)
 
     # same outputs as the same weights set directly
     direct = MODELS.build(dict(TINY, norm_cfg=dict(type="GN", num_groups=8)))
@@ -76,7 +82,7 @@ def test_mim_position_table_takes_the_authors_two_steps(tmp_path, pos_grid):
         dict(
             TINY,
             backbone_overrides=overrides,
-            init_checkpoint=str(path),
+            init_cfg=dict(type="Pretrained", checkpoint=str(path)),
             norm_cfg=dict(type="GN", num_groups=8),
         )
     )
@@ -111,7 +117,9 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="norm_cfg"):
         MODELS.build(dict(TINY, adapter=dict(TINY["adapter"], norm_layer=nn.BatchNorm2d)))
     with pytest.raises(KeyError, match="eva_tiny_sge"):
-        MODELS.build(dict(TINY, backbone="eva_tiny_sge"))
+        MODELS.build(dict(TINY, preset="eva_tiny_sge"))
+    with pytest.raises(ValueError, match="'checkpoint' \\(required\\)"):
+        MODELS.build(dict(TINY, init_cfg=dict(type="Pretrained", path="eva.pt")))
 
 
 def test_runner_sync_bn_option_converts_the_adapter_norms():

@@ -30,7 +30,7 @@ def test_ade20k_published_settings():
     assert head.loss_mask.loss_weight == 5.0 and head.loss_dice.loss_weight == 5.0
     assert head.train_cfg.num_points == 12544
     backbone = cfg.model.backbone
-    assert backbone.type == "EVAViTAdapter" and backbone.backbone == "eva_g_seg"
+    assert backbone.type == "EVAViTAdapter" and backbone.preset == "eva_g_seg"
     assert backbone.backbone_overrides.drop_path_rate == 0.5
     assert backbone.adapter.deform_num_heads == 16 and backbone.adapter.n_points == 4
     assert backbone.adapter.deform_ratio == 0.5 and backbone.adapter.cffn_ratio == 0.25

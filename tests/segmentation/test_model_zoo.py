@@ -112,7 +112,7 @@ def shrink_options(config: str) -> dict[str, Any]:
     over = cfg.model.backbone.backbone_overrides
     opts: dict[str, Any] = {}
     shape = dict(embed_dim=DIM, depth=DEPTH, num_heads=HEADS, mlp_dim=MLP, use_act_checkpoint=False)
-    preset = preset_config(cfg.model.backbone.backbone)
+    preset = preset_config(cfg.model.backbone.preset)
     # eva_g_seg is sized for the crop, its position table at the crop's grid (eva_l_seg keeps the MIM's 14x14)
     if preset["img_size"] == cfg.crop_size[0]:
         shape.update(img_size=CROP, pos_grid=CROP // 16)
@@ -450,10 +450,10 @@ MIM_DROPPED = {
 
 
 @pytest.mark.parametrize(
-    "command", [c for c in commands_for("train_seg.py") if "init_checkpoint" in c], ids=_released
+    "command", [c for c in commands_for("train_seg.py") if "init_cfg.checkpoint" in c], ids=_released
 )
 def test_training_starts_from_a_released_mim_file(command, tmp_path, data):
-    """``model.backbone.init_checkpoint`` with the authors' MIM files: the report accounts for every tensor of the
+    """``model.backbone.init_cfg.checkpoint`` with the authors' MIM files: the report accounts for every tensor of the
     file and the ViT after the run holds them (resized where the report says so)."""
     config, released = _config(command), _released(command)
     cwd = user_folder(tmp_path, data)

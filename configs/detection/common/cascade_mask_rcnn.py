@@ -30,7 +30,7 @@ SCALES = (1.0 / 4, 1.0 / 8, 1.0 / 16, 1.0 / 32)
 
 model = L(EVAGeneralizedRCNN)(
     backbone=L(EVADetectionBackbone)(
-        net=L(build_eva_vit)(name="eva_g_det", use_act_checkpoint=True),
+        net=L(build_eva_vit)(preset="eva_g_det", use_act_checkpoint=True),
         out_channels=256,
         square_pad="${dataloader.image_size}",
         freeze_patch_embed=True,

@@ -6,7 +6,7 @@ call it, so they run the same components as the full recipes with fewer channels
 
 
 def shrink_to_tiny(model, dataloader, optimizer, train):
-    model.backbone.net.name = "eva_tiny_det"
+    model.backbone.net.preset = "eva_tiny_det"
     model.backbone.net.use_act_checkpoint = False
     model.backbone.freeze_patch_embed = False  # trained from scratch: the patch embedding must learn
     model.backbone.out_channels = 32

@@ -23,7 +23,7 @@ model = dict(
     data_preprocessor=data_preprocessor,
     backbone=dict(
         type="EVAViTAdapter",
-        backbone="eva_g_seg",
+        preset="eva_g_seg",
         backbone_overrides=dict(drop_path_rate=0.5, use_act_checkpoint=True),
         adapter=dict(
             conv_inplane=64,
@@ -38,7 +38,7 @@ model = dict(
             add_vit_feature=True,
         ),
         norm_cfg=dict(type="BN"),
-        init_checkpoint=None,
+        # init_cfg=dict(type="Pretrained", checkpoint=...): backbone weights (the configs that start from them)
     ),
     decode_head=dict(
         type="Mask2FormerHead",
