@@ -71,25 +71,19 @@ def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
             f"first bytes {head[:8]!r})"
         )
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-        except pickle.UnpicklingError as first:
-            if allow_pickle or "Unsupported global" not in str(first):
-                raise
-            # released checkpoints carry plain data besides tensors (EVA MIM: the training arguments as an
-            # argparse.Namespace; NumPy scalars and arrays in trainer state): read them through a named allow-list
-            with torch.serialization.safe_globals(plain_safe_globals()):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-            logger.info(
-                "%s: read with the plain-type allow-list (%s)", path, str(first).splitlines()[0][:200]
-            )
-            return obj
+        if allow_pickle:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        # released checkpoints carry plain data besides tensors (EVA MIM: the training arguments as an
+        # argparse.Namespace; NumPy scalars and arrays in trainer state): read them through a named allow-list
+        with torch.serialization.safe_globals(plain_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):
+        unsafe = _unsafe_globals(path)
+        if unsafe:
             raise CheckpointError(
                 f"{path}: the file contains Python objects that loading without executing code refuses "
-                f"({_first_line(e)}). If you trust this file, pass allow_pickle=True "
-                f"(command line: --allow-pickle), or convert it to safetensors once."
+                f"({', '.join(unsafe[:5])}{' ...' if len(unsafe) > 5 else ''}). If you trust this file, pass "
+                f"allow_pickle=True (command line: --allow-pickle), or convert it to safetensors once."
             ) from e
         raise CheckpointError(
             f"{path}: corrupt or truncated checkpoint, or not a checkpoint at all ({_first_line(e)})"
@@ -102,17 +96,18 @@ def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
         ) from e
 
 
+def _unsafe_globals(path: Path) -> list[str] | None:
+    """The classes and functions named in a ``torch.save`` zip file that the safe reader refuses (read from the
+    pickle's opcodes, nothing executed); None where that cannot be told (legacy format, damaged archive)."""
+    try:
+        with torch.serialization.safe_globals(plain_safe_globals()):
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:
+        return None
+
+
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    if "Weights only load failed" in text:  # torch's long advice; keep the reason it gives
-        reasons = [
-            line.strip()
-            for line in text.splitlines()
-            if line.strip().startswith(("WeightsUnpickler", "Unsupported"))
-        ]
-        if reasons:
-            return reasons[0]
-    return (text.splitlines() or [type(e).__name__])[0][:300]
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def plain_safe_globals() -> list:

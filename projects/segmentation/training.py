@@ -6,9 +6,9 @@
   config's ``CheckpointHook`` (same folder, backend and ``last_checkpoint`` file, so ``--resume`` continues from
   it), and training returns normally. A second signal stops at once. With several processes the flag is reduced
   so that every process stops after the same iteration.
-- A non-finite loss stops with a ``FloatingPointError`` naming the iteration and the likely causes, and so does
-  the NaN that reaches the Hungarian matcher first (scipy's "matrix contains invalid numeric entries") when the
-  weights already diverged. Under fp16 mixed precision (``AmpOptimWrapper``), whose loss scaler skips an
+- A non-finite loss stops with a ``FloatingPointError`` naming the iteration and the likely causes, and so do
+  non-finite decode-head predictions (checked by a forward hook before they reach the loss, whose Hungarian
+  matcher would fail on them with scipy's own error) when the weights already diverged. Under fp16 mixed precision (``AmpOptimWrapper``), whose loss scaler skips an
   overflowing step, the error comes after ``amp_nan_patience`` non-finite losses in a row.
 """
 
@@ -18,11 +18,14 @@ import logging
 import math
 from typing import Sequence
 
+import torch
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 from mmseg.registry import LOOPS
+from torch import nn
 
 from eva_transfer.runtime import StopSignals
 
@@ -60,18 +63,36 @@ class CheckedIterBasedTrainLoop(IterBasedTrainLoop):
         self.interrupted = False
 
     def run(self):
-        with StopSignals("iteration", warn=_warn) as self._signals:
-            return super().run()
+        model = self.runner.model.module if is_model_wrapper(self.runner.model) else self.runner.model
+        head = getattr(model, "decode_head", None)
+        hook = head.register_forward_hook(self._check_predictions) if isinstance(head, nn.Module) else None
+        try:
+            with StopSignals("iteration", warn=_warn) as self._signals:
+                return super().run()
+        finally:
+            if hook is not None:
+                hook.remove()
+
+    def _check_predictions(self, module: nn.Module, args, output) -> None:
+        """Forward hook of the decode head: training predictions must be finite (one device sync)."""
+        if not module.training:
+            return
+        tensors, todo = [], [output]
+        while todo:
+            item = todo.pop()
+            if isinstance(item, torch.Tensor) and item.is_floating_point():
+                tensors.append(torch.isfinite(item).all())
+            elif isinstance(item, (list, tuple)):
+                todo.extend(item)
+            elif isinstance(item, dict):
+                todo.extend(item.values())
+        if tensors and not bool(torch.stack(tensors).all()):
+            raise FloatingPointError(_nan_message(self._iter + 1, "non-finite predictions", self.runner))
 
     def run_iter(self, data_batch: Sequence[dict]) -> None:
         step = self._iter + 1  # as the log counts
         self.runner.call_hook("before_train_iter", batch_idx=self._iter, data_batch=data_batch)
-        try:
-            outputs = self.runner.model.train_step(data_batch, optim_wrapper=self.runner.optim_wrapper)
-        except ValueError as e:
-            if "invalid numeric entries" in str(e):  # scipy's linear_sum_assignment on a NaN matching cost
-                raise FloatingPointError(_nan_message(step, "non-finite predictions", self.runner)) from e
-            raise
+        outputs = self.runner.model.train_step(data_batch, optim_wrapper=self.runner.optim_wrapper)
         self._check_loss(outputs, step)
         self.runner.call_hook(
             "after_train_iter", batch_idx=self._iter, data_batch=data_batch, outputs=outputs
