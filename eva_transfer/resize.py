@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -57,9 +58,9 @@ def interpolate_abs_pos(
         raise ValueError(f"absolute position table has {n} patch slots, not a {grid[0]}x{grid[1]} grid")
     if tuple(grid) == tuple(hw):
         return pos_embed
-    table = pos_embed.reshape(1, grid[0], grid[1], -1).permute(0, 3, 1, 2)
-    table = F.interpolate(table.float(), size=hw, mode="bicubic", align_corners=False).to(pos_embed.dtype)
-    return table.permute(0, 2, 3, 1).reshape(1, hw[0] * hw[1], -1)
+    # timm's resampler without its antialiasing: F.interpolate as the authors and ViTDet call it (a table resized
+    # down, e.g. EVA-01's 16x16 -> 14x14 step, differs with antialiasing)
+    return resample_abs_pos_embed(pos_embed, list(hw), list(grid), num_prefix_tokens=0, antialias=False)
 
 
 def resize_pos_embed(
