@@ -1,5 +1,7 @@
 """The parts of the EVA vision transformer: patch embedding, attention (windowed or global, decomposed relative
-position or a BEiT-style bias table), the MLP and the pre-norm block. :class:`eva_transfer.vit.EVAViT` stacks them.
+position or a BEiT-style bias table; EVA-02's rotary position and output norm as options), the MLP (GELU or EVA-02's
+SwiGLU, optionally with a norm before its output projection) and the pre-norm block.
+:class:`eva_transfer.vit.EVAViT` stacks them.
 
 Tokens are ``(B, N, C)`` sequences with their patch grid ``(H, W)``; window attention pads the grid to a multiple
 of the window and crops afterwards.
@@ -8,17 +10,20 @@ of the window and crops afterwards.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, SwiGLU
 from torch import Tensor, nn
 
 from .attention import attention_with_rel_pos
 from .resize import resize_rel_pos_bias_table
+from .rope import RotaryPosition2d
 
 __all__ = [
+    "MLP_TYPES",
     "Attention",
     "Block",
     "Mlp",
@@ -83,7 +88,11 @@ def window_unpartition(
 
 class Attention(nn.Module):
     """Multi-head self-attention with BEiT-style q/v bias (k bias fixed at zero) and optional
-    decomposed relative position."""
+    decomposed relative position.
+
+    ``rope_ref_grid``: rotate q and k by their cell in the attention grid (:class:`RotaryPosition2d`, positions
+    rescaled to this grid); None: no rotary position. ``out_norm``: a LayerNorm on the heads' concatenated output
+    before the output projection (EVA-02's sub-LN in attention; timm's ``scale_attn_inner``)."""
 
     def __init__(
         self,
@@ -94,6 +103,9 @@ class Attention(nn.Module):
         rel_pos_zero_init: bool = True,
         input_size: Optional[tuple[int, int]] = None,
         use_rel_pos_bias: bool = False,
+        rope_ref_grid: Optional[tuple[int, int]] = None,
+        out_norm: bool = False,
+        norm_eps: float = 1e-6,
     ):
         super().__init__()
         if use_rel_pos and use_rel_pos_bias:
@@ -130,6 +142,8 @@ class Attention(nn.Module):
             self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
         else:
             self.relative_position_bias_table = None
+        self.rope = RotaryPosition2d(self.head_dim, rope_ref_grid) if rope_ref_grid is not None else None
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if out_norm else None
 
     def rel_pos_bias(self, hw: tuple[int, int], prefix: int) -> Tensor:
         """``(heads, prefix + H*W, prefix + H*W)`` bias of the table on the grid ``hw`` (``prefix``: 0 or 1 CLS
@@ -155,10 +169,13 @@ class Attention(nn.Module):
         return torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
 
     def forward(self, x: Tensor, hw: Optional[tuple[int, int]] = None) -> Tensor:
-        """``x``: ``(B, N, C)``; ``hw``: the token grid, required with relative position (N == H*W)."""
+        """``x``: ``(B, N, C)``; ``hw``: the token grid, required with relative or rotary position (N == H*W, or
+        leading prefix tokens and H*W patch tokens)."""
         b, n, c = x.shape
         qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
         q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.rope is not None:
+            q, k = self.rope(q, k, hw)
         if self.use_rel_pos:
             out = attention_with_rel_pos(q, k, v, hw, self.rel_pos_h, self.rel_pos_w, self.scale)
         elif self.relative_position_bias_table is not None:
@@ -166,22 +183,39 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0))
         else:
             out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        out = out.transpose(1, 2).reshape(b, n, c)
+        if self.norm is not None:
+            out = self.norm(out)
+        return self.proj(out)
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int):
+    """GELU MLP; ``norm``: a LayerNorm on the hidden features before ``fc2`` (timm's ``scale_mlp``)."""
+
+    def __init__(self, dim: int, hidden_dim: int, norm: bool = False, norm_eps: float = 1e-6):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = nn.GELU()
+        self.norm = nn.LayerNorm(hidden_dim, eps=norm_eps) if norm else None
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        x = self.act(self.fc1(x))
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.fc2(x)
+
+
+#: the MLPs a :class:`Block` can hold: GELU (EVA-01) or SwiGLU (EVA-02: ``fc2(norm(silu(fc1_g x) * fc1_x x))``)
+MLP_TYPES = ("gelu", "swiglu")
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; global or windowed attention."""
+    """Pre-norm transformer block; global or windowed attention.
+
+    ``mlp_type``: one of :data:`MLP_TYPES`; ``mlp_norm``: a LayerNorm before the MLP's output projection
+    (EVA-02's sub-LN); ``attn_norm``: the same in attention (:class:`Attention` ``out_norm``); ``rope_ref_grid``:
+    rotary position, on the window grid in a windowed block and on the whole grid in a global one."""
 
     def __init__(
         self,
@@ -197,17 +231,36 @@ class Block(nn.Module):
         input_size: Optional[tuple[int, int]] = None,
         use_rel_pos_bias: bool = False,
         layer_scale_init: Optional[float] = None,
+        mlp_type: str = "gelu",
+        mlp_norm: bool = False,
+        attn_norm: bool = False,
+        rope_ref_grid: Optional[tuple[int, int]] = None,
     ):
         super().__init__()
+        if mlp_type not in MLP_TYPES:
+            raise ValueError(f"mlp_type is {mlp_type!r}; expected one of {MLP_TYPES}")
         self.window_size = window_size
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         attn_grid = (window_size, window_size) if window_size > 0 else input_size
         self.attn = Attention(
-            dim, num_heads, qkv_bias, use_rel_pos, rel_pos_zero_init, attn_grid, use_rel_pos_bias
+            dim,
+            num_heads,
+            qkv_bias,
+            use_rel_pos,
+            rel_pos_zero_init,
+            attn_grid,
+            use_rel_pos_bias,
+            rope_ref_grid=rope_ref_grid,
+            out_norm=attn_norm,
+            norm_eps=norm_eps,
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, mlp_dim)
+        if mlp_type == "swiglu":
+            norm_layer = partial(nn.LayerNorm, eps=norm_eps) if mlp_norm else None
+            self.mlp = SwiGLU(dim, mlp_dim, norm_layer=norm_layer)
+        else:
+            self.mlp = Mlp(dim, mlp_dim, norm=mlp_norm, norm_eps=norm_eps)
         # LayerScale: per-channel gains on the two residual branches (BEiT / EVA segmentation second model set)
         if layer_scale_init is not None:
             self.gamma_1 = nn.Parameter(torch.full((dim,), float(layer_scale_init)))

@@ -6,7 +6,10 @@ the other direction, this toolkit's weights in other libraries' layouts, is :mod
 Formats understood:
   - EVA MIM checkpoints (``{"model": {...}}`` with ``mask_token``, ``lm_head``, patch 14, 16x16 position grid);
   - timm EVA weights (``k_bias`` buffer, optional separate ``q_proj/k_proj/v_proj``), also wrapped in
-    ``state_dict`` / ``model`` / ``model_ema`` / ``module.`` / ``_orig_mod.``;
+    ``state_dict`` / ``model`` / ``model_ema`` / ``module.`` / ``_orig_mod.``; EVA-02's SwiGLU MLP in timm's
+    layouts (``fc1_g/fc1_x/norm/fc2``, or one packed ``fc1`` with the gate half first) and the authors'
+    (``w1/w2/ffn_ln/w3``, packed ``w12``), its attention norm (``attn.norm``, the authors' ``inner_attn_ln``);
+    rotary tables (``rope.*``) are recomputed, not loaded;
   - Detectron2 ViT weights (one ``qkv.bias`` vector) and fine-tuned Detectron2 / MMSegmentation checkpoints, from
     which the backbone is extracted (its prefix, such as ``backbone.net.``, is found from the block keys);
   - this toolkit's own pre-training output.
@@ -151,9 +154,46 @@ def _find_prefix(sd: Mapping[str, Tensor], source: str) -> str:
     return prefixes.pop()
 
 
+#: EVA-02 authors' names inside a block -> this toolkit's (timm's SwiGLU names)
+_EVA02_NAMES = {
+    "mlp.w1": "mlp.fc1_g",
+    "mlp.w2": "mlp.fc1_x",
+    "mlp.w3": "mlp.fc2",
+    "mlp.ffn_ln": "mlp.norm",
+    "attn.inner_attn_ln": "attn.norm",
+}
+
+
+def _split_packed_glu(sd: Mapping[str, Tensor], k: str, v: Tensor) -> Optional[dict[str, Tensor]]:
+    """``blocks.N.mlp.fc1.*`` (timm's packed GLU) or ``blocks.N.mlp.w12.*`` (the authors'): one projection holding
+    the SwiGLU gate (first half) and value (second half), split into ``fc1_g`` / ``fc1_x``. A GELU ``fc1``
+    (as wide as ``fc2``'s input) is not split: None."""
+    m = re.match(r"^(blocks\.\d+\.mlp\.)(fc1|w12)\.(weight|bias)$", k)
+    if not m:
+        return None
+    base, name, kind = m.groups()
+    out_w = sd.get(base + "fc2.weight", sd.get(base + "w3.weight"))
+    if name == "fc1" and (
+        not isinstance(out_w, Tensor) or out_w.dim() != 2 or v.shape[0] != 2 * out_w.shape[1]
+    ):
+        return None
+    gate, value = v.chunk(2, dim=0)
+    return {f"{base}fc1_g.{kind}": gate, f"{base}fc1_x.{kind}": value}
+
+
 def _rename(sd: dict[str, Tensor], report: LoadReport) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for k, v in sd.items():
+        m = re.match(r"^(blocks\.\d+\.)(mlp\.w[123]|mlp\.ffn_ln|attn\.inner_attn_ln)(\..*)$", k)
+        if m:
+            out[m.group(1) + _EVA02_NAMES[m.group(2)] + m.group(3)] = v
+            report.renamed[k] = m.group(1) + _EVA02_NAMES[m.group(2)] + m.group(3)
+            continue
+        split = _split_packed_glu(sd, k, v) if isinstance(v, Tensor) else None
+        if split is not None:
+            out.update(split)
+            report.renamed[k] = " + ".join(split) + " (packed SwiGLU: gate half, value half)"
+            continue
         m = re.match(r"^(blocks\.\d+\.attn\.)(.*)$", k)
         if m:
             base, rest = m.groups()
@@ -291,6 +331,11 @@ def _sort_foreign_key(k: str, report: LoadReport, source: str) -> None:
     error when it is a layer scale / bias table of a backbone built without them."""
     if re.search(r"attn\.relative_position_index$", k):
         report.dropped[k] = "index buffer of the bias table, recomputed from the grid"
+        return
+    if re.match(r"^(rope|rope_win|rope_glb|blocks\.\d+\.attn\.rope)\.", k):
+        report.dropped[k] = (
+            "rotary position table: fixed, recomputed from the grid (a backbone built with rope=True)"
+        )
         return
     if re.match(r"^blocks\.\d+\.(gamma_[12]|attn\.relative_position_bias_table)$", k):
         what = "a layer scale" if "gamma" in k else "a relative-position bias table"

@@ -3,7 +3,10 @@
 Each preset is a plain dict of :class:`~eva_transfer.vit.EVAViT` arguments; ``build_eva_vit(preset, **overrides)``
 builds one. ``*_det`` presets are the detection variant (patch 16, windowed attention with global attention in
 every 4th block, decomposed relative position, no CLS token, no final norm). The others are the plain
-pre-training / segmentation layout (global attention, CLS token, final norm).
+pre-training / segmentation layout (global attention, CLS token, final norm). ``eva02_*`` presets are EVA-02's
+encoders (Fang et al. 2023) in that layout: patch 14 at 224, SwiGLU MLP (with a sub-LN before its output projection
+for base and large), 2-D rotary position rescaled to the 16x16 pre-training grid, the shapes of timm's
+``eva02_*_patch14_224``.
 """
 
 from __future__ import annotations
@@ -59,6 +62,17 @@ _G = _shape(40, 1408, 16, 6144, 14)
 _L = _shape(24, 1024, 16, 4096, 16)
 _B = _shape(12, 768, 12, 3072, 16)
 _TINY = _shape(4, 64, 4, 128, 16)
+# EVA-02 (patch 14; SwiGLU hidden width int(dim * 8 / 3))
+_E02_TI = _shape(12, 192, 3, 512, 14)
+_E02_S = _shape(12, 384, 6, 1024, 14)
+_E02_B = _shape(12, 768, 12, 2048, 14)
+_E02_L = _shape(24, 1024, 16, 2730, 14)
+
+
+def _eva02(shape: dict[str, Any], sub_ln: bool) -> dict[str, Any]:
+    # the MIM layout at 224 with EVA-02's block; stochastic depth off, as timm's eva02_* default
+    return dict(_plain(shape, drop_path=0.0), mlp_type="swiglu", mlp_norm=sub_ln, rope=True, rope_grid=16)
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     # EVA-g (paper Table 3a): 1.0B encoder, patch 14, 16x16 position grid at 224
@@ -83,6 +97,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "eva_b": _plain(_B, drop_path=0.1),
     "eva_b_det": _det(_B, drop_path=0.1, pos_grid=14),
     "eva_b_seg": dict(_plain(_B, drop_path=0.1, img=512), use_cls_token=False, pos_grid=14, final_norm=False),
+    # EVA-02 encoders: tiny and small without sub-LN, base and large with it in the MLP
+    "eva02_tiny": _eva02(_E02_TI, sub_ln=False),
+    "eva02_small": _eva02(_E02_S, sub_ln=False),
+    "eva02_base": _eva02(_E02_B, sub_ln=True),
+    "eva02_large": _eva02(_E02_L, sub_ln=True),
     # CPU-sized presets that exercise the same code
     "eva_tiny": _plain(_TINY, drop_path=0.0, img=64),
     "eva_tiny_det": _det(_TINY, drop_path=0.0, pos_grid=4, img=128, window=4, global_every=2),

@@ -50,10 +50,14 @@ def pretrained_cfg_for(name: str) -> dict[str, Any]:
     img = cfg["img_size"]
     img = (img, img) if isinstance(img, int) else tuple(img)
     ckpt = AUTHOR_CHECKPOINTS.get(name)
+    eva02 = name.startswith("eva02_")
     notes = (
         f"authors' checkpoint: {ckpt} ({_EVA_HUB}); load a local copy with "
         f"pretrained=True, pretrained_cfg_overlay=dict(file=...)"
         if ckpt
+        else f"timm's {name}_patch14_224 weights load through the converter: pretrained=True, "
+        "pretrained_cfg_overlay=dict(file=...)"
+        if eva02
         else "no released checkpoint of this size; load any converted file with pretrained_cfg_overlay=dict(file=...)",
     )
     return dict(
@@ -71,8 +75,10 @@ def pretrained_cfg_for(name: str) -> dict[str, Any]:
         classifier=None,
         license="mit",
         origin_url=_EVA_HUB if ckpt else None,
-        paper_name="EVA: Exploring the Limits of Masked Visual Representation Learning at Scale",
-        paper_ids="arXiv:2211.07636",
+        paper_name="EVA-02: A Visual Representation for Neon Genesis"
+        if eva02
+        else "EVA: Exploring the Limits of Masked Visual Representation Learning at Scale",
+        paper_ids="arXiv:2303.11331" if eva02 else "arXiv:2211.07636",
         notes=notes,
     )
 

@@ -17,7 +17,7 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .blocks import Block, PatchEmbed
+from .blocks import MLP_TYPES, Block, PatchEmbed
 from .resize import interpolate_abs_pos
 
 __all__ = ["EVAViT"]
@@ -68,6 +68,24 @@ def _check_arguments(**args) -> None:
     rate = args["drop_path_rate"]
     if not 0.0 <= float(rate) < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {rate!r}")
+    if args["mlp_type"] not in MLP_TYPES:
+        raise ValueError(f"mlp_type must be one of {MLP_TYPES}, got {args['mlp_type']!r}")
+    grid = args["rope_grid"]
+    if grid is not None:
+        grid = (grid, grid) if isinstance(grid, int) else tuple(grid)
+        if len(grid) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in grid):
+            raise ValueError(f"rope_grid must be one or two positive integers, got {args['rope_grid']!r}")
+    if args["rope"] and (args["embed_dim"] // args["num_heads"]) % 4:
+        raise ValueError(
+            f"rope needs a head width divisible by 4, got {args['embed_dim']} / {args['num_heads']} heads"
+        )
+
+
+def _rope_ref_grid(rope_grid: Optional[int | tuple[int, int]], feat_grid: tuple[int, int]) -> tuple[int, int]:
+    """The grid rotary positions are rescaled to: ``rope_grid`` (an int: square), else the patch grid of
+    ``img_size``."""
+    grid = feat_grid if rope_grid is None else rope_grid
+    return (grid, grid) if isinstance(grid, int) else tuple(grid)
 
 
 class EVAViT(nn.Module):
@@ -93,6 +111,15 @@ class EVAViT(nn.Module):
             None: no layer scale.
         final_norm: LayerNorm after the last block.
         drop_path_rate: stochastic depth, linearly increasing to this rate.
+        mlp_type: ``"gelu"`` (EVA-01) or ``"swiglu"`` (EVA-02: ``fc2(silu(fc1_g x) * fc1_x x)``); ``mlp_dim``
+            defaults to ``4 * embed_dim`` for GELU and ``int(embed_dim * 8 / 3)`` for SwiGLU (EVA-02's ratio).
+        mlp_norm: a LayerNorm on the MLP's hidden features before its output projection (EVA-02's sub-LN).
+        attn_norm: a LayerNorm on the attention output before its projection (sub-LN in attention).
+        rope: EVA-02's 2-D rotary position on the queries and keys of the patch tokens (not the CLS token),
+            computed on the window grid in windowed blocks and on the image's patch grid in global blocks, with
+            positions rescaled to ``rope_grid`` (:mod:`eva_transfer.rope`).
+        rope_grid: the grid rotary positions are rescaled to, an int for a square one (EVA-02: the 16x16 grid of
+            its 224 px, patch 14 pre-training). Default: the patch grid of ``img_size``.
         use_act_checkpoint: recompute each block in the backward pass (training only).
         init_std: standard deviation of the initial weights (EVA-g pre-training: 0.015).
         init_mode: ``"plain"`` (truncated normal cut at +-2, no rescaling; the patch kernel keeps PyTorch's
@@ -129,6 +156,11 @@ class EVAViT(nn.Module):
         init_mode: str = "plain",
         use_rel_pos_bias: bool = False,
         layer_scale_init: Optional[float] = None,
+        mlp_type: str = "gelu",
+        mlp_norm: bool = False,
+        attn_norm: bool = False,
+        rope: bool = False,
+        rope_grid: Optional[int | tuple[int, int]] = None,
     ):
         super().__init__()
         if init_mode not in ("plain", "eva"):
@@ -148,6 +180,9 @@ class EVAViT(nn.Module):
             mlp_dim=mlp_dim,
             window_size=window_size,
             drop_path_rate=drop_path_rate,
+            mlp_type=mlp_type,
+            rope=rope,
+            rope_grid=rope_grid,
         )
         global_block_indexes = tuple(sorted(set(global_block_indexes)))
         _check_attention_options(
@@ -164,7 +199,7 @@ class EVAViT(nn.Module):
         self.cls_token_pos = cls_token_pos
         self.drop_path_rate = drop_path_rate
         self.use_act_checkpoint = use_act_checkpoint
-        mlp_dim = mlp_dim or 4 * embed_dim
+        mlp_dim = mlp_dim or (int(embed_dim * 8 / 3) if mlp_type == "swiglu" else 4 * embed_dim)
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_cls_token else None
@@ -180,6 +215,7 @@ class EVAViT(nn.Module):
 
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, 0 to the rate
         feat_grid = (img_size[0] // patch_size, img_size[1] // patch_size)
+        self.rope_grid = _rope_ref_grid(rope_grid, feat_grid) if rope else None
         self.blocks = nn.ModuleList(
             Block(
                 embed_dim,
@@ -194,6 +230,10 @@ class EVAViT(nn.Module):
                 input_size=feat_grid,
                 use_rel_pos_bias=use_rel_pos_bias,
                 layer_scale_init=layer_scale_init,
+                mlp_type=mlp_type,
+                mlp_norm=mlp_norm,
+                attn_norm=attn_norm,
+                rope_ref_grid=self.rope_grid,
             )
             for i in range(depth)
         )

@@ -24,7 +24,7 @@ def _randomize(model, seed=0):
 
 
 def test_every_preset_is_registered_with_a_pretrained_cfg():
-    assert set(PRESETS) <= set(timm.list_models("eva_*"))
+    assert set(PRESETS) <= set(timm.list_models(["eva_*", "eva02_*"]))
     for name in PRESETS:
         cfg = timm.models.get_pretrained_cfg(name).to_dict()
         img = PRESETS[name]["img_size"]
