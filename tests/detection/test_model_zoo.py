@@ -47,8 +47,8 @@ from eva_transfer_projects.detection.data.synthetic import make_synthetic_datase
 from eva_transfer_projects.detection.engine import load_det_config
 
 from .conftest import REPO
-from .test_fidelity_backbone import DEPTH, DIM, GLOBAL, HEADS, MLP, ref
-from .test_fidelity_backbone import SHRINK as BACKBONE_SHRINK
+from .test_backbone import DEPTH, DIM, GLOBAL, HEADS, MLP, ref
+from .test_backbone import SHRINK as BACKBONE_SHRINK
 
 TOOLS = ("train_net.py", "demo.py")
 TRAIN, TEST = 160, 192  # 1280 and 1536 shrunk by 8: grids 10 and 12, window 16

@@ -13,7 +13,7 @@ equations for the checkpoint tests. Imports nothing from ``eva_transfer`` or ``p
 - :func:`mha`, :func:`decoder_layer`, :func:`encoder_layer`, :func:`forward_head`: the math of the head's layers
   (mmcv 1.x MultiheadAttention with ``batch_first=False``, FFN, LayerNorm, deformable encoder layer).
 
-This file has no tests of its own; tests/segmentation/test_authors_checkpoints.py uses it.
+This file has no tests of its own; tests/segmentation/test_authors_checkpoint.py uses it.
 """
 
 from __future__ import annotations

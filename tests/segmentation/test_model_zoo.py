@@ -6,7 +6,7 @@ Each released segmentor (``eva_sem_seg_mask2former_*.pth``) is an MMSegmentation
 layout (``norm1..4``, ``ffn.dwconv.dwconv``, q/v biases, the position table at the crop's grid; in the second set
 per-block bias tables with their index buffers and LayerScale ``gamma_1/2``) and ``decode_head.*`` of mmcv 1.x
 layers (``attentions.N``, ``ffns.0``) plus mmseg 0.x's unused ``conv_seg``: ``authors_state_dict`` of
-test_authors_checkpoints.py (written from the authors' code, see authors_seg_reference.py), with the decoder
+test_authors_checkpoint.py (written from the authors' code, see authors_seg_reference.py), with the decoder
 layers' residual branches scaled down and the class rows up so that random weights give label maps of several
 classes. The MIM files come from tests/model_zoo_files.py.
 
@@ -59,7 +59,7 @@ from eva_transfer_projects.segmentation.config_checks import load_seg_config
 from eva_transfer_projects.segmentation.synthetic import synthetic_sample
 
 from .conftest import ROOT
-from .test_authors_checkpoints import (
+from .test_authors_checkpoint import (
     DEPTH,
     DIM,
     FEAT,
@@ -105,7 +105,7 @@ def _model_set(name: str) -> str:
 
 def shrink_options(config: str) -> dict[str, Any]:
     """``--cfg-options`` that shrink a published config: the authors' layout at the sizes of
-    ``test_authors_checkpoints`` (width 64, 4 blocks of one interaction each, 6 queries, 64-wide head) and every
+    ``test_authors_checkpoint`` (width 64, 4 blocks of one interaction each, 6 queries, 64-wide head) and every
     size of the 896 crop divided by 7; one training iteration on one image, no workers."""
     cfg = load_seg_config(str(ROOT / config))
     b = "model.backbone."
