@@ -74,6 +74,17 @@ def _eva02(shape: dict[str, Any], sub_ln: bool) -> dict[str, Any]:
     return dict(_plain(shape, drop_path=0.0), mlp_type="swiglu", mlp_norm=sub_ln, rope=True, rope_grid=16)
 
 
+def _eva02_seg(shape: dict[str, Any], drop_path: float, img: int = 512, rope_grid: int = 16) -> dict[str, Any]:
+    # EVA-02's segmentation layout: the MIM block at patch 16 on the crop's grid, no final norm
+    return dict(
+        _eva02(dict(shape, patch_size=16), sub_ln=True),
+        img_size=img,
+        rope_grid=rope_grid,
+        final_norm=False,
+        drop_path_rate=drop_path,
+    )
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # EVA-g (paper Table 3a): 1.0B encoder, patch 14, 16x16 position grid at 224
     "eva_g": _plain(_G, drop_path=0.1),
@@ -102,12 +113,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     "eva02_small": _eva02(_E02_S, sub_ln=False),
     "eva02_base": _eva02(_E02_B, sub_ln=True),
     "eva02_large": _eva02(_E02_L, sub_ln=True),
+    # EVA-02 segmentation (EVA-02/seg/backbone/eva2.py with configs/eva02/upernet/*_512_*.py): patch 16 at 512,
+    # CLS token with its position slot, the position table at the 32x32 grid of the crop, rotary position
+    # rescaled to the 16x16 pre-training grid, no final norm (the pyramid takes plain block outputs)
+    "eva02_base_seg": _eva02_seg(_E02_B, drop_path=0.15),
+    "eva02_large_seg": _eva02_seg(_E02_L, drop_path=0.2),
     # CPU-sized presets that exercise the same code
     "eva_tiny": _plain(_TINY, drop_path=0.0, img=64),
     "eva_tiny_det": _det(_TINY, drop_path=0.0, pos_grid=4, img=128, window=4, global_every=2),
     "eva_tiny_seg": dict(
         _plain(_TINY, drop_path=0.0, img=64), use_cls_token=False, pos_grid=4, final_norm=False
     ),
+    # EVA-02's segmentation layout at 64 px (4x4 grid, rotary positions rescaled to 2x2 as 32 to 16)
+    "eva02_tiny_seg": _eva02_seg(_shape(4, 64, 4, 170, 16), drop_path=0.0, img=64, rope_grid=2),
 }
 
 _ARGS = set(inspect.signature(EVAViT.__init__).parameters) - {"self"}
