@@ -132,6 +132,8 @@ def export_state_dict(
         and len(vit.global_block_indexes) < vit.depth
     ):
         refuse["(windowed attention)"] = "timm's Eva attends globally in every block"
+    if vit is not None and layout == "detectron2" and vit.rope_grid is not None:
+        refuse["(rotary position)"] = "Detectron2's ViT has no rotary position embedding"
     if layout == "timm":
         _fit_timm_eva(out, "cls_token" in sd, report)
     if refuse:
@@ -183,6 +185,18 @@ def _export_entries(
         if layout == "detectron2" and k.startswith("norm."):
             refuse[k] = "Detectron2's ViT has no final norm"
             continue
+        if layout == "detectron2" and re.search(r"\.mlp\.(fc1_[gx]|norm)\.|\.attn\.norm\.", k):
+            refuse[k] = "Detectron2's ViT has a GELU MLP and no sub-LN"
+            continue
+        m = re.match(r"^(blocks\.\d+\.mlp\.)fc1_([gx])\.(weight|bias)$", k)
+        if m and layout == "timm" and m.group(1) + "norm.weight" not in sd:
+            # timm's Eva packs a SwiGLU without sub-LN into one fc1 (GluMlp), the gate half first
+            if m.group(2) == "g":
+                out[f"{m.group(1)}fc1.{m.group(3)}"] = torch.cat([v, sd[f"{m.group(1)}fc1_x.{m.group(3)}"]])
+                report.renamed[f"{m.group(1)}fc1_{{g,x}}.{m.group(3)}"] = (
+                    f"{m.group(1)}fc1.{m.group(3)} (packed)"
+                )
+            continue
         m = re.match(r"^(blocks\.\d+\.attn\.)(q|v)_bias$", k)
         if m and layout == "detectron2":
             if m.group(2) == "q":
@@ -209,10 +223,29 @@ def _fit_timm_eva(out: dict[str, Tensor], has_cls: bool, report: LoadReport) -> 
 
 
 def _mlp_ratio(vit: EVAViT) -> float:
-    ratio = vit.blocks[0].mlp.fc1.out_features / vit.embed_dim
-    if int(vit.embed_dim * ratio) != vit.blocks[0].mlp.fc1.out_features:
-        raise ValueError(f"MLP width {vit.blocks[0].mlp.fc1.out_features} is not expressible as a ratio")
-    return ratio
+    """The ratio that timm and Detectron2 turn back into the MLP's hidden width (``int(embed_dim * ratio)``)."""
+    mlp = vit.blocks[0].mlp
+    hidden = (mlp.fc1_g if hasattr(mlp, "fc1_g") else mlp.fc1).out_features
+    for ratio in (hidden / vit.embed_dim, (hidden + 0.25) / vit.embed_dim):  # the second when rounding bites
+        if int(vit.embed_dim * ratio) == hidden:
+            return ratio
+    raise ValueError(f"MLP width {hidden} is not expressible as a ratio of the width {vit.embed_dim}")
+
+
+def _eva02_kwargs(vit: EVAViT) -> dict[str, Any]:
+    """timm ``Eva`` arguments of EVA-02's block options: SwiGLU, sub-LN in the MLP and in attention, rotary
+    position rescaled to ``rope_grid``."""
+    block = vit.blocks[0]
+    out: dict[str, Any] = {}
+    if hasattr(block.mlp, "fc1_g"):
+        out["swiglu_mlp"] = True
+    if isinstance(getattr(block.mlp, "norm", None), nn.LayerNorm):  # timm's SwiGLU holds an identity otherwise
+        out["scale_mlp"] = True
+    if isinstance(block.attn.norm, nn.LayerNorm):
+        out["scale_attn_inner"] = True
+    if vit.rope_grid is not None:
+        out.update(use_rot_pos_emb=True, ref_feat_shape=tuple(vit.rope_grid))
+    return out
 
 
 def _transformer_shape(vit: EVAViT) -> dict[str, Any]:
@@ -241,6 +274,7 @@ def timm_eva_kwargs(vit: EVAViT) -> dict[str, Any]:
         global_pool="token" if vit.cls_token is not None else "avg",
         use_fc_norm=isinstance(vit.norm, nn.Identity),  # no final norm: timm's norm is then an identity
         norm_layer=partial(nn.LayerNorm, eps=vit.blocks[0].norm1.eps),
+        **_eva02_kwargs(vit),
     )
 
 

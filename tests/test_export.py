@@ -63,6 +63,32 @@ def test_timm_eva_round_trip(name):
         torch.testing.assert_close(back(x), ours(x))
 
 
+@pytest.mark.parametrize(
+    "name, packed", [("eva02_tiny", True), ("eva02_base", False)], ids=["no_sub_ln", "sub_ln"]
+)
+def test_timm_eva_round_trip_eva02(name, packed):
+    """EVA-02's block in timm's layout: SwiGLU without sub-LN packed into one ``fc1`` (timm's GluMlp, gate half
+    first), with sub-LN as ``fc1_g`` / ``fc1_x`` / ``norm``; rotary position as ``use_rot_pos_emb`` at
+    ``ref_feat_shape``. Shrunk to 2 blocks, float64."""
+    ours = _randomize(build_eva_vit(name, depth=2, attn_norm=True)).double().eval()
+    sd, report = export_state_dict(ours, "timm")
+    kwargs = timm_eva_kwargs(ours)
+    assert kwargs["swiglu_mlp"] and kwargs["use_rot_pos_emb"] and kwargs["ref_feat_shape"] == (16, 16)
+    assert kwargs.get("scale_mlp", False) is not packed and kwargs["scale_attn_inner"]
+    ref = Eva(**kwargs).double().eval()
+    ref.load_state_dict(sd, strict=True)
+    assert ("blocks.0.mlp.fc1.weight" in sd) is packed
+    x = torch.randn(2, 3, 224, 224, dtype=torch.float64)  # other sizes: tests/test_vit_eva02.py
+    with torch.no_grad():
+        torch.testing.assert_close(ref.forward_features(x), ours.forward_features(x), rtol=1e-10, atol=1e-10)
+    back = build_eva_vit(name, depth=2, attn_norm=True).double()
+    assert not load_checkpoint(back, ref.state_dict(), verbose=False).missing
+    for k, v in ours.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    with pytest.raises(CheckpointError, match="rotary position|GELU MLP"):
+        export_state_dict(ours, "detectron2")
+
+
 def test_vitdet_round_trip_windowed_relpos():
     ours = _randomize(build_eva_vit("eva_tiny_det")).eval()
     sd, report = export_state_dict(ours, "detectron2", prefix="")
