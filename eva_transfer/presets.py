@@ -74,7 +74,9 @@ def _eva02(shape: dict[str, Any], sub_ln: bool) -> dict[str, Any]:
     return dict(_plain(shape, drop_path=0.0), mlp_type="swiglu", mlp_norm=sub_ln, rope=True, rope_grid=16)
 
 
-def _eva02_seg(shape: dict[str, Any], drop_path: float, img: int = 512, rope_grid: int = 16) -> dict[str, Any]:
+def _eva02_seg(
+    shape: dict[str, Any], drop_path: float, img: int = 512, rope_grid: int = 16
+) -> dict[str, Any]:
     # EVA-02's segmentation layout: the MIM block at patch 16 on the crop's grid, no final norm
     return dict(
         _eva02(dict(shape, patch_size=16), sub_ln=True),
