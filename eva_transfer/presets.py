@@ -6,7 +6,8 @@ every 4th block, decomposed relative position, no CLS token, no final norm). The
 pre-training / segmentation layout (global attention, CLS token, final norm). ``eva02_*`` presets are EVA-02's
 encoders (Fang et al. 2023) in that layout: patch 14 at 224, SwiGLU MLP (with a sub-LN before its output projection
 for base and large), 2-D rotary position rescaled to the 16x16 pre-training grid, the shapes of timm's
-``eva02_*_patch14_224``.
+``eva02_*_patch14_224``; ``eva02_*_det`` is EVA-02's detection backbone (patch 16, windows of 16, no relative
+position, RoPE on the window / image grid).
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ _E02_TI = _shape(12, 192, 3, 512, 14)
 _E02_S = _shape(12, 384, 6, 1024, 14)
 _E02_B = _shape(12, 768, 12, 2048, 14)
 _E02_L = _shape(24, 1024, 16, 2730, 14)
+_E02_TINY = _shape(4, 64, 4, 170, 16)
+
+
+def _eva02_det(shape: dict[str, Any], drop_path: float, global_every: int, **kw: Any) -> dict[str, Any]:
+    # EVA-02's detection backbone (EVA-02/det vit.py): the windowed layout without relative position, SwiGLU with
+    # sub-LN, RoPE rescaled to the 16x16 pre-training grid (window grid in windowed blocks, image grid in global
+    # ones), the 14x14 + CLS position table of 224 px at patch 16, interpolated at run time
+    det = _det(shape, drop_path=drop_path, pos_grid=14, global_every=global_every, **kw)
+    return dict(det, use_rel_pos=False, mlp_type="swiglu", mlp_norm=True, rope=True, rope_grid=16)
 
 
 def _eva02(shape: dict[str, Any], sub_ln: bool) -> dict[str, Any]:
@@ -120,9 +130,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # rescaled to the 16x16 pre-training grid, no final norm (the pyramid takes plain block outputs)
     "eva02_base_seg": _eva02_seg(_E02_B, drop_path=0.15),
     "eva02_large_seg": _eva02_seg(_E02_L, drop_path=0.2),
+    # EVA-02 detection, the authors' MIM -> COCO 1024 layouts ("4attn": 4 global blocks, windows of 16); their
+    # 1536 recipes set 8 global blocks and other windows in the configs (configs/detection/eva02_*.py)
+    "eva02_base_det": _eva02_det(dict(_E02_B, patch_size=16), drop_path=0.1, global_every=3),
+    "eva02_large_det": _eva02_det(dict(_E02_L, patch_size=16), drop_path=0.4, global_every=6),
     # CPU-sized presets that exercise the same code
     "eva_tiny": _plain(_TINY, drop_path=0.0, img=64),
     "eva_tiny_det": _det(_TINY, drop_path=0.0, pos_grid=4, img=128, window=4, global_every=2),
+    "eva02_tiny_det": _eva02_det(_E02_TINY, drop_path=0.0, global_every=2, img=128, window=4),
     "eva_tiny_seg": dict(
         _plain(_TINY, drop_path=0.0, img=64), use_cls_token=False, pos_grid=4, final_norm=False
     ),
