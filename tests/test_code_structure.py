@@ -1,8 +1,12 @@
-"""Code structure: library code logs instead of printing (tools decide what reaches the console)."""
+"""Code structure that a linter cannot hold: one definition for each shared piece, short functions, one place for
+each rule. Import directions are import-linter's contracts and ``print`` in library code is ruff's T201
+(pyproject.toml); :func:`test_import_contracts_hold` runs the contracts."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -13,25 +17,6 @@ def _modules(packages=PRODUCT_PACKAGES):
     for package in packages:
         for path in sorted((REPO / package).rglob("*.py")):
             yield path, ast.parse(path.read_text(), filename=str(path))
-
-
-def _print_calls(tree: ast.AST) -> list[int]:
-    return [
-        node.lineno
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
-    ]
-
-
-def test_scan_finds_print_calls():
-    # the scan itself can see a print, nested or not
-    tree = ast.parse("def f():\n    if True:\n        print('x')\nprint(1)\nlogger.info('y')\n")
-    assert sorted(_print_calls(tree)) == [3, 4]
-
-
-def test_no_print_in_library_code():
-    found = [f"{path.relative_to(REPO)}:{line}" for path, tree in _modules() for line in _print_calls(tree)]
-    assert not found, "library code logs, tools print; print() calls in: " + ", ".join(found)
 
 
 # --- one definition for each piece of shared core logic -----------------------------------------------------------
@@ -157,73 +142,35 @@ def test_citations_point_inside_the_repository_or_to_papers():
     assert not stale, stale
 
 
-# --- the product imports nothing from tests, tools, benchmarks or synthetic-data modules ------------------------------
-# The product packages are eva_transfer (the core) and eva_transfer_projects (folder projects/). Measuring code lives
-# in eva_transfer_bench (folder benchmarks/), command lines in tools/, and neither is imported by the product.
-# Synthetic data is a product feature in its own modules; only the places listed here, which produce a tiny
-# recipe's data, import from them.
+# --- import directions --------------------------------------------------------------------------------------------
+# The core imports no framework and no plug-in, the plug-ins import no benchmark code and not each other, and
+# synthetic data is imported only where a tiny recipe's data is made: import-linter's contracts in pyproject.toml
+# ([tool.importlinter]), run here and by CI. What they cannot name (tests/ and tools/ are no packages, and code
+# loaded by path is no import) is scanned below.
 
-FOLDER_PACKAGE = {"eva_transfer": "eva_transfer", "projects": "eva_transfer_projects"}
-NOT_FOR_THE_PRODUCT = {"tests", "tools", "benchmarks", "eva_transfer_bench"}
-SYNTHETIC_DATA_USERS = {
-    "eva_transfer_projects.detection.data": "the data package's public maker make_synthetic_dataset, which the "
-    "tiny detection recipes' dataset registration calls",
-    "eva_transfer_projects.detection.data.config_datasets": "writes a tiny recipe's synthetic dataset on first use "
-    "(dataloader.datasets entries with synthetic=dict(...))",
-    "eva_transfer_projects.segmentation.datasets": "SyntheticADEDataset, the tiny segmentation recipes' dataset, "
-    "takes its class names and palette from the module that writes the data",
-}
+NOT_PACKAGES = {"tests", "tools", "benchmarks"}
 
 
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(REPO).with_suffix("")
-    parts = [FOLDER_PACKAGE.get(rel.parts[0], rel.parts[0]), *rel.parts[1:]]
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def test_import_contracts_hold():
+    lint = Path(sys.executable).with_name("lint-imports")
+    proc = subprocess.run([str(lint)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "0 broken" in proc.stdout and "4 kept" in proc.stdout, proc.stdout[-2000:]
 
 
-def _is_synthetic_module(name: str) -> bool:
-    return "synthetic" in name.rsplit(".", 1)[-1]
-
-
-def _product_modules():
-    for path, tree in _modules():
-        yield _module_name(path), path.name == "__init__.py", tree
-
-
-def _synthetic_names() -> set[str]:
-    """Public names defined at the top of the product's synthetic-data modules."""
-    names = set()
-    for name, _, tree in _product_modules():
-        if _is_synthetic_module(name):
-            for node in tree.body:
-                if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-                    names.add(node.name)
-                elif isinstance(node, ast.Assign):
-                    names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
-    return {n for n in names if not n.startswith("_")}
-
-
-def _imports(module: str, is_package: bool, tree: ast.AST) -> list[tuple[int, str, list[str]]]:
-    """(line, absolute module, imported names) of every import in a module: ``import``, ``from ... import``
-    (relative ones resolved) and ``importlib.import_module("...")`` / ``__import__("...")`` with a literal name."""
-    package = module if is_package else module.rpartition(".")[0]
+def _imports(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, module) of every absolute import, and of ``import_module("...")`` / ``__import__("...")``."""
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found += [(node.lineno, a.name, []) for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = package.split(".")
-            if node.level:
-                base = base[: len(base) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            found.append((node.lineno, target, [a.name for a in node.names]))
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.append((node.lineno, node.module or ""))
         elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             f = node.func
             called = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
             if called in ("import_module", "__import__") and isinstance(node.args[0].value, str):
-                found.append((node.lineno, node.args[0].value, []))
+                found.append((node.lineno, node.args[0].value))
     return found
 
 
@@ -246,60 +193,25 @@ def _loads_code_by_path(tree: ast.AST) -> list[int]:
     return lines
 
 
-def _import_violations(module: str, is_package: bool, tree: ast.AST, synthetic_names: set[str]) -> list[str]:
-    problems = [
-        f"{module}:{line} loads code by path: the product imports its own packages only"
-        for line in _loads_code_by_path(tree)
+def _import_violations(where: str, tree: ast.AST) -> list[str]:
+    problems = [f"{where}:{line} loads code by path" for line in _loads_code_by_path(tree)]
+    problems += [
+        f"{where}:{line} imports {target}: the product imports nothing from {target.split('.')[0]}"
+        for line, target in _imports(tree)
+        if target.split(".")[0] in NOT_PACKAGES
     ]
-    for line, target, names in _imports(module, is_package, tree):
-        where = f"{module}:{line} imports {target}" + (f" ({', '.join(names)})" if names else "")
-        top = target.split(".")[0]
-        submodules = [f"{target}.{n}" for n in names]
-        if top in NOT_FOR_THE_PRODUCT:
-            problems.append(f"{where}: the product imports nothing from {top}")
-        elif module.split(".")[0] == "eva_transfer" and top == "eva_transfer_projects":
-            problems.append(f"{where}: the core never imports the plug-ins")
-        elif not _is_synthetic_module(module) and module not in SYNTHETIC_DATA_USERS:
-            if any(_is_synthetic_module(m) for m in [target, *submodules]) or set(names) & synthetic_names:
-                problems.append(
-                    f"{where}: synthetic data is imported only where a tiny recipe's data is made"
-                )
     return problems
 
 
-def test_product_imports_nothing_from_tests_tools_benchmarks_or_synthetic_data():
-    names = _synthetic_names()
-    assert {
-        "make_synthetic_dataset",
-        "write_synthetic_ade",
-        "SYNTHETIC_CLASSES",
-    } <= names  # the scan sees them
-    problems = [p for m, pkg, tree in _product_modules() for p in _import_violations(m, pkg, tree, names)]
+def test_product_imports_nothing_from_tests_or_tools_and_loads_no_code_by_path():
+    problems = [p for path, tree in _modules() for p in _import_violations(str(path.relative_to(REPO)), tree)]
     assert not problems, "\n".join(problems)
-
-
-def test_each_listed_synthetic_data_user_still_needs_its_place():
-    names = _synthetic_names()
-    users = {
-        m
-        for m, pkg, tree in _product_modules()
-        if m in SYNTHETIC_DATA_USERS
-        and any(
-            _is_synthetic_module(t) or any(_is_synthetic_module(f"{t}.{n}") for n in ns) or set(ns) & names
-            for _, t, ns in _imports(m, pkg, tree)
-        )
-    }
-    assert users == set(SYNTHETIC_DATA_USERS), set(SYNTHETIC_DATA_USERS) - users
 
 
 def test_import_scan_finds_each_kind_of_violation():
     source = (
         "import tools.train_net\n"
-        "from eva_transfer_bench.measure import PeakMemory\n"
         "from tests import conftest\n"
-        "from ..data.synthetic import make_synthetic_dataset\n"
-        "from ..data import make_synthetic_dataset\n"
-        "from .. import synthetic_predictions\n"
         "def f():\n"
         "    return importlib.import_module('benchmarks.backbone')\n"
         "from . import fast_eval\n"
@@ -307,31 +219,8 @@ def test_import_scan_finds_each_kind_of_violation():
         "sys.path.insert(0, 'tools')\n"
         "spec = importlib.util.spec_from_file_location('x', 'tools/train_net.py')\n"
     )
-    problems = _import_violations(
-        "eva_transfer_projects.detection.evaluation.evaluators",
-        False,
-        ast.parse(source),
-        {"make_synthetic_dataset"},
-    )
-    lines = sorted(int(p.split(":")[1].split()[0]) for p in problems)
-    assert lines == [1, 2, 3, 4, 5, 6, 8, 11, 12], problems
-    assert "imports eva_transfer_projects.detection.data.synthetic (make_synthetic_dataset)" in "".join(
-        problems
-    )
-    core = _import_violations(
-        "eva_transfer.vit", False, ast.parse("from eva_transfer_projects import compat\n"), set()
-    )
-    assert len(core) == 1 and "the core never imports the plug-ins" in core[0]
-    # the same import is fine where the tiny recipes make their data
-    assert not _import_violations(
-        "eva_transfer_projects.detection.data.config_datasets",
-        False,
-        ast.parse("from .data import make_synthetic_dataset\n"),
-        {"make_synthetic_dataset"},
-    )
-    assert (
-        _module_name(REPO / "projects/detection/data/__init__.py") == "eva_transfer_projects.detection.data"
-    )
+    problems = _import_violations("m", ast.parse(source))
+    assert sorted(int(p.split(":")[1].split()[0]) for p in problems) == [1, 2, 4, 7, 8], problems
 
 
 # --- tests import modules, not the scripts in tools/ ---------------------------------------------------------------
@@ -622,24 +511,6 @@ ONE_DEFINITION = {
     "PACK_META_KEYS": "projects/segmentation/test_time.py",
 }
 
-#: names that clashed with a framework's or with each other, and modules named for nothing they hold
-GONE_NAMES = (
-    "build_backbone",  # detectron2.modeling.build_backbone
-    "SimpleFeaturePyramid",  # detectron2.modeling.SimpleFeaturePyramid
-    "reference_points",  # MSDeformAttn.forward's parameter
-    "level_start_index",  # MSDeformAttn.forward's parameter
-    "category_image_counts",  # two of them, with different signatures
-    "load_config",  # three of them
-    "test_augmentations",  # read as a test by pytest
-    "batched_soft_nms_reference",  # a benchmark / test reference, not product code (eva_transfer_bench.postprocess)
-)
-GONE_MODULES = (
-    "projects/detection/config_helpers.py",
-    "projects/detection/registration.py",
-    "projects/segmentation/optimizer.py",
-    "projects/segmentation/cli.py",  # config_checks.py and distributed.py: it parsed no command line
-)
-
 
 def test_scan_sees_definitions():
     tree = ast.parse("X = 1\nY: int = 2\ndef f():\n    def g(): pass\nclass C:\n    Z = 3\n")
@@ -653,23 +524,6 @@ def test_each_named_piece_has_exactly_one_definition():
         if len(found := _where_defined(name)) != 1 or not found[0].startswith(module)
     }
     assert not wrong, f"expected one definition each, in the module given: {wrong}"
-
-
-def test_misleading_names_and_modules_are_gone():
-    left = {name: found for name in GONE_NAMES if (found := _where_defined(name))}
-    assert not left, f"renamed names still defined: {left}"
-    assert not [m for m in GONE_MODULES if (REPO / m).exists()]
-    import eva_transfer
-
-    for old, new in (
-        ("build_backbone", "build_eva_vit"),
-        ("SimpleFeaturePyramid", "EVASimpleFeaturePyramid"),
-    ):
-        assert not hasattr(eva_transfer, old)
-        try:
-            getattr(eva_transfer, old)
-        except AttributeError as e:
-            assert new in str(e), e  # the error names the new name
 
 
 def _loops_over_named_parameters(fn: ast.AST) -> bool:
@@ -698,30 +552,6 @@ def test_the_layer_decay_loop_lives_in_one_function():
     assert "param_groups_layer_decay" in _called_names(eva)
     scan = ast.parse("def f(m, r):\n    for n, p in m.named_parameters():\n        s = r ** 2\n")
     assert _loops_over_named_parameters(scan) and _raises_to_a_power(scan)
-
-
-def _imported_modules(tree: ast.AST) -> set[str]:
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-    return found
-
-
-def test_plugins_do_not_import_each_other():
-    plugins = ("detection", "segmentation", "mmdetection")
-    crossing = []
-    for plugin in plugins:
-        others = tuple(f"eva_transfer_projects.{o}" for o in plugins if o != plugin)
-        for path, tree in _modules((f"projects/{plugin}",)):
-            crossing += [
-                f"{path.relative_to(REPO)} imports {m}"
-                for m in _imported_modules(tree)
-                if m.startswith(others)
-            ]
-    assert not crossing, crossing
 
 
 def test_fuzz_tests_share_one_time_limit():
