@@ -1,4 +1,5 @@
-"""MMSegmentation plug-in: EVA ViT-Adapter backbone, layer-decay optimizer constructor, checked datasets.
+"""MMSegmentation plug-in: EVA ViT-Adapter backbone, EVA-02's plain-ViT feature pyramid, layer-decay optimizer
+constructor, checked datasets.
 
 Importing this package registers everything in mmseg's / mmengine's registries; configs do it with
 ``custom_imports = dict(imports=["eva_transfer_projects.segmentation"])``. The packaging stand-ins come first: mmcv-lite has
@@ -28,10 +29,12 @@ from .runtime import worker_threads_init  # noqa: E402
 from .schedule import ScheduleFollowsRunHook  # noqa: E402
 from .test_time import EncoderDecoderShortSidePad, PadShortSide  # noqa: E402
 from .training import CheckedIterBasedTrainLoop  # noqa: E402
+from .vit_pyramid import EVAViTFeaturePyramid  # noqa: E402
 
 __all__ = [
     "EVAViTAdapter",
     "norm_layer_from_cfg",
+    "EVAViTFeaturePyramid",
     "CheckedADE20KDataset",
     "CheckedCOCOStuffDataset",
     "CheckedSegDataset",

@@ -88,7 +88,7 @@ def test_config_builds_from_registry_on_meta_device(path):
     cfg = Config.fromfile(path)
     with torch.device("meta"):
         model = MODELS.build(cfg.model)
-    vit = model.backbone.adapter.backbone
+    vit = model.backbone.vit if hasattr(model.backbone, "vit") else model.backbone.adapter.backbone
     assert model.decode_head.num_classes == cfg.model.decode_head.num_classes
     assert cfg.model.decode_head.in_channels == [vit.embed_dim] * 4
     assert all(p.is_meta for p in model.parameters())
