@@ -3,6 +3,7 @@ path in float64 (forward and every gradient), numerically checked by gradcheck, 
 
 import pytest
 import torch
+from reference_models import randomize
 
 import eva_transfer.blocks as blocks
 from eva_transfer import attention
@@ -61,11 +62,7 @@ def test_gradcheck(monkeypatch, b, nh, grid, d, fused_forward):
 
 
 def _randomize(module, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
-    return module
+    return randomize(module, seed, scale=0.3, dtype=None)
 
 
 @pytest.mark.parametrize(

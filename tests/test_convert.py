@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from reference_models import tiny_timm_eva
 from timm.models import eva as timm_eva
 
 from eva_transfer import CheckpointError, build_eva_vit, load_checkpoint, read_checkpoint, save_checkpoint
@@ -63,16 +64,7 @@ def test_mim_checkpoint_features_equal_timm(mim_file):
     report = load_checkpoint(ours, mim_file, verbose=False)
     assert report.missing == []
     assert set(report.dropped) >= {"lm_head.weight", "lm_head.bias", "mask_token"}
-    ref = timm_eva.Eva(
-        img_size=56,
-        patch_size=14,
-        embed_dim=64,
-        depth=4,
-        num_heads=4,
-        mlp_ratio=2.0,
-        num_classes=0,
-        use_fc_norm=False,
-    ).eval()
+    ref = tiny_timm_eva(img_size=56, patch_size=14)
     sd = timm_eva.checkpoint_filter_fn(torch.load(mim_file, weights_only=True), ref)
     # timm maps the MIM final norm to its pooled-feature norm; the token features compared here use it as `norm`
     sd = {k.replace("fc_norm.", "norm."): v for k, v in sd.items()}

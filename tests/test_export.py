@@ -8,20 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference_models import randomize
 from timm.models.eva import Eva
 
 import eva_transfer_projects.compat as compat
 from eva_transfer import build_eva_vit, load_checkpoint
 from eva_transfer.checkpoint_io import CheckpointError
 from eva_transfer.export import convert_backbone_file, export_state_dict, timm_eva_kwargs, vitdet_vit_kwargs
-
-
-def _randomize(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
 
 
 def _d2_vit(**kw):
@@ -33,7 +26,7 @@ def _d2_vit(**kw):
 
 @pytest.mark.parametrize("name", ["eva_tiny", "eva_tiny_seg"])
 def test_timm_eva_round_trip(name):
-    ours = _randomize(build_eva_vit(name)).eval()
+    ours = randomize(build_eva_vit(name)).eval()
     sd, report = export_state_dict(ours, "timm")
     ref = Eva(**timm_eva_kwargs(ours)).eval()
     ref.load_state_dict(sd, strict=True)  # every key of timm's Eva present, nothing extra
@@ -70,7 +63,7 @@ def test_timm_eva_round_trip_eva02(name, packed):
     """EVA-02's block in timm's layout: SwiGLU without sub-LN packed into one ``fc1`` (timm's GluMlp, gate half
     first), with sub-LN as ``fc1_g`` / ``fc1_x`` / ``norm``; rotary position as ``use_rot_pos_emb`` at
     ``ref_feat_shape``. Shrunk to 2 blocks, float64."""
-    ours = _randomize(build_eva_vit(name, depth=2, attn_norm=True)).double().eval()
+    ours = randomize(build_eva_vit(name, depth=2, attn_norm=True)).double().eval()
     sd, report = export_state_dict(ours, "timm")
     kwargs = timm_eva_kwargs(ours)
     assert kwargs["swiglu_mlp"] and kwargs["use_rot_pos_emb"] and kwargs["ref_feat_shape"] == (16, 16)
@@ -90,7 +83,7 @@ def test_timm_eva_round_trip_eva02(name, packed):
 
 
 def test_vitdet_round_trip_windowed_relpos():
-    ours = _randomize(build_eva_vit("eva_tiny_det")).eval()
+    ours = randomize(build_eva_vit("eva_tiny_det")).eval()
     sd, report = export_state_dict(ours, "detectron2", prefix="")
     assert "blocks.0.attn.qkv.bias" in sd and "blocks.0.attn.q_bias" not in sd
     ref = _d2_vit(**vitdet_vit_kwargs(ours))
@@ -111,7 +104,7 @@ def test_vitdet_round_trip_windowed_relpos():
 def test_export_from_a_fine_tuned_detector_file(tmp_path):
     """A detector checkpoint (backbone under backbone.net., pyramid and heads around it) exports the same backbone
     as the module it came from; the pyramid and heads are reported, not written."""
-    vit = _randomize(build_eva_vit("eva_tiny_det"))
+    vit = randomize(build_eva_vit("eva_tiny_det"))
     model = {"backbone.net." + k: v for k, v in vit.state_dict().items()}
     model["backbone.simfp_4.0.weight"] = torch.randn(8, 64, 1, 1)
     model["roi_heads.box_predictor.cls_score.weight"] = torch.randn(3, 8)
@@ -148,7 +141,7 @@ def _run_convert_tool(*args: str) -> subprocess.CompletedProcess:
 def test_convert_tool_exports(tmp_path):
     """What tools/convert_checkpoint.py --to timm / detectron2 writes: a segmentor's or a bare backbone's file in
     the other layout, loaded strictly by timm's Eva / Detectron2's ViT with the same outputs."""
-    seg = _randomize(build_eva_vit("eva_tiny_seg")).eval()
+    seg = randomize(build_eva_vit("eva_tiny_seg")).eval()
     src = tmp_path / "segmentor.pth"
     torch.save({"state_dict": {"backbone." + k: v for k, v in seg.state_dict().items()}}, src)
     out, reports = convert_backbone_file(src, layout="timm")
@@ -159,7 +152,7 @@ def test_convert_tool_exports(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ref.forward_features(x), seg.forward_features(x), rtol=1e-5, atol=1e-5)
 
-    det = _randomize(build_eva_vit("eva_tiny_det")).eval()
+    det = randomize(build_eva_vit("eva_tiny_det")).eval()
     src = tmp_path / "det.safetensors"
     from safetensors.torch import save_file
 

@@ -1,8 +1,7 @@
 """Simple feature pyramid against Detectron2's, with the same weights (its state dict loads unchanged)."""
 
-from functools import partial
-
 import torch
+from reference_models import TINY_DET_LAYOUT, tiny_detectron2_vit
 from torch import nn
 
 import eva_transfer_projects.compat as compat
@@ -11,22 +10,10 @@ from eva_transfer import EVASimpleFeaturePyramid, build_eva_vit, load_checkpoint
 
 def test_matches_detectron2_simple_feature_pyramid():
     compat.apply_detectron2()
-    from detectron2.modeling import SimpleFeaturePyramid, ViT
+    from detectron2.modeling import SimpleFeaturePyramid
     from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-    vit = ViT(
-        img_size=128,
-        patch_size=16,
-        embed_dim=64,
-        depth=4,
-        num_heads=4,
-        mlp_ratio=2.0,
-        use_rel_pos=True,
-        window_size=4,
-        window_block_indexes=(0, 2),
-        pretrain_img_size=64,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),  # ViTDet's and this toolkit's eps
-    )
+    vit = tiny_detectron2_vit(**TINY_DET_LAYOUT)
     ref = SimpleFeaturePyramid(
         vit,
         "last_feat",

@@ -6,6 +6,7 @@ through the converter giving the same features as build_eva_vit."""
 import pytest
 import timm
 import torch
+from reference_models import randomize
 
 import eva_transfer
 from eva_transfer import PRESETS, build_eva_vit, load_checkpoint
@@ -13,14 +14,6 @@ from eva_transfer.export import export_state_dict
 from eva_transfer.timm_models import AUTHOR_CHECKPOINTS, default_out_indices
 
 TINY = ["eva_tiny", "eva_tiny_det", "eva_tiny_seg"]
-
-
-def _randomize(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
 
 
 def test_every_preset_is_registered_with_a_pretrained_cfg():
@@ -83,7 +76,7 @@ def test_features_only_matches_feature_info(name):
 
 
 def test_features_only_equals_full_model_intermediates():
-    full = _randomize(timm.create_model("eva_tiny_det")).eval()
+    full = randomize(timm.create_model("eva_tiny_det")).eval()
     feats = timm.create_model("eva_tiny_det", features_only=True, out_indices=(0, 2))
     feats.model.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("blocks.3.")})
     x = torch.randn(1, 3, 80, 112)  # padded windows, batch of one
@@ -96,7 +89,7 @@ def test_features_only_equals_full_model_intermediates():
 
 @pytest.mark.parametrize("name", ["eva_tiny", "eva_tiny_det"])
 def test_forward_intermediates_arguments(name):
-    model = _randomize(timm.create_model(name)).eval()
+    model = randomize(timm.create_model(name)).eval()
     x = torch.randn(2, 3, 64, 80)
     gh, gw, c, pre = 4, 5, model.embed_dim, model.num_prefix_tokens
     with torch.no_grad():
@@ -131,7 +124,7 @@ def test_forward_intermediates_arguments(name):
 
 
 def test_prune_intermediate_layers():
-    model = _randomize(timm.create_model("eva_tiny_det")).eval()
+    model = randomize(timm.create_model("eva_tiny_det")).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         want = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
@@ -148,7 +141,7 @@ def test_prune_intermediate_layers():
 
 @pytest.mark.parametrize("name", TINY)
 def test_state_dict_round_trip(name):
-    a = _randomize(timm.create_model(name)).eval()
+    a = randomize(timm.create_model(name)).eval()
     b = timm.create_model(name).eval()
     b.load_state_dict(a.state_dict(), strict=True)
     x = torch.randn(2, 3, 64, 64)
@@ -160,7 +153,7 @@ def test_state_dict_round_trip(name):
 def test_pretrained_local_file_goes_through_the_converter(name, tmp_path):
     """pretrained=True with a local file (a detector's in Detectron2's layout, or timm's Eva layout) gives the
     features of build_eva_vit + load_checkpoint on the same file."""
-    src = _randomize(build_eva_vit(name)).eval()
+    src = randomize(build_eva_vit(name)).eval()
     # a CLS-free backbone as a fine-tuned ViTDet writes it; the CLS one in timm's own Eva layout
     sd, _ = export_state_dict(src, "timm" if src.cls_token is not None else "detectron2")
     for k in [k for k in sd if k.endswith("qkv.bias")]:  # a non-zero key bias, which has no effect
@@ -187,7 +180,7 @@ def test_pretrained_local_file_goes_through_the_converter(name, tmp_path):
 
 
 def test_torch_compile_aot_eager():
-    model = _randomize(timm.create_model("eva_tiny_det")).eval()
+    model = randomize(timm.create_model("eva_tiny_det")).eval()
     x = torch.randn(1, 3, 64, 64)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=False)
     with torch.no_grad():
@@ -210,7 +203,7 @@ def test_timm_layer_decay_matches_this_toolkits():
 @pytest.mark.parametrize("size", [(64, 96), (96, 64), (48, 48)])
 def test_windowed_batch_of_one_with_one_window_row(size):
     """A batch of one whose padded grid is one window high or wide (timm's features_only runs such inputs)."""
-    model = _randomize(build_eva_vit("eva_tiny_det")).eval()
+    model = randomize(build_eva_vit("eva_tiny_det")).eval()
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         both = model(x)

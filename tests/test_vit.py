@@ -18,10 +18,9 @@ from functools import partial
 
 import pytest
 import torch
+from reference_models import TINY_DET_LAYOUT, randomize, tiny_detectron2_vit, tiny_timm_eva
 from timm.models.beit import Beit
-from torch import nn
 
-import eva_transfer_projects.compat as compat
 from eva_transfer import PRESETS, EVAViT, build_eva_vit, load_checkpoint
 from eva_transfer.blocks import beit_rel_pos_index
 from eva_transfer.checkpoint_io import CheckpointError
@@ -30,27 +29,11 @@ from eva_transfer.presets import every_kth_block
 timm_eva = pytest.importorskip("timm.models.eva")
 
 
-def _randomize(model):
-    """Non-trivial values everywhere (biases, norms, relative-position tables are zero or one at init)."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
+_randomize = partial(randomize, seed=1)
 
 
 def _timm_eva(patch, img, **kw):
-    return timm_eva.Eva(
-        img_size=img,
-        patch_size=patch,
-        embed_dim=64,
-        depth=4,
-        num_heads=4,
-        mlp_ratio=2.0,
-        num_classes=0,
-        use_fc_norm=False,
-        **kw,
-    ).eval()
+    return tiny_timm_eva(img_size=img, patch_size=patch, **kw)
 
 
 @pytest.mark.parametrize("patch", [14, 16])
@@ -70,13 +53,7 @@ def test_global_attention_matches_timm(patch, shape):
     assert (got - expected).abs().max().item() <= 1e-5
 
 
-def _d2_vit(**kw):
-    compat.apply_detectron2()
-    from detectron2.modeling import ViT
-
-    # ViTDet's configs and this toolkit use LayerNorm eps 1e-6 (Detectron2's class default is PyTorch's 1e-5)
-    norm = partial(nn.LayerNorm, eps=1e-6)
-    return ViT(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, qkv_bias=True, norm_layer=norm, **kw).eval()
+_d2_vit = tiny_detectron2_vit
 
 
 @pytest.mark.parametrize("img", [(128, 128), (96, 160), (100, 84)])
@@ -259,24 +236,7 @@ def test_invalid_layouts_are_refused():
 # -------------------- backbone_inputs
 # The backbone takes every input it documents: any grid shape, any size (floored to the patch), empty batches;
 def _detectron2_vit():
-    compat.apply_detectron2()
-    from detectron2.modeling import ViT
-
-    return ViT(
-        img_size=128,
-        patch_size=16,
-        embed_dim=64,
-        depth=4,
-        num_heads=4,
-        mlp_ratio=2.0,
-        qkv_bias=True,
-        use_rel_pos=True,
-        window_size=4,
-        window_block_indexes=(0, 2),
-        pretrain_img_size=64,
-        pretrain_use_cls_token=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),  # ViTDet's and this toolkit's eps
-    ).eval()
+    return tiny_detectron2_vit(**TINY_DET_LAYOUT, pretrain_use_cls_token=True)
 
 
 @pytest.mark.parametrize("img", [(16, 80), (32, 80), (64, 160), (48, 200)])

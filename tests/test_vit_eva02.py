@@ -12,6 +12,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_models import randomize
 
 from eva_transfer import EVAViT, build_eva_vit, load_checkpoint
 from eva_transfer.convert import convert_state_dict
@@ -29,12 +30,7 @@ SIZES = [(224, 224), (168, 252), (280, 196)]
 
 
 def _randomize(model, seed=1):
-    """Non-trivial values everywhere (biases and norms start at zero or one)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * 0.1)
-    return model
+    return randomize(model, seed, dtype=torch.float64)
 
 
 def _timm_model(name, **kw):

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from detectron2.modeling import SimpleFeaturePyramid, ViT
+from detectron2.modeling import SimpleFeaturePyramid
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from reference_models import TINY_DET_LAYOUT, randomize, tiny_detectron2_vit
 from torch import nn
 
 import eva_transfer_projects.detection  # noqa: F401
@@ -37,22 +37,7 @@ class Detector(nn.Module):
 
 def _vitdet_reference(square_pad=128):
     # the eva_tiny_det layout in Detectron2's classes: windows of 4 in blocks 0 and 2, global blocks 1 and 3
-    net = ViT(
-        img_size=128,
-        patch_size=16,
-        embed_dim=64,
-        depth=4,
-        num_heads=4,
-        mlp_ratio=2.0,
-        qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        window_size=4,
-        window_block_indexes=[0, 2],
-        use_rel_pos=True,
-        pretrain_img_size=64,
-        pretrain_use_cls_token=True,
-        out_feature="last_feat",
-    )
+    net = tiny_detectron2_vit(**TINY_DET_LAYOUT, pretrain_use_cls_token=True, out_feature="last_feat")
     return SimpleFeaturePyramid(
         net,
         "last_feat",
@@ -109,11 +94,7 @@ def test_vitdet_checkpoint_loads_and_matches_detectron2(tmp_path):
 
 
 def _randomized(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return module.eval()
+    return randomize(module, seed).eval()
 
 
 def test_vit_alone_is_a_detectron2_backbone_and_feeds_detectron2_necks():
