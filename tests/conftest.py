@@ -3,13 +3,39 @@ import os
 import pytest
 import torch
 
-# the suite is sized for 2 cores; keep torch from oversubscribing them
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+#: pytest-xdist runs the suite in one process per core (``-n auto``, pyproject.toml): each gets its share of the
+#: cores for torch's threads, so that the processes do not oversubscribe them
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``--dist loadgroup``) a test file runs on one process, so its module fixtures are built
+    once; tests that share a session fixture across files carry one ``xdist_group`` mark and run together."""
+    for item in items:
+        if next(item.iter_markers("xdist_group"), None) is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def segmentation_quickstart(tmp_path_factory) -> dict:
+    """The segmentation block of docs/quickstart.md, run once per session in a fresh clone (``quickstart_doc``): it
+    writes the synthetic ADE-layout data, trains the tiny config as it is and tests the result. ``block``, ``work``
+    (the clone) and ``outputs`` (each command's output). ``tests/test_quickstart.py`` checks the block's promise;
+    ``tests/segmentation/test_training.py`` uses its data and checkpoint instead of training the same config on the
+    same data again."""
+    from quickstart_doc import named_block, run_block, workspace
+
+    tmp = tmp_path_factory.mktemp("quickstart_segmentation")
+    block = named_block("segmentation")
+    work = workspace(tmp)
+    return dict(block=block, work=work, outputs=run_block(block, work, tmp / "log.txt"))
 
 
 @pytest.fixture

@@ -2,9 +2,12 @@
 checkpointer and evaluators).
 
 - The tiny COCO-recipe config trains from scratch, is killed after its first periodic checkpoint, resumes to the
-  planned iteration count, and evaluated on held-out images reaches box AP >= 50 and mask AP >= 40.
+  planned iteration count, and evaluated on held-out images reaches box AP >= 25 and mask AP >= 25.
 - The tiny LVIS-recipe config (sigmoid CE + federated loss, repeat-factor sampling) trains in two CPU processes
   (gloo) through Detectron2's launcher and learns (AP, APr/c/f reported).
+
+Both train with the configs' own iterations and lr schedule at half their batch (:data:`HALF_BATCH`): half the
+compute of the configs' own runs, which reach more (docs/detection.md, "Measured here").
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ import pytest
 from eva_transfer.checkpoint_io import read_checkpoint
 
 from .conftest import TINY_COCO, TINY_LVIS, TRAIN_NET, python, train_net_env
+
+#: 8 images per iteration instead of the tiny configs' 16 (the LVIS run: 4 per process). The iteration count matters
+#: more than the batch here: 350 x 8 reached box AP 43-55 on tiny COCO, while 250 x 8 (schedule scaled) reached 12
+#: and 350 x 4 reached 22.
+HALF_BATCH = "dataloader.train.total_batch_size=8"
 
 
 def _env():
@@ -51,6 +59,7 @@ def test_tiny_coco_trains_survives_a_kill_and_reaches_ap(synthetic_root, tmp_pat
         TINY_COCO,
         f"dataloader.synthetic_root={synthetic_root}",
         f"train.output_dir={out}",
+        HALF_BATCH,
     ]
     with open(log, "w") as f:
         proc = subprocess.Popen(args, env=_env(), stdout=f, stderr=subprocess.STDOUT)
@@ -77,12 +86,15 @@ def test_tiny_coco_trains_survives_a_kill_and_reaches_ap(synthetic_root, tmp_pat
 
     m = _final_metrics(out)
     print(
-        f"\ntiny COCO ({max_iter} iterations, killed after iteration {killed_at} and resumed): "
+        f"\ntiny COCO ({max_iter} iterations x 8 images, killed after iteration {killed_at} and resumed): "
         f"box AP {m['bbox/AP']:.1f} (AP50 {m['bbox/AP50']:.1f}, APs/m/l {m['bbox/APs']:.1f}/{m['bbox/APm']:.1f}/"
         f"{m['bbox/APl']:.1f}), mask AP {m['segm/AP']:.1f}"
     )
-    assert m["bbox/AP"] >= 50
-    assert m["segm/AP"] >= 40
+    # untrained: about 0.03; measured here (350 x 8, this test and two uninterrupted runs): box AP 46.9 / 55.1 / 42.8,
+    # mask AP 43.9 / 53.0 / 42.2. A resume that keeps the iteration but not the checkpoint's weights (random initial
+    # weights from iteration 100) scored box 13.1, mask 14.6.
+    assert m["bbox/AP"] >= 25
+    assert m["segm/AP"] >= 25
 
 
 @pytest.mark.slow
@@ -101,6 +113,7 @@ def test_tiny_lvis_fed_loss_rfs_two_process_training(synthetic_root, tmp_path):
             "auto",
             f"dataloader.synthetic_root={synthetic_root}",
             f"train.output_dir={out}",
+            HALF_BATCH,
         ],
         log,
         timeout=1500,
@@ -114,6 +127,7 @@ def test_tiny_lvis_fed_loss_rfs_two_process_training(synthetic_root, tmp_path):
         f"\ntiny LVIS, 2 processes: box AP {m['bbox/AP']:.1f} (APr {m['bbox/APr']:.1f}, APc {m['bbox/APc']:.1f}, "
         f"APf {m['bbox/APf']:.1f}), mask AP {m['segm/AP']:.1f} (APr {m['segm/APr']:.1f})"
     )
-    # untrained: ~0; measured here after 350 iterations: box 27.8 (APr 3.4, APc 24.3, APf 41.8), mask 26.7
+    # untrained: ~0; measured here after 350 iterations x 8 images: box 22.8 (APr 2.7, APc 18.0, APf 35.3), mask 21.8
+    # (x 16, the config's batch: box 27.8, mask 26.7)
     assert m["bbox/AP"] >= 12 and m["segm/AP"] >= 12
     assert not any(math.isnan(m[f"bbox/AP{g}"]) for g in "rcf")

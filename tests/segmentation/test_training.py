@@ -1,44 +1,39 @@
-"""The tiny config learns the synthetic ADE-layout data from scratch; test and inference tools on the result."""
+"""The tiny config learns the synthetic ADE-layout data from scratch; test and inference tools on the result.
+
+The model is the one docs/quickstart.md's segmentation block trains (run once per session by the
+``segmentation_quickstart`` fixture of tests/conftest.py): the same config and data, trained once for both."""
 
 from __future__ import annotations
 
-import resource
-import time
-
 import numpy as np
 import pytest
+from mmengine.config import Config
 from PIL import Image
 
-from eva_transfer_projects.segmentation import evaluate_command, infer_command, train_command
-from eva_transfer_projects.segmentation.synthetic import SYNTHETIC_PALETTE, write_synthetic_ade
+from eva_transfer_projects.segmentation import evaluate_command, infer_command
+from eva_transfer_projects.segmentation.synthetic import SYNTHETIC_PALETTE
 
 from .conftest import TINY_CONFIG, data_options
 
-pytestmark = pytest.mark.slow
+#: with the quick start's segmentation test, whose session fixture trains the model (one pytest-xdist process)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("segmentation_quickstart")]
 
 #: mIoU (percent) the tiny model must reach on the held-out images
 MIN_MIOU = 60.0
 
 
-def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_thread):
-    """Trains the tiny config as it is (150 iterations) on 64 synthetic images; 16 held-out images."""
-    root = tmp_path_factory.mktemp("synthetic_ade")
-    write_synthetic_ade(root, num_train=64, num_val=16, size=64, seed=0)
-    work_dir = tmp_path_factory.mktemp("work")
-    train = train_command
-    wall, cpu = time.perf_counter(), _cpu_seconds()
-    runner = train.main([TINY_CONFIG, "--work-dir", str(work_dir), "--cfg-options", *data_options(root)])
-    wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
-    print(f"tiny config: {runner.iter} iterations in {wall:.0f} s wall, {cpu:.0f} s CPU")
-    return dict(
-        root=root, work_dir=work_dir, checkpoint=work_dir / f"iter_{runner.iter}.pth", iters=runner.iter
-    )
+def trained(segmentation_quickstart, tmp_path_factory, one_thread):
+    """The tiny config as it is (150 iterations) trained on 64 synthetic images, 16 held out: the quick start's
+    data (tools/make_synthetic_ade.py's defaults) and the last checkpoint of its tools/train_seg.py run."""
+    work = segmentation_quickstart["work"]
+    root = work / "data/synthetic_ade"
+    assert len(list((root / "images/training").glob("*.jpg"))) == 64
+    assert len(list((root / "images/validation").glob("*.jpg"))) == 16
+    iters = Config.fromfile(TINY_CONFIG).train_cfg.max_iters
+    checkpoint = work / "work_dirs/eva_tiny_mask2former_synthetic" / f"iter_{iters}.pth"
+    assert checkpoint.is_file()
+    return dict(root=root, work_dir=tmp_path_factory.mktemp("work"), checkpoint=checkpoint, iters=iters)
 
 
 def test_tiny_config_reaches_miou_on_held_out_images(trained):
