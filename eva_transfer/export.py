@@ -239,7 +239,9 @@ def _eva02_kwargs(vit: EVAViT) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if hasattr(block.mlp, "fc1_g"):
         out["swiglu_mlp"] = True
-    if isinstance(getattr(block.mlp, "norm", None), nn.LayerNorm):  # timm's SwiGLU holds an identity otherwise
+    if isinstance(
+        getattr(block.mlp, "norm", None), nn.LayerNorm
+    ):  # timm's SwiGLU holds an identity otherwise
         out["scale_mlp"] = True
     if isinstance(block.attn.norm, nn.LayerNorm):
         out["scale_attn_inner"] = True

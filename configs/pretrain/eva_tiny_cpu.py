@@ -7,9 +7,7 @@ Run: ``python tools/pretrain.py --config configs/pretrain/eva_tiny_cpu.py data.r
 _base_ = "eva_g_clip_l14.py"
 
 config = dict(
-    model=dict(
-        preset="eva_tiny", target_dim=None, drop_path_rate=0.1, backbone_overrides=dict(img_size=128)
-    ),
+    model=dict(preset="eva_tiny", target_dim=None, drop_path_rate=0.1, backbone_overrides=dict(img_size=128)),
     teacher=dict(
         name="vit_base_patch16_clip_224.openai",
         pretrained=False,
