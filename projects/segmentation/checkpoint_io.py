@@ -69,14 +69,21 @@ def _statistics_method_names() -> set:
     return {"min", "max", "mean", "current"} | set(HistoryBuffer._statistics_methods)
 
 
+#: refusals of :func:`history_buffer_method` during the current load (torch re-raises the unpickler's error
+#: without its cause, so the loader reads the reason from here to name it)
+_refused: list[str] = []
+
+
 def history_buffer_method(owner, name: str):
     """What ``builtins.getattr`` means inside a runner checkpoint: one of HistoryBuffer's statistics methods."""
     if owner is HistoryBuffer and isinstance(name, str) and name in _statistics_method_names():
         return getattr(HistoryBuffer, name)
-    raise pickle.UnpicklingError(
-        f"Unsupported global: getattr({getattr(owner, '__name__', type(owner).__name__)}, {name!r}) is not a "
-        f"HistoryBuffer statistics method"
+    reason = (
+        f"getattr({getattr(owner, '__name__', type(owner).__name__)}, {name!r}) is not a HistoryBuffer "
+        f"statistics method; refused"
     )
+    _refused.append(reason)
+    raise pickle.UnpicklingError(f"Unsupported global: {reason}")
 
 
 #: the non-tensor types inside the runner's checkpoints (message hub, meta); ``builtins.getattr`` resolves to
@@ -92,8 +99,16 @@ def load_local_checkpoint(filename: str, map_location=None):
     filename = osp.expanduser(filename)
     if not osp.exists(filename):
         raise FileNotFoundError(f"checkpoint {filename!r} does not exist")
-    with torch.serialization.safe_globals(RUNNER_CHECKPOINT_GLOBALS):
-        return read_checkpoint(filename)
+    _refused.clear()
+    try:
+        with torch.serialization.safe_globals(RUNNER_CHECKPOINT_GLOBALS):
+            return read_checkpoint(filename)
+    except CheckpointError as e:
+        if _refused:
+            raise CheckpointError(f"{filename}: {_refused[-1]}") from e
+        raise
+    finally:
+        _refused.clear()
 
 
 def _strip_wrappers(key: str) -> str:
