@@ -1,4 +1,5 @@
-"""The command lines of ``docs/model_zoo.md``, as a user copies them, for the tests that run each one.
+"""The command lines of ``docs/model_zoo.md`` (and of ``docs/model_zoo_eva02.md``: ``doc=DOC_EVA02``), as a user
+copies them, for the tests that run each one.
 
 Every code span that starts with ``.venv/bin/python tools/`` is a command. ``[--tta]`` (an optional flag in the
 table) gives two commands, without and with it. :func:`commands_for` hands a test the commands of its tools;
@@ -13,6 +14,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "model_zoo.md"
+DOC_EVA02 = REPO / "docs" / "model_zoo_eva02.md"
 PREFIX = ".venv/bin/python tools/"
 
 #: tool -> the test module that runs every documented command of that tool
@@ -26,9 +28,9 @@ RUNNERS = {
 }
 
 
-def commands() -> list[str]:
-    """Every documented command line, in the order of the page, optional flags expanded."""
-    text = re.sub(r"```.*?```", "", DOC.read_text(), flags=re.S)  # fenced blocks hold no tool command
+def commands(doc: Path = DOC) -> list[str]:
+    """Every command line of the page ``doc``, in its order, optional flags expanded."""
+    text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)  # fenced blocks hold no tool command
     spans = re.findall(r"`([^`]+)`", text)
     out = []
     for span in spans:
@@ -46,9 +48,9 @@ def tool_of(command: str) -> str:
     return shlex.split(command)[1].split("/", 1)[1]
 
 
-def commands_for(*tools: str) -> list[str]:
-    found = [c for c in commands() if tool_of(c) in tools]
-    assert found, f"docs/model_zoo.md has no command of {tools}: the parser or the page changed"
+def commands_for(*tools: str, doc: Path = DOC) -> list[str]:
+    found = [c for c in commands(doc) if tool_of(c) in tools]
+    assert found, f"{doc.relative_to(REPO)} has no command of {tools}: the parser or the page changed"
     return found
 
 

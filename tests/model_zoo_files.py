@@ -12,15 +12,20 @@ tests that run the page's commands on them (tests/segmentation/test_model_zoo.py
   ``mae_vit_large_patch16_dec512d4b``, patch 14): timm ``Block``s with one ``qkv.bias`` for q, k and v, ``cls_token``,
   a fixed ``pos_embed`` ``(1, 1 + 16*16, C)``, final ``norm`` and the MIM decoder (``decoder_embed``, ``mask_token``,
   ``decoder_pos_embed``, ``decoder_blocks``, ``decoder_norm``, ``decoder_pred``).
+
+EVA-02's detector files (docs/model_zoo_eva02.md) hold their ViT under ``backbone.net.`` in the layout of
+EVA-02/det/detectron2/modeling/backbone/vit.py: :func:`eva02_det_vit` and :data:`EVA02_DET_NAMES`.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from reference_models import eva02_det_rope
 
 _REF = Path(__file__).resolve().parent / "detection" / "fidelity_eva01_reference.py"
 _spec = importlib.util.spec_from_file_location("fidelity_eva01_reference", _REF)
@@ -105,3 +110,80 @@ def write_released_mim_file(path: Path, dim: int, depth: int, heads: int, mlp: i
     checkpoint = released_mim_file(Path(path).name, dim, depth, heads, mlp, seed)
     torch.save(checkpoint, path)
     return checkpoint["model"]
+
+
+#: the EVA-02 detection backbone's names inside a block -> (this toolkit's name, the third of its rows they fill
+#: (0, 1, 2: q, k, v), or None for the whole tensor)
+EVA02_DET_NAMES = {
+    "attn.q_proj.weight": ("attn.qkv.weight", 0),
+    "attn.k_proj.weight": ("attn.qkv.weight", 1),
+    "attn.v_proj.weight": ("attn.qkv.weight", 2),
+    "mlp.w1.weight": ("mlp.fc1_g.weight", None),
+    "mlp.w1.bias": ("mlp.fc1_g.bias", None),
+    "mlp.w2.weight": ("mlp.fc1_x.weight", None),
+    "mlp.w2.bias": ("mlp.fc1_x.bias", None),
+    "mlp.ffn_ln.weight": ("mlp.norm.weight", None),
+    "mlp.ffn_ln.bias": ("mlp.norm.bias", None),
+    "mlp.w3.weight": ("mlp.fc2.weight", None),
+    "mlp.w3.bias": ("mlp.fc2.bias", None),
+}
+
+#: buffers of the authors' file that hold no weights (rotary tables, recomputed from the grid)
+EVA02_DET_ROPE = re.compile(r"^(rope_win|rope_glb|blocks\.\d+\.attn\.rope)\.freqs_(cos|sin)$")
+
+
+def eva02_det_vit(
+    dim: int, depth: int, heads: int, mlp: int, *, img: int, window: int, global_blocks, seed: int = 0
+) -> dict:
+    """The state dict of the authors' EVA-02 detection ``ViT`` (random weights): ``patch_embed``, a 14x14 + CLS
+    ``pos_embed``, the rotary tables ``rope_win`` (window grid) and ``rope_glb`` (the ``img`` grid), and per block
+    ``norm1``, ``attn.q_proj/k_proj/v_proj.weight`` (no bias), ``attn.q_bias`` / ``attn.v_bias``, ``attn.proj``,
+    the block's rotary table again under ``attn.rope.`` (a shared submodule is saved under every name), ``norm2``,
+    the SwiGLU ``mlp.w1`` / ``mlp.w2`` / ``mlp.ffn_ln`` / ``mlp.w3``."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, std=0.02):
+        return torch.randn(*shape, generator=g) * std
+
+    head = dim // heads
+    tables = {
+        "rope_win": eva02_det_rope(head, window, window),
+        "rope_glb": eva02_det_rope(head, img // 16, img // 16),
+    }
+    sd = {"patch_embed.proj.weight": rnd(dim, 3, 16, 16), "patch_embed.proj.bias": rnd(dim)}
+    sd["pos_embed"] = rnd(1, 1 + 14 * 14, dim, std=0.5)
+    for name, (cos, sin) in tables.items():
+        sd.update({f"{name}.freqs_cos": cos, f"{name}.freqs_sin": sin})
+    for i in range(depth):
+        p = f"blocks.{i}."
+        cos, sin = tables["rope_glb" if i in global_blocks else "rope_win"]
+        sd.update(
+            {
+                p + "norm1.weight": 1 + rnd(dim, std=0.1), p + "norm1.bias": rnd(dim),
+                p + "attn.q_proj.weight": rnd(dim, dim, std=0.2), p + "attn.k_proj.weight": rnd(dim, dim, std=0.2),
+                p + "attn.v_proj.weight": rnd(dim, dim, std=0.2),
+                p + "attn.q_bias": rnd(dim, std=0.1), p + "attn.v_bias": rnd(dim, std=0.1),
+                p + "attn.rope.freqs_cos": cos, p + "attn.rope.freqs_sin": sin,
+                p + "attn.proj.weight": rnd(dim, dim, std=0.1), p + "attn.proj.bias": rnd(dim),
+                p + "norm2.weight": 1 + rnd(dim, std=0.1), p + "norm2.bias": rnd(dim),
+                p + "mlp.w1.weight": rnd(mlp, dim, std=0.1), p + "mlp.w1.bias": rnd(mlp),
+                p + "mlp.w2.weight": rnd(mlp, dim, std=0.1), p + "mlp.w2.bias": rnd(mlp),
+                p + "mlp.ffn_ln.weight": 1 + rnd(mlp, std=0.1), p + "mlp.ffn_ln.bias": rnd(mlp),
+                p + "mlp.w3.weight": rnd(dim, mlp, std=0.1), p + "mlp.w3.bias": rnd(dim),
+            }
+        )  # fmt: skip
+    return sd
+
+
+def assert_eva02_det_vit_loaded(authors: dict, ours: dict) -> None:
+    """Every tensor of :func:`eva02_det_vit`'s layout is in ``ours`` (this toolkit's backbone state dict) as stored:
+    under its own name, or where :data:`EVA02_DET_NAMES` puts it; the rotary buffers are not weights."""
+    for key, value in authors.items():
+        if EVA02_DET_ROPE.match(key):
+            continue
+        m = re.match(r"^(blocks\.\d+\.)(.*)$", key)
+        name, part = EVA02_DET_NAMES.get(m.group(2), (m.group(2), None)) if m else (key, None)
+        got = ours[(m.group(1) if m else "") + name]
+        if part is not None:
+            got = got.chunk(3, dim=0)[part]
+        torch.testing.assert_close(got, value, rtol=0, atol=0, msg=key)

@@ -57,3 +57,17 @@ def tiny_detectron2_vit(**kwargs) -> nn.Module:
 
     args = {**TINY_SHAPE, "qkv_bias": True, "norm_layer": partial(nn.LayerNorm, eps=1e-6), **kwargs}
     return ViT(**args).eval()
+
+
+def eva02_det_rope(head_dim, n_h, n_w, pt=16):
+    """The EVA-02 detection backbone's rotary table (``VisionRotaryEmbeddingFast(dim=head_dim // 2, pt_seq_len,
+    ft_seq_len)``; float32 like theirs), for an ``n_h x n_w`` grid: positions ``arange(n) / n * pt`` per axis, row
+    angles in the first half of the head, column angles in the second, each frequency repeated for a pair."""
+    dim = head_dim // 2
+    freqs = 1.0 / (10000 ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))
+    t_h, t_w = torch.arange(n_h) / n_h * pt, torch.arange(n_w) / n_w * pt
+    f_h = torch.einsum("i,f->if", t_h, freqs).repeat_interleave(2, -1)
+    f_w = torch.einsum("i,f->if", t_w, freqs).repeat_interleave(2, -1)
+    f = torch.cat([f_h[:, None].expand(n_h, n_w, dim), f_w[None, :].expand(n_h, n_w, dim)], dim=-1)
+    f = f.reshape(n_h * n_w, head_dim)
+    return f.cos(), f.sin()

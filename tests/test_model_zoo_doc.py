@@ -1,11 +1,12 @@
 """Every command line of docs/model_zoo.md has a test that runs it: its tool is in ``model_zoo_doc.RUNNERS``, whose
 module exists and takes that tool's commands from the page (``commands_for("<tool>")``). A tool newly documented
-on the page without such a test fails here."""
+on the page without such a test fails here. The same holds for docs/model_zoo_eva02.md, whose runners read that
+page (``commands_for(..., doc=DOC_EVA02)``)."""
 
 from __future__ import annotations
 
 import pytest
-from model_zoo_doc import PREFIX, REPO, RUNNERS, commands, tool_of
+from model_zoo_doc import DOC_EVA02, PREFIX, REPO, RUNNERS, commands, tool_of
 
 
 def test_the_page_has_commands_of_each_section():
@@ -33,3 +34,16 @@ def test_runner_module_exists_and_runs_the_tools_commands(tool):
     source = module.read_text()
     assert "commands_for(" in source, f"{RUNNERS[tool]} does not take its commands from the page"
     assert f'"{tool}"' in source, f"{RUNNERS[tool]} does not name {tool} among the tools it runs"
+
+
+def test_every_tool_of_the_eva02_page_has_a_runner_that_reads_that_page():
+    tools = {tool_of(c) for c in commands(DOC_EVA02)}
+    assert "train_net.py" in tools and all(c.startswith(PREFIX) for c in commands(DOC_EVA02))
+    for tool in sorted(tools):
+        assert tool in RUNNERS, (
+            f"docs/model_zoo_eva02.md documents {tool}; add its runner to model_zoo_doc.RUNNERS"
+        )
+        source = (REPO / RUNNERS[tool]).read_text()
+        assert "doc=DOC_EVA02" in source and f'"{tool}"' in source, (
+            f"{RUNNERS[tool]} does not run the page's {tool}"
+        )

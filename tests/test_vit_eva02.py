@@ -12,7 +12,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_models import randomize
+from reference_models import eva02_det_rope, randomize
 
 from eva_transfer import EVAViT, build_eva_vit, load_checkpoint
 from eva_transfer.convert import convert_state_dict
@@ -188,20 +188,6 @@ def test_option_checks(kw, match):
 # --- the window/global rule, against the EVA-02 detection backbone's computation -----------------------------------
 
 
-def _authors_rope(head_dim, n_h, n_w, pt=16):
-    """The EVA-02 detection backbone's rotary table (``VisionRotaryEmbeddingFast(dim=head_dim // 2, pt_seq_len,
-    ft_seq_len)``; float32 like theirs), for an ``n_h x n_w`` grid: positions ``arange(n) / n * pt`` per axis, row
-    angles in the first half of the head, column angles in the second, each frequency repeated for a pair."""
-    dim = head_dim // 2
-    freqs = 1.0 / (10000 ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))
-    t_h, t_w = torch.arange(n_h) / n_h * pt, torch.arange(n_w) / n_w * pt
-    f_h = torch.einsum("i,f->if", t_h, freqs).repeat_interleave(2, -1)
-    f_w = torch.einsum("i,f->if", t_w, freqs).repeat_interleave(2, -1)
-    f = torch.cat([f_h[:, None].expand(n_h, n_w, dim), f_w[None, :].expand(n_h, n_w, dim)], dim=-1)
-    f = f.reshape(n_h * n_w, head_dim)
-    return f.cos(), f.sin()
-
-
 def _rotate_pairs(t):
     pairs = t.unflatten(-1, (-1, 2))
     return torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
@@ -234,7 +220,7 @@ def _reference(model, x, window_rope="window"):
     h, w = feat.shape[-2:]
     t = feat.permute(0, 2, 3, 1)  # (B, H, W, C)
     b, c = t.shape[0], t.shape[-1]
-    grid_rope = _authors_rope(head_dim, h, w)
+    grid_rope = eva02_det_rope(head_dim, h, w)
     for i in range(model.depth):
         pre = f"blocks.{i}."
         y = ln(t, pre + "norm1")
@@ -250,7 +236,7 @@ def _reference(model, x, window_rope="window"):
             for r in range(0, hp, ws):
                 for s in range(0, wp, ws):
                     if window_rope == "window":
-                        rope = _authors_rope(head_dim, ws, ws)
+                        rope = eva02_det_rope(head_dim, ws, ws)
                     else:  # the image table at the window's cells (padded cells: the table's last row/column)
                         rows = torch.arange(r, r + ws).clamp(max=h - 1)
                         cols = torch.arange(s, s + ws).clamp(max=w - 1)

@@ -18,6 +18,12 @@ under ``DETECTRON2_DATASETS``, and checks that
 
 The same checks run on the page's fine-tuning command (Objects365 model -> COCO: the class-name transfer runs) and
 its demo command.
+
+EVA-02's released detectors (docs/model_zoo_eva02.md) are the same kind of file with EVA-02's ViT under
+``backbone.net.`` (``model_zoo_files.eva02_det_vit``: separate ``q_proj`` / ``k_proj`` / ``v_proj``, SwiGLU
+``w1`` / ``w2`` / ``ffn_ln`` / ``w3``, the rotary buffers ``freqs_cos`` / ``freqs_sin``); each evaluation command of
+that page runs on such a file, and every tensor must be in the model as stored (the rotary buffers dropped as
+recomputed), with no flag beyond the page's.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
 from detectron2.modeling.roi_heads import CascadeROIHeads
 from detectron2.structures import Boxes, Instances
-from model_zoo_doc import argv, commands_for
+from model_zoo_doc import DOC_EVA02, argv, commands_for
+from model_zoo_files import assert_eva02_det_vit_loaded, eva02_det_vit
 from PIL import Image
 
 from eva_transfer_projects.detection.data.synthetic import make_synthetic_dataset
@@ -238,6 +245,15 @@ def write_released_file(
         DIM, DEPTH, HEADS, MLP, train_img=TRAIN, window=16, global_blocks=GLOBAL, seed=seed
     )
     model, _ = reference_model(config, released, TRAIN, "vitdet", vit, list(overrides))
+    state = _random_heads(model, seed)
+    state.update({f"backbone.net.{k}": v for k, v in vit.items()})
+    torch.save({"model": state}, path)
+    return state, vit
+
+
+def _random_heads(model: torch.nn.Module, seed: int) -> dict:
+    """``model``'s tensors outside its ViT (``backbone.net.``) drawn at random, in Detectron2's names: the pyramid,
+    the RPN and the cascade heads of a released file."""
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -253,9 +269,7 @@ def write_released_file(
     state.update(
         {f"backbone.{k}": v for k, v in model.backbone.state_dict().items() if not k.startswith("net.")}
     )
-    state.update({f"backbone.net.{k}": v for k, v in vit.items()})
-    torch.save({"model": state}, path)
-    return state, vit
+    return state
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -445,3 +459,55 @@ def test_demo_command_draws_with_a_released_file(tmp_path, datasets):
     run_command(command, tmp_path, datasets, SHRINK + _test_size(config))
     drawn = sorted(p.name for p in (tmp_path / "drawn").iterdir())
     assert drawn == ["photo0.png", "photo1.png"], drawn
+
+
+# ------------------------------------------------------------------------------------------------ EVA-02
+#: the EVA-02 configs' global blocks at the shrunk depth (the 1536 configs name blocks up to 23)
+EVA02_SHRINK = SHRINK + ["model.backbone.net.global_block_indexes=[1,3]"]
+
+
+def eva02_eval_commands() -> list[str]:
+    return [c for c in commands_for("train_net.py", doc=DOC_EVA02) if "--eval-only" in c]
+
+
+@pytest.mark.parametrize("command", eva02_eval_commands(), ids=_released)
+def test_released_eva02_detector_file_loads_whole_and_evaluates(command, tmp_path, datasets):
+    released, config = _released(command), _config(command)
+    size = TEST if "1536" in config else TRAIN
+    (tmp_path / "checkpoints").mkdir()
+    heads, _ = reference_model(config, released, size, "vitdet", {}, EVA02_SHRINK[len(SHRINK) :])
+    vit = eva02_det_vit(DIM, DEPTH, HEADS, MLP, img=size, window=16, global_blocks=[1, 3], seed=9)
+    state = _random_heads(heads, seed=9)
+    if heads.roi_heads.box_predictor[
+        0
+    ].use_sigmoid_ce:  # LVIS: a trained classifier's low prior, not 1203 x 0.5
+        for key in [k for k in state if "cls_score" in k]:
+            state[key] = state[key] * 0.05 - (5.0 if key.endswith("bias") else 0.0)
+    state.update({f"backbone.net.{k}": v for k, v in vit.items()})
+    torch.save({"model": state}, tmp_path / "checkpoints" / released)
+
+    proc = run_command(command, tmp_path, datasets, EVA02_SHRINK + _test_size(config))
+    log = proc.stdout + proc.stderr
+    assert "class transfer" not in log
+    cfg = load_det_config(str(REPO / "configs/detection" / config), EVA02_SHRINK + _test_size(config))
+    style = "lvis" if cfg.dataloader.test.dataset.names.startswith("lvis") else "coco"
+    assert json.loads((tmp_path / cfg.train.output_dir / f"{style}_instances_results.json").read_text())
+
+    # every tensor as stored: the command's own loading, repeated in this process
+    from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
+
+    ours = instantiate(cfg.model).eval()
+    checkpointer = EVADetectionCheckpointer(ours, load_options=dict(cfg.train.checkpoint_load))
+    checkpointer.load(str(tmp_path / "checkpoints" / released), checkpointables=[])
+    assert checkpointer.unloaded_keys() == []
+    report = checkpointer.last_load_reports["backbone"]
+    assert not report.missing and not report.unexpected and not report.resized, report.summary()
+    rope = {k for k in vit if "freqs_" in k}
+    assert set(report.dropped) == rope, report.summary()
+    assert all("rotary position table" in why for why in report.dropped.values())
+    got = ours.state_dict()
+    for key, value in state.items():
+        if not key.startswith("backbone.net."):
+            torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+    net = {k[len("backbone.net.") :]: v for k, v in got.items() if k.startswith("backbone.net.")}
+    assert_eva02_det_vit_loaded(vit, net)
