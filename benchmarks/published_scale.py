@@ -90,7 +90,7 @@ def pretrain_child(job: dict) -> dict:
 
     from eva_transfer.pretrain.config import load_pretrain_config
     from eva_transfer.pretrain.objective import mim_loss
-    from eva_transfer.pretrain.trainer import build_mask_generator, build_models
+    from eva_transfer.pretrain.build import build_mask_generator, build_models
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])

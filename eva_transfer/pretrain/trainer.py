@@ -31,12 +31,12 @@ from ..checkpoint_io import (
     save_checkpoint,
 )
 from ..runtime import DistributedStartupError, StopSignals, WorkerThreads, join_process_group
+from .build import build_dataset, build_models, build_optimizer
 from .config import ConfigError, check_config
-from .data import GlobalBatchSampler, MIMDataset, collate, list_images
-from .masking import BlockMaskGenerator
-from .objective import lr_at_step, mim_loss, param_groups
-from .student import MIMStudent, build_student, export_state_dict
-from .teacher import CLIPTeacher, build_teacher, check_target_width
+from .data import GlobalBatchSampler, MIMDataset, collate
+from .objective import lr_at_step, mim_loss
+from .student import MIMStudent, export_state_dict
+from .teacher import CLIPTeacher
 from .training_state import (
     read_resume_checkpoint,
     save_training_state,
@@ -46,36 +46,9 @@ from .training_state import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train", "build_models", "StepRecord", "TrainSummary"]
+__all__ = ["train", "StepRecord", "TrainSummary"]
 
 StepRecord = dict  # {"step", "epoch", "loss", "lr", "grad_norm", "skipped", "images_per_s", "eta_s"}
-
-
-def build_models(cfg: dict, device: torch.device) -> tuple[MIMStudent, CLIPTeacher]:
-    """Teacher and student from a config; the student head follows (or is checked against) the teacher."""
-    t = cfg["teacher"]
-    teacher = build_teacher(
-        family=t["family"],
-        name=t["name"],
-        pretrained=t["pretrained"],
-        checkpoint=t["checkpoint"],
-        img_size=t["img_size"],
-        kwargs=t["kwargs"],
-        mean=t["mean"],
-        std=t["std"],
-        act_layer=t["act_layer"],
-    )
-    m = cfg["model"]
-    target_dim = m["target_dim"] if m["target_dim"] is not None else teacher.out_dim
-    check_target_width(target_dim, teacher)
-    student = build_student(
-        m["preset"],
-        target_dim,
-        drop_path_rate=m["drop_path_rate"],
-        use_act_checkpoint=m["use_act_checkpoint"],
-        **{"init_mode": m["init_mode"], "init_std": m["init_std"], **m["backbone_overrides"]},
-    )
-    return student.to(device), teacher.to(device)
 
 
 # ------------------------------------------------------------------------------------------ distributed set-up
@@ -225,45 +198,15 @@ def _set_up(cfg: dict) -> _Run:
     torch.manual_seed(seed)  # identical initial weights on every process (DDP also broadcasts them)
     student, teacher = build_models(cfg, device)
     grid = (cfg["data"]["img_size"] // student.backbone.patch_size,) * 2
-    dataset = _build_dataset(cfg, grid, seed)
+    dataset = build_dataset(cfg, grid, seed)
     schedule = _schedule(cfg, len(dataset), rank, world, seed)
-    optimizer, use_zero = _build_optimizer(student, cfg["optim"], world, rank == 0)
+    optimizer, use_zero = build_optimizer(student, cfg["optim"], world, rank == 0)
     amp_dtype = _amp_dtype(tcfg["amp"], device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return _Run(
         cfg, rank, world, device, out_dir, seed, student, teacher, grid, dataset, schedule, optimizer, use_zero,
         amp_dtype, scaler,
     )  # fmt: skip
-
-
-def build_mask_generator(cfg: dict, grid: tuple[int, int]) -> BlockMaskGenerator:
-    """The block-wise mask generator of a pre-training config's ``mask`` section for a ``grid`` of patches."""
-    mk = cfg["mask"]
-    return BlockMaskGenerator(
-        grid,
-        num_masked=mk["num_patches"],
-        mask_ratio=mk["ratio"],
-        min_patches=mk["min_patches"],
-        max_patches=mk["max_patches"],
-        min_aspect=mk["min_aspect"],
-        max_aspect=mk["max_aspect"],
-        max_tries=mk["max_tries"],
-    )
-
-
-def _build_dataset(cfg: dict, grid: tuple[int, int], seed: int) -> MIMDataset:
-    dcfg = cfg["data"]
-    masker = build_mask_generator(cfg, grid)
-    return MIMDataset(
-        list_images(dcfg["root"], dcfg["list_file"]),
-        dcfg["img_size"],
-        masker,
-        scale=tuple(dcfg["scale"]),
-        ratio=tuple(dcfg["ratio"]),
-        hflip=dcfg["hflip"],
-        interpolation=dcfg["interpolation"],
-        seed=seed,
-    )
 
 
 def _schedule(cfg: dict, num_images: int, rank: int, world: int, seed: int) -> _Schedule:
@@ -283,22 +226,6 @@ def _schedule(cfg: dict, num_images: int, rank: int, world: int, seed: int) -> _
             f"({total_steps} steps from schedule.total_steps / epochs, {steps_per_epoch} steps per epoch)"
         )
     return _Schedule(global_batch, steps_per_epoch, total_steps, warmup_steps)
-
-
-def _build_optimizer(student: MIMStudent, ocfg: dict, world: int, is_main: bool) -> tuple[Any, bool]:
-    """AdamW over :func:`param_groups`, ZeRO-1 sharded when ``optim.zero`` and several processes."""
-    groups = param_groups(student, ocfg)
-    for g in groups:
-        g.pop("param_names")
-    adamw = dict(lr=ocfg["lr"], betas=tuple(ocfg["betas"]), eps=ocfg["eps"])
-    use_zero = bool(ocfg["zero"]) and world > 1
-    if ocfg["zero"] and not use_zero and is_main:
-        logger.info("optim.zero: one process, nothing to shard; using plain AdamW")
-    if use_zero:
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-
-        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, **adamw), True
-    return torch.optim.AdamW(groups, **adamw), False
 
 
 def _resume(run: _Run) -> None:
