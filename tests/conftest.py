@@ -38,6 +38,41 @@ def segmentation_quickstart(tmp_path_factory) -> dict:
     return dict(block=block, work=work, outputs=run_block(block, work, tmp / "log.txt"))
 
 
+@pytest.fixture(scope="session")
+def detection_quickstart(tmp_path_factory) -> dict:
+    """The detection block of docs/quickstart.md, run once per session in a fresh clone, with its training killed
+    (SIGKILL) once the first periodic checkpoint is written and the same command then rerun with ``--resume``.
+    ``tests/test_quickstart.py`` checks the block's promise and the demo; ``tests/detection/test_train.py`` checks
+    the resumed run (``killed_at``: the iteration of the checkpoint it resumed from; ``log``: both runs' output).
+    """
+    from quickstart_doc import named_block, run_block, run_until_killed, workspace
+
+    from eva_transfer.checkpoint_io import read_checkpoint
+
+    tmp = tmp_path_factory.mktemp("quickstart_detection")
+    block = named_block("detection")
+    work = workspace(tmp)
+    log = tmp / "log.txt"
+    train, *rest = block["commands"]
+    assert "tools/train_net.py" in train, train
+    out = work / "output/tiny_coco"
+    run_until_killed(block, train, work, log, out / "last_checkpoint")
+    first = (out / "last_checkpoint").read_text()
+    leftovers = sorted(p.name for p in out.glob("*.tmp"))
+    killed_at = read_checkpoint(out / first)["iteration"]
+    outputs = run_block(dict(block, commands=[f"{train} --resume", *rest]), work, log)
+    return dict(
+        block=block,
+        work=work,
+        out=out,
+        outputs=outputs,
+        log=log,
+        first=first,
+        leftovers=leftovers,
+        killed_at=killed_at,
+    )
+
+
 @pytest.fixture
 def logged(caplog):
     """``logged(name)``: the INFO records of logger ``name`` and its children as text, caught even where a

@@ -56,15 +56,26 @@ def workspace(tmp_path: Path) -> Path:
     return work
 
 
-def run_block(block: dict, work: Path, log: Path) -> list[str]:
+def block_env() -> dict:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # the tools find the code next to them, as in a clone
     if not (REPO / ".venv/bin/python").exists():
         pytest.skip("no .venv/bin/python (run bash tools/setup.sh)")
+    return env
+
+
+def as_run(block: dict, command: str) -> str:
+    """``command`` with the block's shortening override appended where it names that tool (unless FULL)."""
+    if block["shorten"] and not FULL and block["shorten"][0] in command:
+        return f"{command} {block['shorten'][1]}"
+    return command
+
+
+def run_block(block: dict, work: Path, log: Path) -> list[str]:
+    env = block_env()
     outputs = []
     for command in block["commands"]:
-        if block["shorten"] and not FULL and block["shorten"][0] in command:
-            command = f"{command} {block['shorten'][1]}"
+        command = as_run(block, command)
         start = time.perf_counter()
         proc = subprocess.run(
             ["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=1800
@@ -75,6 +86,31 @@ def run_block(block: dict, work: Path, log: Path) -> list[str]:
         assert proc.returncode == 0, f"{command}\n{proc.stderr[-4000:]}"
         outputs.append(proc.stdout + proc.stderr)
     return outputs
+
+
+def run_until_killed(
+    block: dict, command: str, work: Path, log: Path, written: Path, timeout: float = 1800
+) -> None:
+    """Runs ``command`` (as :func:`run_block` would) until the file ``written`` exists, then kills it with SIGKILL
+    (no clean-up code runs), as a job killed by its scheduler."""
+    command = as_run(block, command)
+    with open(log, "a") as f:
+        f.write(f"$ {command}  (killed once {written.name} exists)\n")
+        f.flush()
+        proc = subprocess.Popen(
+            ["bash", "-c", f"exec {command}"], cwd=work, env=block_env(), stdout=f, stderr=f
+        )
+    deadline = time.time() + timeout
+    try:
+        while not written.exists():
+            assert proc.poll() is None, (
+                f"{command} ended before writing {written}:\n{log.read_text()[-4000:]}"
+            )
+            assert time.time() < deadline, f"{command}: no {written} after {timeout} s"
+            time.sleep(0.5)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def check(name: str, values: dict, checks: list) -> None:

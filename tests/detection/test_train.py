@@ -2,7 +2,9 @@
 checkpointer and evaluators).
 
 - The tiny COCO-recipe config trains from scratch, is killed after its first periodic checkpoint, resumes to the
-  planned iteration count, and evaluated on held-out images reaches box AP >= 25 and mask AP >= 25.
+  planned iteration count, and evaluated on held-out images reaches box AP >= 25 and mask AP >= 25. This is the
+  detection quick start's run (docs/quickstart.md, shortened by :data:`HALF_BATCH`; the ``detection_quickstart``
+  session fixture of tests/conftest.py), which tests/test_quickstart.py checks as a user's first run.
 - The tiny LVIS-recipe config (sigmoid CE + federated loss, repeat-factor sampling) trains in two CPU processes
   (gloo) through Detectron2's launcher and learns (AP, APr/c/f reported).
 
@@ -15,9 +17,9 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import time
 
 import pytest
+from quickstart_doc import FULL
 
 from eva_transfer.checkpoint_io import read_checkpoint
 
@@ -49,38 +51,21 @@ def _run(args, log, timeout):
 
 
 @pytest.mark.slow
-def test_tiny_coco_trains_survives_a_kill_and_reaches_ap(synthetic_root, tmp_path):
-    out = tmp_path / "run"
-    log = tmp_path / "log.txt"
-    args = [
-        python(),
-        TRAIN_NET,
-        "--config-file",
-        TINY_COCO,
-        f"dataloader.synthetic_root={synthetic_root}",
-        f"train.output_dir={out}",
-        HALF_BATCH,
-    ]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(args, env=_env(), stdout=f, stderr=subprocess.STDOUT)
-    deadline = time.time() + 900
-    while not (out / "last_checkpoint").exists():
-        assert proc.poll() is None, log.read_text()[-4000:]
-        assert time.time() < deadline, "no checkpoint written"
-        time.sleep(0.5)
-    proc.kill()  # SIGKILL mid-run: no clean-up code runs
-    proc.wait()
-    first = (out / "last_checkpoint").read_text()
-    assert first.startswith("model_") and not list(out.glob("*.tmp"))
-    killed_at = read_checkpoint(out / first)["iteration"]
-
-    _run(args[:4] + ["--resume"] + args[4:], log, timeout=1500)
-    text = log.read_text()
+@pytest.mark.xdist_group("detection_quickstart")  # with tests/test_quickstart.py (one training run)
+def test_tiny_coco_trains_survives_a_kill_and_reaches_ap(detection_quickstart):
+    # the quick start's training command (tests/conftest.py), killed after its first checkpoint and rerun with --resume
+    run = detection_quickstart
+    if not FULL:
+        assert run["block"]["shorten"] == ("tools/train_net.py", HALF_BATCH)
+    out, first, killed_at = run["out"], run["first"], run["killed_at"]
+    assert first.startswith("model_") and not run["leftovers"], (first, run["leftovers"])
+    text = run["log"].read_text()
     assert f"Starting training from iteration {killed_at + 1}" in text
     final = read_checkpoint(out / "model_final.pth", allow_pickle=False)
     from eva_transfer_projects.detection.engine import load_det_config
 
     max_iter = load_det_config(TINY_COCO).train.max_iter
+    assert 0 < killed_at < max_iter - 1
     assert final["iteration"] == max_iter - 1
     assert final["thing_classes"][:2] and len(final["thing_classes"]) == 6
 
