@@ -88,9 +88,9 @@ def pretrain_child(job: dict) -> dict:
     """One pre-training forward (teacher targets, masked student, loss), optionally with backward."""
     import torch
 
+    from eva_transfer.pretrain.build import build_mask_generator, build_models
     from eva_transfer.pretrain.config import load_pretrain_config
     from eva_transfer.pretrain.objective import mim_loss
-    from eva_transfer.pretrain.build import build_mask_generator, build_models
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])

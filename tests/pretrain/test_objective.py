@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from eva_transfer.pretrain import build_student, build_teacher, check_target_width, masked_cosine_loss
-from eva_transfer.pretrain.config import load_pretrain_config
 from eva_transfer.pretrain.build import build_models
+from eva_transfer.pretrain.config import load_pretrain_config
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "pretrain"
 

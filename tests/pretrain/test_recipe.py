@@ -13,8 +13,8 @@ from timm.data.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from eva_transfer import CheckpointError, load_checkpoint
 from eva_transfer.pretrain import build_student, load_pretrain_config
-from eva_transfer.pretrain.objective import param_groups
 from eva_transfer.pretrain.build import build_models
+from eva_transfer.pretrain.objective import param_groups
 
 REPO = Path(__file__).resolve().parents[2]
 EVA_G = REPO / "configs" / "pretrain" / "eva_g_clip_l14.py"

@@ -20,8 +20,8 @@ from eva_transfer.pretrain import (
     mim_loss,
     train,
 )
-from eva_transfer.pretrain.data import collate
 from eva_transfer.pretrain.build import build_models
+from eva_transfer.pretrain.data import collate
 from eva_transfer.pretrain.trainer import TrainSummary
 
 pytestmark = pytest.mark.usefixtures("one_thread")
