@@ -28,7 +28,7 @@ def segmentation_quickstart(tmp_path_factory) -> dict:
     """The segmentation block of docs/quickstart.md, run once per session in a fresh clone (``quickstart_doc``): it
     writes the synthetic ADE-layout data, trains the tiny config as it is and tests the result. ``block``, ``work``
     (the clone) and ``outputs`` (each command's output). ``tests/test_quickstart.py`` checks the block's promise;
-    ``tests/segmentation/test_training.py`` uses its data and checkpoint instead of training the same config on the
+    ``tests/segmentation/test_learning.py`` uses its data and checkpoint instead of training the same config on the
     same data again."""
     from quickstart_doc import named_block, run_block, workspace
 

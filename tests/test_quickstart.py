@@ -60,7 +60,7 @@ def test_detection_quickstart(detection_quickstart):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("segmentation_quickstart")  # with tests/segmentation/test_training.py (one model)
+@pytest.mark.xdist_group("segmentation_quickstart")  # with tests/segmentation/test_learning.py (one model)
 def test_segmentation_quickstart(segmentation_quickstart):
     # the block ran once for the session (tests/conftest.py): the tiny segmentation tests use its model too
     block, work, outputs = (segmentation_quickstart[k] for k in ("block", "work", "outputs"))
