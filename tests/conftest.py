@@ -6,7 +6,13 @@ import torch
 #: pytest-xdist runs the suite in one process per core (``-n auto``, pyproject.toml): each gets its share of the
 #: cores for torch's threads, so that the processes do not oversubscribe them
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+torch.set_num_threads(THREADS)
+if WORKERS > 1:
+    # the tools a test starts choose their threads from the machine's cores, unaware of the other workers: they get
+    # this worker's share (measured: a tiny segmentation run at 2 threads beside a busy worker took 1.4-5.4 s per
+    # iteration, 0.1 s alone; OpenMP threads that wait for a busy core spin)
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -21,6 +27,16 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny models run faster on one thread than on two: their ops are too small to split, and on a loaded
+    machine (CI runs jobs side by side) the second thread's waiting costs 10-20x the time."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
