@@ -13,8 +13,9 @@ tests that run the page's commands on them (tests/segmentation/test_model_zoo.py
   a fixed ``pos_embed`` ``(1, 1 + 16*16, C)``, final ``norm`` and the MIM decoder (``decoder_embed``, ``mask_token``,
   ``decoder_pos_embed``, ``decoder_blocks``, ``decoder_norm``, ``decoder_pred``).
 
-EVA-02's detector files (docs/model_zoo_eva02.md) hold their ViT under ``backbone.net.`` in the layout of
-EVA-02/det/detectron2/modeling/backbone/vit.py: :func:`eva02_det_vit` and :data:`EVA02_DET_NAMES`.
+EVA-02's detector and segmentor files (docs/model_zoo_eva02.md) hold their ViT (under ``backbone.net.`` /
+``backbone.``) in the layouts of EVA-02/det/detectron2/modeling/backbone/vit.py and EVA-02/seg/backbone/eva2.py:
+:func:`eva02_vit` and :data:`EVA02_NAMES`.
 """
 
 from __future__ import annotations
@@ -112,9 +113,9 @@ def write_released_mim_file(path: Path, dim: int, depth: int, heads: int, mlp: i
     return checkpoint["model"]
 
 
-#: the EVA-02 detection backbone's names inside a block -> (this toolkit's name, the third of its rows they fill
-#: (0, 1, 2: q, k, v), or None for the whole tensor)
-EVA02_DET_NAMES = {
+#: EVA-02's names inside a block (EVA-02/det ``vit.py``, EVA-02/seg ``eva2.py``) -> (this toolkit's name, the third
+#: of its rows they fill (0, 1, 2: q, k, v), or None for the whole tensor)
+EVA02_NAMES = {
     "attn.q_proj.weight": ("attn.qkv.weight", 0),
     "attn.k_proj.weight": ("attn.qkv.weight", 1),
     "attn.v_proj.weight": ("attn.qkv.weight", 2),
@@ -128,35 +129,49 @@ EVA02_DET_NAMES = {
     "mlp.w3.bias": ("mlp.fc2.bias", None),
 }
 
-#: buffers of the authors' file that hold no weights (rotary tables, recomputed from the grid)
-EVA02_DET_ROPE = re.compile(r"^(rope_win|rope_glb|blocks\.\d+\.attn\.rope)\.freqs_(cos|sin)$")
+#: buffers of the authors' files that hold no weights (rotary tables, recomputed from the grid)
+EVA02_ROPE = re.compile(r"^(rope|rope_win|rope_glb|blocks\.\d+\.attn\.rope)\.freqs_(cos|sin)$")
 
 
-def eva02_det_vit(
-    dim: int, depth: int, heads: int, mlp: int, *, img: int, window: int, global_blocks, seed: int = 0
-) -> dict:
-    """The state dict of the authors' EVA-02 detection ``ViT`` (random weights): ``patch_embed``, a 14x14 + CLS
-    ``pos_embed``, the rotary tables ``rope_win`` (window grid) and ``rope_glb`` (the ``img`` grid), and per block
-    ``norm1``, ``attn.q_proj/k_proj/v_proj.weight`` (no bias), ``attn.q_bias`` / ``attn.v_bias``, ``attn.proj``,
-    the block's rotary table again under ``attn.rope.`` (a shared submodule is saved under every name), ``norm2``,
-    the SwiGLU ``mlp.w1`` / ``mlp.w2`` / ``mlp.ffn_ln`` / ``mlp.w3``."""
+def eva02_vit(
+    dim: int, depth: int, heads: int, mlp: int, *, layout: str, img: int, window: int = 0, global_blocks=(),
+    seed: int = 0,
+) -> dict:  # fmt: skip
+    """The state dict of the authors' EVA-02 ViT (random weights) in the ``layout`` of their detection ``ViT``
+    (``"det"``: a 14x14 + CLS ``pos_embed``, the rotary tables ``rope_win`` on the window grid and ``rope_glb`` on
+    the ``img`` grid) or their segmentation ``EVA2`` backbone (``"seg"``: ``cls_token``, ``pos_embed`` at the ``img``
+    grid + CLS, one rotary table ``rope`` on that grid). Per block: ``norm1``, ``attn.q_proj/k_proj/v_proj.weight``
+    (no bias), ``attn.q_bias`` / ``attn.v_bias``, ``attn.proj``, the block's rotary table again under ``attn.rope.``
+    (a shared submodule is saved under every name), ``norm2``, the SwiGLU ``mlp.w1`` / ``w2`` / ``ffn_ln`` / ``w3``."""
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, std=0.02):
         return torch.randn(*shape, generator=g) * std
 
-    head = dim // heads
-    tables = {
-        "rope_win": eva02_det_rope(head, window, window),
-        "rope_glb": eva02_det_rope(head, img // 16, img // 16),
-    }
-    sd = {"patch_embed.proj.weight": rnd(dim, 3, 16, 16), "patch_embed.proj.bias": rnd(dim)}
-    sd["pos_embed"] = rnd(1, 1 + 14 * 14, dim, std=0.5)
+    head, grid = dim // heads, img // 16
+    if layout == "det":
+        tables = {
+            "rope_win": eva02_det_rope(head, window, window),
+            "rope_glb": eva02_det_rope(head, grid, grid),
+        }
+        block_table = {i: "rope_glb" if i in global_blocks else "rope_win" for i in range(depth)}
+        pos = 14 * 14
+    elif layout == "seg":
+        tables, block_table, pos = (
+            {"rope": eva02_det_rope(head, grid, grid)},
+            dict.fromkeys(range(depth), "rope"),
+            grid**2,
+        )
+    else:
+        raise ValueError(layout)
+    sd = {"cls_token": rnd(1, 1, dim)} if layout == "seg" else {}
+    sd.update({"patch_embed.proj.weight": rnd(dim, 3, 16, 16), "patch_embed.proj.bias": rnd(dim)})
+    sd["pos_embed"] = rnd(1, 1 + pos, dim, std=0.5)
     for name, (cos, sin) in tables.items():
         sd.update({f"{name}.freqs_cos": cos, f"{name}.freqs_sin": sin})
     for i in range(depth):
         p = f"blocks.{i}."
-        cos, sin = tables["rope_glb" if i in global_blocks else "rope_win"]
+        cos, sin = tables[block_table[i]]
         sd.update(
             {
                 p + "norm1.weight": 1 + rnd(dim, std=0.1), p + "norm1.bias": rnd(dim),
@@ -175,15 +190,35 @@ def eva02_det_vit(
     return sd
 
 
-def assert_eva02_det_vit_loaded(authors: dict, ours: dict) -> None:
-    """Every tensor of :func:`eva02_det_vit`'s layout is in ``ours`` (this toolkit's backbone state dict) as stored:
-    under its own name, or where :data:`EVA02_DET_NAMES` puts it; the rotary buffers are not weights."""
+def assert_eva02_vit_loaded(authors: dict, ours: dict) -> None:
+    """Every tensor of :func:`eva02_vit`'s layouts is in ``ours`` (this toolkit's ViT state dict) as stored: under
+    its own name, or where :data:`EVA02_NAMES` puts it; the rotary buffers are not weights."""
     for key, value in authors.items():
-        if EVA02_DET_ROPE.match(key):
+        if EVA02_ROPE.match(key):
             continue
         m = re.match(r"^(blocks\.\d+\.)(.*)$", key)
-        name, part = EVA02_DET_NAMES.get(m.group(2), (m.group(2), None)) if m else (key, None)
+        name, part = EVA02_NAMES.get(m.group(2), (m.group(2), None)) if m else (key, None)
         got = ours[(m.group(1) if m else "") + name]
         if part is not None:
             got = got.chunk(3, dim=0)[part]
         torch.testing.assert_close(got, value, rtol=0, atol=0, msg=key)
+
+
+def eva02_upernet_state_dict(model: torch.nn.Module, vit: dict, seed: int = 0) -> dict:
+    """A whole EVA-02 UperNet segmentor file's state dict in the authors' mmseg 0.x layout, for ``model`` (this
+    toolkit's ``EncoderDecoder`` with ``EVAViTFeaturePyramid``, giving the shapes): ``vit`` (:func:`eva02_vit`'s
+    ``"seg"`` layout) and the pyramid ``fpn1..4`` under ``backbone.``, the UPerHead / FCNHead under their own names,
+    every tensor outside the ViT random (batch-norm statistics included)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {f"backbone.{k}": v for k, v in vit.items()}
+    for key, value in model.state_dict().items():
+        if key.startswith("backbone.vit."):
+            continue
+        if key.endswith("num_batches_tracked"):
+            value = torch.randint(100, value.shape, generator=g)
+        else:
+            value = torch.rand(value.shape, generator=g)
+        sd[re.sub(r"^backbone\.pyramid\.(\d)\.", lambda m: f"backbone.fpn{int(m.group(1)) + 1}.", key)] = (
+            value
+        )
+    return sd

@@ -20,6 +20,14 @@ Head renames (everything else keeps its name: ``query_embed``, ``query_feat``, `
 
 The decoder layers' attention order follows the authors' ``operation_order`` ``(cross_attn, norm, self_attn,
 norm, ffn, norm)``: their first attention is the cross-attention; ``norms.0..2`` keep their order.
+
+The EVA-02 authors' UperNet files (``eva02_*_ade_seg_upernet_*.pth``, mmseg 0.x, ``EVA-02/seg/backbone/eva2.py``)
+hold their ``EVA2`` backbone under ``backbone.``: the ViT (``cls_token``, ``pos_embed`` at the crop's grid,
+``q_proj`` / ``k_proj`` / ``v_proj`` with ``q_bias`` / ``v_bias``, SwiGLU ``w1`` / ``w2`` / ``ffn_ln`` / ``w3``, the
+rotary buffers ``rope.freqs_*`` and ``blocks.N.attn.rope.freqs_*``), read by the core converter into
+:class:`~eva_transfer_projects.segmentation.vit_pyramid.EVAViTFeaturePyramid`'s ``vit``, and the pyramid
+``fpn1..fpn4`` (``backbone.pyramid.0..3`` here); ``decode_head.*`` (UPerHead) and ``auxiliary_head.*`` (FCNHead)
+keep their names, ``conv_seg`` included (these heads classify with it).
 """
 
 from __future__ import annotations
@@ -36,7 +44,9 @@ from torch import Tensor, nn
 
 from eva_transfer.adapter import ViTAdapter, convert_adapter_state_dict
 from eva_transfer.checkpoint_io import CheckpointError, read_checkpoint, save_checkpoint, unwrap_state_dict
-from eva_transfer.convert import LoadReport
+from eva_transfer.convert import LoadReport, convert_state_dict
+
+from .vit_pyramid import EVAViTFeaturePyramid
 
 logger = logging.getLogger(__name__)
 
@@ -74,17 +84,44 @@ def head_key(k: str) -> str:
 
 
 def is_authors_segmentor(state_dict: Mapping[str, Any]) -> bool:
-    """Whether a state dict is in the authors' mmseg 0.x layout (adapter norms ``norm1..4``, mmcv 1.x layers)."""
-    return "backbone.norm1.weight" in state_dict or any(
-        re.match(r"^decode_head\.transformer_decoder\.layers\.\d+\.attentions\.", k) for k in state_dict
+    """Whether a state dict is in the authors' mmseg 0.x layout (adapter norms ``norm1..4``, mmcv 1.x layers; EVA-02:
+    the pyramid ``fpn1..4`` beside the ViT in ``backbone.``)."""
+    return (
+        "backbone.norm1.weight" in state_dict
+        or any(
+            re.match(r"^decode_head\.transformer_decoder\.layers\.\d+\.attentions\.", k) for k in state_dict
+        )
+        or any(re.match(r"^backbone\.fpn[1-4]\.", k) for k in state_dict)
     )
 
 
-def _find_adapter(model: nn.Module) -> tuple[str, ViTAdapter]:
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, ViTAdapter)]
-    if len(found) != 1:
-        raise ValueError(f"expected exactly one ViTAdapter inside {type(model).__name__}, found {len(found)}")
-    return found[0]
+def _find(model: nn.Module, kind: type) -> Optional[tuple[str, nn.Module]]:
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]
+    if len(found) > 1:
+        raise ValueError(f"expected one {kind.__name__} inside {type(model).__name__}, found {len(found)}")
+    return found[0] if found else None
+
+
+def _convert_eva02_backbone(
+    backbone_sd: Mapping[str, Tensor], name: str, backbone: EVAViTFeaturePyramid, source: str
+) -> tuple[dict[str, Tensor], LoadReport]:
+    """The authors' ``EVA2`` backbone: the ViT through the core converter into ``backbone.vit``, ``fpnN.*`` as
+    ``pyramid.{N-1}.*``. Keys the model has no place for raise :class:`CheckpointError`."""
+    pyramid = {k: v for k, v in backbone_sd.items() if re.match(r"^fpn[1-4]\.", k)}
+    vit_sd = {k: v for k, v in backbone_sd.items() if k not in pyramid}
+    converted, report = convert_state_dict(vit_sd, backbone.vit, source, prefix="")
+    if report.unexpected:
+        raise CheckpointError(f"{source}: backbone keys with no place in the ViT: {report.unexpected[:5]}")
+    out = {f"{name}.vit.{k}": v for k, v in converted.items()}
+    report.loaded = [f"{name}.vit.{k}" for k in report.loaded]
+    report.dropped = {f"backbone.{k}": why for k, why in report.dropped.items()}
+    report.renamed = {f"backbone.{k}": f"{name}.vit.{v}" for k, v in report.renamed.items()}
+    for k, v in pyramid.items():
+        new = re.sub(r"^fpn([1-4])\.", lambda m: f"{name}.pyramid.{int(m.group(1)) - 1}.", k)
+        out[new] = v
+        report.loaded.append(new)
+        report.renamed[f"backbone.{k}"] = new
+    return out, report
 
 
 #: the classifier: its rows are the classes (+ no-object), the one head part that fine-tuning on another dataset
@@ -99,52 +136,73 @@ def convert_authors_segmentor(
     reinit_classifier: bool = False,
 ) -> tuple[dict[str, Tensor], LoadReport]:
     """Converts a whole segmentor state dict of the authors' layout into ``model``'s (an mmseg 1.x
-    ``EncoderDecoder`` with the ``EVAViTAdapter`` backbone and ``Mask2FormerHead``; the meta device works).
+    ``EncoderDecoder``: the ``EVAViTAdapter`` backbone and ``Mask2FormerHead`` of EVA-01, or EVA-02's
+    ``EVAViTFeaturePyramid`` with ``UPerHead`` and the auxiliary ``FCNHead``; the meta device works).
 
     Every checkpoint key is used or dropped with a reason (in the report), and every model key must be filled
     with a tensor of its shape; anything else raises :class:`CheckpointError` naming ``source`` and the key.
     ``reinit_classifier``: a classifier for another class count is dropped (reported) and left out of the result,
     for fine-tuning on another dataset.
     """
-    adapter_name, adapter = _find_adapter(model)
     target = model.state_dict()
+    heads = (
+        ("decode_head.", "auxiliary_head.")
+        if any(k.startswith("auxiliary_head.") for k in target)
+        else ("decode_head.",)
+    )
     backbone_sd = {k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")}
-    head_sd = {k[len("decode_head.") :]: v for k, v in state_dict.items() if k.startswith("decode_head.")}
-    other = [k for k in state_dict if not k.startswith(("backbone.", "decode_head."))]
+    head_sd = {k: v for k, v in state_dict.items() if k.startswith(heads)}
+    other = [k for k in state_dict if not k.startswith(("backbone.", *heads))]
     if other:
         raise CheckpointError(
-            f"{source}: keys outside backbone.* and decode_head.* (an auxiliary head?): {other[:5]}"
+            f"{source}: keys outside backbone.* and {'* and '.join(heads)}* (a head the config has not?): "
+            f"{other[:5]}"
         )
     if not backbone_sd or not head_sd:
         raise CheckpointError(
             f"{source}: expected backbone.* and decode_head.* keys (first keys: {list(state_dict)[:5]})"
         )
-    adapter_sd, report = convert_adapter_state_dict(backbone_sd, adapter, source)
-    out = {f"{adapter_name}.{k}": v for k, v in adapter_sd.items()}
-    report.loaded = [f"{adapter_name}.{k}" for k in report.loaded]
-    for k, v in head_sd.items():
-        if k in _HEAD_DROPPED:
-            report.dropped[f"decode_head.{k}"] = _HEAD_DROPPED[k]
+    pyramid = _find(model, EVAViTFeaturePyramid)
+    if pyramid is not None:
+        out, report = _convert_eva02_backbone(backbone_sd, *pyramid, source)
+    else:
+        adapter = _find(model, ViTAdapter)
+        if adapter is None:
+            raise CheckpointError(
+                f"{source}: the model has neither an EVA ViT-Adapter nor an EVA-02 pyramid backbone"
+            )
+        adapter_sd, report = convert_adapter_state_dict(backbone_sd, adapter[1], source)
+        out = {f"{adapter[0]}.{k}": v for k, v in adapter_sd.items()}
+        report.loaded = [f"{adapter[0]}.{k}" for k in report.loaded]
+    for full, v in head_sd.items():
+        part, k = full.split(".", 1)
+        new = f"{part}.{head_key(k)}"
+        if k in _HEAD_DROPPED and new not in target:
+            report.dropped[full] = _HEAD_DROPPED[k]
             continue
-        new = "decode_head." + head_key(k)
         if new not in target:
-            raise CheckpointError(f"{source}: head key 'decode_head.{k}' (as {new!r}) is not in the model")
-        if reinit_classifier and k in _CLASSIFIER and v.shape[1:] == target[new].shape[1:]:
+            raise CheckpointError(f"{source}: head key '{full}' (as {new!r}) is not in the model")
+        if (
+            reinit_classifier
+            and part == "decode_head"
+            and k in _CLASSIFIER
+            and v.shape[1:] == target[new].shape[1:]
+        ):
             if v.shape[0] != target[new].shape[0]:
-                report.dropped[f"decode_head.{k}"] = (
+                report.dropped[full] = (
                     f"classifier for {v.shape[0] - 1} classes, the config has {target[new].shape[0] - 1}: "
                     "left at its initial values"
                 )
                 continue
         if tuple(v.shape) != tuple(target[new].shape):
             raise CheckpointError(
-                f"{source}: head key 'decode_head.{k}' has shape {list(v.shape)}, the model's {new!r} has "
+                f"{source}: head key '{full}' has shape {list(v.shape)}, the model's {new!r} has "
                 f"{list(target[new].shape)} (another class count, query count, width or decoder depth?)"
             )
         out[new] = v
         report.loaded.append(new)
-        if new != f"decode_head.{k}":
-            report.renamed[f"decode_head.{k}"] = new
+        if new != full:
+            report.renamed[full] = new
     dropped_classifier = {f"decode_head.{k}" for k in _CLASSIFIER if f"decode_head.{k}" in report.dropped}
     missing = [k for k in target if k not in out and k not in dropped_classifier]
     if missing:
@@ -227,8 +285,8 @@ def prepare_test_checkpoint(
 def convert_segmentor_file(
     checkpoint: str, config: str, key: Optional[str] = None, allow_pickle: bool = False
 ) -> tuple[dict[str, Tensor], LoadReport]:
-    """A whole EVA-01 segmentor checkpoint (backbone and adapter through the core converter, head through
-    :func:`head_key`) for the MMSegmentation config file ``config``; the model is built on the meta device (shapes
+    """A whole EVA-01 or EVA-02 segmentor checkpoint (backbone, adapter or pyramid through the core converter and
+    :func:`convert_authors_segmentor`, head through :func:`head_key`) for the MMSegmentation config file ``config``; the model is built on the meta device (shapes
     only). Returns the state dict to save under ``state_dict`` and the report (``tools/convert_checkpoint.py
     --segmentor-config``)."""
     from mmengine.config import Config

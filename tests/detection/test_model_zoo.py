@@ -20,7 +20,7 @@ The same checks run on the page's fine-tuning command (Objects365 model -> COCO:
 its demo command.
 
 EVA-02's released detectors (docs/model_zoo_eva02.md) are the same kind of file with EVA-02's ViT under
-``backbone.net.`` (``model_zoo_files.eva02_det_vit``: separate ``q_proj`` / ``k_proj`` / ``v_proj``, SwiGLU
+``backbone.net.`` (``model_zoo_files.eva02_vit``: separate ``q_proj`` / ``k_proj`` / ``v_proj``, SwiGLU
 ``w1`` / ``w2`` / ``ffn_ln`` / ``w3``, the rotary buffers ``freqs_cos`` / ``freqs_sin``); each evaluation command of
 that page runs on such a file, and every tensor must be in the model as stored (the rotary buffers dropped as
 recomputed), with no flag beyond the page's.
@@ -47,7 +47,7 @@ from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
 from detectron2.modeling.roi_heads import CascadeROIHeads
 from detectron2.structures import Boxes, Instances
 from model_zoo_doc import DOC_EVA02, argv, commands_for
-from model_zoo_files import assert_eva02_det_vit_loaded, eva02_det_vit
+from model_zoo_files import assert_eva02_vit_loaded, eva02_vit
 from PIL import Image
 
 from eva_transfer_projects.detection.data.synthetic import make_synthetic_dataset
@@ -476,7 +476,7 @@ def test_released_eva02_detector_file_loads_whole_and_evaluates(command, tmp_pat
     size = TEST if "1536" in config else TRAIN
     (tmp_path / "checkpoints").mkdir()
     heads, _ = reference_model(config, released, size, "vitdet", {}, EVA02_SHRINK[len(SHRINK) :])
-    vit = eva02_det_vit(DIM, DEPTH, HEADS, MLP, img=size, window=16, global_blocks=[1, 3], seed=9)
+    vit = eva02_vit(DIM, DEPTH, HEADS, MLP, layout="det", img=size, window=16, global_blocks=[1, 3], seed=9)
     state = _random_heads(heads, seed=9)
     if heads.roi_heads.box_predictor[
         0
@@ -510,4 +510,4 @@ def test_released_eva02_detector_file_loads_whole_and_evaluates(command, tmp_pat
         if not key.startswith("backbone.net."):
             torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
     net = {k[len("backbone.net.") :]: v for k, v in got.items() if k.startswith("backbone.net.")}
-    assert_eva02_det_vit_loaded(vit, net)
+    assert_eva02_vit_loaded(vit, net)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmseg.registry import MODELS
+from model_zoo_files import eva02_upernet_state_dict, eva02_vit
 
 from eva_transfer.checkpoint_io import CheckpointError
 from eva_transfer_projects.segmentation import evaluate_command, train_command
@@ -294,6 +295,34 @@ def test_conversion_errors_name_the_key():
     odd["backbone.norm5.weight"] = torch.zeros(DIM)
     with pytest.raises(CheckpointError, match="norm5"):
         convert_authors_segmentor(odd, model, "authors.pth")
+
+
+def test_eva02_upernet_file_converts_whole_and_refuses_what_it_cannot_place():
+    """The EVA-02 authors' UperNet layout (``model_zoo_files.eva02_upernet_state_dict``) into the tiny EVA-02
+    UperNet config: every model key filled, the rotary buffers the only entries dropped, q/k/v joined and the
+    pyramid renamed; a key with no place, a missing head tensor or a ViT of another width is an error naming it."""
+    cfg = Config.fromfile(str(CONFIG_DIR / "eva02_tiny_upernet_synthetic.py"))
+    with torch.device("meta"):
+        model = MODELS.build(cfg.model)
+    vit = eva02_vit(64, 4, 4, 170, layout="seg", img=64)
+    sd = eva02_upernet_state_dict(model, vit)
+    assert is_authors_segmentor(sd)
+    out, report = convert_authors_segmentor(sd, model, "eva02.pth")
+    assert set(out) == set(model.state_dict())
+    assert set(report.dropped) == {f"backbone.{k}" for k in vit if "freqs_" in k}
+    assert report.renamed["backbone.fpn1.1.running_var"] == "backbone.pyramid.0.1.running_var"
+    assert report.renamed["backbone.blocks.2.mlp.w3.weight"] == "backbone.vit.blocks.2.mlp.fc2.weight"
+    torch.testing.assert_close(out["auxiliary_head.conv_seg.weight"], sd["auxiliary_head.conv_seg.weight"])
+    with pytest.raises(CheckpointError, match=r"eva02\.pth.*blocks\.0\.attn\.extra"):
+        convert_authors_segmentor(
+            dict(sd, **{"backbone.blocks.0.attn.extra": torch.zeros(1)}), model, "eva02.pth"
+        )
+    short = {k: v for k, v in sd.items() if not k.startswith("auxiliary_head.conv_seg.")}
+    with pytest.raises(CheckpointError, match=r"auxiliary_head\.conv_seg"):
+        convert_authors_segmentor(short, model, "eva02.pth")
+    wide = dict(sd, **{"backbone.blocks.1.mlp.w3.weight": torch.zeros(64, 171)})
+    with pytest.raises(CheckpointError, match=r"blocks\.1\.mlp\.fc2\.weight"):
+        convert_authors_segmentor(wide, model, "eva02.pth")
 
 
 # ------------------------------------------------------------------------------- head layers, numerically

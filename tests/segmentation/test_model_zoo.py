@@ -30,6 +30,12 @@ scale, window, stride, test-time scales and padding divided by 7) and the run (2
   every tensor of the file as loaded, resized or dropped with a reason (the MAE decoder of ``eva_l_psz14.pt`` as not
   used), and after the run the ViT holds the file's tensors, resized by the authors' rule where the report says.
 
+The ``test_seg.py`` commands of docs/model_zoo_eva02.md run on files in the EVA-02 authors' UperNet layout
+(``write_released_eva02_segmentor``: their ``EVA2`` ViT and ``fpn1..4`` under ``backbone.``, UPerHead and FCNHead),
+shrunk by 8 (width 32, the 512 crop -> 64): the report uses every tensor but the rotary buffers (dropped as
+recomputed), mmengine's load misses nothing and the converted copy holds every tensor of the file (about 10 s
+each).
+
 Each test runs a whole MMSegmentation process (25-60 s; the ``--tta`` ones 1-3 min on two shared cores): slow.
 """
 
@@ -49,8 +55,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from model_zoo_doc import commands_for
-from model_zoo_files import write_released_mim_file
+from model_zoo_doc import DOC_EVA02, commands_for
+from model_zoo_files import (
+    assert_eva02_vit_loaded,
+    eva02_upernet_state_dict,
+    eva02_vit,
+    write_released_mim_file,
+)
 from PIL import Image
 
 from eva_transfer.presets import preset_config
@@ -554,3 +565,95 @@ def test_fine_tuning_from_the_released_cocostuff_segmentor(tmp_path, data):
         if not re.search(r"running_(mean|var)$|num_batches_tracked$", key):
             _close(trained[ours], value, key)
     assert trained["decode_head.cls_embed.weight"].shape[0] == 151
+
+
+# ------------------------------------------------------------------------------------------------ EVA-02
+#: EVA-02's UperNet files (docs/model_zoo_eva02.md) shrunk by 8: the 512 crop -> 64 (a 4x4 grid of 16-pixel
+#: patches), width 32, 4 blocks each feeding one map of the pyramid, 16-wide heads
+EVA02_DIM, EVA02_CROP = 32, 64
+
+
+def eva02_shrink_options(config: str) -> dict[str, Any]:
+    """``--cfg-options`` that shrink an EVA-02 UperNet config (the test command only: sizes, the test scale, no
+    workers)."""
+    cfg = load_seg_config(str(ROOT / config))
+    over = cfg.model.backbone.backbone_overrides
+    shape = dict(embed_dim=EVA02_DIM, depth=DEPTH, num_heads=HEADS, mlp_dim=MLP, img_size=EVA02_CROP)
+    opts = {
+        ("" if k in over else "+") + f"model.backbone.backbone_overrides.{k}": v for k, v in shape.items()
+    }
+    crop, factor = (EVA02_CROP, EVA02_CROP), cfg.crop_size[0] // EVA02_CROP
+    (resize,) = [i for i, step in enumerate(cfg.test_dataloader.dataset.pipeline) if step.type == "Resize"]
+    scale = tuple(s // factor for s in cfg.test_dataloader.dataset.pipeline[resize].scale)
+    opts.update(
+        {
+            "model.backbone.out_indices": (0, 1, 2, 3),
+            "model.decode_head.in_channels": [EVA02_DIM] * 4,
+            "model.decode_head.channels": 16,
+            "model.auxiliary_head.in_channels": EVA02_DIM,
+            "model.auxiliary_head.channels": 16,
+            "crop_size": crop,
+            "model.data_preprocessor.size": crop,
+            "model.test_cfg.crop_size": crop,
+            "model.test_cfg.stride": tuple(s // factor for s in cfg.model.test_cfg.stride),
+            f"test_dataloader.dataset.pipeline.{resize}.scale": scale,
+            "test_dataloader.num_workers": 0,
+            "test_dataloader.persistent_workers": False,
+        }
+    )
+    return opts
+
+
+def write_released_eva02_segmentor(path: Path, config: str, opts: dict[str, Any], seed: int = 0) -> dict:
+    """The authors' EVA-02 UperNet file for ``config`` (shrunk by ``opts``): ``EVA2``'s ViT
+    (``model_zoo_files.eva02_vit``) and pyramid ``fpn1..4`` under ``backbone.``, random UPerHead / FCNHead
+    (mmseg 0.x names, batch-norm statistics included), mmcv 1.x meta data. Returns the state dict."""
+    from mmengine.registry import DefaultScope
+    from mmseg.registry import MODELS
+
+    cfg = shrunk_config(config, opts)
+    with DefaultScope.overwrite_default_scope("mmseg"), torch.device("meta"):
+        model = MODELS.build(cfg.model)
+    vit = eva02_vit(EVA02_DIM, DEPTH, HEADS, MLP, layout="seg", img=EVA02_CROP, seed=seed)
+    sd = eva02_upernet_state_dict(model, vit, seed)
+    meta = {"mmseg_version": "0.29.1", "seed": np.int64(0), "iter": 60000, "CLASSES": ("a", "b")}
+    torch.save({"meta": meta, "state_dict": sd}, path)
+    return sd
+
+
+@pytest.mark.parametrize("command", commands_for("test_seg.py", doc=DOC_EVA02), ids=_released)
+def test_released_eva02_segmentor_file_loads_whole_and_evaluates(command, tmp_path, data):
+    """The EVA-02 page's ``test_seg.py`` commands on files in the authors' UperNet layout: the command passes with
+    no flag beyond the page's, its report uses every tensor but the rotary buffers (dropped as recomputed),
+    mmengine's load of the converted copy misses nothing, mIoU is printed, and the copy holds every tensor of the
+    file: the ViT's renamed as EVA-02's names say, ``fpnN`` as ``pyramid.{N-1}``, the heads' unchanged."""
+    config, released = _config(command), _released(command)
+    cwd = user_folder(tmp_path, data)
+    opts = eva02_shrink_options(config)
+    sd = write_released_eva02_segmentor(cwd / "checkpoints" / released, config, opts)
+    out, seconds = run_command(command, cwd, option_args(opts))
+    print(f"{command}: {seconds:.1f} s")
+
+    report = load_report(out, f"checkpoints/{released}")
+    rope = {k for k in sd if "freqs_" in k}
+    assert set(report["dropped"]) == rope, report["dropped"]
+    assert all("rotary position table" in why for why in report["dropped"].values())
+    assert not report["missing"] and not report["unexpected"] and not report["resized"]
+    # each block's q_proj / k_proj / v_proj weights load as one qkv.weight
+    assert report["loaded"] + len(report["dropped"]) + 2 * DEPTH == len(sd)
+    assert "missing keys in source state_dict" not in out and "unexpected key in source state_dict" not in out
+    assert re.search(r"mIoU: \d", out), "no mIoU in the output"
+
+    work = cwd / "work_dirs" / Path(config).stem
+    converted = torch.load(work / f"{Path(released).stem}_converted.pth", map_location="cpu")["state_dict"]
+    vit = {k[len("backbone.vit.") :]: v for k, v in converted.items() if k.startswith("backbone.vit.")}
+    assert_eva02_vit_loaded({k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")
+                             and not k.startswith("backbone.fpn")}, vit)  # fmt: skip
+    for key, value in sd.items():
+        if key.startswith("backbone.fpn"):
+            key_here = re.sub(
+                r"^backbone\.fpn(\d)\.", lambda m: f"backbone.pyramid.{int(m.group(1)) - 1}.", key
+            )
+            torch.testing.assert_close(converted[key_here], value, rtol=0, atol=0, msg=key)
+        elif not key.startswith("backbone."):
+            torch.testing.assert_close(converted[key], value, rtol=0, atol=0, msg=key)
