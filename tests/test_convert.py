@@ -309,3 +309,38 @@ def test_convert_tool(tmp_path):
         text=True,
     )
     assert run.returncode == 2 and "missing.pth" in run.stderr
+
+
+@pytest.mark.parametrize("layout", ["det", "seg"])
+def test_eva02_authors_layouts_load_whole(tmp_path, layout):
+    """The EVA-02 authors' detection ViT (under a Detectron2 model's ``backbone.net.``) and segmentation ``EVA2``
+    ViT, read from a file without unpickling code: every tensor loaded as stored (q/k/v joined, SwiGLU renamed), the
+    rotary buffers dropped with their reason, nothing missing or unexpected but the other modules' keys."""
+    from model_zoo_files import assert_eva02_vit_loaded, eva02_vit
+
+    model = build_eva_vit("eva02_tiny_det" if layout == "det" else "eva02_tiny_seg")
+    vit = eva02_vit(64, 4, 4, 170, layout=layout, img=model.img_size[0], window=model.window_size,
+                    global_blocks=model.global_block_indexes, seed=2)  # fmt: skip
+    prefix = "backbone.net." if layout == "det" else "backbone."
+    other = {"roi_heads.box_predictor.cls_score.weight": torch.zeros(3, 8)} if layout == "det" else {}
+    path = tmp_path / "eva02.pth"
+    torch.save({"model": {**{prefix + k: v for k, v in vit.items()}, **other}}, path)
+    report = load_checkpoint(model, path)
+    assert report.prefix == prefix and report.unexpected == list(other)
+    assert not report.missing and not report.resized
+    assert set(report.dropped) == {k for k in vit if "freqs_" in k}
+    assert all("rotary position table" in why for why in report.dropped.values())
+    assert_eva02_vit_loaded(vit, model.state_dict())
+
+
+def test_eva02_attention_without_all_three_projections_is_an_error(tmp_path):
+    from model_zoo_files import eva02_vit
+
+    model = build_eva_vit("eva02_tiny_det")
+    vit = eva02_vit(64, 4, 4, 170, layout="det", img=128, window=4, global_blocks=model.global_block_indexes)
+    del vit["blocks.2.attn.k_proj.weight"]
+    with pytest.raises(CheckpointError, match=r"blocks\.2\.attn\.q_proj/k_proj/v_proj are not all present"):
+        load_checkpoint(model, vit)
+    wide = eva02_vit(64, 4, 4, 256, layout="det", img=128, window=4, global_blocks=model.global_block_indexes)
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.mlp\.fc1_g\.weight.*\[256, 64\]"):
+        load_checkpoint(model, wide)
