@@ -1,5 +1,6 @@
-"""The authors' released pre-training files (docs/model_zoo.md, *Pre-training*), shrunk, in their layouts, for the
-tests that run the page's commands on them (tests/segmentation/test_model_zoo.py, tests/pretrain/test_model_zoo.py).
+"""The authors' released files, shrunk, in their layouts, for the tests that run the model zoo pages' commands on
+them (tests/detection/, tests/segmentation/ and tests/pretrain/test_model_zoo.py) and the converter's tests. The
+pre-training files (docs/model_zoo.md, *Pre-training*):
 
 - ``eva_psz14.pt``: ``{"model": ...}`` of ``VisionTransformerForMaskedImageModeling`` (EVA-01/eva/modeling_pretrain.py,
   ``eva_g_patch14_224``), stored in fp16 (the 2 GB file for 1.0B parameters): patch 14 kernel, ``pos_embed``
