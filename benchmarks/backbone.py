@@ -2,6 +2,8 @@
 
 Compares, at ViT-B shapes with identical weights (loaded through the checkpoint converter):
   - global attention: this backbone vs timm's ``Eva`` (224 batch 8, 1024 batch 1);
+  - EVA-02's block (SwiGLU with sub-LN, rotary position, patch 14): the ``eva02_base`` preset vs timm's
+    ``eva02_base_patch14_224`` (224 batch 8);
   - windowed + relative position + simple feature pyramid: this backbone + pyramid vs Detectron2's ``ViT`` +
     ``SimpleFeaturePyramid`` (ViTDet-B layout: window 14, global blocks 2, 5, 8, 11; 1024 batch 1);
 and prints time ratios (reference / ours, > 1 means ours is faster), peak-memory ratios, achieved GFLOP/s next to
@@ -14,6 +16,7 @@ measured in a fresh subprocess per case (CPU: growth of the resident-set high-wa
   python tools/benchmark_backbone.py                 # everything (about 30-40 min on 2 CPU cores)
   python tools/benchmark_backbone.py --quick         # smaller sizes, one repeat
   python tools/benchmark_backbone.py --cases det_1024 --backward
+  python tools/benchmark_backbone.py --cases eva02_224 --backward
 """
 
 from __future__ import annotations
@@ -33,12 +36,15 @@ from .measure import PeakMemory, matmul_rate, run_child, time_call
 VITDET_B = dict(window_size=14, global_block_indexes=(2, 5, 8, 11))
 #: the ViT-B shape both references are built with (this toolkit's side comes from the eva_b / eva_b_det presets)
 VIT_B = dict(patch_size=16, embed_dim=768, num_heads=12, mlp_ratio=4.0)
+#: timm's EVA-02 model of the ``eva02_base`` preset's shape (patch 14; SwiGLU of width 2048, as many FLOPs as ViT-B's
+#: 3072-wide MLP)
+EVA02_B = "eva02_base_patch14_224"
 
 
 # ------------------------------------------------------------------------------------------------- models
 def make_pair(case: str, size: int, device: str, depth: int = 12):
-    """(ours, reference, flops) for a case: ``global`` or ``det``; both hold the same weights. ``depth`` < 12 keeps
-    the first blocks of the ViT-B layout (the tests' small pairs)."""
+    """(ours, reference, flops) for a case: ``global``, ``eva02`` or ``det``; both hold the same weights. ``depth``
+    < 12 keeps the first blocks of the ViT-B layout (the tests' small pairs)."""
     torch.manual_seed(0)
     global_blocks = tuple(i for i in VITDET_B["global_block_indexes"] if i < depth)
     if case == "global":
@@ -46,6 +52,15 @@ def make_pair(case: str, size: int, device: str, depth: int = 12):
 
         ref = Eva(img_size=size, depth=depth, num_classes=0, use_fc_norm=False, **VIT_B)
         ours = build_eva_vit("eva_b", img_size=size, depth=depth, drop_path_rate=0.0)  # as the reference
+        load_checkpoint(ours, ref.state_dict(), verbose=False)
+        ref_fn, ours_fn = ref.forward_features, ours.forward_tokens
+    elif case == "eva02":
+        import timm
+
+        ref = timm.create_model(EVA02_B, img_size=size, depth=depth, num_classes=0, use_fc_norm=False)
+        ours = build_eva_vit(
+            "eva02_base", img_size=size, depth=depth
+        )  # no stochastic depth, as timm's default
         load_checkpoint(ours, ref.state_dict(), verbose=False)
         ref_fn, ours_fn = ref.forward_features, ours.forward_tokens
     elif case == "det":
@@ -97,11 +112,13 @@ def make_pair(case: str, size: int, device: str, depth: int = 12):
 
 
 def backbone_flops(case: str, size: int, depth: int = 12) -> float:
-    """Forward FLOPs (2 per multiply-add) of the ViT-B backbone at ``size`` x ``size`` (pyramid not counted)."""
-    c, mlp, grid = 768, 3072, size // 16
-    n = grid * grid + (1 if case == "global" else 0)
+    """Forward FLOPs (2 per multiply-add) of the ViT-B backbone at ``size`` x ``size`` (pyramid and rotary position
+    not counted; EVA-02's three 768 x 2048 MLP matrices count as ViT-B's two 768 x 3072)."""
+    patch = 14 if case == "eva02" else 16
+    c, mlp, grid = 768, 3072, size // patch
+    n = grid * grid + (1 if case in ("global", "eva02") else 0)
     linear = 2 * n * (4 * c * c + 2 * c * mlp)
-    flops = 2 * n * c * 3 * 16 * 16
+    flops = 2 * n * c * 3 * patch * patch
     for i in range(depth):
         if case == "det" and i not in VITDET_B["global_block_indexes"]:
             ws = VITDET_B["window_size"]
@@ -237,7 +254,10 @@ CASES = {
     "global_224": ("global", 224, 8, "timm Eva"),
     "global_1024": ("global", 1024, 1, "timm Eva"),
     "det_1024": ("det", 1024, 1, "Detectron2 ViT + SimpleFeaturePyramid"),
+    "eva02_224": ("eva02", 224, 8, f"timm {EVA02_B}"),
 }
+#: --quick sizes (the EVA-02 case keeps a multiple of its patch 14)
+QUICK_SIZES = {"global_224": 256, "global_1024": 512, "det_1024": 512, "eva02_224": 252}
 
 
 def main(argv=None):
@@ -272,7 +292,7 @@ def main(argv=None):
     for name in args.cases:
         case, size, batch, ref_name = CASES[name]
         if args.quick:
-            size, args.repeats = (256 if size == 224 else 512), 1
+            size, args.repeats = QUICK_SIZES[name], 1
         modes = [True] if args.backward_only else [False, True] if args.backward else [False]
         for backward in modes:
             t_ours, t_ref, flops, frac_ours, frac_ref, grads = time_pair(
