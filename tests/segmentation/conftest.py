@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from mmengine.registry import DefaultScope
 
 import eva_transfer_projects.segmentation  # noqa: F401  (stand-ins and registration before any mmseg model import)
@@ -30,13 +29,3 @@ def _mmseg_scope():
 
     with DefaultScope.overwrite_default_scope("mmseg"):
         yield
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """The tiny models run faster on one thread than on two: their ops are too small to split, and on a loaded
-    machine (CI runs jobs side by side) the second thread's waiting costs 10-20x the time."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
