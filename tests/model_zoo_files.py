@@ -130,6 +130,25 @@ EVA02_NAMES = {
     "mlp.w3.bias": ("mlp.fc2.bias", None),
 }
 
+
+def to_eva02_layout(ours: dict) -> dict:
+    """This toolkit's EVA-02 ViT state dict in the authors' names (:data:`EVA02_NAMES` backwards: ``qkv.weight``
+    split into ``q_proj`` / ``k_proj`` / ``v_proj``), for their code's reference forward."""
+    back = {(name, part): authors for authors, (name, part) in EVA02_NAMES.items()}
+    out = {}
+    for key, value in ours.items():
+        m = re.match(r"^(blocks\.\d+\.)(.*)$", key)
+        if not m:
+            out[key] = value
+        elif m.group(2) == "attn.qkv.weight":
+            out.update(
+                {m.group(1) + back["attn.qkv.weight", i]: v for i, v in enumerate(value.chunk(3, dim=0))}
+            )
+        else:
+            out[m.group(1) + back.get((m.group(2), None), m.group(2))] = value
+    return out
+
+
 #: buffers of the authors' files that hold no weights (rotary tables, recomputed from the grid)
 EVA02_ROPE = re.compile(r"^(rope|rope_win|rope_glb|blocks\.\d+\.attn\.rope)\.freqs_(cos|sin)$")
 

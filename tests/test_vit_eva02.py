@@ -11,8 +11,8 @@ import functools
 
 import pytest
 import torch
-import torch.nn.functional as F
-from reference_models import eva02_det_rope, randomize
+from model_zoo_files import to_eva02_layout
+from reference_models import eva02_det_vit_forward, randomize
 
 from eva_transfer import EVAViT, build_eva_vit, load_checkpoint
 from eva_transfer.convert import convert_state_dict
@@ -188,70 +188,14 @@ def test_option_checks(kw, match):
 # --- the window/global rule, against the EVA-02 detection backbone's computation -----------------------------------
 
 
-def _rotate_pairs(t):
-    pairs = t.unflatten(-1, (-1, 2))
-    return torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
-
-
-def _ref_attention(x, sd, pre, heads, rope):
-    """``x``: (B, N, C) tokens of one grid; the authors' attention with separate q/k/v projections."""
-    b, n, c = x.shape
-    wq, wk, wv = sd[pre + "qkv.weight"].chunk(3, dim=0)
-    split = lambda t: t.view(b, n, heads, -1).transpose(1, 2)  # noqa: E731
-    q = split(x @ wq.T + sd[pre + "q_bias"])
-    k = split(x @ wk.T)
-    v = split(x @ wv.T + sd[pre + "v_bias"])
-    cos, sin = rope
-    q = q * cos + _rotate_pairs(q) * sin
-    k = k * cos + _rotate_pairs(k) * sin
-    attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    out = (attn.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
-    return out @ sd[pre + "proj.weight"].T + sd[pre + "proj.bias"]
-
-
 def _reference(model, x, window_rope="window"):
-    """Float64 forward of the EVA-02 detection backbone's blocks with ``model``'s weights. ``window_rope="image"``
-    is the rule it does not follow (the image grid's table, cut into windows), for the negative check."""
-    sd = {k: v.double() for k, v in model.state_dict().items()}
-    heads, ws = model.num_heads, model.window_size
-    head_dim = model.embed_dim // heads
-    ln = lambda t, p: F.layer_norm(t, t.shape[-1:], sd[p + ".weight"], sd[p + ".bias"], 1e-6)  # noqa: E731
-    feat = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=model.patch_size)
-    h, w = feat.shape[-2:]
-    t = feat.permute(0, 2, 3, 1)  # (B, H, W, C)
-    b, c = t.shape[0], t.shape[-1]
-    grid_rope = eva02_det_rope(head_dim, h, w)
-    for i in range(model.depth):
-        pre = f"blocks.{i}."
-        y = ln(t, pre + "norm1")
-        if i in model.global_block_indexes:
-            y = _ref_attention(y.reshape(b, h * w, c), sd, pre + "attn.", heads, grid_rope).view(b, h, w, c)
-        else:
-            hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
-            padded = y.new_zeros(b, hp, wp, c)
-            padded[:, :h, :w] = y
-            out = torch.empty_like(padded)
-            if window_rope == "image":
-                image_rope = [r.view(h, w, -1) for r in grid_rope]
-            for r in range(0, hp, ws):
-                for s in range(0, wp, ws):
-                    if window_rope == "window":
-                        rope = eva02_det_rope(head_dim, ws, ws)
-                    else:  # the image table at the window's cells (padded cells: the table's last row/column)
-                        rows = torch.arange(r, r + ws).clamp(max=h - 1)
-                        cols = torch.arange(s, s + ws).clamp(max=w - 1)
-                        rope = [e[rows][:, cols].reshape(ws * ws, -1) for e in image_rope]
-                    win = padded[:, r : r + ws, s : s + ws].reshape(b, ws * ws, c)
-                    out[:, r : r + ws, s : s + ws] = _ref_attention(win, sd, pre + "attn.", heads, rope).view(
-                        b, ws, ws, c
-                    )
-            y = out[:, :h, :w]
-        t = t + y
-        z = ln(t, pre + "norm2")
-        hidden = F.silu(z @ sd[pre + "mlp.fc1_g.weight"].T + sd[pre + "mlp.fc1_g.bias"])
-        hidden = hidden * (z @ sd[pre + "mlp.fc1_x.weight"].T + sd[pre + "mlp.fc1_x.bias"])
-        t = t + ln(hidden, pre + "mlp.norm") @ sd[pre + "mlp.fc2.weight"].T + sd[pre + "mlp.fc2.bias"]
-    return t.permute(0, 3, 1, 2)
+    """Float64 forward of the EVA-02 detection backbone (``reference_models.eva02_det_vit_forward``) with
+    ``model``'s weights in the authors' names. ``window_rope="image"`` is the rule it does not follow (the image
+    grid's table, cut into windows), for the negative check."""
+    return eva02_det_vit_forward(
+        to_eva02_layout(model.state_dict()), x, num_heads=model.num_heads, window_size=model.window_size,
+        global_blocks=model.global_block_indexes, window_rope=window_rope,
+    )  # fmt: skip
 
 
 def _windowed_model():

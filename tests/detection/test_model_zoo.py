@@ -23,7 +23,8 @@ EVA-02's released detectors (docs/model_zoo_eva02.md) are the same kind of file 
 ``backbone.net.`` (``model_zoo_files.eva02_vit``: separate ``q_proj`` / ``k_proj`` / ``v_proj``, SwiGLU
 ``w1`` / ``w2`` / ``ffn_ln`` / ``w3``, the rotary buffers ``freqs_cos`` / ``freqs_sin``); each evaluation command of
 that page runs on such a file, and every tensor must be in the model as stored (the rotary buffers dropped as
-recomputed), with no flag beyond the page's.
+recomputed), with no flag beyond the page's; the loaded ViT's output equals that of the authors' EVA-02 ViT
+(``reference_models.eva02_det_vit_forward``, float64) on the file's tensors.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from detectron2.structures import Boxes, Instances
 from model_zoo_doc import DOC_EVA02, argv, commands_for
 from model_zoo_files import assert_eva02_vit_loaded, eva02_vit
 from PIL import Image
+from reference_models import eva02_det_vit_forward
 
 from eva_transfer_projects.detection.data.synthetic import make_synthetic_dataset
 from eva_transfer_projects.detection.engine import load_det_config
@@ -511,3 +513,10 @@ def test_released_eva02_detector_file_loads_whole_and_evaluates(command, tmp_pat
             torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
     net = {k[len("backbone.net.") :]: v for k, v in got.items() if k.startswith("backbone.net.")}
     assert_eva02_vit_loaded(vit, net)
+
+    # the loaded ViT computes the authors' (their EVA-02 ViT on the file's tensors, float64) at the test size
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        feat = ours.backbone.net(x)["last_feat"]
+    want = eva02_det_vit_forward(vit, x, num_heads=HEADS, window_size=16, global_blocks=[1, 3])
+    torch.testing.assert_close(feat.double(), want, rtol=0, atol=1e-4 * want.abs().max().item())
