@@ -4,9 +4,10 @@ it cites exists.
 
 Row format (tables whose header is ``| setting | authors' value (source) | this toolkit | config key | test |``):
 
-- *authors' value (source)*: at least one backticked ``EVA-01/<path>:<line>`` reference into the authors' code
-  (baaivision/EVA, folder ``EVA-01/``; lines as ``47``, ``144-149`` or ``11,16,20-27``), or the words
-  ``paper Table N`` for a value taken from the paper; every backticked ``EVA-01/...`` reference carries a line.
+- *authors' value (source)*: at least one backticked ``EVA-01/<path>:<line>`` or ``EVA-02/<path>:<line>``
+  reference into the authors' code (baaivision/EVA, folders ``EVA-01/`` and ``EVA-02/``; lines as ``47``,
+  ``144-149`` or ``11,16,20-27``), or the words ``paper Table N`` for a value taken from the paper; every backticked
+  ``EVA-01/...`` or ``EVA-02/...`` reference carries a line.
   With ``EVA01_SOURCE`` set to a checkout (or bare git directory) of baaivision/EVA, each cited file must exist
   and hold the cited lines;
 - *this toolkit*: the first backticked Python literal is the value (``2.5e-5``, ``[70000]``, ``"beit"``);
@@ -35,7 +36,11 @@ HEADER = ["setting", "authors' value (source)", "this toolkit", "config key", "t
 ENTRY = re.compile(
     r"^(?P<path>configs/\S+?\.py)(?::(?P<line>\d+)| via (?P<base>\S+?\.py):(?P<base_line>\d+)): (?P<key>[\w.]+)$"
 )
-AUTHORS_REF = re.compile(r"^EVA-01/(?P<file>[\w./+-]+\.\w+):(?P<lines>\d+(?:-\d+)?(?:,\s?\d+(?:-\d+)?)*)$")
+AUTHORS_REF = re.compile(
+    r"^(?P<part>EVA-0[12])/(?P<file>[\w./+-]+\.\w+):(?P<lines>\d+(?:-\d+)?(?:,\s?\d+(?:-\d+)?)*)$"
+)
+#: the authors' folders a row may cite
+AUTHORS_PARTS = ("EVA-01/", "EVA-02/")
 PAPER_TABLE = re.compile(r"\bpaper(?:'s)? Tables? \d+")
 
 
@@ -169,7 +174,8 @@ def _line_numbers(spec: str) -> list[int]:
 
 
 def _authors_lines(path: str) -> list[str] | None:
-    """The lines of an EVA-01 file from ``EVA01_SOURCE`` (a checkout or a bare git directory); None if absent."""
+    """The lines of an EVA-01 / EVA-02 file from ``EVA01_SOURCE`` (a checkout or a bare git directory of
+    baaivision/EVA); None if absent."""
     if path in _AUTHORS:
         return _AUTHORS[path]
     source = Path(os.environ["EVA01_SOURCE"])
@@ -230,13 +236,14 @@ def test_cited_line_sets_the_key(row):
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: f"L{r['line']}")
 def test_authors_source_is_cited_with_its_line(row):
     cell = row["authors' value (source)"]
-    refs = [t for t in _ticks(cell) if t.startswith("EVA-01/")]
+    refs = [t for t in _ticks(cell) if t.startswith(AUTHORS_PARTS)]
     for ref in refs:
         assert AUTHORS_REF.match(ref), (
-            f"{_where(row)}: {ref!r} is not `EVA-01/<path>:<line>` (e.g. `...py:47`)"
+            f"{_where(row)}: {ref!r} is not `EVA-01/<path>:<line>` or `EVA-02/<path>:<line>` (e.g. `...py:47`)"
         )
     assert refs or PAPER_TABLE.search(cell), (
-        f"{_where(row)}: the authors' value names no `EVA-01/<path>:<line>` and no 'paper Table N'"
+        f"{_where(row)}: the authors' value names no `EVA-01/<path>:<line>` or `EVA-02/<path>:<line>` and no "
+        "'paper Table N'"
     )
 
 
@@ -247,7 +254,7 @@ def test_authors_lines_exist_in_their_code(row):
         match = AUTHORS_REF.match(ref)
         if not match:
             continue
-        path = f"EVA-01/{match['file']}"
+        path = f"{match['part']}/{match['file']}"
         lines = _authors_lines(path)
         assert lines is not None, f"{_where(row)}: {path} is not in {os.environ['EVA01_SOURCE']}"
         numbers = _line_numbers(match["lines"])
