@@ -65,10 +65,12 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         source_classes: Optional[Sequence[str]] = None,
         class_synonyms: Optional[Mapping[str, Sequence[str]]] = None,
         load_options: Optional[Mapping[str, Any]] = None,
+        ema_weights: bool = False,
         save_to_disk: Optional[bool] = None,
         **checkpointables,
     ):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.ema_weights = ema_weights
         self.thing_classes = list(thing_classes) if thing_classes is not None else None
         self.source_classes = list(source_classes) if source_classes is not None else None
         self.class_synonyms = dict(class_synonyms or {})
@@ -198,8 +200,9 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint: dict[str, Any]):
         prefix, _ = backbone_prefix(self.model)
-        sd = checkpoint["model"]
         source = checkpoint.pop("__source__", "<checkpoint>")
+        self._choose_weights(checkpoint, source)
+        sd = checkpoint["model"]
         if checkpoint.pop("__backbone_only__", False) and not any(k.startswith(prefix) for k in sd):
             report = load_checkpoint(self.model, sd, verbose=False, source=source, **self.load_options)
             _log_report(report)
@@ -240,6 +243,28 @@ class EVADetectionCheckpointer(DetectionCheckpointer):
         self.last_load_reports = reports
         checkpoint["model"] = new_sd
         return super()._load_model(checkpoint)
+
+    def _choose_weights(self, checkpoint: dict[str, Any], source: str) -> None:
+        """With ``ema_weights``, the file's EMA weights (top-level ``ema_state``: the model's parameter and buffer
+        names, as the authors' EVA-02 trainer saves them) replace its ``model`` weights; a file without them is a
+        CheckpointError. Without it, EMA weights in the file are named as unused."""
+        ema = checkpoint.pop("ema_state", None)
+        if self.ema_weights:
+            if not isinstance(ema, Mapping) or not ema:
+                raise CheckpointError(
+                    f"{source}: train.model_ema.use_ema_weights_for_eval_only=True, but the file holds no EMA "
+                    f"weights (no 'ema_state' entry; entries: {sorted(k for k in checkpoint if not k.startswith('__'))})"
+                )
+            checkpoint["model"] = dict(ema)
+            if comm.is_main_process():
+                logger.info("%s: loading its EMA weights ('ema_state', %d tensors)", source, len(ema))
+        elif isinstance(ema, Mapping) and ema and comm.is_main_process():
+            logger.warning(
+                "%s also holds EMA weights ('ema_state', %d tensors), which are not loaded; the authors evaluate "
+                "them: train.model_ema.use_ema_weights_for_eval_only=True",
+                source,
+                len(ema),
+            )
 
 
 def _log_report(report) -> None:

@@ -321,6 +321,7 @@ def do_eval_only(cfg: DictConfig, resume: bool = False, allow_missing_weights: b
         thing_classes=thing_classes(cfg, "test"),
         source_classes=cfg.train.get("source_classes", None),
         load_options=OmegaConf.to_container(cfg.train.get("checkpoint_load", {}), resolve=True),
+        ema_weights=bool(cfg.train.get("model_ema", {}).get("use_ema_weights_for_eval_only", False)),
     )
     if resume:
         if not checkpointer.has_checkpoint():

@@ -90,6 +90,55 @@ def test_load_report_is_logged_once_by_the_main_process(tmp_path, logged, monkey
     assert det().count("  loaded: ") == 1  # other processes load silently
 
 
+def test_ema_weights_are_evaluated_on_request_and_named_when_left_unused(tmp_path, logged):
+    # a file as the authors' EMA-trained EVA-02 systems: the last weights as "model", their EMA as "ema_state"
+    trained, averaged = _model(), _model()
+    with torch.no_grad():
+        for p in averaged.parameters():
+            p.add_(torch.randn_like(p))
+    path = tmp_path / "ema.pth"
+    torch.save({"model": trained.state_dict(), "ema_state": averaged.state_dict(), "iteration": 9}, path)
+    log = logged("eva_transfer_projects.detection.checkpoint")
+
+    ema_model = _model()
+    EVADetectionCheckpointer(ema_model, ema_weights=True).load(str(path), checkpointables=[])
+    for (k, got), want in zip(ema_model.state_dict().items(), averaged.state_dict().values()):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=k)
+    assert "loading its EMA weights ('ema_state'" in log()
+
+    plain = _model()
+    EVADetectionCheckpointer(plain).load(str(path), checkpointables=[])
+    for (k, got), want in zip(plain.state_dict().items(), trained.state_dict().values()):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=k)
+    assert "also holds EMA weights ('ema_state'" in log() and "use_ema_weights_for_eval_only=True" in log()
+
+    torch.save({"model": trained.state_dict()}, tmp_path / "no_ema.pth")
+    with pytest.raises(CheckpointError, match=r"no_ema\.pth: .*use_ema_weights_for_eval_only.*'ema_state'"):
+        EVADetectionCheckpointer(_model(), ema_weights=True).load(
+            str(tmp_path / "no_ema.pth"), checkpointables=[]
+        )
+
+
+def test_eval_only_reads_the_ema_option_of_the_config(tmp_path, monkeypatch):
+    from eva_transfer_projects.detection import engine
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def spy(model, *args, **kwargs):
+        seen["ema_weights"] = kwargs.get("ema_weights")
+        raise Stop
+
+    monkeypatch.setattr(engine, "EVADetectionCheckpointer", spy)
+    for value in (False, True):
+        cfg = load_det_config(TINY_COCO, [f"train.model_ema.use_ema_weights_for_eval_only={value}"])
+        with pytest.raises(Stop):
+            engine.do_eval_only(cfg)
+        assert seen["ema_weights"] is value
+
+
 # -------------------- fidelity_checkpoint
 # Each released EVA-01 file layout (by the authors' file name) reads through the safe reader, without full
 REPO = Path(__file__).resolve().parents[2]

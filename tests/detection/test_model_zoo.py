@@ -333,6 +333,12 @@ def _config(command: str) -> str:
     return command.split("--config-file configs/detection/")[1].split()[0]
 
 
+def _overrides(command: str) -> list[str]:
+    """The command's config overrides other than the checkpoint (what follows ``--opts``)."""
+    opts = command.split("--opts", 1)[1].split() if "--opts" in command else []
+    return [o for o in opts if not o.startswith("train.init_checkpoint=")]
+
+
 def _match(got: list[dict], want: list[dict]) -> None:
     """Detections equal up to float32 rounding: per image and class the same number, paired one to one (near-ties
     may come in either order) with scores within 0.5% (Soft-NMS's decay carries the float32 rounding
@@ -486,12 +492,21 @@ def test_released_eva02_detector_file_loads_whole_and_evaluates(command, tmp_pat
         for key in [k for k in state if "cls_score" in k]:
             state[key] = state[key] * 0.05 - (5.0 if key.endswith("bias") else 0.0)
     state.update({f"backbone.net.{k}": v for k, v in vit.items()})
-    torch.save({"model": state}, tmp_path / "checkpoints" / released)
+    ema = "train.model_ema.use_ema_weights_for_eval_only=True" in command
+    if ema:
+        # the authors' EMA-trained files: the EMA weights (what is evaluated) beside the last weights (shifted)
+        raw = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
+        torch.save({"model": raw, "ema_state": state}, tmp_path / "checkpoints" / released)
+    else:
+        torch.save({"model": state}, tmp_path / "checkpoints" / released)
 
     proc = run_command(command, tmp_path, datasets, EVA02_SHRINK + _test_size(config))
     log = proc.stdout + proc.stderr
     assert "class transfer" not in log
-    cfg = load_det_config(str(REPO / "configs/detection" / config), EVA02_SHRINK + _test_size(config))
+    assert ("loading its EMA weights ('ema_state'" in log) == ema, log[-3000:]
+    cfg = load_det_config(
+        str(REPO / "configs/detection" / config), EVA02_SHRINK + _test_size(config) + _overrides(command)
+    )
     style = "lvis" if cfg.dataloader.test.dataset.names.startswith("lvis") else "coco"
     assert json.loads((tmp_path / cfg.train.output_dir / f"{style}_instances_results.json").read_text())
 
@@ -499,7 +514,12 @@ def test_released_eva02_detector_file_loads_whole_and_evaluates(command, tmp_pat
     from eva_transfer_projects.detection.checkpoint import EVADetectionCheckpointer
 
     ours = instantiate(cfg.model).eval()
-    checkpointer = EVADetectionCheckpointer(ours, load_options=dict(cfg.train.checkpoint_load))
+    checkpointer = EVADetectionCheckpointer(
+        ours,
+        load_options=dict(cfg.train.checkpoint_load),
+        ema_weights=cfg.train.model_ema.use_ema_weights_for_eval_only,
+    )
+    assert checkpointer.ema_weights == ema
     checkpointer.load(str(tmp_path / "checkpoints" / released), checkpointables=[])
     assert checkpointer.unloaded_keys() == []
     report = checkpointer.last_load_reports["backbone"]
