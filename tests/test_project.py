@@ -167,3 +167,27 @@ def test_installed_name_resolves_to_the_projects_folder(tmp_path):
     assert installed.parts[-3:] == ("projects", "detection", "__init__.py"), installed
     if not os.environ.get("PYTHONPATH"):  # a run with PYTHONPATH may test a copy other than the installed one
         assert installed == (REPO / "projects" / "detection" / "__init__.py").resolve()
+
+
+def test_xdist_groups_keep_their_tests_on_one_process(tmp_path):
+    """The suite shares trainings across files through ``xdist_group`` marks (tests/conftest.py): the installed
+    pytest and pytest-xdist must send a group's tests to one worker, where its session fixture is built once."""
+    import subprocess
+
+    fixture = "import os, pytest\n\n@pytest.fixture(scope='session')\ndef built():\n    return os.getpid()\n"
+    (tmp_path / "conftest.py").write_text(fixture)
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / f"test_{name}.py").write_text(
+            "import pytest\n\n"
+            f"@pytest.mark.xdist_group('shared')\ndef test_{name}(built, request):\n"
+            f"    (request.config.rootpath / '{name}.pid').write_text(str(built))\n\n"
+            f"def test_{name}_alone():\n    pass\n"
+        )
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider", "-q",
+         "-o", "addopts=", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    pids = {name: (tmp_path / f"{name}.pid").read_text() for name in "abcd"}
+    assert len(set(pids.values())) == 1, f"the group ran on several processes: {pids}"
