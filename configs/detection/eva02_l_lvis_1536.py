@@ -9,30 +9,11 @@ Test: the authors' README command, Soft-NMS per class and maskness (threshold 0.
 the evaluator keeping 1000 detections per image. ``train.init_checkpoint``: ``eva02_L_in21k_to_o365.pth``.
 """
 
-from detectron2.config import LazyCall as L
-from detectron2.data.samplers import RepeatFactorTrainingSampler
-
-from eva_transfer_projects.detection.class_frequency import FedLossClassWeights, repeat_factors
-
+from .common.lvis import lvis_v1 as _lvis_v1
 from .eva02_l_coco_1536 import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
-dataloader.train.dataset.names = "lvis_v1_train"
-dataloader.test.dataset.names = "lvis_v1_val"
-dataloader.train.sampler = L(RepeatFactorTrainingSampler)(
-    repeat_factors=L(repeat_factors)(dataset_names="${dataloader.train.dataset.names}", repeat_thresh=0.001)
-)
+_lvis_v1(dataloader, model)
 dataloader.evaluator.max_dets_per_image = 1000
-
-model.roi_heads.num_classes = 1203
-for _predictor in model.roi_heads.box_predictors:
-    _predictor.use_sigmoid_ce = True
-    _predictor.use_fed_loss = True
-    _predictor.fed_loss_num_classes = 50
-    _predictor.get_fed_loss_cls_weights = L(FedLossClassWeights)(
-        dataset_names="${dataloader.train.dataset.names}", freq_weight_power=0.5
-    )
-    _predictor.test_score_thresh = 0.02
-    _predictor.test_topk_per_image = 300
 model.roi_heads.override_score_thresh = None  # the LVIS command keeps the config's 0.02
 model.roi_heads.maskness_rescoring = True
 

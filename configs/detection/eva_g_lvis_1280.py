@@ -6,31 +6,12 @@ weighted by image_count^0.5), repeat-factor sampling (threshold 0.001), lr 2e-4,
 70k and 75k, 250 warm-up iterations, and up to 300 detections per image above score 0.02 (LVIS's limit).
 """
 
-from detectron2.config import LazyCall as L
-from detectron2.data.samplers import RepeatFactorTrainingSampler
-
-from eva_transfer_projects.detection.class_frequency import FedLossClassWeights, repeat_factors
-
+from .common.lvis import lvis_v1 as _lvis_v1
 from .eva_g_coco_1280 import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
-dataloader.train.dataset.names = "lvis_v1_train"
-dataloader.test.dataset.names = "lvis_v1_val"
-dataloader.train.sampler = L(RepeatFactorTrainingSampler)(
-    repeat_factors=L(repeat_factors)(dataset_names="${dataloader.train.dataset.names}", repeat_thresh=0.001)
-)
-
-model.roi_heads.num_classes = 1203
+_lvis_v1(dataloader, model)
 model.roi_heads.soft_nms = None
 model.roi_heads.maskness_rescoring = False
-for _predictor in model.roi_heads.box_predictors:
-    _predictor.use_sigmoid_ce = True
-    _predictor.use_fed_loss = True
-    _predictor.fed_loss_num_classes = 50
-    _predictor.get_fed_loss_cls_weights = L(FedLossClassWeights)(
-        dataset_names="${dataloader.train.dataset.names}", freq_weight_power=0.5
-    )
-    _predictor.test_score_thresh = 0.02
-    _predictor.test_topk_per_image = 300
 
 optimizer.lr = 2e-4  # the authors' LVIS config (paper Table 17: 2.5e-5; docs/records/fidelity.md)
 train.max_iter = 75001
