@@ -52,6 +52,7 @@ from model_zoo_files import assert_eva02_vit_loaded, eva02_vit
 from PIL import Image
 from reference_models import eva02_det_vit_forward
 
+from eva_transfer.presets import preset_config
 from eva_transfer_projects.detection.data.synthetic import make_synthetic_dataset
 from eva_transfer_projects.detection.engine import load_det_config
 
@@ -498,8 +499,13 @@ def test_released_eva02_detector_file_loads_whole_and_evaluates(command, tmp_pat
     released, config = _released(command), _config(command)
     size = TEST if "1536" in config else TRAIN
     (tmp_path / "checkpoints").mkdir()
-    heads, _ = reference_model(config, released, size, "vitdet", {}, EVA02_SHRINK[len(SHRINK) :])
-    vit = eva02_vit(DIM, DEPTH, HEADS, MLP, layout="det", img=size, window=16, global_blocks=[1, 3], seed=9)
+    heads, ref_cfg = reference_model(config, released, size, "vitdet", {}, EVA02_SHRINK[len(SHRINK) :])
+    # the config's window: the presets' 16, or the "win32" configs' 32 (at the shrunk size: one padded window)
+    net_cfg = {k: v for k, v in ref_cfg.model.backbone.net.items() if k != "_target_"}
+    window = preset_config(**net_cfg)["window_size"]
+    vit = eva02_vit(
+        DIM, DEPTH, HEADS, MLP, layout="det", img=size, window=window, global_blocks=[1, 3], seed=9
+    )
     state = _random_heads(heads, seed=9)
     if heads.roi_heads.box_predictor[
         0
@@ -548,10 +554,11 @@ def test_released_eva02_detector_file_loads_whole_and_evaluates(command, tmp_pat
             torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
     net = {k[len("backbone.net.") :]: v for k, v in got.items() if k.startswith("backbone.net.")}
     assert_eva02_vit_loaded(vit, net)
+    assert ours.backbone.net.window_size == window
 
     # the loaded ViT computes the authors' (their EVA-02 ViT on the file's tensors, float64) at the test size
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         feat = ours.backbone.net(x)["last_feat"]
-    want = eva02_det_vit_forward(vit, x, num_heads=HEADS, window_size=16, global_blocks=[1, 3])
+    want = eva02_det_vit_forward(vit, x, num_heads=HEADS, window_size=window, global_blocks=[1, 3])
     torch.testing.assert_close(feat.double(), want, rtol=0, atol=1e-4 * want.abs().max().item())
