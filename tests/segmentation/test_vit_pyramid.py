@@ -21,6 +21,7 @@ from .conftest import CONFIG_DIR, data_options
 
 B_CFG = str(CONFIG_DIR / "eva02_b_upernet_ade20k_512.py")
 L_CFG = str(CONFIG_DIR / "eva02_l_upernet_ade20k_512.py")
+L640_CFG = str(CONFIG_DIR / "eva02_l_upernet_ade20k_640.py")
 TINY_CFG = str(CONFIG_DIR / "eva02_tiny_upernet_synthetic.py")
 
 
@@ -107,6 +108,27 @@ def _authors(cfg_path: str) -> Config:
     return Config.fromfile(cfg_path)
 
 
+#: EVA-02/seg/configs/eva02/upernet/upernet_eva02_large_24_512_slide_80k.py
+L_WANT = dict(
+    embed_dim=1024,  # :25
+    depth=24,  # :26
+    out_indices=(7, 11, 15, 23),  # :29
+    drop_path=0.2,  # :32
+    channels=1024,  # :54
+    aux_channels=256,  # _base_/models/upernet_beit.py:44
+    crop=512,  # :17
+    stride=341,  # :60
+    scale=(2048, 512),  # _base_/datasets/ade20k.py:10, 23
+    lr=4e-5,  # :65
+    layer_decay=0.9,  # :69
+    max_iters=80000,  # _base_/schedules/schedule_80k.py:7
+    batch=2,  # :78 (8 GPUs, README batch 16)
+    total_batch=16,  # README.md:24
+    max_keep=10,  # _base_/schedules/schedule_80k.py:8
+    params=304e6,  # README.md:54 (304M)
+)
+
+
 @pytest.mark.parametrize(
     "path, want",
     [
@@ -119,6 +141,10 @@ def _authors(cfg_path: str) -> Config:
                 out_indices=(3, 5, 7, 11),  # :29
                 drop_path=0.15,  # :32
                 channels=768,  # :54
+                aux_channels=256,  # _base_/models/upernet_beit.py:44
+                crop=512,  # :17
+                stride=341,  # :60
+                scale=(2048, 512),  # _base_/datasets/ade20k.py:10, 23
                 lr=6e-5,  # :65
                 layer_decay=0.85,  # :69
                 max_iters=60000,  # _base_/schedules/schedule_60k.py:7
@@ -128,26 +154,24 @@ def _authors(cfg_path: str) -> Config:
                 params=86e6,  # README.md:53 (86M)
             ),
         ),
+        (L_CFG, L_WANT),
         (
-            L_CFG,
-            # EVA-02/seg/configs/eva02/upernet/upernet_eva02_large_24_512_slide_80k.py
+            L640_CFG,
+            # EVA-02/seg/configs/eva02/upernet/upernetpro_eva02_large_24_640_slide_80k.py: the 512 file's values (at
+            # the same lines up to :32, one line later from :53 on: lr :66, layer decay :70, batch :79) except
             dict(
-                embed_dim=1024,  # :25
-                depth=24,  # :26
-                out_indices=(7, 11, 15, 23),  # :29
-                drop_path=0.2,  # :32
-                channels=1024,  # :54
-                lr=4e-5,  # :65
-                layer_decay=0.9,  # :69
-                max_iters=80000,  # _base_/schedules/schedule_80k.py:7
-                batch=2,  # :78 (8 GPUs, README batch 16)
-                total_batch=16,  # README.md:24
-                max_keep=10,  # _base_/schedules/schedule_80k.py:8
-                params=304e6,  # README.md:54 (304M)
+                L_WANT,
+                channels=1536,  # :53
+                aux_channels=1536,  # :58
+                crop=640,  # :17, :22
+                stride=426,  # :61
+                scale=(2560, 640),  # _base_/datasets/ade20k_640x640.py:10, 23
+                total_batch=16,  # README.md:25
+                params=305e6,  # README.md:54 (304M; the 40x40 position table adds 0.6M)
             ),
         ),
     ],
-    ids=["base", "large"],
+    ids=["base", "large", "large_640"],
 )
 def test_eva02_upernet_configs_hold_the_authors_values(path, want):
     cfg = _authors(path)
@@ -165,15 +189,16 @@ def test_eva02_upernet_configs_hold_the_authors_values(path, want):
     # the auxiliary FCN head (_base_/models/upernet_beit.py:40-52; in_channels from the config, :56-59)
     aux = m.auxiliary_head
     assert aux.type == "FCNHead" and aux.in_channels == want["embed_dim"] and aux.in_index == 2
-    assert aux.channels == 256 and aux.num_convs == 1 and aux.concat_input is False
+    assert aux.channels == want["aux_channels"] and aux.num_convs == 1 and aux.concat_input is False
     assert aux.dropout_ratio == 0.1 and aux.loss_decode.loss_weight == 0.4 and aux.num_classes == 150
     assert (
         head.norm_cfg.type == aux.norm_cfg.type == m.backbone.norm_cfg.type == "BN"
     )  # SyncBN when distributed
     assert cfg.sync_bn == "torch"
-    # slide test 512 / 341 (config :60); crop 512 (:17, _base_/datasets/ade20k.py:6)
-    assert m.test_cfg.mode == "slide" and tuple(m.test_cfg.crop_size) == (512, 512)
-    assert tuple(m.test_cfg.stride) == (341, 341) and tuple(m.data_preprocessor.size) == (512, 512)
+    # slide test 512 / 341 (config :60); crop 512 (:17, _base_/datasets/ade20k.py:6); 640 / 426 at 640
+    crop = (want["crop"], want["crop"])
+    assert m.test_cfg.mode == "slide" and tuple(m.test_cfg.crop_size) == crop and tuple(cfg.crop_size) == crop
+    assert tuple(m.test_cfg.stride) == (want["stride"],) * 2 and tuple(m.data_preprocessor.size) == crop
     # data (_base_/datasets/ade20k.py:5, 10-13, 23): scale (2048, 512), ratio 0.5-2.0, cat_max_ratio 0.75
     assert m.data_preprocessor.mean == [123.675, 116.28, 103.53] and m.data_preprocessor.std == [
         58.395,
@@ -181,14 +206,16 @@ def test_eva02_upernet_configs_hold_the_authors_values(path, want):
         57.375,
     ]
     steps = {s.type: s for s in cfg.train_dataloader.dataset.pipeline}
-    assert tuple(steps["RandomResize"].scale) == (2048, 512) and tuple(steps["RandomResize"].ratio_range) == (
-        0.5,
-        2.0,
-    )
-    assert tuple(steps["RandomCrop"].crop_size) == (512, 512) and steps["RandomCrop"].cat_max_ratio == 0.75
+    assert tuple(steps["RandomResize"].scale) == want["scale"]
+    assert tuple(steps["RandomResize"].ratio_range) == (0.5, 2.0)
+    assert tuple(steps["RandomCrop"].crop_size) == crop and steps["RandomCrop"].cat_max_ratio == 0.75
     assert steps["RandomFlip"].prob == 0.5 and "PhotoMetricDistortion" in steps
     test_steps = {s.type: s for s in cfg.test_dataloader.dataset.pipeline}
-    assert tuple(test_steps["Resize"].scale) == (2048, 512) and "ResizeToMultiple" not in test_steps
+    assert tuple(test_steps["Resize"].scale) == want["scale"] and "ResizeToMultiple" not in test_steps
+    assert cfg.val_dataloader.dataset.pipeline == cfg.test_dataloader.dataset.pipeline
+    # --tta: the test scale times the ratios 0.5 ... 1.75 (_base_/datasets/ade20k_ms_eval.py:24)
+    tta_scales = [tuple(t.scale) for t in cfg.tta_pipeline[1].transforms[0]]
+    assert tta_scales == [(int(want["scale"][0] * r), int(want["scale"][1] * r)) for r in cfg.tta_ratios]
     # optimizer (:63-69): AdamW, betas (0.9, 0.999), weight decay 0.05, layer decay
     opt = cfg.optim_wrapper.optimizer
     assert opt.type == "AdamW" and opt.lr == want["lr"] and tuple(opt.betas) == (0.9, 0.999)
@@ -211,7 +238,9 @@ def test_eva02_upernet_configs_hold_the_authors_values(path, want):
     vit = model.backbone.vit
     assert vit.depth == want["depth"] and vit.embed_dim == want["embed_dim"] and vit.patch_size == 16
     # eva2.py: CLS token with a position slot (num_patches + 1, :566-570), no final norm (forward_features)
-    assert vit.num_prefix_tokens == 1 and tuple(vit.pos_embed.shape[1:]) == (32 * 32 + 1, want["embed_dim"])
+    grid = want["crop"] // 16
+    assert vit.num_prefix_tokens == 1
+    assert tuple(vit.pos_embed.shape[1:]) == (grid * grid + 1, want["embed_dim"])
     assert isinstance(vit.norm, torch.nn.Identity) and vit.rope_grid == (16, 16)  # pt_hw_seq_len=16 (:42)
     n = sum(p.numel() for p in vit.parameters())
     assert abs(n - want["params"]) / want["params"] < 0.01, n
