@@ -49,13 +49,20 @@ def test_detection_quickstart(detection_quickstart):
     val = sorted(p for p in (work / "datasets/synthetic/coco/val").iterdir() if p.suffix in (".png", ".jpg"))
     drawn = sorted((out / "demo").glob("*.png"))
     assert [p.stem for p in drawn] == [p.stem for p in val]  # one PNG per validation image
+    if block["shorten"] and not FULL:
+        # the shortened model may score few detections above the demo's default 0.5 (the page says so, and names
+        # the lower threshold that shows them): they are drawn at 0.05
+        threshold = ["--confidence-threshold", "0.05", "--max-images", "6", "--output", "output/demo_low"]
+        command = f"{block['commands'][-1]} {' '.join(threshold)}"
+        run_block(dict(block, commands=[command], shorten=None), work, detection_quickstart["log"])
+        drawn = sorted((work / "output/demo_low").glob("*.png"))
+        val = val[: len(drawn)]
     changed = 0
     for png, src in zip(drawn, val):
         a = np.asarray(Image.open(png).convert("RGB"))
         b = np.asarray(Image.open(src).convert("RGB"))
         assert a.shape == b.shape
         changed += not np.array_equal(a, b)
-    # the demo's default score threshold (0.5): most images have a detection drawn
     assert changed >= len(val) // 2, f"only {changed} of {len(val)} demo images have detections drawn"
 
 
