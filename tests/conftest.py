@@ -22,11 +22,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if next(item.iter_markers("xdist_group"), None) is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-    # the groups that train (``slow``) go first, each kept whole and in order: the workers start the long ones at
-    # once and fill in with the short ones, instead of one worker finishing a training alone at the end
-    group = {id(item): next(item.iter_markers("xdist_group")).args[0] for item in items}
-    slow = {group[id(item)] for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: group[id(item)] not in slow)  # stable: the order within each part stays
 
 
 @pytest.fixture(autouse=True)
