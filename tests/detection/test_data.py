@@ -227,6 +227,36 @@ def test_bad_input_names_file_and_entry(coco_json, tmp_path, registered, change,
     assert "bad" not in DatasetCatalog.list()
 
 
+@pytest.mark.parametrize(
+    "bad, shown",
+    [
+        (float("nan"), "nan"),
+        (float("inf"), "inf"),
+        (True, "True"),
+        ("3", "'3'"),
+        (None, "None"),
+    ],
+)
+def test_polygon_coordinates_must_be_finite_numbers(coco_json, tmp_path, registered, bad, shown):
+    def change(d):
+        d["annotations"][1]["segmentation"][0][3] = bad
+
+    path = _write(tmp_path, _corrupt(coco_json, change))
+    with pytest.raises(DatasetError) as err:
+        register_dataset("bad", path, coco_json.parent.parent / "train")
+    assert f"annotation id 2: polygon coordinate {shown} is not a finite number" in str(err.value)
+
+
+def test_polygons_of_large_finite_coordinates_are_accepted(coco_json, tmp_path, registered):
+    # coordinates at the float limit are finite numbers (the check is per value, not on a sum)
+    def change(d):
+        d["annotations"][1]["segmentation"][0][:4] = [1e308, 1e308, 1e308, 1e308]
+
+    registered.append("big")
+    register_dataset("big", _write(tmp_path, _corrupt(coco_json, change)), coco_json.parent.parent / "train")
+    assert "big" in DatasetCatalog.list()
+
+
 def test_bad_lvis_negative_category(lvis_json, tmp_path):
     data = json.loads(lvis_json.read_text())
     data["images"][0]["neg_category_ids"] = [1, 404]
