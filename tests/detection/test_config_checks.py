@@ -146,12 +146,14 @@ def test_missing_machine_ends_after_a_bounded_wait(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = _run(
-        "--config-file", TINY_COCO, "--num-machines", "2", "--machine-rank", "0", "--dist-timeout", "5",
+        "--config-file", TINY_COCO, "--num-machines", "2", "--machine-rank", "0", "--dist-timeout", "2",
         "--dist-url", f"tcp://127.0.0.1:{port}", f"train.output_dir={tmp_path}/o",
-        f"dataloader.synthetic_root={tmp_path}/data", "dataloader.train.total_batch_size=2", timeout=300,
+        f"dataloader.synthetic_root={tmp_path}/data", "dataloader.train.total_batch_size=2",
+        # the synthetic data is written before the processes start: 6 images each instead of 600 and 60
+        "dataloader.datasets.0.synthetic.num_images=6", "dataloader.datasets.1.synthetic.num_images=6", timeout=300,
     )  # fmt: skip
     assert out.returncode != 0, out.stdout[-2000:]
-    assert "error: distributed start-up: only 1 of 2 processes joined within 5 s" in out.stderr, out.stderr[
+    assert "error: distributed start-up: only 1 of 2 processes joined within 2 s" in out.stderr, out.stderr[
         -3000:
     ]
-    assert "waiting up to 5 s for 2 processes" in out.stdout
+    assert "waiting up to 2 s for 2 processes" in out.stdout

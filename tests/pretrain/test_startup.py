@@ -17,7 +17,7 @@ def _run(tmp_path, make_images, env_extra, timeout=240):
     }
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **env_extra)
     cmd = [sys.executable, str(REPO / "tools/pretrain.py"), "--config", str(TINY_CONFIG), f"data.root={str(folder)!r}",
-           f"train.output_dir={str(tmp_path / 'out')!r}", "train.dist_timeout=5"]  # fmt: skip
+           f"train.output_dir={str(tmp_path / 'out')!r}", "train.dist_timeout=2"]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -28,7 +28,7 @@ def test_missing_rank_ends_after_a_bounded_wait(tmp_path, make_images):
     env = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     out = _run(tmp_path, make_images, env)
     assert out.returncode == 2, out.stderr[-3000:]
-    assert "error: distributed start-up: only 1 of 2 processes (WORLD_SIZE=2) joined within 5 s" in out.stderr
+    assert "error: distributed start-up: only 1 of 2 processes (WORLD_SIZE=2) joined within 2 s" in out.stderr
     assert "Traceback" not in out.stderr
 
 

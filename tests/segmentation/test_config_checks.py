@@ -84,11 +84,11 @@ def test_missing_rank_ends_after_a_bounded_wait(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), RANK="0", LOCAL_RANK="0", WORLD_SIZE="2",
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")  # fmt: skip
     cmd = [sys.executable, str(ROOT / "tools/train_seg.py"), TINY_CONFIG, "--work-dir", str(tmp_path),
-           "--launcher", "pytorch", "--dist-timeout", "5"]  # fmt: skip
+           "--launcher", "pytorch", "--dist-timeout", "2"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     assert out.returncode != 0
     assert (
-        "error: distributed start-up: only 1 of 2 processes (WORLD_SIZE=2) joined within 5 s" in out.stderr
+        "error: distributed start-up: only 1 of 2 processes (WORLD_SIZE=2) joined within 2 s" in out.stderr
     ), out.stderr[-3000:]
     assert "Traceback" not in out.stderr
 
