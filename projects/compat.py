@@ -61,10 +61,14 @@ class _MissingExtension(types.ModuleType):
         return missing
 
 
-def _real_import_fails(module: str) -> str | None:
-    """Returns why ``module`` cannot be imported, or None if it imports."""
+def _stand_in_needed(extension: str) -> str | None:
+    """Why ``extension`` (``package._C``) needs a stand-in: its package is installed and the extension cannot be
+    imported. None when the package is missing, the extension imports, or a stand-in is already registered."""
+    package = extension.split(".")[0]
+    if extension in sys.modules or importlib.util.find_spec(package) is None:
+        return None
     try:
-        importlib.import_module(module)
+        importlib.import_module(extension)
     except (ImportError, OSError) as e:  # OSError: a binary built for another torch/CUDA
         return f"{type(e).__name__}: {e}"
     return None
@@ -107,9 +111,7 @@ def silence_known_warnings() -> bool:
 
 def apply_detectron2() -> bool:
     """Registers a stand-in ``detectron2._C`` if detectron2 is installed without a loadable one."""
-    if "detectron2._C" in sys.modules or importlib.util.find_spec("detectron2") is None:
-        return False
-    reason = _real_import_fails("detectron2._C")
+    reason = _stand_in_needed("detectron2._C")
     if reason is None:
         return False
     sys.modules["detectron2._C"] = _MissingExtension(
@@ -133,9 +135,7 @@ def apply_mmcv() -> bool:
     mmcv's CUDA deformable-attention call to the core's pure-PyTorch op."""
     if "mmcv._ext" in APPLIED:
         return True
-    if "mmcv._ext" in sys.modules or importlib.util.find_spec("mmcv") is None:
-        return False
-    reason = _real_import_fails("mmcv._ext")
+    reason = _stand_in_needed("mmcv._ext")
     if reason is None:
         return False
     sys.modules["mmcv._ext"] = _MissingExtension(
