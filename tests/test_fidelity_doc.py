@@ -29,8 +29,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from doc_tables import REPO, assert_named_tests_exist, table_rows
 
-REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "records" / "fidelity.md"
 HEADER = ["setting", "authors' value (source)", "this toolkit", "config key", "test"]
 ENTRY = re.compile(
@@ -42,33 +42,6 @@ AUTHORS_REF = re.compile(
 #: the authors' folders a row may cite
 AUTHORS_PARTS = ("EVA-01/", "EVA-02/")
 PAPER_TABLE = re.compile(r"\bpaper(?:'s)? Tables? \d+")
-
-
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
-def fidelity_rows() -> list[dict]:
-    """The rows of every fidelity table, each with its section and line number."""
-    rows, header, section = [], None, ""
-    for number, line in enumerate(DOC.read_text().splitlines(), 1):
-        if line.startswith("#"):
-            section, header = line.lstrip("#").strip(), None
-            continue
-        if not line.startswith("|"):
-            header = None
-            continue
-        cells = _cells(line)
-        if header is None:
-            header = cells
-            continue
-        if header != HEADER or set("".join(cells)) <= set("-: "):
-            continue
-        assert len(cells) == len(HEADER), (
-            f"docs/records/fidelity.md:{number}: {len(cells)} cells, expected {len(HEADER)}"
-        )
-        rows.append(dict(zip(HEADER, cells), section=section, line=number))
-    return rows
 
 
 def _ticks(cell: str) -> list[str]:
@@ -192,7 +165,7 @@ def _authors_lines(path: str) -> list[str] | None:
     return _AUTHORS[path]
 
 
-ROWS = fidelity_rows() if DOC.exists() else []
+ROWS = table_rows(DOC, HEADER) if DOC.exists() else []
 _CACHE: dict = {}
 _AUTHORS: dict = {}
 
@@ -266,13 +239,4 @@ def test_authors_lines_exist_in_their_code(row):
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: f"L{r['line']}")
 def test_cited_tests_exist(row):
-    cited = [t for t in _ticks(row["test"]) if "::" in t]
-    assert cited, f"docs/records/fidelity.md:{row['line']}: no test named"
-    for ref in cited:
-        file, _, name = ref.partition("::")
-        source = REPO / file
-        assert source.is_file(), f"docs/records/fidelity.md:{row['line']}: {file} does not exist"
-        name = name.split("[")[0]
-        assert re.search(rf"^\s*def {re.escape(name)}\(", source.read_text(), re.M), (
-            f"docs/records/fidelity.md:{row['line']}: {file} has no test {name}"
-        )
+    assert_named_tests_exist(DOC, row, row["test"])
