@@ -60,17 +60,7 @@ _d2_vit = tiny_detectron2_vit
 def test_windowed_relpos_matches_detectron2(img):
     """Windowed + global blocks with decomposed relative position, padding to the window, on square,
     non-square and non-divisible inputs; the pretrain grid (4x4 + CLS slot) is interpolated at run time."""
-    ref = _randomize(
-        _d2_vit(
-            img_size=128,
-            patch_size=16,
-            use_rel_pos=True,
-            window_size=4,
-            window_block_indexes=(0, 2),
-            pretrain_img_size=64,
-            pretrain_use_cls_token=True,
-        )
-    )
+    ref = _randomize(_detectron2_vit())
     ours = build_eva_vit("eva_tiny_det", img_size=128).eval()
     assert ours.global_block_indexes == (1, 3)
     report = load_checkpoint(ours, ref.state_dict(), verbose=False)
@@ -89,16 +79,7 @@ def test_windowed_relpos_gradients_match_detectron2(monkeypatch):
 
     # forces several query chunks in the global blocks
     monkeypatch.setattr(attention, "MAX_BIAS_ELEMENTS", 2000)
-    ref = _randomize(
-        _d2_vit(
-            img_size=128,
-            patch_size=16,
-            use_rel_pos=True,
-            window_size=4,
-            window_block_indexes=(0, 2),
-            pretrain_img_size=64,
-        )
-    )
+    ref = _randomize(_d2_vit(**TINY_DET_LAYOUT))
     ours = build_eva_vit("eva_tiny_det", img_size=128).eval()
     load_checkpoint(ours, ref.state_dict(), verbose=False)
     x = torch.randn(2, 3, 112, 144)
