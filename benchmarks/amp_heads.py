@@ -47,8 +47,8 @@ def hooked_modules(model) -> dict:
 
 
 def dtypes_in_training(model, data, device: str, dtype: torch.dtype) -> tuple[dict, dict]:
-    """One training forward under autocast; the dtypes of the tensors in and out of each hooked module, and the
-    dtypes of the losses."""
+    """One training forward under autocast; the dtypes of the tensors in and out of each hooked module (by name,
+    :func:`hooked_modules`), and the losses."""
     seen: dict = {}
 
     def record(name):
@@ -69,7 +69,7 @@ def dtypes_in_training(model, data, device: str, dtype: torch.dtype) -> tuple[di
     finally:
         for h in handles:
             h.remove()
-    return seen, {k: str(v.dtype).replace("torch.", "") for k, v in losses.items()}
+    return seen, losses
 
 
 def main(argv=None) -> int:
@@ -96,7 +96,9 @@ def main(argv=None) -> int:
         print(f"  fp32_heads={fp32_heads}:")
         for name, kinds in seen.items():
             print(f"    {name:14s} {', '.join(sorted(kinds))}")
-        print(f"    losses         {', '.join(sorted(set(losses.values())))}")
+        print(
+            f"    losses         {', '.join(sorted({str(v.dtype).replace('torch.', '') for v in losses.values()}))}"
+        )
     model.fp32_heads = True
     seen = results[True]
     ok = (

@@ -8,8 +8,8 @@ import pytest
 import torch
 from detectron2.config import instantiate
 from detectron2.structures import BitMasks, Boxes, Instances
-from detectron2.utils.events import EventStorage
 
+from eva_transfer_bench import amp_heads
 from eva_transfer_projects.detection.engine import load_det_config
 from eva_transfer_projects.detection.meta_arch import EVAGeneralizedRCNN
 
@@ -33,35 +33,9 @@ def _batch(n_images=2, size=128):
 
 
 def _dtypes_in_training(model):
-    """One training forward under CPU bfloat16 autocast; the dtypes seen by forward hooks, by module."""
-    seen = {}
-
-    def record(name):
-        def hook(module, inputs, output):
-            tensors = [t for t in (*inputs, output) for t in (t if isinstance(t, (list, tuple)) else [t])]
-            seen.setdefault(name, set()).update(
-                str(t.dtype).replace("torch.", "") for t in tensors if isinstance(t, torch.Tensor)
-            )
-
-        return hook
-
-    rh = model.roi_heads
-    modules = {
-        "backbone fc1": model.backbone.net.blocks[0].mlp.fc1,
-        "pyramid conv": model.backbone.simfp_2[0],
-        "rpn conv": model.proposal_generator.rpn_head.conv,
-        "rpn logits": model.proposal_generator.rpn_head.objectness_logits,
-        "box head": rh.box_head[0],
-        "box predictor": rh.box_predictor[2].cls_score,
-        "mask head": rh.mask_head.predictor,
-    }
-    handles = [m.register_forward_hook(record(name)) for name, m in modules.items()]
-    model.train()
-    torch.manual_seed(0)
-    with EventStorage(0), torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = model(_batch())
-    for h in handles:
-        h.remove()
+    """One training forward under CPU bfloat16 autocast; the dtypes seen by forward hooks, by module (the AMP
+    benchmark's hooks, ``eva_transfer_bench.amp_heads``)."""
+    seen, losses = amp_heads.dtypes_in_training(model, _batch(), "cpu", torch.bfloat16)
     assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values()), losses
     return seen
 
