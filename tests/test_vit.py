@@ -60,17 +60,8 @@ _d2_vit = tiny_detectron2_vit
 def test_windowed_relpos_matches_detectron2(img):
     """Windowed + global blocks with decomposed relative position, padding to the window, on square,
     non-square and non-divisible inputs; the pretrain grid (4x4 + CLS slot) is interpolated at run time."""
-    ref = _randomize(_detectron2_vit())
-    ours = build_eva_vit("eva_tiny_det", img_size=128).eval()
+    ours = _detectron2_weights_same_output(img)
     assert ours.global_block_indexes == (1, 3)
-    report = load_checkpoint(ours, ref.state_dict(), verbose=False)
-    assert not report.missing and not report.unexpected
-    x = torch.randn(2, 3, *img)
-    with torch.no_grad():
-        expected = ref(x)["last_feat"]
-        got = ours(x)
-    assert got.shape == expected.shape == (2, 64, img[0] // 16, img[1] // 16)
-    assert (got - expected).abs().max().item() <= 1e-5
 
 
 def test_windowed_relpos_gradients_match_detectron2(monkeypatch):
@@ -220,18 +211,25 @@ def _detectron2_vit():
     return tiny_detectron2_vit(**TINY_DET_LAYOUT, pretrain_use_cls_token=True)
 
 
-@pytest.mark.parametrize("img", [(16, 80), (32, 80), (64, 160), (48, 200)])
-def test_one_window_tall_grids_match_detectron2(img):
-    """A padded patch grid one window tall and several wide (crashed in the window partition before)."""
+def _detectron2_weights_same_output(img: tuple[int, int]) -> EVAViT:
+    """``eva_tiny_det`` loaded whole from a random Detectron2 ViT gives its output on a ``(2, 3, *img)`` batch."""
     ref = _randomize(_detectron2_vit())
     ours = build_eva_vit("eva_tiny_det", img_size=128).eval()
-    load_checkpoint(ours, ref.state_dict(), verbose=False)
+    report = load_checkpoint(ours, ref.state_dict(), verbose=False)
+    assert not report.missing and not report.unexpected
     x = torch.randn(2, 3, *img)
     with torch.no_grad():
         expected = ref(x)["last_feat"]
         got = ours(x)
     assert got.shape == expected.shape == (2, 64, img[0] // 16, img[1] // 16)
     assert (got - expected).abs().max().item() <= 1e-5
+    return ours
+
+
+@pytest.mark.parametrize("img", [(16, 80), (32, 80), (64, 160), (48, 200)])
+def test_one_window_tall_grids_match_detectron2(img):
+    """A padded patch grid one window tall and several wide (crashed in the window partition before)."""
+    _detectron2_weights_same_output(img)
 
 
 def test_eva_b_det_one_window_tall():
