@@ -42,6 +42,17 @@ def _trained_state(cfg, value: float) -> dict:
     return model.state_dict()
 
 
+def _save_two_checkpoints(cfg) -> None:
+    """``model_0000004.pth`` (every weight 0.03) and ``model_0000009.pth`` (0.05) in ``train.output_dir``."""
+    model = engine.build_model(cfg)
+    ckpt = EVADetectionCheckpointer(
+        model, cfg.train.output_dir, thing_classes=engine.thing_classes(cfg, "test")
+    )
+    for iteration, value in ((4, 0.03), (9, 0.05)):
+        model.load_state_dict(_trained_state(cfg, value))
+        ckpt.save(f"model_{iteration:07d}", iteration=iteration)
+
+
 def test_eval_only_refuses_a_backbone_only_checkpoint(cfg, evaluated, tmp_path):
     backbone = {
         k[len("backbone.net.") :]: v
@@ -77,15 +88,9 @@ def test_eval_only_refuses_no_checkpoint_and_a_foreign_one(cfg, evaluated, tmp_p
 
 
 def test_eval_only_resume_evaluates_the_last_checkpoint(cfg, evaluated):
-    out = cfg.train.output_dir
     with pytest.raises(FileNotFoundError, match="no checkpoint in train.output_dir"):
         engine.do_eval_only(cfg, resume=True)
-    model = engine.build_model(cfg)
-    ckpt = EVADetectionCheckpointer(model, out, thing_classes=engine.thing_classes(cfg, "test"))
-    model.load_state_dict(_trained_state(cfg, 0.03))
-    ckpt.save("model_0000004", iteration=4)
-    model.load_state_dict(_trained_state(cfg, 0.05))
-    ckpt.save("model_0000009", iteration=9)
+    _save_two_checkpoints(cfg)
     cfg.train.init_checkpoint = ""  # --resume must not fall back to it
     engine.do_eval_only(cfg, resume=True)
     weights = evaluated[-1]
@@ -94,12 +99,7 @@ def test_eval_only_resume_evaluates_the_last_checkpoint(cfg, evaluated):
 
 def test_resume_falls_back_to_the_previous_intact_checkpoint(cfg, evaluated, caplog):
     out = cfg.train.output_dir
-    model = engine.build_model(cfg)
-    ckpt = EVADetectionCheckpointer(model, out, thing_classes=engine.thing_classes(cfg, "test"))
-    model.load_state_dict(_trained_state(cfg, 0.03))
-    ckpt.save("model_0000004", iteration=4)
-    model.load_state_dict(_trained_state(cfg, 0.05))
-    ckpt.save("model_0000009", iteration=9)
+    _save_two_checkpoints(cfg)
     newest = f"{out}/model_0000009.pth"
     with open(newest, "rb") as f:
         data = f.read()
