@@ -74,6 +74,15 @@ def _stand_in_needed(extension: str) -> str | None:
     return None
 
 
+def _register_stand_in(extension: str, reason: str, hint: str, **available) -> _MissingExtension:
+    """Puts a :class:`_MissingExtension` for ``extension`` in ``sys.modules`` (``available``: the functions it
+    does provide), records it in :data:`APPLIED` and logs why."""
+    stand_in = sys.modules[extension] = _MissingExtension(extension, hint, **available)
+    APPLIED[extension] = reason
+    logger.info("%s is not loadable (%s); using a stand-in", extension, reason)
+    return stand_in
+
+
 #: (category, message regex, module regex) of third-party warnings silenced by :func:`silence_known_warnings`
 KNOWN_WARNINGS: tuple[tuple[type, str, str], ...] = (
     (FutureWarning, r"`torch\.jit\.script` is deprecated", r""),  # fvcore, mmcv: decorators at import
@@ -114,8 +123,9 @@ def apply_detectron2() -> bool:
     reason = _stand_in_needed("detectron2._C")
     if reason is None:
         return False
-    sys.modules["detectron2._C"] = _MissingExtension(
+    stand_in = _register_stand_in(
         "detectron2._C",
+        reason,
         "Build Detectron2 from source to use deformable conv, rotated boxes or the C++ COCO evaluator.",
         # the environment report (detectron2.utils.collect_env, default_setup) asks for these
         get_compiler_version=lambda: "not built (pure-Python install)",
@@ -124,9 +134,7 @@ def apply_detectron2() -> bool:
     )
     import detectron2
 
-    detectron2._C = sys.modules["detectron2._C"]
-    APPLIED["detectron2._C"] = reason
-    logger.info("detectron2._C is not loadable (%s); using a stand-in", reason)
+    detectron2._C = stand_in
     return True
 
 
@@ -138,16 +146,15 @@ def apply_mmcv() -> bool:
     reason = _stand_in_needed("mmcv._ext")
     if reason is None:
         return False
-    sys.modules["mmcv._ext"] = _MissingExtension(
+    _register_stand_in(
         "mmcv._ext",
+        reason,
         "Install the full mmcv build for compiled ops; the pure-PyTorch paths work without it.",
         roi_align_forward=tv_roi_align_forward,
         roi_align_backward=tv_roi_align_backward,
         nms=tv_nms,
     )
-    APPLIED["mmcv._ext"] = reason
     APPLIED["mmcv._ext.roi_align/nms"] = "routed to torchvision.ops (roi_align, nms)"
-    logger.info("mmcv._ext is not loadable (%s); using a stand-in", reason)
     msda = importlib.import_module("mmcv.ops.multi_scale_deform_attn")
     msda.MultiScaleDeformableAttnFunction = CoreDeformAttnFunction
     APPLIED["mmcv.ops.MultiScaleDeformableAttnFunction"] = (
