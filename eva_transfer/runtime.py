@@ -198,16 +198,31 @@ class StopSignals:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, unit: str = "step", warn: Optional[Callable[[str], None]] = None):
-        self.set = False
+        self._flag = False
+        self._pending: Optional[str] = None  # the warning, written by the first read of :attr:`set`
         self.unit = unit
         self._warn = warn if warn is not None else logger.warning
         self._previous: dict[int, Any] = {}
 
+    @property
+    def set(self) -> bool:
+        """Whether a signal arrived. Its warning is written by the first read after it, not by the handler: the
+        handler runs between two bytecodes of whatever the loop was doing, and a log write there can re-enter the
+        stream the loop was writing to (``RuntimeError: reentrant call``, printed with a traceback)."""
+        if self._pending is not None:
+            message, self._pending = self._pending, None
+            self._warn(message)
+        return self._flag
+
+    @set.setter
+    def set(self, value: bool) -> None:
+        self._flag = bool(value)
+
     def _handler(self, signum, frame):
-        if self.set:  # a second signal: give up immediately
+        if self._flag:  # a second signal: give up immediately
             raise KeyboardInterrupt
-        self._warn(f"signal {signum}: finishing this {self.unit}, writing a checkpoint, then stopping")
-        self.set = True
+        self._pending = f"signal {signum}: finishing this {self.unit}, writing a checkpoint, then stopping"
+        self._flag = True
 
     def install(self) -> StopSignals:
         try:
